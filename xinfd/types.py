@@ -1,0 +1,194 @@
+"""Public, plugin-facing data types of xinfd.
+
+Everything a plugin author touches is defined here and in ``xinfd.hookspecs``. The types are frozen dataclasses
+so that hooks *return data* and the core performs every side effect (spawning, waiting, killing): a plugin can
+never leave a half-started process behind.
+
+This module imports only the standard library: hookimpl modules import it in the daemon, which must stay free
+of torch and engine libraries.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Ability = Literal["chat", "generate", "embed"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineInfo:
+    """An engine a plugin provides, as listed by ``xinfd_register_engines``.
+
+    ``name`` is the lowercase engine name used in launch requests, placeholders (``#<name>_dependencies#``,
+    with ``.`` and ``-`` turned into ``_``) and venv markers (``#engine# == "<name>"``).
+    """
+
+    name: str
+    abilities: tuple[Ability, ...]
+    description: str = ""
+    # Import name probed inside a model venv to prove the engine's packages are usable there.
+    probe_module: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelSpec:
+    """A model family known to the registry (builtin data, a plugin, or a user registration)."""
+
+    name: str
+    abilities: tuple[Ability, ...]
+    engines: tuple[str, ...]
+    context_length: int = 2048
+    description: str = ""
+    # The spec's ``virtualenv`` block: ``packages`` plus index options (model-virtual-environments spec).
+    virtualenv: Mapping[str, Any] = field(default_factory=dict)
+    # Free-form data for the engine (weights location, chat template notes, quantizations...).
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpuInfo:
+    """One GPU of the inventory (from NVML, or declared in the config)."""
+
+    index: int
+    name: str
+    memory_mb: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Platform:
+    """What an availability check may look at: the host, not the model venv."""
+
+    system: str
+    machine: str
+    python_version: str
+    gpus: tuple[GpuInfo, ...] = ()
+    nvml_available: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Availability:
+    """Whether an engine can serve a model here, and a reason a human can act on when it cannot."""
+
+    available: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaContext:
+    """Everything one replica of a model needs to start, chosen by the daemon.
+
+    ``socket_path`` is where the replica must serve HTTP (Unix socket); ``python`` the interpreter of the model's
+    venv (or the daemon's own when venvs are off); ``options`` the launch options given by the user.
+    """
+
+    model_uid: str
+    model_name: str
+    engine: str
+    replica_index: int
+    socket_path: str
+    python: str
+    gpu_indices: tuple[int, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    log_dir: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadinessProbe:
+    """How the daemon knows a replica is ready: ``GET path`` on its socket answers 200.
+
+    ``timeout_s`` bounds the whole start (model load included); ``interval_s`` is the poll period.
+    """
+
+    path: str = "/health"
+    timeout_s: float = 600.0
+    interval_s: float = 0.05
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LaunchSpec:
+    """The process the daemon spawns for one replica. Returned by ``xinfd_engine_launch``.
+
+    The daemon spawns ``argv`` in its own session (process group) with ``env`` layered over the daemon's
+    environment, waits for ``readiness`` on the replica's socket, proxies requests there, and on stop sends
+    ``stop_signal`` to the whole group, then SIGKILL after the grace period.
+    """
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    readiness: ReadinessProbe = field(default_factory=ReadinessProbe)
+    stop_signal: int = signal.SIGTERM
+    # Prefix under which the replica serves the OpenAI API ("/v1" for xinfd's worker host and vLLM).
+    api_prefix: str = "/v1"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Worker-side model objects (returned by ``xinfd_engine_load`` inside the replica process).
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatMessage:
+    """One chat message after validation: role and plain-text content."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerateRequest:
+    """A generation request as the worker host hands it to an engine's model object."""
+
+    request_id: str
+    prompt: str
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GeneratedDelta:
+    """A piece of generated text. The last delta of a request carries ``finish_reason`` ("stop" or "length")."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+@runtime_checkable
+class TextModel(Protocol):
+    """A loaded model that generates text; the worker host owns HTTP, streaming, batching and cancellation."""
+
+    def render_chat(self, messages: list[ChatMessage], options: Mapping[str, Any]) -> str:
+        """Turn chat messages into a prompt (the model's chat template)."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens ``text`` encodes to (for usage and context-length checks)."""
+        ...
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[GeneratedDelta]:
+        """Stream deltas for ``request``. Closing the iterator (client gone) must stop the work."""
+        ...
+
+
+@runtime_checkable
+class EmbeddingModel(Protocol):
+    """A loaded model that embeds texts."""
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens ``text`` encodes to (for usage)."""
+        ...
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        """One vector per input text, in order."""
+        ...
+
+
+RegisterEngine = Callable[[EngineInfo], None]
+RegisterModel = Callable[[ModelSpec], None]
