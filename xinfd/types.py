@@ -66,6 +66,9 @@ class Platform:
     python_version: str
     gpus: tuple[GpuInfo, ...] = ()
     nvml_available: bool = False
+    # With model venvs on, an engine's packages are installed at launch, so "not importable in the daemon's
+    # environment" is not a reason to refuse; with venvs off it is.
+    venv_enabled: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,1 @@
+"""The replica worker process: hosts an engine's model object behind an OpenAI-compatible HTTP API."""
