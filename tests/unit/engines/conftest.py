@@ -1,0 +1,87 @@
+"""Fixtures for the builtin engine plugins: a plugin manager with explicit plugins, and data factories.
+
+The plugin manager is built from the real hookspecs with the two engine modules registered by hand (no entry
+points), so a hookimpl with a misspelled name or argument fails here exactly as it would at daemon start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pluggy
+import pytest
+
+from xinfd import hookspecs
+from xinfd.types import GpuInfo, ModelSpec, Platform, ReplicaContext
+from xinfd_engines import sglang, vllm
+
+A100 = GpuInfo(index=0, name="NVIDIA A100-SXM4-80GB", memory_mb=81920)
+A100_1 = GpuInfo(index=1, name="NVIDIA A100-SXM4-80GB", memory_mb=81920)
+
+
+@pytest.fixture
+def pm() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+    manager.register(vllm, name="vllm")
+    manager.register(sglang, name="sglang")
+    manager.check_pending()
+    return manager
+
+
+def make_platform(**overrides: Any) -> Platform:
+    values: dict[str, Any] = {
+        "system": "Linux",
+        "machine": "x86_64",
+        "python_version": "3.11.9",
+        "gpus": (A100,),
+        "nvml_available": True,
+        "venv_enabled": True,
+    }
+    values.update(overrides)
+    return Platform(**values)
+
+
+def make_model(**overrides: Any) -> ModelSpec:
+    values: dict[str, Any] = {
+        "name": "qwen2.5-instruct",
+        "abilities": ("chat", "generate"),
+        "engines": ("vllm", "sglang", "transformers"),
+        "extra": {"model_id": "Qwen/Qwen2.5-7B-Instruct"},
+    }
+    values.update(overrides)
+    return ModelSpec(**values)
+
+
+def make_replica(
+    engine: str = "vllm",
+    *,
+    gpus: tuple[int, ...] = (0,),
+    options: Mapping[str, Any] | None = None,
+) -> ReplicaContext:
+    return ReplicaContext(
+        model_uid="qwen-1",
+        model_name="qwen2.5-instruct",
+        engine=engine,
+        replica_index=0,
+        socket_path="/run/xinfd/replicas/qwen-1-0.sock",
+        python="/var/lib/xinfd/virtualenv/v4/qwen2.5-instruct/vllm/3.11.9/bin/python",
+        gpu_indices=gpus,
+        options=dict(options or {}),
+    )
+
+
+@pytest.fixture
+def platform() -> Callable[..., Platform]:
+    return make_platform
+
+
+@pytest.fixture
+def model() -> Callable[..., ModelSpec]:
+    return make_model
+
+
+@pytest.fixture
+def replica() -> Callable[..., ReplicaContext]:
+    return make_replica

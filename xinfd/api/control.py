@@ -1,0 +1,148 @@
+"""The control API, served as HTTP+JSON on the daemon's Unix socket (Docker Engine API style).
+
+Routes (all JSON; errors use the same envelope as the front end, with a stable ``code``):
+
+* ``GET  /v1/status``            daemon version, pid, uptime, addresses, plugin failures
+* ``GET  /v1/engines``           every engine with ``available`` and ``reason``
+* ``GET  /v1/families``          model families the daemon can launch
+* ``GET  /v1/models``            launched models and their replicas
+* ``POST /v1/models``            launch; streams progress as NDJSON, last line ``ready`` or ``error``
+* ``GET  /v1/models/{uid}``      one launched model
+* ``DELETE /v1/models/{uid}``    terminate (also cancels a launch in progress)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from aiohttp import web
+
+from xinfd import __version__
+from xinfd.api.middleware import error_middleware
+from xinfd.api.state import STATE
+from xinfd.errors import InvalidRequestError
+from xinfd.models import LaunchRequest
+from xinfd.types import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+def make_control_app(state: Any) -> web.Application:
+    """Build the control app; tests call this directly with ``aiohttp_client``."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+    app[STATE] = state
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/engines", engines)
+    app.router.add_get("/v1/families", families)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/v1/models", launch)
+    app.router.add_get("/v1/models/{uid}", get_model)
+    app.router.add_delete("/v1/models/{uid}", terminate)
+    return app
+
+
+async def status(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    manager = state.manager
+    return web.json_response(
+        {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - state.started, 3),
+            "home": str(state.settings.home),
+            "endpoint": state.front_end_url,
+            "control_socket": str(state.settings.control_socket),
+            "draining": state.draining,
+            "models": len(manager.models),
+            "replicas": sum(len(m.replicas) for m in manager.models.values()),
+            "engines": sorted(manager.plugins.engines),
+            "plugin_failures": [{"name": f.name, "error": f.error} for f in manager.plugins.failures],
+            "gpus": [{"index": g.index, "name": g.name, "memory_mb": g.memory_mb} for g in manager.platform.gpus],
+        }
+    )
+
+
+async def engines(request: web.Request) -> web.Response:
+    manager = request.app[STATE].manager
+    plugins = manager.plugins
+    rows = []
+    for name, info in sorted(plugins.engines.items()):
+        # Availability is asked for a model that this engine supports, so the answer is about the engine itself.
+        model = next((m for m in plugins.models.values() if name in m.engines), None)
+        model = model or ModelSpec(name=f"<any {name} model>", abilities=info.abilities, engines=(name,))
+        avail = plugins.availability(name, model, manager.platform)
+        rows.append(
+            {
+                "name": name,
+                "available": avail.available,
+                "reason": avail.reason,
+                "abilities": list(info.abilities),
+                "description": info.description,
+                "plugin": plugins.engine_owner.get(name, ""),
+            }
+        )
+    return web.json_response(rows)
+
+
+async def families(request: web.Request) -> web.Response:
+    specs = request.app[STATE].manager.families()
+    return web.json_response(
+        [
+            {"model_name": s.name, "abilities": list(s.abilities), "engines": list(s.engines),
+             "context_length": s.context_length, "description": s.description}
+            for s in sorted(specs.values(), key=lambda s: s.name)
+        ]
+    )
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE].manager.list())
+
+
+async def get_model(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE].manager.get(request.match_info["uid"]).snapshot())
+
+
+async def launch(request: web.Request) -> web.StreamResponse:
+    """Start a launch, then stream its events; the launch continues if this client goes away."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
+    launch_request = LaunchRequest.from_json(body)
+    model = request.app[STATE].manager.start_launch(launch_request)
+    log.info("launch of %s requested over the control socket (peer %s)", model.uid, _peer(request))
+    response = web.StreamResponse(status=200, headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    async for event in model.follow():
+        await response.write(json.dumps(event).encode() + b"\n")
+    await response.write_eof()
+    return response
+
+
+async def terminate(request: web.Request) -> web.Response:
+    uid = request.match_info["uid"]
+    log.info("terminate of %s requested over the control socket (peer %s)", uid, _peer(request))
+    snapshot = await request.app[STATE].manager.terminate(uid)
+    return web.json_response({"terminated": uid, "model": snapshot})
+
+
+def _peer(request: web.Request) -> str:
+    """The peer's uid/pid from SO_PEERCRED where available (logged with each mutating command)."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport else None
+    if sock is None:
+        return "unknown"
+    try:
+        import socket
+        import struct
+
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", creds)
+        return f"pid={pid} uid={uid} gid={gid}"
+    except (OSError, AttributeError):
+        return "unknown"

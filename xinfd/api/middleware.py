@@ -1,0 +1,66 @@
+"""Error handling shared by both apps: every failure becomes the OpenAI error envelope with a 4xx/5xx status.
+
+``{"error": {"message", "type", "param", "code"}}`` is what the ``openai`` SDK parses, and ``xinfctl`` reads the
+same shape from the control socket, so there is one error format for every client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from xinfd.errors import ModelNotReadyError, XinfdError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_body(message: str, *, error_type: str, code: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def error_response(exc: XinfdError) -> web.Response:
+    headers = {}
+    if isinstance(exc, ModelNotReadyError):
+        headers["Retry-After"] = str(exc.retry_after)
+    body = error_body(exc.message, error_type=exc.error_type, code=exc.code, param=exc.param)
+    return web.json_response(body, status=exc.status, headers=headers)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 400: "invalid_request"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Convert typed errors, aiohttp HTTP errors and bugs to JSON; a bug never takes the daemon down."""
+    try:
+        return await handler(request)
+    except XinfdError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        kind = "invalid_request_error" if exc.status < 500 else "server_error"
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        if exc.status == 404:
+            message = f"no route for {request.method} {request.path}"
+        elif exc.status == 405:
+            message = f"method {request.method} not allowed on {request.path}"
+        return web.Response(
+            status=exc.status,
+            text=json.dumps(error_body(message, error_type=kind, code=code)),
+            content_type="application/json",
+            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+        )
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return web.json_response(
+            error_body("internal error (see the daemon log)", error_type="server_error", code="internal_error"),
+            status=500,
+        )

@@ -1,0 +1,199 @@
+"""The public front end: OpenAI-compatible routes proxied to replicas, plus /health and /metrics.
+
+The daemon does not parse generation parameters itself (the replica validates them): it reads only ``model``
+to find the replicas, picks one, and relays the replica's answer byte for byte. Streams are relayed chunk by
+chunk; when the client goes away the handler is cancelled, the upstream connection is closed, and the replica
+aborts the sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from xinfd.api.middleware import error_body, error_middleware
+from xinfd.api.state import STATE, DaemonState
+from xinfd.errors import (
+    InvalidRequestError,
+    ModelNotReadyError,
+    ShuttingDownError,
+    UnknownModelError,
+    UpstreamError,
+)
+from xinfd.models import RunningModel
+from xinfd.replicas import Replica
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+REPLICA_HEADER = "X-Xinfd-Replica"
+# Connection-level failures that prove the request never reached the replica, so retrying elsewhere is safe.
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, FileNotFoundError, ConnectionRefusedError)
+
+
+def make_api_app(state: DaemonState) -> web.Application:
+    """Build the front-end app; tests call this directly with ``aiohttp_client``."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app[STATE] = state
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{uid}", get_model)
+    for endpoint in ("chat/completions", "completions", "embeddings"):
+        app.router.add_post(f"/v1/{endpoint}", _proxy_route(endpoint))
+    if not state.settings.disable_metrics:
+        app.router.add_get("/metrics", make_aiohttp_handler(state.metrics.registry))
+    return app
+
+
+async def health(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    return web.json_response({"status": "ok", "models": len(state.manager.models)})
+
+
+def _model_card(model: RunningModel) -> dict[str, Any]:
+    return {
+        "id": model.uid,
+        "object": "model",
+        "created": int(model.created),
+        "owned_by": "xinfd",
+        "model_name": model.spec.name,
+        "model_engine": model.engine,
+        "abilities": list(model.spec.abilities),
+        "context_length": model.spec.context_length,
+        "state": model.state,
+    }
+
+
+async def list_models(request: web.Request) -> web.Response:
+    models = request.app[STATE].manager.models.values()
+    return web.json_response({"object": "list", "data": [_model_card(m) for m in models]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    model = request.app[STATE].manager.get(request.match_info["uid"])
+    return web.json_response(_model_card(model))
+
+
+def _proxy_route(endpoint: str) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await proxy(request, endpoint)
+
+    handler.__name__ = f"proxy_{endpoint.replace('/', '_')}"
+    return handler
+
+
+def _parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("request body must be a JSON object")
+    return body
+
+
+def _pick(model: RunningModel, exclude: set[int]) -> Replica:
+    candidates = [r for r in model.replicas if r.index not in exclude]
+    replica = model.router.pick(candidates)
+    if replica is not None:
+        return replica
+    if model.state == "LAUNCHING":
+        raise ModelNotReadyError(f"model {model.uid!r} is still loading", retry_after=2)
+    raise ModelNotReadyError(f"model {model.uid!r} has no ready replica (state {model.state})", retry_after=5)
+
+
+async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
+    """Relay one inference request to the least busy READY replica of the requested model."""
+    state = request.app[STATE]
+    if state.draining:
+        raise ShuttingDownError("xinfd is shutting down; retry on another instance")
+    raw = await request.read()
+    body = _parse_body(raw)
+    uid = body.get("model")
+    if not isinstance(uid, str) or not uid:
+        raise InvalidRequestError("'model' is required (a launched model uid; see GET /v1/models)", param="model")
+    try:
+        model = state.manager.get(uid)
+    except UnknownModelError as exc:
+        exc.param = "model"
+        raise
+    metrics = state.metrics
+    started = time.monotonic()
+    status = 500
+    metrics.in_flight.labels(uid).inc()
+    tried: set[int] = set()
+    try:
+        while True:
+            replica = _pick(model, tried)
+            try:
+                response = await _relay(request, replica, endpoint, raw)
+            except _NOT_SENT as exc:
+                # The replica died between picking and sending: nothing was generated, so try another one.
+                log.warning("replica %s unreachable (%s); retrying on another replica", replica.label, exc)
+                tried.add(replica.index)
+                if len(tried) >= len(model.replicas):
+                    raise UpstreamError(f"no replica of {uid!r} could be reached: {exc}") from exc
+                continue
+            status = response.status
+            return response
+    except asyncio.CancelledError:
+        status = 499  # client closed the request
+        raise
+    finally:
+        metrics.in_flight.labels(uid).dec()
+        metrics.requests.labels(uid, endpoint, str(status)).inc()
+        metrics.latency.labels(uid, endpoint).observe(time.monotonic() - started)
+
+
+async def _relay(request: web.Request, replica: Replica, endpoint: str, raw: bytes) -> web.StreamResponse:
+    replica.outstanding += 1
+    try:
+        url = f"http://replica{replica.api_prefix}/{endpoint}"
+        headers = {"Content-Type": "application/json"}
+        async with replica.session().post(url, data=raw, headers=headers) as upstream:
+            out_headers = {REPLICA_HEADER: replica.label}
+            if "text/event-stream" in upstream.headers.get("Content-Type", ""):
+                return await _relay_stream(request, upstream, out_headers, replica)
+            data = await upstream.read()
+            return web.Response(
+                status=upstream.status,
+                body=data,
+                content_type=upstream.content_type or "application/json",
+                headers=out_headers,
+            )
+    finally:
+        replica.outstanding -= 1
+        replica.served += 1
+
+
+async def _relay_stream(
+    request: web.Request, upstream: aiohttp.ClientResponse, headers: dict[str, str], replica: Replica
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        status=upstream.status,
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                 **headers},
+    )
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+        # The replica died mid-stream: tell the client in-band and close, never leave it hanging.
+        log.warning("replica %s failed mid-stream: %s", replica.label, exc)
+        frame = error_body(f"replica {replica.label} failed mid-stream", error_type="server_error",
+                           code="upstream_error")
+        with contextlib.suppress(ConnectionError):
+            await response.write(f"data: {json.dumps(frame)}\n\n".encode())
+    await response.write_eof()
+    return response

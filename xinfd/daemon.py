@@ -1,0 +1,192 @@
+"""The composition root: parse flags, load settings, build the parts, serve, and shut down in order.
+
+Shutdown order on SIGTERM/SIGINT: stop accepting (both sites), drain nothing new, terminate every replica group
+(signal, grace period, SIGKILL), remove the control socket, exit 0. Signal handlers only set an event; the main
+coroutine acts on it. The daemon runs in the foreground and never daemonizes itself (systemd and containers
+supervise it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from xinfd import __version__
+from xinfd.api.control import make_control_app
+from xinfd.api.metrics import Metrics
+from xinfd.api.openai import make_api_app
+from xinfd.api.state import DaemonState
+from xinfd.config import Settings, describe, load_settings, parse_launch_item
+from xinfd.errors import ConfigError, XinfdError
+from xinfd.gpus import detect_platform
+from xinfd.logs import configure_logging
+from xinfd.models import LaunchRequest, ModelManager
+from xinfd.plugins import make_plugin_manager
+from xinfd.processes import SubprocessSpawner
+from xinfd.sdnotify import notify
+
+log = logging.getLogger("xinfd")
+
+EXIT_USAGE = 2
+EXIT_RUNTIME = 1
+
+
+class StartupError(Exception):
+    """Start-up cannot proceed (socket taken, port in use); the message is the one line shown to the operator."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xinfd", description="xinfd: model-serving supervisor daemon (runs in the foreground)."
+    )
+    parser.add_argument("--config", metavar="PATH", help="TOML config file (default /etc/xinfd/xinfd.toml if present)")
+    parser.add_argument("-H", "--host", help="front-end address (default 127.0.0.1)")
+    parser.add_argument("-p", "--port", type=int, help="front-end port (default 9997)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--launch", action="append", metavar="NAME[:REPLICAS]",
+        help="launch this model once serving (repeatable), e.g. --launch echo:2",
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the effective config and exit")
+    parser.add_argument("--version", action="version", version=f"xinfd {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cli = {"host": args.host, "port": args.port, "log_level": args.log_level,
+           "launch": tuple(args.launch) if args.launch else None}
+    try:
+        settings = load_settings(config_path=args.config, cli=cli)
+    except ConfigError as exc:
+        print(f"xinfd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.print_config:
+        print(describe(settings), end="")
+        return 0
+    configure_logging(settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as exc:
+        log.error("%s", exc)
+        print(f"xinfd: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return 0
+
+
+def claim_control_socket(path: Path) -> None:
+    """Refuse to start if another daemon answers on ``path``; remove a stale socket left by a crash."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists() and not path.is_symlink():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
+            log.info("removing stale control socket %s", path)
+            path.unlink(missing_ok=True)
+            return
+        raise StartupError(f"cannot check control socket {path}: {exc}") from exc
+    finally:
+        probe.close()
+    raise StartupError(f"another xinfd is already running on control socket {path}")
+
+
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+    """Run the daemon until SIGTERM/SIGINT."""
+    home = settings.home
+    home.mkdir(parents=True, exist_ok=True)
+    claim_control_socket(settings.control_socket)
+    plugins = make_plugin_manager()
+    for failure in plugins.failures:
+        log.warning("plugin %s not loaded: %s", failure.name, failure.error)
+    platform = detect_platform(settings.gpus, venv_enabled=settings.enable_virtual_env)
+    manager = ModelManager(
+        plugins=plugins,
+        platform=platform,
+        home=home,
+        spawner=SubprocessSpawner(),
+        stop_grace=settings.stop_grace_period,
+        launch_timeout=settings.launch_timeout,
+    )
+    state = DaemonState(settings=settings, manager=manager, metrics=Metrics())
+    api_runner = web.AppRunner(make_api_app(state), handler_cancellation=True, access_log=logging.getLogger("aiohttp.access"))
+    control_runner = web.AppRunner(make_control_app(state), handler_cancellation=True)
+    await api_runner.setup()
+    await control_runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP received; configuration reload is not supported yet"))
+    try:
+        await _start_sites(settings, state, api_runner, control_runner)
+        log.info(
+            "xinfd %s serving on %s, control socket %s, engines: %s",
+            __version__, state.front_end_url, settings.control_socket, ", ".join(sorted(plugins.engines)) or "none",
+        )
+        notify(f"READY=1\nSTATUS=serving on {state.front_end_url}\nMAINPID={os.getpid()}")
+        for item in settings.launch:
+            _launch_at_start(manager, item)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("shutting down: stopping replicas")
+        notify("STOPPING=1\nSTATUS=stopping replicas")
+        state.draining = True
+    finally:
+        await manager.close()
+        await api_runner.cleanup()
+        await control_runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            settings.control_socket.unlink()
+        log.info("xinfd stopped")
+
+
+async def _start_sites(
+    settings: Settings, state: DaemonState, api_runner: web.AppRunner, control_runner: web.AppRunner
+) -> None:
+    # Create the control socket with 0600 from the start (umask), not chmod after: no window where others connect.
+    old_umask = os.umask(0o177)
+    try:
+        await web.UnixSite(control_runner, str(settings.control_socket)).start()
+    finally:
+        os.umask(old_umask)
+    try:
+        site = web.TCPSite(api_runner, settings.host, settings.port)
+        await site.start()
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from exc
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    port = settings.port
+    server = getattr(site, "_server", None)
+    if port == 0 and server is not None and server.sockets:
+        port = server.sockets[0].getsockname()[1]
+    state.front_end_url = f"http://{host}:{port}"
+
+
+def _launch_at_start(manager: ModelManager, item: str) -> None:
+    """Start one ``--launch`` model; a failure is logged, never fatal (the daemon keeps serving)."""
+    try:
+        name, replicas = parse_launch_item(item)
+        manager.start_launch(LaunchRequest(model_name=name, replica=replicas))
+    except (XinfdError, ConfigError) as exc:
+        log.error("launch of %r at start-up refused: %s", item, exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Plugin loading and the typed facade over ``pm.hook``.
+
+Builtin engines and third-party packages are found the same way, through the entry-point group ``xinfd``, so
+the public path is the tested path. A plugin that fails to import, or registers an engine name that is already
+taken, is logged with its name and skipped: one broken package never stops the daemon. Call sites use
+``Plugins`` (typed), never ``pm.hook`` directly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from xinfd import hookspecs
+from xinfd.errors import EngineUnavailableError, PluginError, UnknownEngineError
+from xinfd.types import (
+    Availability,
+    EmbeddingModel,
+    EngineInfo,
+    LaunchSpec,
+    ModelSpec,
+    Platform,
+    ReplicaContext,
+    TextModel,
+)
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "xinfd"
+DISABLE_AUTOLOAD_ENV = "XINFD_DISABLE_PLUGIN_AUTOLOAD"
+EXTRA_PLUGINS_ENV = "XINFD_PLUGINS"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PluginFailure:
+    """A plugin that could not be loaded or registered, kept for ``xinfctl status``."""
+
+    name: str
+    error: str
+
+
+@dataclass(slots=True)
+class Plugins:
+    """Typed access to the hooks of a loaded plugin manager, plus the engines and models the plugins declared."""
+
+    pm: pluggy.PluginManager
+    engines: dict[str, EngineInfo] = field(default_factory=dict)
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    failures: list[PluginFailure] = field(default_factory=list)
+    # Which plugin registered each engine (for messages and ``xinfctl engines``).
+    engine_owner: dict[str, str] = field(default_factory=dict)
+
+    def engine(self, name: str) -> EngineInfo:
+        """The registered engine called ``name``, or ``UnknownEngineError`` listing the known ones."""
+        try:
+            return self.engines[name]
+        except KeyError:
+            known = ", ".join(sorted(self.engines)) or "none"
+            raise UnknownEngineError(f"unknown engine {name!r} (registered: {known})") from None
+
+    def dependencies(self, engine: str) -> list[str]:
+        """What ``#<engine>_dependencies#`` expands to."""
+        self.engine(engine)
+        result = self.pm.hook.xinfd_engine_dependencies(engine=engine)
+        if result is None:
+            return []
+        if not isinstance(result, list) or not all(isinstance(r, str) for r in result):
+            raise PluginError(f"engine {engine!r}: xinfd_engine_dependencies must return a list of strings")
+        return list(result)
+
+    def availability(self, engine: str, model: ModelSpec, platform: Platform) -> Availability:
+        """Whether ``engine`` can serve ``model`` here; a plugin that raises makes the engine unavailable."""
+        self.engine(engine)
+        try:
+            result = self.pm.hook.xinfd_engine_availability(engine=engine, model=model, platform=platform)
+        except Exception as exc:  # a buggy plugin must not break `xinfctl engines`
+            log.exception("availability check of engine %s failed", engine)
+            return Availability(available=False, reason=f"availability check failed: {exc}")
+        if result is None:
+            return Availability(available=False, reason=f"no plugin answers availability for {engine!r}")
+        if not isinstance(result, Availability):
+            raise PluginError(f"engine {engine!r}: xinfd_engine_availability must return an Availability")
+        return result
+
+    def launch_spec(self, engine: str, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec:
+        """The process to spawn for one replica."""
+        self.engine(engine)
+        result = self.pm.hook.xinfd_engine_launch(engine=engine, model=model, replica=replica)
+        if result is None:
+            raise EngineUnavailableError(f"engine {engine!r} has no launch implementation")
+        if not isinstance(result, LaunchSpec):
+            raise PluginError(f"engine {engine!r}: xinfd_engine_launch must return a LaunchSpec")
+        return result
+
+    def load(self, engine: str, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel:
+        """Load the model object inside the worker process."""
+        result = self.pm.hook.xinfd_engine_load(engine=engine, model=model, replica=replica)
+        if result is None:
+            raise EngineUnavailableError(f"no plugin loads models for engine {engine!r}")
+        if not isinstance(result, TextModel | EmbeddingModel):
+            raise PluginError(f"engine {engine!r}: xinfd_engine_load returned {type(result).__name__}")
+        return result
+
+
+def make_plugin_manager(
+    *,
+    load_entrypoints: bool = True,
+    plugins: Iterable[object] = (),
+    env: Mapping[str, str] | None = None,
+) -> Plugins:
+    """Build the plugin manager: entry points (unless disabled), ``XINFD_PLUGINS`` modules, explicit plugins.
+
+    Engines and models are collected right away, so a misspelled hookimpl or a duplicate engine name is reported
+    at start-up, not at the first launch.
+    """
+    env = os.environ if env is None else env
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    failures: list[PluginFailure] = []
+    candidates: list[tuple[str, object]] = []
+    if load_entrypoints and env.get(DISABLE_AUTOLOAD_ENV, "") not in ("1", "true", "yes"):
+        candidates.extend(_entry_point_plugins(failures))
+    for spec in filter(None, (s.strip() for s in env.get(EXTRA_PLUGINS_ENV, "").split(","))):
+        loaded = _import_plugin(spec, failures)
+        if loaded is not None:
+            candidates.append((spec, loaded))
+    candidates.extend((_plugin_name(p), p) for p in plugins)
+
+    result = Plugins(pm=pm, failures=failures)
+    for name, plugin in candidates:
+        _register(result, name, plugin)
+    pm.check_pending()
+    return result
+
+
+def _entry_point_plugins(failures: list[PluginFailure]) -> list[tuple[str, object]]:
+    found: list[tuple[str, object]] = []
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found.append((f"{ep.name} ({ep.value})", ep.load()))
+        except Exception as exc:  # a broken third-party package is skipped, not fatal
+            log.error("plugin %s (%s) failed to load, skipped: %s", ep.name, ep.value, exc)
+            failures.append(PluginFailure(name=ep.name, error=f"{type(exc).__name__}: {exc}"))
+    return found
+
+
+def _import_plugin(spec: str, failures: list[PluginFailure]) -> object | None:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module: ModuleType = importlib.import_module(module_name)
+        return getattr(module, attr) if attr else module
+    except Exception as exc:
+        log.error("plugin %s failed to load, skipped: %s", spec, exc)
+        failures.append(PluginFailure(name=spec, error=f"{type(exc).__name__}: {exc}"))
+        return None
+
+
+def _plugin_name(plugin: object) -> str:
+    return str(getattr(plugin, "__name__", type(plugin).__name__))
+
+
+def _register(result: Plugins, name: str, plugin: object) -> None:
+    """Register one plugin and collect what it declares; undo the registration if it breaks the contract."""
+    pm = result.pm
+    if pm.is_registered(plugin):
+        return
+    try:
+        pm.register(plugin, name=name)
+    except Exception as exc:  # e.g. a hookimpl with an unknown argument name
+        log.error("plugin %s rejected: %s", name, exc)
+        result.failures.append(PluginFailure(name=name, error=str(exc)))
+        return
+    engines: list[EngineInfo] = []
+    models: list[ModelSpec] = []
+    try:
+        caller = pm.subset_hook_caller
+        others = [p for p in pm.get_plugins() if p is not plugin]
+        only_this: Any = caller("xinfd_register_engines", remove_plugins=others)
+        only_this(register=engines.append)
+        only_models: Any = caller("xinfd_register_models", remove_plugins=others)
+        only_models(register=models.append)
+        for info in engines:
+            if not isinstance(info, EngineInfo):
+                raise PluginError(f"registered {type(info).__name__}, not EngineInfo")
+            if info.name in result.engines:
+                raise PluginError(
+                    f"engine {info.name!r} is already registered by {result.engine_owner[info.name]}"
+                )
+        for spec in models:
+            if not isinstance(spec, ModelSpec):
+                raise PluginError(f"registered {type(spec).__name__}, not ModelSpec")
+    except Exception as exc:
+        log.error("plugin %s skipped: %s", name, exc)
+        result.failures.append(PluginFailure(name=name, error=str(exc)))
+        pm.unregister(plugin)
+        return
+    for info in engines:
+        result.engines[info.name] = info
+        result.engine_owner[info.name] = name
+    for spec in models:
+        result.models.setdefault(spec.name, spec)
+    log.debug("plugin %s registered engines=%s models=%s", name, [e.name for e in engines], [m.name for m in models])

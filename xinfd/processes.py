@@ -1,0 +1,164 @@
+"""Spawning and killing replica process groups.
+
+Each replica runs in its own session (so its process group id equals its pid) with a parent-death signal, so
+neither a stop nor a daemon crash leaves children behind. Stop = the launch spec's stop signal to the whole
+group, wait the grace period, then SIGKILL the group (circus/honcho style). The ``Spawner`` protocol is the seam
+the supervisor tests replace with scripted fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+STDERR_TAIL_LINES = 20
+
+
+class ProcessHandle(Protocol):
+    """A spawned replica process, as the supervisor sees it."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int:
+        """Wait for the process (not the group) to exit; returns its exit status (negative: signal)."""
+        ...
+
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the whole process group; no error if it is already gone."""
+        ...
+
+    def group_alive(self) -> bool:
+        """Whether any process of the group still exists."""
+        ...
+
+    def stderr_tail(self) -> list[str]:
+        """The last lines the process wrote to stderr (for failure messages)."""
+        ...
+
+
+class Spawner(Protocol):
+    """Starts processes; injected so supervision logic is testable without real children."""
+
+    async def spawn(
+        self, argv: tuple[str, ...], *, env: Mapping[str, str], cwd: str | None, log_path: Path
+    ) -> ProcessHandle: ...
+
+
+def _child_setup() -> None:
+    """Runs in the child between fork and exec: new session, and die with the daemon (Linux)."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class SubprocessHandle:
+    """A real child process whose output goes to a log file; keeps a tail of it in memory."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log_path: Path) -> None:
+        self._proc = proc
+        self._log_path = log_path
+        self._tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._pump = asyncio.ensure_future(self._pump_output())
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    async def _pump_output(self) -> None:
+        assert self._proc.stdout is not None
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._log_path.open("ab") as sink:
+            while line := await self._proc.stdout.readline():
+                sink.write(line)
+                sink.flush()
+                self._tail.append(line.decode(errors="replace").rstrip("\n"))
+
+    async def wait(self) -> int:
+        code = await self._proc.wait()
+        # Let the pump drain what the process wrote last (its dying words are the useful ones).
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._pump), timeout=1.0)
+        return code
+
+    def signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    def group_alive(self) -> bool:
+        try:
+            os.killpg(self._proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def stderr_tail(self) -> list[str]:
+        return list(self._tail)
+
+
+class SubprocessSpawner:
+    """Spawns real children in their own session with stdout+stderr captured to a per-replica log."""
+
+    async def spawn(
+        self, argv: tuple[str, ...], *, env: Mapping[str, str], cwd: str | None, log_path: Path
+    ) -> ProcessHandle:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            env=dict(env),
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=_child_setup,  # noqa: PLW1509 - needed for setsid + PDEATHSIG; the daemon has no threads forking
+        )
+        return SubprocessHandle(proc, log_path)
+
+
+async def stop_group(handle: ProcessHandle, *, stop_signal: int, grace: float) -> int | None:
+    """Stop a replica's whole group: ``stop_signal``, wait ``grace`` seconds, then SIGKILL what remains.
+
+    Returns the exit status of the group leader. Waits until no process of the group is left, so that GPU
+    memory is really free when the caller releases the slot.
+    """
+    if handle.returncode is None:
+        handle.signal_group(stop_signal)
+        try:
+            await asyncio.wait_for(handle.wait(), timeout=grace)
+        except TimeoutError:
+            log.warning("pid %s ignored signal %s for %.1fs; killing its group", handle.pid, stop_signal, grace)
+            handle.signal_group(signal.SIGKILL)
+            await handle.wait()
+    # The leader is gone; grandchildren may linger (they inherited the group).
+    if handle.group_alive():
+        handle.signal_group(signal.SIGTERM)
+        deadline = asyncio.get_running_loop().time() + grace
+        while handle.group_alive() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        if handle.group_alive():
+            handle.signal_group(signal.SIGKILL)
+            while handle.group_alive():
+                await asyncio.sleep(0.02)
+    return handle.returncode
