@@ -315,7 +315,7 @@ _SPECS: Final[Mapping[str, _Spec]] = MappingProxyType(
     {
         "home": _Spec("path", _path),
         "host": _Spec("str", _host),
-        "port": _Spec("int", _at_least(1, 65535)),
+        "port": _Spec("int", _at_least(0, 65535)),  # 0: an ephemeral port (tests)
         "control_socket": _Spec("path", _path),
         "log_level": _Spec("str", _choice(LOG_LEVELS, upper=True)),
         "endpoint": _Spec("str", _url),

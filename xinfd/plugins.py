@@ -181,6 +181,9 @@ def _register(result: Plugins, name: str, plugin: object) -> None:
     engines: list[EngineInfo] = []
     models: list[ModelSpec] = []
     try:
+        # A hookimpl whose name matches no hookspec (a typo) is caught here, per plugin, so only that plugin
+        # is skipped.
+        pm.check_pending()
         caller = pm.subset_hook_caller
         others = [p for p in pm.get_plugins() if p is not plugin]
         only_this: Any = caller("xinfd_register_engines", remove_plugins=others)

@@ -259,8 +259,8 @@ class Replica:
             except LaunchError as exc:
                 await self._kill_current()
                 self.failure = str(exc)
-                # Treat a failed restart like a crash: loop back into backoff, bounded by the budget.
-                self.transition(ReplicaState.BACKOFF, str(exc))
+                # A failed restart counts like a crash: the loop goes STARTING -> BACKOFF (or FAILED when the
+                # budget is spent) with the exit just seen.
                 self.handle = _ExitedHandle(self.handle, self.last_exit)
 
     async def wait_ready(self) -> None:

@@ -9,9 +9,9 @@ Availability checks look at host facts only (``Platform``) and at importability 
 ``importlib.util.find_spec``, which locates a package without importing it: the daemon must never import torch
 or an engine library.
 
-Launch options come from users (``xinfctl launch --option key=value``, the control API). They become argv items
-of a process we spawn, so they are validated here rather than left to the engine's argparse: an option the
-engine rejects would only show up as a replica that exits at start and is restarted with backoff, while a
+Launch options come from users (``xinfctl launch --option key=value``, the control API). They become argv
+items of a process we spawn, so they are validated here rather than left to the engine's argparse: an option
+the engine rejects would only show up as a replica that exits at start and is restarted with backoff, while a
 ``ValueError`` here fails the launch request at once with the option named.
 """
 
@@ -38,8 +38,8 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
 # A cold start can include downloading tens of GB of weights and compiling CUDA graphs; a readiness timeout
-# shorter than that would kill replicas that are merely slow. Polling every 0.5 s instead of the default 50 ms:
-# the load takes minutes, so finer polling only adds requests to a server that is busy starting.
+# shorter than that would kill replicas that are merely slow. Polling every 0.5 s, not the default 50 ms: the
+# load takes minutes, so finer polling only adds requests to a server that is busy starting.
 READINESS = ReadinessProbe(path="/health", timeout_s=1800.0, interval_s=0.5)
 
 OptionKind = Literal["bool", "int", "fraction", "str"]
@@ -58,9 +58,9 @@ class ServerEngine:
     """Static description of an engine that serves its own OpenAI-compatible API.
 
     ``flags`` maps xinfd's well-known option names (shared by both engines, so a user writes
-    ``max_model_len`` whatever the engine) to the engine's flag. ``controlled`` lists the flags the plugin sets
-    itself (aliases included); an option that would set one of them again is refused. ``consumed`` names
-    options the plugin reads itself and never forwards (``model_path``, ``port``).
+    ``max_model_len`` whatever the engine) to the engine's flag. ``controlled`` lists the flags the plugin
+    sets itself (aliases included); an option that would set one of them again is refused. ``consumed``
+    names options the plugin reads itself and never forwards (``model_path``, ``port``).
     """
 
     name: str
@@ -70,7 +70,7 @@ class ServerEngine:
     consumed: frozenset[str] = frozenset()
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Availability
 
 
@@ -85,15 +85,18 @@ def is_importable(module: str) -> bool:
 def check_availability(engine: ServerEngine, model: ModelSpec, platform: Platform) -> Availability:
     """Whether ``engine`` can serve ``model`` on this host, with a reason a human can act on.
 
-    Checks run from the host up to the model, so the first failing reason is the one to fix first: a macOS host
-    cannot be helped by installing a package, and a missing GPU matters more than a missing package.
+    Checks run from the host up to the model, so the first failing reason is the one to fix first: a macOS
+    host cannot be helped by installing a package, and a missing GPU matters more than a missing package.
     Any GPU in the inventory counts as an NVIDIA GPU: NVML only reports NVIDIA devices, and declared devices
-    (``[[gpus]]`` in the config) are placed with ``CUDA_VISIBLE_DEVICES``, so they are CUDA devices by contract.
+    (``[[gpus]]`` in the config) are placed with ``CUDA_VISIBLE_DEVICES``, so they are CUDA devices by
+    contract.
     """
     name = engine.name
     if platform.system != "Linux":
         system = platform.system or "an unknown system"
-        return Availability(available=False, reason=f"{name} needs Linux with an NVIDIA GPU; this host runs {system}")
+        return Availability(
+            available=False, reason=f"{name} needs Linux with an NVIDIA GPU; this host runs {system}"
+        )
     if not platform.gpus:
         nvml = "available" if platform.nvml_available else "not available"
         return Availability(available=False, reason=f"{name} needs an NVIDIA GPU; none found (NVML: {nvml})")
@@ -108,7 +111,8 @@ def check_availability(engine: ServerEngine, model: ModelSpec, platform: Platfor
     if name not in model.engines:
         supported = ", ".join(model.engines) or "none"
         return Availability(
-            available=False, reason=f"model {model.name} does not support engine {name} (supported: {supported})"
+            available=False,
+            reason=f"model {model.name} does not support engine {name} (supported: {supported})",
         )
     source = (
         "packages come from the model's virtual environment"
@@ -118,7 +122,7 @@ def check_availability(engine: ServerEngine, model: ModelSpec, platform: Platfor
     return Availability(available=True, reason=f"ready: {len(platform.gpus)} NVIDIA GPU(s); {source}")
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Launch
 
 
@@ -138,7 +142,9 @@ def weights_location(model: ModelSpec, replica: ReplicaContext) -> str:
         if value is None:
             continue
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{source} must be a non-empty string (a local directory or a hub id), got {value!r}")
+            raise ValueError(
+                f"{source} must be a non-empty string (a local directory or a hub id), got {value!r}"
+            )
         return value
     raise ValueError(
         f"model {model.name} has no weights location: its spec sets neither extra 'model_path' nor "
@@ -147,7 +153,7 @@ def weights_location(model: ModelSpec, replica: ReplicaContext) -> str:
 
 
 def tensor_parallel_size(replica: ReplicaContext) -> int:
-    """One tensor-parallel rank per GPU the slot table gave this replica (1 when it got none or shares one)."""
+    """One tensor-parallel rank per GPU the slot table gave this replica (1 if it got none or shares one)."""
     return len(replica.gpu_indices) or 1
 
 
@@ -164,11 +170,11 @@ def flag_value(flag: str, value: str) -> list[str]:
 def options_argv(engine: ServerEngine, options: Mapping[str, Any]) -> list[str]:
     """Turn the user's launch options into engine flags, in the order given.
 
-    Well-known options map through ``engine.flags`` and have their values checked; any other option whose name
-    matches ``^[a-z][a-z0-9_]*$`` passes through as ``--<name-with-dashes>``, so every engine flag is reachable
-    without xinfd knowing it. ``True`` gives a bare flag and ``False`` omits it (``no_foo=True`` spells
-    ``--no-foo``); ``None`` omits the option; a list gives the flag followed by each item; a mapping is passed
-    as JSON (how both engines take dict-valued flags such as ``--hf-overrides``).
+    Well-known options map through ``engine.flags`` and have their values checked; any other option whose
+    name matches ``^[a-z][a-z0-9_]*$`` passes through as ``--<name-with-dashes>``, so every engine flag is
+    reachable without xinfd knowing it. ``True`` gives a bare flag and ``False`` omits it (``no_foo=True``
+    spells ``--no-foo``); ``None`` omits the option; a list gives the flag followed by each item; a mapping is
+    passed as JSON (how both engines take dict-valued flags such as ``--hf-overrides``).
 
     :raises ValueError: naming the option, for an invalid name, a flag the plugin sets itself, two options
         setting the same flag, or a value of the wrong type.
@@ -214,9 +220,13 @@ def _known_value(key: str, flag: Flag, value: Any) -> list[str]:
     if isinstance(value, bool):
         raise ValueError(f"launch option {key!r} takes a value for {flag.name}, not {value!r}")
     if flag.kind == "int":
-        ok = (isinstance(value, int) and value > 0) or (isinstance(value, str) and bool(_HUMAN_INT.fullmatch(value)))
+        ok = (isinstance(value, int) and value > 0) or (
+            isinstance(value, str) and bool(_HUMAN_INT.fullmatch(value))
+        )
         if not ok:
-            raise ValueError(f"launch option {key!r} must be a positive integer (e.g. 32768 or 32k), got {value!r}")
+            raise ValueError(
+                f"launch option {key!r} must be a positive integer (e.g. 32768 or 32k), got {value!r}"
+            )
         return [flag.name, str(value)]
     if flag.kind == "fraction":
         number = _as_float(value)

@@ -134,13 +134,13 @@ def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) 
 
 
 def loopback_port(replica: ReplicaContext) -> int:
-    """The TCP port the daemon chose for this replica (launch option ``port`` until the context carries one)."""
+    """The TCP port the daemon chose for this replica (launch option ``port`` until the context has one)."""
     value = replica.options.get("port")
     if value is None:
         raise ValueError(
-            f"sglang serves HTTP on TCP only (it has no Unix-socket option), so replica {replica.replica_index} "
-            f"of {replica.model_uid} needs a loopback port chosen by the daemon; none was given (launch option "
-            "'port')"
+            "sglang serves HTTP on TCP only (it has no Unix-socket option), so replica "
+            f"{replica.replica_index} of {replica.model_uid} needs a loopback port chosen by the daemon; "
+            "none was given (launch option 'port')"
         )
     if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)

@@ -103,8 +103,8 @@ def xinfd_engine_availability(engine: str, model: ModelSpec, platform: Platform)
 def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec | None:
     """The vLLM server command line for one replica, serving on ``replica.socket_path``.
 
-    Nothing is put in the environment: the daemon adds ``CUDA_VISIBLE_DEVICES`` and the user's ``--env`` values
-    (``VLLM_USE_V1`` among them) and vLLM picks its defaults for everything else.
+    Nothing is put in the environment: the daemon adds ``CUDA_VISIBLE_DEVICES`` and the user's ``--env``
+    values (``VLLM_USE_V1`` among them) and vLLM picks its defaults for everything else.
 
     :raises ValueError: no weights location, or an invalid launch option (the message names it).
     """

@@ -11,10 +11,10 @@ from typing import Any
 
 import pluggy
 import pytest
+from xinfd_engines import sglang, vllm
 
 from xinfd import hookspecs
 from xinfd.types import GpuInfo, ModelSpec, Platform, ReplicaContext
-from xinfd_engines import sglang, vllm
 
 A100 = GpuInfo(index=0, name="NVIDIA A100-SXM4-80GB", memory_mb=81920)
 A100_1 = GpuInfo(index=1, name="NVIDIA A100-SXM4-80GB", memory_mb=81920)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -10,11 +11,10 @@ from pathlib import Path
 
 import pluggy
 import pytest
-from packaging.markers import default_environment
 from packaging.requirements import Requirement
+from xinfd_engines import _common, sglang, vllm
 
-from xinfd.types import EngineInfo, GpuInfo, ModelSpec, Platform
-from xinfd_engines import _common
+from xinfd.types import EngineInfo, GpuInfo, ModelSpec, Platform, ReplicaContext
 
 ROOT = Path(__file__).resolve().parents[3]
 ENGINES = ("vllm", "sglang")
@@ -40,22 +40,25 @@ def test_hooks_answer_none_for_other_engines(
     pm: pluggy.PluginManager,
     model: Callable[..., ModelSpec],
     platform: Callable[..., Platform],
-    replica: Callable[..., object],
+    replica: Callable[..., ReplicaContext],
 ) -> None:
     # firstresult hooks: None from every plugin means "not mine", so the next plugin would be asked.
     assert pm.hook.xinfd_engine_dependencies(engine="transformers") is None
-    assert pm.hook.xinfd_engine_availability(engine="transformers", model=model(), platform=platform()) is None
+    assert (
+        pm.hook.xinfd_engine_availability(engine="transformers", model=model(), platform=platform()) is None
+    )
     assert pm.hook.xinfd_engine_launch(engine="echo", model=model(), replica=replica("echo")) is None
-    for plugin in (pm.get_plugin("vllm"), pm.get_plugin("sglang")):
+    for plugin in (vllm, sglang):
         assert plugin.xinfd_engine_dependencies(engine="llama.cpp") is None
         assert plugin.xinfd_engine_availability(engine="mlx", model=model(), platform=platform()) is None
         assert plugin.xinfd_engine_launch(engine="transformers", model=model(), replica=replica()) is None
 
 
 def test_each_plugin_answers_only_for_its_own_engine(pm: pluggy.PluginManager) -> None:
-    vllm_plugin, sglang_plugin = pm.get_plugin("vllm"), pm.get_plugin("sglang")
-    assert vllm_plugin.xinfd_engine_dependencies(engine="sglang") is None
-    assert sglang_plugin.xinfd_engine_dependencies(engine="vllm") is None
+    # Called directly: through pm.hook the other plugin would answer.
+    assert pm.get_plugin("vllm") is vllm and pm.get_plugin("sglang") is sglang
+    assert vllm.xinfd_engine_dependencies(engine="sglang") is None
+    assert sglang.xinfd_engine_dependencies(engine="vllm") is None
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -66,10 +69,9 @@ def test_dependencies_are_pep508_requirements_for_linux(pm: pluggy.PluginManager
     assert [r.name for r in requirements] == [engine]
     for req in requirements:
         assert req.marker is not None
-        linux = {**default_environment(), "sys_platform": "linux"}
-        darwin = {**default_environment(), "sys_platform": "darwin"}
-        assert req.marker.evaluate(linux)
-        assert not req.marker.evaluate(darwin)
+        # evaluate() layers the given keys over this interpreter's environment.
+        assert req.marker.evaluate({"sys_platform": "linux"})
+        assert not req.marker.evaluate({"sys_platform": "darwin"})
 
 
 def test_vllm_floor_has_the_uds_flag(pm: pluggy.PluginManager) -> None:
@@ -99,7 +101,10 @@ def test_dependencies_return_a_fresh_list(pm: pluggy.PluginManager) -> None:
 def test_available_with_a_declared_gpu(
     pm: pluggy.PluginManager, engine: str, model: Callable[..., ModelSpec], platform: Callable[..., Platform]
 ) -> None:
-    declared = (GpuInfo(index=0, name="declared-0", memory_mb=24576), GpuInfo(index=1, name="d1", memory_mb=1))
+    declared = (
+        GpuInfo(index=0, name="declared-0", memory_mb=24576),
+        GpuInfo(index=1, name="d1", memory_mb=1),
+    )
     result = pm.hook.xinfd_engine_availability(
         engine=engine, model=model(), platform=platform(gpus=declared, nvml_available=False)
     )
@@ -145,7 +150,9 @@ def test_unavailable_when_venvs_are_off_and_not_installed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(_common, "is_importable", lambda module: False)
-    result = pm.hook.xinfd_engine_availability(engine=engine, model=model(), platform=platform(venv_enabled=False))
+    result = pm.hook.xinfd_engine_availability(
+        engine=engine, model=model(), platform=platform(venv_enabled=False)
+    )
     assert not result.available
     assert result.reason == (
         f"{engine} is not installed in the daemon's environment and model virtual environments are disabled "
@@ -167,7 +174,9 @@ def test_available_when_venvs_are_off_but_installed(
     package.mkdir()
     (package / "__init__.py").write_text("raise RuntimeError('the daemon must not import engine packages')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    result = pm.hook.xinfd_engine_availability(engine=engine, model=model(), platform=platform(venv_enabled=False))
+    result = pm.hook.xinfd_engine_availability(
+        engine=engine, model=model(), platform=platform(venv_enabled=False)
+    )
     assert result.available
     assert f"{engine} is installed in the daemon's environment" in result.reason
     assert engine not in sys.modules
@@ -180,7 +189,9 @@ def test_venv_check_is_skipped_when_venvs_are_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(_common, "is_importable", lambda module: False)
-    result = pm.hook.xinfd_engine_availability(engine="vllm", model=model(), platform=platform(venv_enabled=True))
+    result = pm.hook.xinfd_engine_availability(
+        engine="vllm", model=model(), platform=platform(venv_enabled=True)
+    )
     assert result.available
     assert "virtual environment" in result.reason
 
@@ -234,7 +245,9 @@ def test_importing_the_plugins_imports_no_engine_library() -> None:
         "assert not heavy, heavy\n"
     )
     env_path = f"{ROOT}:{ROOT / 'engines'}"
-    subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": env_path}, timeout=60)
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": env_path}, timeout=60
+    )
 
 
 def test_pyproject_registers_the_engines_as_entry_points() -> None:

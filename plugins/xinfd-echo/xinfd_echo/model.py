@@ -1,0 +1,207 @@
+"""The echo model object: what ``xinfd_engine_load`` returns and the worker host serves.
+
+It implements ``xinfd.types.TextModel`` (``render_chat``, ``count_tokens``, ``generate``) and nothing else: the
+worker host does HTTP, streaming, request ids and cancellation. It is deterministic, so daemon tests can assert
+exact outputs: a chat echoes the last user message, a completion echoes the prompt, one token at a time.
+
+Launch options (``xinfctl launch echo --option key=value``; values may arrive as strings) make it useful for
+fault tests too: ``delay`` / ``prefill_delay`` slow it down, ``crash_after`` kills the process, ``fail_load``
+fails the start, ``ignore_sigterm`` forces the daemon to escalate to SIGKILL, and ``fork_grandchild`` leaves a
+child process that only a process-group kill removes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import re
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest
+
+log = logging.getLogger(__name__)
+
+# A token is a run of non-space characters plus the whitespace after it; the first token also takes any leading
+# whitespace. Joining the tokens gives back the text exactly, so an echo is byte-for-byte faithful.
+_TOKEN_RE = re.compile(r"\s*\S+\s*")
+CRASH_EXIT_CODE = 17
+_CRASH_GRACE_S = 0.05  # lets the host finish writing the response that reached the limit
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def tokenize(text: str) -> list[str]:
+    """Split ``text`` into echo tokens; whitespace-only text is one token, empty text none."""
+    tokens = _TOKEN_RE.findall(text)
+    if not tokens and text:
+        return [text]
+    return tokens
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EchoOptions:
+    """The launch options the echo engine understands, with their types checked."""
+
+    delay: float = 0.0  # seconds between tokens
+    prefill_delay: float = 0.0  # seconds before the first token
+    crash_after: int | None = None  # os._exit(17) once this many requests have been served
+    fail_load: str | None = None  # raise RuntimeError(fail_load) while loading
+    ignore_sigterm: bool = False
+    fork_grandchild: bool = False  # spawn `sleep 3600` at load, in the replica's process group
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> EchoOptions:
+        """Coerce CLI-style values (``"0.5"``, ``"true"``); other engines' options are ignored.
+
+        :raises ValueError: naming the option whose value does not fit.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for name, value in options.items():
+            if name not in known or value is None:
+                continue
+            if name in ("delay", "prefill_delay"):
+                values[name] = _as_seconds(name, value)
+            elif name == "crash_after":
+                values[name] = _as_positive_int(name, value)
+            elif name == "fail_load":
+                values[name] = str(value)
+            else:
+                values[name] = _as_bool(name, value)
+        return cls(**values)
+
+
+class EchoModel:
+    """Streams the prompt back, one token per delta."""
+
+    def __init__(self, options: EchoOptions | None = None) -> None:
+        self.options = options or EchoOptions()
+        self.served = 0  # requests whose generation has ended (for crash_after)
+        # Kept referenced so it is neither reaped nor reported; the daemon's process-group kill ends it.
+        self.grandchild: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def load(cls, options: EchoOptions) -> EchoModel:
+        """Do what loading means for echo: apply the fault-injection options that act at start."""
+        if options.fail_load is not None:
+            raise RuntimeError(options.fail_load)
+        model = cls(options)
+        if options.ignore_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            log.info("echo: ignoring SIGTERM (ignore_sigterm)")
+        if options.fork_grandchild:
+            model.grandchild = subprocess.Popen(
+                ["sleep", "3600"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            log.info("echo: started grandchild process %d (fork_grandchild)", model.grandchild.pid)
+        return model
+
+    def render_chat(self, messages: list[ChatMessage], options: Mapping[str, Any]) -> str:
+        """The "chat template" of echo: the last user message; system and assistant turns are ignored."""
+        for message in reversed(messages):
+            if message.role == "user":
+                return message.content
+        return ""
+
+    def count_tokens(self, text: str) -> int:
+        return len(tokenize(text))
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GeneratedDelta]:
+        """Yield the prompt's tokens, at most ``max_tokens``, ending early at a stop string.
+
+        Text that could be the start of a stop string is held back until it is known not to be one, so a
+        stop string never leaks into the output even when it spans tokens. Closing the iterator (the client went
+        away) stops at the current ``await``; a real engine would free the sequence's slot in a ``finally``.
+        """
+        try:
+            if self.options.prefill_delay:
+                await asyncio.sleep(self.options.prefill_delay)
+            tokens = tokenize(request.prompt)
+            budget = tokens[: request.max_tokens]
+            natural_end = "stop" if len(budget) == len(tokens) else "length"
+            if not budget:
+                yield GeneratedDelta(text="", finish_reason=natural_end)
+                return
+            text = ""  # everything generated so far
+            sent = 0  # how much of it has been yielded
+            for index, token in enumerate(budget):
+                if index:
+                    await asyncio.sleep(self.options.delay)
+                text += token
+                hit = _find_stop(text, request.stop, start=sent)
+                if hit is not None:
+                    yield GeneratedDelta(text=text[sent:hit], finish_reason="stop")
+                    return
+                if index == len(budget) - 1:
+                    yield GeneratedDelta(text=text[sent:], finish_reason=natural_end)
+                    return
+                safe = len(text) - _stop_prefix_length(text, request.stop)
+                if safe > sent:
+                    yield GeneratedDelta(text=text[sent:safe])
+                    sent = safe
+        finally:
+            self._request_ended()
+
+    def _request_ended(self) -> None:
+        self.served += 1
+        limit = self.options.crash_after
+        if limit is not None and self.served == limit:
+            log.warning("echo: served %d request(s), exiting with %d (crash_after)", limit, CRASH_EXIT_CODE)
+            try:
+                asyncio.get_running_loop().call_later(_CRASH_GRACE_S, os._exit, CRASH_EXIT_CODE)
+            except RuntimeError:  # no loop (iterator finalised outside one): crash now
+                os._exit(CRASH_EXIT_CODE)
+
+
+def _find_stop(text: str, stops: tuple[str, ...], *, start: int) -> int | None:
+    """Index of the earliest stop string in ``text[start:]``; earlier text was already checked."""
+    found = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _stop_prefix_length(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of a stop string (text to hold back)."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
+
+
+def _as_seconds(name: str, value: object) -> float:
+    try:
+        seconds = float(value) if isinstance(value, int | float | str) and not isinstance(value, bool) else -1.0
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0.0 or seconds == float("inf"):  # also rejects NaN
+        raise ValueError(f"echo option {name!r} must be a non-negative number of seconds, got {value!r}")
+    return seconds
+
+
+def _as_positive_int(name: str, value: object) -> int:
+    number = 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value)
+    if number < 1:
+        raise ValueError(f"echo option {name!r} must be a positive integer, got {value!r}")
+    return number
+
+
+def _as_bool(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"echo option {name!r} must be true or false, got {value!r}")

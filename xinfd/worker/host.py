@@ -1,0 +1,431 @@
+"""The worker host: serves an engine's model object over OpenAI-compatible HTTP on a Unix socket.
+
+Engines only provide a small model object (``TextModel`` / ``EmbeddingModel`` from ``xinfd.types``); this module
+owns HTTP, streaming, request ids, aborts and cancellation, so no engine re-implements them. Validation and
+response bodies live in ``xinfd.worker.protocol`` (aiohttp-free); this is the glue.
+
+Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
+``POST /v1/embeddings``, ``POST /abort/{request_id}``. A route whose ability the model lacks answers 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from xinfd.errors import InvalidRequestError, PluginError, XinfdError
+from xinfd.types import EmbeddingModel, GenerateRequest, GeneratedDelta, TextModel
+from xinfd.worker import protocol
+from xinfd.worker.protocol import CompletionFormat, CompletionKind, SamplingParams, Usage
+from xinfd.worker.sse import SseWriter
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Xinfd-Request-Id"
+REPLICA_HEADER = "X-Xinfd-Replica"
+# Long-context prompts and embedding batches exceed aiohttp's 1 MiB default body limit.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerConfig:
+    """What the routes need to know about the served model."""
+
+    model_uid: str
+    model_name: str
+    context_length: int
+    max_tokens_cap: int | None
+    replica_label: str
+    created: int
+
+
+@dataclass(slots=True)
+class _Running:
+    task: asyncio.Task[object]
+    aborted: bool = False
+
+
+class InFlight:
+    """Generations in progress by request id, so ``/abort`` and shutdown can stop them.
+
+    An abort cancels the handler's task; the handler recognises that cancellation (``absorb_abort``) and ends
+    the response normally with ``finish_reason="abort"`` instead of dropping the connection.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[str, _Running] = {}
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def start(self, request_id: str, task: asyncio.Task[object]) -> None:
+        if request_id in self._running:
+            raise InvalidRequestError(f"request id {request_id!r} is already running")
+        self._running[request_id] = _Running(task)
+
+    def finish(self, request_id: str) -> None:
+        self._running.pop(request_id, None)
+
+    def abort(self, request_id: str) -> bool:
+        """Cancel a running generation; ``False`` if no generation has that id (finished or never started)."""
+        entry = self._running.get(request_id)
+        if entry is None:
+            return False
+        if not entry.aborted:  # a second cancel would turn the clean "abort" ending into a dropped connection
+            entry.aborted = True
+            entry.task.cancel()
+        return True
+
+    def abort_all(self) -> int:
+        return sum(self.abort(request_id) for request_id in list(self._running))
+
+    def absorb_abort(self, request_id: str) -> bool:
+        """Called while handling ``CancelledError``: ``True`` (and the cancellation is undone) if it came only
+        from ``abort``; ``False`` if something else (client gone, shutdown timeout) cancelled the task too."""
+        entry = self._running.get(request_id)
+        task = asyncio.current_task()
+        if entry is None or not entry.aborted or task is None or task.cancelling() != 1:
+            return False
+        task.uncancel()
+        return True
+
+
+CONFIG_KEY = web.AppKey("xinfd_worker_config", WorkerConfig)
+INFLIGHT_KEY = web.AppKey("xinfd_worker_inflight", InFlight)
+# Protocols are not concrete classes, so these keys are typed by subscription rather than by a ``t`` argument.
+TEXT_MODEL_KEY = web.AppKey[TextModel]("xinfd_worker_text_model")
+EMBEDDING_MODEL_KEY = web.AppKey[EmbeddingModel]("xinfd_worker_embedding_model")
+REQUEST_ID_KEY = web.RequestKey("xinfd_request_id", str)
+
+
+def make_worker_app(
+    model: object,
+    *,
+    model_uid: str,
+    model_name: str,
+    context_length: int,
+    max_tokens_cap: int | None,
+    replica_label: str,
+) -> web.Application:
+    """Build the replica's HTTP app around a loaded model object.
+
+    :raises TypeError: if ``model`` implements neither ``TextModel`` nor ``EmbeddingModel``.
+    """
+    text = model if isinstance(model, TextModel) else None
+    embedder = model if isinstance(model, EmbeddingModel) else None
+    if text is None and embedder is None:
+        raise TypeError(f"{type(model).__name__} implements neither TextModel nor EmbeddingModel (xinfd.types)")
+    app = web.Application(middlewares=[_request_context], client_max_size=MAX_BODY_BYTES)
+    app[CONFIG_KEY] = WorkerConfig(
+        model_uid=model_uid,
+        model_name=model_name,
+        context_length=context_length,
+        max_tokens_cap=max_tokens_cap,
+        replica_label=replica_label,
+        created=int(time.time()),
+    )
+    app[INFLIGHT_KEY] = InFlight()
+    app.on_response_prepare.append(_stamp_headers)
+    app.on_shutdown.append(_abort_in_flight)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_post("/abort/{request_id}", _abort)
+    if text is not None:
+        app[TEXT_MODEL_KEY] = text
+        app.router.add_post("/v1/chat/completions", _chat_completions)
+        app.router.add_post("/v1/completions", _completions)
+    else:
+        app.router.add_post("/v1/chat/completions", _unsupported("text generation"))
+        app.router.add_post("/v1/completions", _unsupported("text generation"))
+    if embedder is not None:
+        app[EMBEDDING_MODEL_KEY] = embedder
+        app.router.add_post("/v1/embeddings", _embeddings)
+    else:
+        app.router.add_post("/v1/embeddings", _unsupported("embeddings"))
+    return app
+
+
+async def serve(
+    app: web.Application,
+    socket_path: str,
+    *,
+    stop_signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+    shutdown_timeout: float = 2.0,
+) -> None:
+    """Serve ``app`` on a Unix socket until one of ``stop_signals`` arrives or the task is cancelled.
+
+    On stop: the socket stops accepting, running generations are aborted (clients get ``finish_reason="abort"``),
+    handlers get ``shutdown_timeout`` seconds to finish, and the socket file is removed. A signal whose
+    disposition is ``SIG_IGN`` when serving starts stays ignored (the ``nohup`` convention), so an engine can opt
+    out of SIGTERM and the daemon's SIGKILL escalation is what stops it.
+    """
+    path = Path(socket_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a stale socket from a crashed predecessor would make bind() fail
+    # handler_cancellation: a client that disconnects cancels its handler, which closes the engine's iterator.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed: list[signal.Signals] = []
+    try:
+        await web.UnixSite(runner, str(path)).start()
+        os.chmod(path, 0o600)  # only the daemon's user may talk to the replica (it bypasses API keys)
+        for sig in stop_signals:
+            if signal.getsignal(sig) == signal.SIG_IGN:
+                log.info("%s is ignored by this process; it will not stop the worker", sig.name)
+                continue
+            loop.add_signal_handler(sig, _request_stop, stop, sig)
+            installed.append(sig)
+        log.info("serving %s on %s", app[CONFIG_KEY].model_uid, path)
+        await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        log.info("worker stopped")
+
+
+def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:
+    # Signal handlers only record the request; serve() does the shutdown in the loop.
+    log.info("received %s, shutting down", sig.name)
+    stop.set()
+
+
+# -- middleware and signals --------------------------------------------------------------------------------------
+
+
+@web.middleware
+async def _request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give each request an id and turn every error into OpenAI's error envelope."""
+    # The daemon passes its own id so that it can abort the request on this replica by that id.
+    supplied = request.headers.get(REQUEST_ID_HEADER, "")
+    request[REQUEST_ID_KEY] = supplied if protocol.is_valid_request_id(supplied) else protocol.new_request_id()
+    try:
+        return await handler(request)
+    except XinfdError as exc:
+        if exc.status >= 500:
+            log.error("%s %s failed: %s", request[REQUEST_ID_KEY], request.path, exc.message)
+        return web.json_response(protocol.error_from_exception(exc), status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        body = protocol.error_envelope(f"{exc.reason}: {request.method} {request.path}", code=code)
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return web.json_response(body, status=exc.status, headers=headers)
+    except Exception:
+        # The top of a request task: log with the traceback, answer 500, keep serving.
+        log.exception("%s %s failed", request[REQUEST_ID_KEY], request.path)
+        body = protocol.error_envelope("internal error in the model worker", error_type="server_error",
+                                       code="internal_error")
+        return web.json_response(body, status=500)
+
+
+async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if REQUEST_ID_KEY in request:
+        response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
+    response.headers[REPLICA_HEADER] = request.app[CONFIG_KEY].replica_label
+
+
+async def _abort_in_flight(app: web.Application) -> None:
+    count = app[INFLIGHT_KEY].abort_all()
+    if count:
+        log.info("aborted %d running request(s) for shutdown", count)
+
+
+# -- routes ------------------------------------------------------------------------------------------------------
+
+
+async def _health(request: web.Request) -> web.Response:
+    # The socket only listens once the model is loaded, so answering at all means ready.
+    return web.json_response({"status": "ok"})
+
+
+async def _models(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG_KEY]
+    card = {
+        "id": cfg.model_uid,
+        "object": "model",
+        "created": cfg.created,
+        "owned_by": "xinfd",
+        "root": cfg.model_name,
+        "max_model_len": cfg.context_length,
+    }
+    return web.json_response({"object": "list", "data": [card]})
+
+
+async def _abort(request: web.Request) -> web.Response:
+    request_id = request.match_info["request_id"]
+    aborted = request.app[INFLIGHT_KEY].abort(request_id)
+    log.info("abort %s: %s", request_id, "cancelled" if aborted else "not running")
+    return web.json_response({"aborted": aborted})
+
+
+def _unsupported(ability: str) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        uid = request.app[CONFIG_KEY].model_uid
+        body = protocol.error_envelope(
+            f"model {uid!r} does not support {ability} ({request.path})", code="unsupported_endpoint"
+        )
+        return web.json_response(body, status=404)
+
+    return handler
+
+
+async def _chat_completions(request: web.Request) -> web.StreamResponse:
+    model = request.app[TEXT_MODEL_KEY]
+    chat = protocol.parse_chat_request(protocol.parse_json_object(await request.read()))
+    prompt = model.render_chat(list(chat.messages), chat.template_options)
+    return await _complete(
+        request, model, "chat", prompt, chat.sampling, stream=chat.stream, include_usage=chat.include_usage
+    )
+
+
+async def _completions(request: web.Request) -> web.StreamResponse:
+    model = request.app[TEXT_MODEL_KEY]
+    completion = protocol.parse_completion_request(protocol.parse_json_object(await request.read()))
+    return await _complete(
+        request, model, "text", completion.prompt, completion.sampling,
+        stream=completion.stream, include_usage=completion.include_usage,
+    )
+
+
+async def _embeddings(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG_KEY]
+    model = request.app[EMBEDDING_MODEL_KEY]
+    req = protocol.parse_embedding_request(protocol.parse_json_object(await request.read()))
+    counts = [model.count_tokens(text) for text in req.texts]
+    protocol.check_context(counts, context_length=cfg.context_length, param="input")
+    vectors = await model.embed(list(req.texts))
+    if len(vectors) != len(req.texts):
+        raise PluginError(f"the engine returned {len(vectors)} embeddings for {len(req.texts)} inputs")
+    body = protocol.embeddings_body(
+        vectors, model=cfg.model_uid, prompt_tokens=sum(counts), encoding_format=req.encoding_format
+    )
+    return web.json_response(body)
+
+
+# -- generation --------------------------------------------------------------------------------------------------
+
+
+async def _complete(
+    request: web.Request,
+    model: TextModel,
+    kind: CompletionKind,
+    prompt: str,
+    sampling: SamplingParams,
+    *,
+    stream: bool,
+    include_usage: bool,
+) -> web.StreamResponse:
+    """Run one generation and answer it whole or as an SSE stream."""
+    cfg = request.app[CONFIG_KEY]
+    request_id = request[REQUEST_ID_KEY]
+    prompt_tokens = model.count_tokens(prompt)
+    max_tokens = protocol.resolve_max_tokens(
+        sampling,
+        prompt_tokens=prompt_tokens,
+        context_length=cfg.context_length,
+        cap=cfg.max_tokens_cap,
+        prompt_param="messages" if kind == "chat" else "prompt",
+    )
+    generate = GenerateRequest(
+        request_id=request_id,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        stop=sampling.stop,
+        seed=sampling.seed,
+    )
+    fmt = CompletionFormat.new(kind, request_id, cfg.model_uid, include_usage=include_usage)
+    started = time.monotonic()
+    writer = SseWriter(request) if stream else None
+
+    async def on_text(text: str) -> None:
+        if writer is None:
+            return
+        if not writer.started and (opening := fmt.opening_chunk()) is not None:
+            await writer.send(opening)
+        await writer.send(fmt.delta_chunk(text))
+
+    try:
+        text, finish_reason = await _drain(request, model.generate(generate), on_text)
+    except ConnectionError:
+        if writer is None or not writer.started:
+            raise
+        # The client went away mid-stream; aiohttp ignores the connection error when it finishes the response.
+        log.info("%s: client disconnected", request_id)
+        return writer.response
+    except Exception as exc:
+        if writer is None or not writer.started:
+            raise  # nothing sent yet: the middleware answers with a proper status
+        log.exception("%s: generation failed mid-stream", request_id)
+        if not isinstance(exc, XinfdError):
+            exc = XinfdError("the engine failed while generating")
+        return await writer.fail(protocol.error_from_exception(exc))
+    usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=model.count_tokens(text) if text else 0)
+    log.info(
+        "%s %s prompt=%d completion=%d finish=%s %.3fs",
+        request_id, kind, usage.prompt_tokens, usage.completion_tokens, finish_reason, time.monotonic() - started,
+    )
+    if writer is None:
+        return web.json_response(fmt.full(text, finish_reason, usage))
+    if not writer.started and (opening := fmt.opening_chunk()) is not None:
+        await writer.send(opening)
+    await writer.send(fmt.closing_chunk(finish_reason))
+    if include_usage:
+        await writer.send(fmt.usage_chunk(usage))
+    return await writer.done()
+
+
+async def _drain(
+    request: web.Request, deltas: AsyncIterator[GeneratedDelta], on_text: Callable[[str], Awaitable[None]]
+) -> tuple[str, str]:
+    """Consume the engine's deltas up to the first finish reason; return the text and that reason.
+
+    The iterator is always closed (``aclose``) on the way out, so an engine stops generating when the client
+    disconnects, the request is aborted, or sending fails. A cancellation caused only by ``/abort`` is absorbed
+    and reported as ``finish_reason="abort"``.
+    """
+    inflight = request.app[INFLIGHT_KEY]
+    request_id = request[REQUEST_ID_KEY]
+    task = asyncio.current_task()
+    assert task is not None  # aiohttp runs every handler in a task
+    inflight.start(request_id, task)
+    parts: list[str] = []
+    finish_reason = "stop"  # an engine whose iterator just ends has finished naturally
+    try:
+        async for delta in deltas:
+            if delta.text:
+                parts.append(delta.text)
+                await on_text(delta.text)
+            if delta.finish_reason:
+                finish_reason = delta.finish_reason
+                break
+    except asyncio.CancelledError:
+        if not inflight.absorb_abort(request_id):
+            raise
+        finish_reason = "abort"
+    finally:
+        # Unregister before any await: a late /abort must not cancel the writing of the response's tail.
+        inflight.finish(request_id)
+        aclose = getattr(deltas, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    return "".join(parts), finish_reason
