@@ -97,8 +97,10 @@ def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) 
     Engines hosted by xinfd's own worker return ``xinfd.worker.launch.worker_launch_spec(replica)``; engines
     with their own OpenAI-compatible server (vLLM, SGLang) return its command line, serving on
     ``replica.socket_path``. Environment variables for the GPUs (``CUDA_VISIBLE_DEVICES``) and the user's
-    ``--env`` values are added by the daemon.
+    ``--env`` values are added by the daemon. A server that cannot listen on a Unix socket listens on
+    ``127.0.0.1:replica.port`` and sets ``listen="tcp"``.
 
+    :raises ValueError: for an invalid launch option (message naming it); the user gets a 400.
     :return: a ``LaunchSpec``, or ``None`` if ``engine`` is not yours. ``firstresult``.
     """
 

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -233,6 +234,8 @@ class ModelManager:
             raise ModelExistsError(f"model uid {uid!r} is already launched; terminate it or pick another uid")
         engine = self.choose_engine(spec, request.model_engine)
         model = RunningModel(uid=uid, spec=spec, engine=engine, request=request)
+        # Ask the engine for replica 0's launch spec now, so a bad option is a 400 before anything starts.
+        self.plugins.launch_spec(engine, spec, self._replica_context(model, 0, port=0))
         self.models[uid] = model
         model.launch_task = asyncio.create_task(self._launch(model), name=f"launch {uid}")
         return model
@@ -270,20 +273,24 @@ class ModelManager:
         await model.publish({"event": "replica_ready", "replica": replica.index, "pid": replica.pid,
                              "message": f"replica {replica.label} ready (pid {replica.pid})"})
 
-    def _make_replica(self, model: RunningModel, index: int) -> Replica:
-        label = f"{model.uid}-r{index}"
-        socket_path = self.run_dir / f"{label}.sock"
-        context = ReplicaContext(
+    def _replica_context(self, model: RunningModel, index: int, *, port: int) -> ReplicaContext:
+        return ReplicaContext(
             model_uid=model.uid,
             model_name=model.spec.name,
             engine=model.engine,
             replica_index=index,
-            socket_path=str(socket_path),
+            socket_path=str(self.run_dir / f"{model.uid}-r{index}.sock"),
             python=sys.executable,
             options=dict(model.request.options),
             env=dict(model.request.env),
             log_dir=str(self.log_dir),
+            port=port,
         )
+
+    def _make_replica(self, model: RunningModel, index: int) -> Replica:
+        label = f"{model.uid}-r{index}"
+        port = free_loopback_port()
+        context = self._replica_context(model, index, port=port)
 
         def make_spec() -> Any:
             spec = self.plugins.launch_spec(model.engine, model.spec, context)
@@ -298,7 +305,8 @@ class ModelManager:
         return Replica(
             model_uid=model.uid,
             index=index,
-            socket_path=socket_path,
+            port=port,
+            socket_path=Path(context.socket_path),
             log_path=self.log_dir / f"{label}.log",
             make_spec=make_spec,
             env=env,
@@ -339,6 +347,13 @@ class ModelManager:
         if model.launch_error is not None:
             raise LaunchError(model.launch_error)
         return model
+
+
+def free_loopback_port() -> int:
+    """A loopback TCP port that is free now (for engines that cannot serve on a Unix socket)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _runtime_dir(home: Path) -> Path:

@@ -20,7 +20,7 @@ from typing import Any
 import pluggy
 
 from xinfd import hookspecs
-from xinfd.errors import EngineUnavailableError, PluginError, UnknownEngineError
+from xinfd.errors import EngineUnavailableError, InvalidRequestError, PluginError, UnknownEngineError
 from xinfd.types import (
     Availability,
     EmbeddingModel,
@@ -93,7 +93,10 @@ class Plugins:
     def launch_spec(self, engine: str, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec:
         """The process to spawn for one replica."""
         self.engine(engine)
-        result = self.pm.hook.xinfd_engine_launch(engine=engine, model=model, replica=replica)
+        try:
+            result = self.pm.hook.xinfd_engine_launch(engine=engine, model=model, replica=replica)
+        except ValueError as exc:  # the contract: a bad launch option is a ValueError naming it
+            raise InvalidRequestError(f"engine {engine!r}: {exc}", param="options") from exc
         if result is None:
             raise EngineUnavailableError(f"engine {engine!r} has no launch implementation")
         if not isinstance(result, LaunchSpec):

@@ -99,8 +99,10 @@ class Replica:
         sleep: Callable[[float], Any] = asyncio.sleep,
         listener: Listener | None = None,
         gpu_indices: tuple[int, ...] = (),
+        port: int = 0,
     ) -> None:
         self.model_uid = model_uid
+        self.port = port
         self.index = index
         self.socket_path = socket_path
         self.log_path = log_path
@@ -158,10 +160,23 @@ class Replica:
         if self._listener is not None:
             self._listener(self, old, new, reason)
 
+    @property
+    def uses_tcp(self) -> bool:
+        return self.spec is not None and self.spec.listen == "tcp"
+
+    @property
+    def base_url(self) -> str:
+        """URL prefix of the replica's server (the host part is ignored on a Unix socket)."""
+        return f"http://127.0.0.1:{self.port}" if self.uses_tcp else "http://replica"
+
     def session(self) -> aiohttp.ClientSession:
         """HTTP session bound to this replica's socket (pooled connections for proxying)."""
         if self._session is None or self._session.closed:
-            connector = aiohttp.UnixConnector(path=str(self.socket_path), limit=0)
+            connector: aiohttp.BaseConnector
+            if self.uses_tcp:
+                connector = aiohttp.TCPConnector(limit=0)
+            else:
+                connector = aiohttp.UnixConnector(path=str(self.socket_path), limit=0)
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)
             )
@@ -186,6 +201,8 @@ class Replica:
 
     async def _spawn_and_wait_ready(self) -> None:
         spec = self._make_spec()
+        if self.spec is not None and self.spec.listen != spec.listen and self._session is not None:
+            await self._session.close()
         self.spec = spec
         env = {**self._env, **spec.env}
         with contextlib.suppress(FileNotFoundError):
@@ -212,7 +229,7 @@ class Replica:
                 if self._clock() > deadline:
                     raise LaunchError(
                         f"replica {self.label} not ready after {spec.readiness.timeout_s:.0f}s "
-                        f"(GET {spec.readiness.path} on {self.socket_path})"
+                        f"(GET {spec.readiness.path} on {self.base_url if self.uses_tcp else self.socket_path})"
                     )
                 await asyncio.wait({exited}, timeout=spec.readiness.interval_s)
         finally:
@@ -221,11 +238,11 @@ class Replica:
 
     async def probe(self, *, timeout: float, path: str = "/health") -> bool:
         """One readiness/health probe through the replica's serving path."""
-        if not self.socket_path.exists():
+        if not self.uses_tcp and not self.socket_path.exists():
             return False
         try:
             async with self.session().get(
-                f"http://replica{path}", timeout=aiohttp.ClientTimeout(total=timeout)
+                f"{self.base_url}{path}", timeout=aiohttp.ClientTimeout(total=timeout)
             ) as resp:
                 return resp.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):

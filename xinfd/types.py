@@ -97,6 +97,9 @@ class ReplicaContext:
     options: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     log_dir: str = ""
+    # A free loopback TCP port reserved for engines whose server cannot listen on a Unix socket (SGLang);
+    # such engines set ``LaunchSpec.listen = "tcp"``.
+    port: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,6 +130,9 @@ class LaunchSpec:
     stop_signal: int = signal.SIGTERM
     # Prefix under which the replica serves the OpenAI API ("/v1" for xinfd's worker host and vLLM).
     api_prefix: str = "/v1"
+    # Where the replica listens: its Unix socket (preferred: no port clashes, file permissions) or
+    # ``127.0.0.1:replica.port`` for servers without Unix-socket support.
+    listen: Literal["unix", "tcp"] = "unix"
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -158,7 +158,7 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
 async def _relay(request: web.Request, replica: Replica, endpoint: str, raw: bytes) -> web.StreamResponse:
     replica.outstanding += 1
     try:
-        url = f"http://replica{replica.api_prefix}/{endpoint}"
+        url = f"{replica.base_url}{replica.api_prefix}/{endpoint}"
         headers = {"Content-Type": "application/json"}
         async with replica.session().post(url, data=raw, headers=headers) as upstream:
             out_headers = {REPLICA_HEADER: replica.label}

@@ -1,16 +1,17 @@
 """``python -m xinfd.worker``: one replica process, started by the daemon with the model venv's interpreter.
 
-It reads its ``ReplicaContext`` and ``ModelSpec`` from ``XINFD_WORKER_CONTEXT`` (``xinfd.worker.launch``), loads
-the engine through the plugin hook ``xinfd_engine_load``, and serves the model on ``replica.socket_path``. The
-socket only starts listening after the load, so the daemon's readiness probe (``GET /health``) means "loaded".
+It reads its ``ReplicaContext`` and ``ModelSpec`` from ``XINFD_WORKER_CONTEXT`` (``xinfd.worker.launch``),
+loads the engine through the plugin hook ``xinfd_engine_load``, and serves the model on
+``replica.socket_path``. The socket only starts listening after the load, so the daemon's readiness probe
+(``GET /health``) means "loaded".
 
 Exit codes: 0 stopped by SIGTERM/SIGINT; 1 serving failed; 2 bad environment (context, settings);
 3 the model could not be loaded (the last line on stderr says why, for the daemon's launch error).
 
 Environment:
-  ``XINFD_DISABLE_PLUGIN_AUTOLOAD=1``  skip the ``xinfd`` entry-point group (like ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``);
-  ``XINFD_WORKER_PLUGINS``             comma-separated ``module`` or ``module:attr`` plugins registered explicitly;
-  ``XINFERENCE_MAX_TOKENS``            operator's cap on completion tokens per request.
+  ``XINFD_DISABLE_PLUGIN_AUTOLOAD=1``  skip the ``xinfd`` entry-point group (cf. pytest's equivalent);
+  ``XINFD_WORKER_PLUGINS``             comma-separated ``module`` or ``module:attr`` plugins to register;
+  ``XINFERENCE_MAX_TOKENS``            the operator's cap on completion tokens per request.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def make_worker_plugin_manager(env: Mapping[str, str]) -> pluggy.PluginManager:
 
     Explicit plugins are registered last, so pluggy asks them first for ``firstresult`` hooks.
 
-    :raises ImportError, AttributeError: if an explicitly named plugin cannot be imported (a configuration error,
-        unlike a broken third-party entry point, which is only logged).
+    :raises ImportError, AttributeError: if an explicitly named plugin cannot be imported (a configuration
+        error, unlike a broken third-party entry point, which is only logged).
     """
     pm = pluggy.PluginManager(xinfd.hookspecs.PROJECT_NAME)
     pm.add_hookspecs(xinfd.hookspecs)
@@ -117,8 +118,9 @@ def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
         return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        result = libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(sig), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                            ctypes.c_ulong(0))
+        result = libc.prctl(
+            _PR_SET_PDEATHSIG, ctypes.c_ulong(sig), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)
+        )
     except (OSError, AttributeError) as exc:
         log.warning("cannot set the parent-death signal: %s", exc)
         return False
@@ -138,7 +140,7 @@ def configure_logging(label: str, env: Mapping[str, str]) -> None:
 
 
 def load_model(pm: pluggy.PluginManager, replica: ReplicaContext, model: ModelSpec) -> object:
-    """Ask the plugins for the model object; raise ``RuntimeError`` with a human-readable reason if none fits."""
+    """Ask the plugins for the model object; raise ``RuntimeError`` with a readable reason if none fits."""
     loaded = pm.hook.xinfd_engine_load(engine=replica.engine, model=model, replica=replica)
     if loaded is None:
         raise RuntimeError(f"no plugin provides the engine {replica.engine!r} (is its package installed?)")
@@ -151,7 +153,7 @@ def load_model(pm: pluggy.PluginManager, replica: ReplicaContext, model: ModelSp
 
 
 async def run(replica: ReplicaContext, model: ModelSpec, env: Mapping[str, str]) -> int:
-    """Load and serve; returns the process exit code. Loading runs inside the loop for engines that need one."""
+    """Load and serve; return the exit code. Loading runs inside the loop, for engines that need one."""
     try:
         cap = parse_max_tokens_cap(env.get(MAX_TOKENS_ENV))
         pm = make_worker_plugin_manager(env)
@@ -195,7 +197,10 @@ def main(env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     raw = env.get(CONTEXT_ENV)
     if not raw:
-        print(f"xinfd.worker: {CONTEXT_ENV} is not set; replicas are started by the xinfd daemon", file=sys.stderr)
+        print(
+            f"xinfd.worker: {CONTEXT_ENV} is not set; replicas are started by the xinfd daemon",
+            file=sys.stderr,
+        )
         return EXIT_BAD_ENVIRONMENT
     try:
         replica, model = decode_context(raw)
@@ -204,8 +209,8 @@ def main(env: Mapping[str, str] | None = None) -> int:
         return EXIT_BAD_ENVIRONMENT
     configure_logging(replica_label(replica), env)
     set_parent_death_signal()
-    # A stop during a long load exits cleanly; serve() replaces this with its in-loop handler. An engine that sets
-    # SIG_IGN while loading keeps it (see serve()).
+    # A stop during a long load exits cleanly; serve() replaces this with its in-loop handler. An engine that
+    # sets SIG_IGN while loading keeps it (see serve()).
     signal.signal(signal.SIGTERM, _exit_on_signal)
     return asyncio.run(run(replica, model, env))
 

@@ -1,8 +1,8 @@
 """The worker host: serves an engine's model object over OpenAI-compatible HTTP on a Unix socket.
 
-Engines only provide a small model object (``TextModel`` / ``EmbeddingModel`` from ``xinfd.types``); this module
-owns HTTP, streaming, request ids, aborts and cancellation, so no engine re-implements them. Validation and
-response bodies live in ``xinfd.worker.protocol`` (aiohttp-free); this is the glue.
+Engines only provide a small model object (``TextModel`` / ``EmbeddingModel`` from ``xinfd.types``); this
+module owns HTTP, streaming, request ids, aborts and cancellation, so no engine re-implements them.
+Validation and response bodies live in ``xinfd.worker.protocol`` (aiohttp-free); this is the glue.
 
 Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
 ``POST /v1/embeddings``, ``POST /abort/{request_id}``. A route whose ability the model lacks answers 404.
@@ -23,7 +23,7 @@ from pathlib import Path
 from aiohttp import web
 
 from xinfd.errors import InvalidRequestError, PluginError, XinfdError
-from xinfd.types import EmbeddingModel, GenerateRequest, GeneratedDelta, TextModel
+from xinfd.types import EmbeddingModel, GeneratedDelta, GenerateRequest, TextModel
 from xinfd.worker import protocol
 from xinfd.worker.protocol import CompletionFormat, CompletionKind, SamplingParams, Usage
 from xinfd.worker.sse import SseWriter
@@ -125,7 +125,9 @@ def make_worker_app(
     text = model if isinstance(model, TextModel) else None
     embedder = model if isinstance(model, EmbeddingModel) else None
     if text is None and embedder is None:
-        raise TypeError(f"{type(model).__name__} implements neither TextModel nor EmbeddingModel (xinfd.types)")
+        raise TypeError(
+            f"{type(model).__name__} implements neither TextModel nor EmbeddingModel (xinfd.types)"
+        )
     app = web.Application(middlewares=[_request_context], client_max_size=MAX_BODY_BYTES)
     app[CONFIG_KEY] = WorkerConfig(
         model_uid=model_uid,
@@ -165,10 +167,10 @@ async def serve(
 ) -> None:
     """Serve ``app`` on a Unix socket until one of ``stop_signals`` arrives or the task is cancelled.
 
-    On stop: the socket stops accepting, running generations are aborted (clients get ``finish_reason="abort"``),
-    handlers get ``shutdown_timeout`` seconds to finish, and the socket file is removed. A signal whose
-    disposition is ``SIG_IGN`` when serving starts stays ignored (the ``nohup`` convention), so an engine can opt
-    out of SIGTERM and the daemon's SIGKILL escalation is what stops it.
+    On stop: the socket stops accepting, running generations are aborted (clients get
+    ``finish_reason="abort"``), handlers get ``shutdown_timeout`` seconds to finish, and the socket file is
+    removed. A signal whose disposition is ``SIG_IGN`` when serving starts stays ignored (the ``nohup``
+    convention), so an engine can opt out of SIGTERM and the daemon's SIGKILL escalation is what stops it.
     """
     path = Path(socket_path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +208,7 @@ def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:
     stop.set()
 
 
-# -- middleware and signals --------------------------------------------------------------------------------------
+# -- middleware and signals ----------------------------------------------------------------------------------
 
 
 @web.middleware
@@ -214,7 +216,9 @@ async def _request_context(request: web.Request, handler: Handler) -> web.Stream
     """Give each request an id and turn every error into OpenAI's error envelope."""
     # The daemon passes its own id so that it can abort the request on this replica by that id.
     supplied = request.headers.get(REQUEST_ID_HEADER, "")
-    request[REQUEST_ID_KEY] = supplied if protocol.is_valid_request_id(supplied) else protocol.new_request_id()
+    request[REQUEST_ID_KEY] = (
+        supplied if protocol.is_valid_request_id(supplied) else protocol.new_request_id()
+    )
     try:
         return await handler(request)
     except XinfdError as exc:
@@ -231,8 +235,9 @@ async def _request_context(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         # The top of a request task: log with the traceback, answer 500, keep serving.
         log.exception("%s %s failed", request[REQUEST_ID_KEY], request.path)
-        body = protocol.error_envelope("internal error in the model worker", error_type="server_error",
-                                       code="internal_error")
+        body = protocol.error_envelope(
+            "internal error in the model worker", error_type="server_error", code="internal_error"
+        )
         return web.json_response(body, status=500)
 
 
@@ -248,7 +253,7 @@ async def _abort_in_flight(app: web.Application) -> None:
         log.info("aborted %d running request(s) for shutdown", count)
 
 
-# -- routes ------------------------------------------------------------------------------------------------------
+# -- routes --------------------------------------------------------------------------------------------------
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -300,8 +305,13 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     model = request.app[TEXT_MODEL_KEY]
     completion = protocol.parse_completion_request(protocol.parse_json_object(await request.read()))
     return await _complete(
-        request, model, "text", completion.prompt, completion.sampling,
-        stream=completion.stream, include_usage=completion.include_usage,
+        request,
+        model,
+        "text",
+        completion.prompt,
+        completion.sampling,
+        stream=completion.stream,
+        include_usage=completion.include_usage,
     )
 
 
@@ -320,7 +330,7 @@ async def _embeddings(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-# -- generation --------------------------------------------------------------------------------------------------
+# -- generation ----------------------------------------------------------------------------------------------
 
 
 async def _complete(
@@ -382,7 +392,12 @@ async def _complete(
     usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=model.count_tokens(text) if text else 0)
     log.info(
         "%s %s prompt=%d completion=%d finish=%s %.3fs",
-        request_id, kind, usage.prompt_tokens, usage.completion_tokens, finish_reason, time.monotonic() - started,
+        request_id,
+        kind,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        finish_reason,
+        time.monotonic() - started,
     )
     if writer is None:
         return web.json_response(fmt.full(text, finish_reason, usage))
@@ -400,8 +415,8 @@ async def _drain(
     """Consume the engine's deltas up to the first finish reason; return the text and that reason.
 
     The iterator is always closed (``aclose``) on the way out, so an engine stops generating when the client
-    disconnects, the request is aborted, or sending fails. A cancellation caused only by ``/abort`` is absorbed
-    and reported as ``finish_reason="abort"``.
+    disconnects, the request is aborted, or sending fails. A cancellation caused only by ``/abort`` is
+    absorbed and reported as ``finish_reason="abort"``.
     """
     inflight = request.app[INFLIGHT_KEY]
     request_id = request[REQUEST_ID_KEY]

@@ -1,11 +1,12 @@
 """OpenAI-compatible request validation and response bodies (pure functions, no aiohttp).
 
-The worker host (``xinfd.worker.host``) is thin HTTP glue over this module. Nothing here imports aiohttp, so the
-daemon's front end can run the same validators before it proxies a request, and a client gets the same 400 with
-the same ``param`` whether the daemon or the replica rejected it.
+The worker host (``xinfd.worker.host``) is thin HTTP glue over this module. Nothing here imports aiohttp, so
+the daemon's front end can run the same validators before it proxies a request, and a client gets the same 400
+with the same ``param`` whether the daemon or the replica rejected it.
 
-Validation raises ``xinfd.errors.InvalidRequestError`` with ``param`` naming the offending field (OpenAI style,
-``messages[2].role``); ``error_envelope`` turns any error into ``{"error": {message, type, param, code}}``.
+Validation raises ``xinfd.errors.InvalidRequestError`` with ``param`` naming the offending field (OpenAI
+style, ``messages[2].role``); ``error_envelope`` turns any error into
+``{"error": {message, type, param, code}}``.
 """
 
 from __future__ import annotations
@@ -40,15 +41,15 @@ _ROLES: Mapping[str, Literal["system", "user", "assistant", "tool"]] = {
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-# -- requests ----------------------------------------------------------------------------------------------------
+# -- requests ------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SamplingParams:
     """The sampling fields shared by chat and text completions, validated.
 
-    ``max_tokens`` is ``None`` when the client did not ask for a limit; ``max_tokens_param`` remembers which of
-    ``max_tokens`` / ``max_completion_tokens`` the client used, so an error names the field it actually sent.
+    ``max_tokens`` is ``None`` when the client did not ask for a limit; ``max_tokens_param`` remembers which
+    of ``max_tokens`` / ``max_completion_tokens`` the client used, so an error names the field it sent.
     """
 
     max_tokens: int | None = None
@@ -143,7 +144,9 @@ def parse_completion_request(body: Mapping[str, Any]) -> CompletionRequest:
             )
         prompt = prompt[0]
     if not isinstance(prompt, str):
-        raise InvalidRequestError("'prompt' must be a string (token-id prompts are not supported)", param="prompt")
+        raise InvalidRequestError(
+            "'prompt' must be a string (token-id prompts are not supported)", param="prompt"
+        )
     stream, include_usage = _parse_stream(body)
     return CompletionRequest(
         prompt=prompt, sampling=parse_sampling(body), stream=stream, include_usage=include_usage
@@ -160,12 +163,16 @@ def parse_embedding_request(body: Mapping[str, Any]) -> EmbeddingRequest:
         texts = tuple(raw)
     else:
         raise InvalidRequestError(
-            "'input' must be a string or a non-empty list of strings (token ids are not supported)", param="input"
+            "'input' must be a string or a non-empty list of strings (token ids are not supported)",
+            param="input",
         )
-    fmt = body.get("encoding_format")
-    if fmt is None:
+    raw_format = body.get("encoding_format")
+    fmt: EncodingFormat
+    if raw_format is None or raw_format == "float":
         fmt = "float"
-    if fmt not in ("float", "base64"):
+    elif raw_format == "base64":
+        fmt = "base64"
+    else:
         raise InvalidRequestError("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
     if body.get("dimensions") is not None:
         # Silently returning full-size vectors would hand the client the wrong shape.
@@ -178,7 +185,7 @@ def parse_sampling(body: Mapping[str, Any]) -> SamplingParams:
     n = body.get("n")
     if n is not None and (not _is_int(n) or n != 1):
         raise InvalidRequestError("only n=1 is supported", param="n")
-    # max_completion_tokens is OpenAI's current name; max_tokens the deprecated one still sent by most clients.
+    # max_completion_tokens is OpenAI's current name; max_tokens the deprecated one most clients still send.
     param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = body.get(param)
     if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
@@ -202,7 +209,7 @@ def resolve_max_tokens(
     """The completion budget: what the client asked for (or all the room left), clamped to the operator's cap.
 
     A request above the cap is clamped rather than refused, because the cap is the operator's limit, not the
-    client's mistake. A request that does not fit the context is refused with the token counts, as OpenAI does.
+    client's mistake. A request that does not fit the context is refused with the token counts (as OpenAI).
     """
     room = context_length - prompt_tokens
     if room < 1:
@@ -216,8 +223,9 @@ def resolve_max_tokens(
         wanted = min(wanted, cap)
     if wanted > room:
         raise InvalidRequestError(
-            f"the model's context length is {context_length} tokens, but {prompt_tokens + wanted} were requested "
-            f"({prompt_tokens} in the prompt, {wanted} for the completion); lower '{sampling.max_tokens_param}'",
+            f"the model's context length is {context_length} tokens, but {prompt_tokens + wanted} were "
+            f"requested ({prompt_tokens} in the prompt, {wanted} for the completion); "
+            f"lower '{sampling.max_tokens_param}'",
             param=sampling.max_tokens_param,
         )
     return wanted
@@ -233,7 +241,7 @@ def check_context(counts: Sequence[int], *, context_length: int, param: str) -> 
             )
 
 
-# -- responses ---------------------------------------------------------------------------------------------------
+# -- responses -----------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -255,7 +263,7 @@ class Usage:
 class CompletionFormat:
     """Builds every body of one chat or text completion response, whole or as stream chunks.
 
-    One object per request keeps ``id``, ``created`` and ``model`` identical across all chunks, as clients expect.
+    One object per request keeps ``id``, ``created`` and ``model`` identical across chunks, as clients expect.
     """
 
     kind: CompletionKind
@@ -265,10 +273,15 @@ class CompletionFormat:
     include_usage: bool = False
 
     @classmethod
-    def new(cls, kind: CompletionKind, request_id: str, model: str, *, include_usage: bool = False) -> CompletionFormat:
+    def new(
+        cls, kind: CompletionKind, request_id: str, model: str, *, include_usage: bool = False
+    ) -> CompletionFormat:
         prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
         return cls(
-            kind=kind, response_id=prefix + request_id, model=model, created=int(time.time()),
+            kind=kind,
+            response_id=prefix + request_id,
+            model=model,
+            created=int(time.time()),
             include_usage=include_usage,
         )
 
@@ -340,7 +353,11 @@ def embeddings_body(
 
 
 def error_envelope(
-    message: str, *, error_type: str = "invalid_request_error", param: str | None = None, code: str | None = None
+    message: str,
+    *,
+    error_type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
 ) -> JsonObject:
     """OpenAI's error body, which every OpenAI client knows how to surface."""
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
@@ -351,7 +368,7 @@ def error_from_exception(exc: XinfdError) -> JsonObject:
     return error_envelope(exc.message, error_type=exc.error_type, param=exc.param, code=exc.code)
 
 
-# -- helpers -----------------------------------------------------------------------------------------------------
+# -- helpers -------------------------------------------------------------------------------------------------
 
 
 def _parse_message(raw: object, index: int) -> ChatMessage:
@@ -382,7 +399,8 @@ def _join_text_parts(parts: list[Any], where: str) -> str:
         if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
             kind = part.get("type") if isinstance(part, dict) else _json_type(part)
             raise InvalidRequestError(
-                f"{where}.content[{j}]: only text parts are supported (got {kind!r})", param=f"{where}.content"
+                f"{where}.content[{j}]: only text parts are supported (got {kind!r})",
+                param=f"{where}.content",
             )
         texts.append(part["text"])
     return "\n".join(texts)  # the same joining as vLLM, so prompts match between engines

@@ -1,8 +1,8 @@
 """Server-sent events as OpenAI streams them: ``data: <json>\\n\\n`` frames, ended by ``data: [DONE]``.
 
-The writer prepares the HTTP response lazily, on the first frame. Until then a failure of the engine can still
-be answered with a proper status code and error body, which lets the daemon's router retry a request that never
-produced a byte.
+The writer prepares the HTTP response lazily, on the first frame. Until then a failure of the engine can
+still be answered with a proper status code and error body, which lets the daemon's router retry a request
+that never produced a byte.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class SseWriter:
         return self.response
 
     async def fail(self, envelope: Mapping[str, Any]) -> web.StreamResponse:
-        """End a stream that broke mid-way: an error frame and no ``[DONE]``, so clients see it did not finish."""
+        """End a stream that broke mid-way: an error frame and no ``[DONE]``, so clients see it is cut."""
         await self._write(encode_event(envelope))
         await self.response.write_eof()
         return self.response

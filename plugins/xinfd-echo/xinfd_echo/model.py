@@ -1,8 +1,8 @@
 """The echo model object: what ``xinfd_engine_load`` returns and the worker host serves.
 
-It implements ``xinfd.types.TextModel`` (``render_chat``, ``count_tokens``, ``generate``) and nothing else: the
-worker host does HTTP, streaming, request ids and cancellation. It is deterministic, so daemon tests can assert
-exact outputs: a chat echoes the last user message, a completion echoes the prompt, one token at a time.
+It implements ``xinfd.types.TextModel`` (``render_chat``, ``count_tokens``, ``generate``) and nothing else:
+the worker host does HTTP, streaming, request ids and cancellation. It is deterministic, so daemon tests can
+assert exact outputs: a chat echoes the last user message, a completion echoes the prompt, a token at a time.
 
 Launch options (``xinfctl launch echo --option key=value``; values may arrive as strings) make it useful for
 fault tests too: ``delay`` / ``prefill_delay`` slow it down, ``crash_after`` kills the process, ``fail_load``
@@ -27,8 +27,8 @@ from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest
 
 log = logging.getLogger(__name__)
 
-# A token is a run of non-space characters plus the whitespace after it; the first token also takes any leading
-# whitespace. Joining the tokens gives back the text exactly, so an echo is byte-for-byte faithful.
+# A token is a run of non-space characters plus the whitespace after it; the first token also takes any
+# leading whitespace. Joining the tokens gives back the text exactly, so an echo is byte-for-byte faithful.
 _TOKEN_RE = re.compile(r"\s*\S+\s*")
 CRASH_EXIT_CODE = 17
 _CRASH_GRACE_S = 0.05  # lets the host finish writing the response that reached the limit
@@ -97,7 +97,10 @@ class EchoModel:
             log.info("echo: ignoring SIGTERM (ignore_sigterm)")
         if options.fork_grandchild:
             model.grandchild = subprocess.Popen(
-                ["sleep", "3600"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                ["sleep", "3600"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             log.info("echo: started grandchild process %d (fork_grandchild)", model.grandchild.pid)
         return model
@@ -116,8 +119,9 @@ class EchoModel:
         """Yield the prompt's tokens, at most ``max_tokens``, ending early at a stop string.
 
         Text that could be the start of a stop string is held back until it is known not to be one, so a
-        stop string never leaks into the output even when it spans tokens. Closing the iterator (the client went
-        away) stops at the current ``await``; a real engine would free the sequence's slot in a ``finally``.
+        stop string never leaks into the output even when it spans tokens. Closing the iterator (the client
+        went away) stops at the current ``await``; a real engine would free the sequence's slot in a
+        ``finally``.
         """
         try:
             if self.options.prefill_delay:
@@ -166,7 +170,7 @@ def _find_stop(text: str, stops: tuple[str, ...], *, start: int) -> int | None:
 
 
 def _stop_prefix_length(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of a stop string (text to hold back)."""
+    """Length of the longest suffix of ``text`` that is a proper prefix of a stop string (to hold back)."""
     longest = 0
     for stop in stops:
         for size in range(min(len(stop) - 1, len(text)), longest, -1):
@@ -178,7 +182,9 @@ def _stop_prefix_length(text: str, stops: tuple[str, ...]) -> int:
 
 def _as_seconds(name: str, value: object) -> float:
     try:
-        seconds = float(value) if isinstance(value, int | float | str) and not isinstance(value, bool) else -1.0
+        seconds = (
+            float(value) if isinstance(value, int | float | str) and not isinstance(value, bool) else -1.0
+        )
     except ValueError:
         seconds = -1.0
     if not seconds >= 0.0 or seconds == float("inf"):  # also rejects NaN

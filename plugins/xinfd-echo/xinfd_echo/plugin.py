@@ -4,8 +4,8 @@ This module is imported by the daemon (through the ``xinfd`` entry point), so it
 standard library and xinfd's public types only. Anything heavy (for a real engine: torch, a tokenizer, the
 inference library) is imported inside ``xinfd_engine_load``, which runs in the replica process.
 
-Every hook that takes an ``engine`` argument is ``firstresult``: answer for your own engine and return ``None``
-for any other, so that pluggy goes on to ask the next plugin.
+Every hook that takes an ``engine`` argument is ``firstresult``: answer for your own engine and return
+``None`` for any other, so that pluggy goes on to ask the next plugin.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ ENGINE = "echo"
 
 @hookimpl
 def xinfd_register_engines(register: RegisterEngine) -> None:
-    """Declare the engine. ``probe_module`` is imported inside a model's venv to prove the engine works there."""
+    """Declare the engine. ``probe_module`` is imported inside a model's venv to prove the engine works."""
     register(
         EngineInfo(
             name=ENGINE,
             abilities=("chat", "generate"),
-            description="Deterministic engine that streams the prompt back; for tests and as a plugin template",
+            description="Deterministic engine that streams the prompt back; for tests, and a plugin template",
             probe_module="xinfd_echo",
         )
     )
@@ -50,7 +50,7 @@ def xinfd_register_models(register: RegisterModel) -> None:
             abilities=("chat", "generate"),
             engines=(ENGINE,),
             context_length=4096,
-            description="Echoes the last user message (or the prompt) back, one whitespace-separated token at a time",
+            description="Echoes the last user message (or the prompt) back, one word-like token at a time",
             # Nothing to install: the echo engine is this package, already importable in every venv.
             virtualenv={"packages": []},
         )
@@ -65,7 +65,7 @@ def xinfd_engine_dependencies(engine: str) -> list[str] | None:
 
 @hookimpl
 def xinfd_engine_availability(engine: str, model: ModelSpec, platform: Platform) -> Availability | None:
-    """Look at the host only (GPUs, OS); a real engine would say e.g. "vllm needs an NVIDIA GPU; none found"."""
+    """Look at the host only (GPUs, OS); a real engine says e.g. "vllm needs an NVIDIA GPU; none found"."""
     if engine != ENGINE:
         return None
     return Availability(available=True, reason="pure Python, no accelerator needed")
@@ -84,7 +84,9 @@ def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) 
 
 
 @hookimpl
-def xinfd_engine_load(engine: str, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel | None:
+def xinfd_engine_load(
+    engine: str, model: ModelSpec, replica: ReplicaContext
+) -> TextModel | EmbeddingModel | None:
     """Runs inside the replica process: the place for heavy imports and for loading weights.
 
     Raising fails the replica's start; the message reaches the user through the daemon's launch error.
