@@ -78,7 +78,7 @@ class LaunchRequest:
             raise InvalidRequestError(
                 f"model_uid must match {_UID_RE.pattern} (it names files), got {uid!r}", param="model_uid"
             )
-        env = body.get("env") or {}
+        env = {} if body.get("env") is None else body["env"]
         if not isinstance(env, dict):
             raise InvalidRequestError("env must be an object of NAME: value", param="env")
         for key, value in env.items():
@@ -86,7 +86,7 @@ class LaunchRequest:
                 raise InvalidRequestError(f"invalid environment variable {key!r}={value!r}", param="env")
             if key in _RESERVED_ENV:
                 raise InvalidRequestError(f"{key} is set by xinfd for each replica; it cannot be overridden", param="env")
-        options = body.get("options") or {}
+        options = {} if body.get("options") is None else body["options"]
         if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
             raise InvalidRequestError("options must be an object", param="options")
         return cls(model_name=name, model_engine=engine, replica=replica, model_uid=uid, env=env, options=options)

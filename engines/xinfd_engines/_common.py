@@ -1,9 +1,10 @@
 """What the engines with their own OpenAI-compatible server (vLLM, SGLang) share.
 
 Both engines are started the same way: the model venv's interpreter runs the engine's server module, the
-daemon waits for ``GET /health`` and then proxies ``/v1/*`` to it. What differs is only data (flag names, the
-import name, the package requirement), so this module holds the logic once and each engine module describes
-itself with a ``ServerEngine``.
+daemon waits for ``GET /health`` and then proxies ``/v1/*`` to it. What differs is data (flag names, the
+import name, the package requirement) and where the server listens (vLLM: the replica's Unix socket; SGLang:
+``127.0.0.1:replica.port``), so this module holds the logic once and each engine module describes itself with
+a ``ServerEngine``.
 
 Availability checks look at host facts only (``Platform``) and at importability through
 ``importlib.util.find_spec``, which locates a package without importing it: the daemon must never import torch
@@ -30,6 +31,11 @@ from xinfd.types import Availability, ModelSpec, Platform, ReadinessProbe, Repli
 # Option names become ``--<name-with-dashes>``; anything else (upper case, dashes, spaces, a leading ``-``)
 # could smuggle a differently spelled or a second flag into argv.
 OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+# Why a flag in ``ServerEngine.controlled`` is not the user's to set, by flag; parallelism flags (every other
+# controlled flag) follow the GPUs the slot table gave the replica.
+_LISTEN_FLAGS = frozenset({"--host", "--port", "--uds"})
+_WEIGHTS_FLAGS = frozenset({"--model", "--model-path"})
 
 # Sizes such as ``32768`` or ``32k`` (both engines parse the suffixed form for context lengths).
 _HUMAN_INT = re.compile(r"^[1-9][0-9]*[kKmMgG]?$")
@@ -60,7 +66,7 @@ class ServerEngine:
     ``flags`` maps xinfd's well-known option names (shared by both engines, so a user writes
     ``max_model_len`` whatever the engine) to the engine's flag. ``controlled`` lists the flags the plugin
     sets itself (aliases included); an option that would set one of them again is refused. ``consumed``
-    names options the plugin reads itself and never forwards (``model_path``, ``port``).
+    names options the plugin reads itself and never forwards (``model_path``).
     """
 
     name: str
@@ -204,12 +210,25 @@ def options_argv(engine: ServerEngine, options: Mapping[str, Any]) -> list[str]:
 
 def _refuse_controlled(engine: ServerEngine, key: str, flag: str) -> None:
     # argparse accepts any unambiguous prefix of a long flag, so ``--ud`` would still reach ``--uds``.
-    for controlled in engine.controlled:
+    for controlled in sorted(engine.controlled):
         if controlled.startswith(flag):
             raise ValueError(
-                f"launch option {key!r} would set {controlled}, which xinfd sets itself for {engine.name} "
-                "(weights: option model_path; parallelism: the number of GPUs given to the replica)"
+                f"launch option {key!r} would set {controlled}, which xinfd sets itself for {engine.name}: "
+                f"{_controlled_reason(controlled)}"
             )
+
+
+def _controlled_reason(flag: str) -> str:
+    if flag in _LISTEN_FLAGS:
+        return (
+            "the daemon picks where each replica listens (its Unix socket, or a free loopback port it "
+            "reserves), so there is no host or port to choose"
+        )
+    if flag in _WEIGHTS_FLAGS:
+        return "choose the weights with the launch option model_path"
+    if flag == "--served-model-name":
+        return "the replica serves the model under its model uid"
+    return "parallelism follows the number of GPUs given to the replica"
 
 
 def _known_value(key: str, flag: Flag, value: Any) -> list[str]:

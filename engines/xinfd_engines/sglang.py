@@ -2,9 +2,9 @@
 
 SGLang's HTTP server binds a TCP host and port only: it has no Unix-socket option (sgl-project/sglang#14258
 was closed without one; PR #26006, which added ``--uds``, was closed unmerged). So the replica listens on
-``127.0.0.1`` and a port the daemon picked. ``ReplicaContext`` has no port field yet, so until it has one the
-daemon passes the port as the launch option ``port``; without it the launch fails with a clear error rather
-than guessing a port that another process may hold.
+``127.0.0.1:replica.port``, a free loopback port the daemon reserves for every replica, and the launch spec
+says ``listen="tcp"`` so the daemon probes and proxies there instead of the Unix socket. The port is the
+daemon's decision like the socket is for vLLM: a ``port`` (or ``host``) launch option is refused.
 
 This module is imported by the daemon: standard library and ``xinfd`` public types only.
 """
@@ -72,7 +72,7 @@ ENGINE = ServerEngine(
             "--pipeline-parallel-size",
         }
     ),
-    consumed=frozenset({"model_path", "port"}),
+    consumed=frozenset({"model_path"}),
 )
 
 SERVER_MODULE = "sglang.launch_server"
@@ -109,13 +109,15 @@ def xinfd_engine_availability(engine: str, model: ModelSpec, platform: Platform)
 
 @hookimpl
 def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec | None:
-    """The SGLang server command line for one replica, on ``127.0.0.1:<port>``.
+    """The SGLang server command line for one replica, on ``127.0.0.1:<replica.port>``.
 
-    :raises ValueError: no port, no weights location, or an invalid launch option (the message names it).
+    ``replica.port`` is 0 when the daemon only validates the launch options before anything starts; the
+    command line is built all the same (with ``--port 0``) and never run.
+
+    :raises ValueError: no weights location, or an invalid launch option (the message names it).
     """
     if engine != NAME:
         return None
-    port = loopback_port(replica)
     argv = [
         replica.python,
         "-m",
@@ -125,25 +127,9 @@ def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) 
         "--host",
         LOOPBACK,
         "--port",
-        str(port),
+        str(replica.port),
         "--tp-size",
         str(tensor_parallel_size(replica)),
         *options_argv(ENGINE, replica.options),
     ]
-    return LaunchSpec(argv=tuple(argv), env={}, readiness=READINESS, api_prefix="/v1")
-
-
-def loopback_port(replica: ReplicaContext) -> int:
-    """The TCP port the daemon chose for this replica (launch option ``port`` until the context has one)."""
-    value = replica.options.get("port")
-    if value is None:
-        raise ValueError(
-            "sglang serves HTTP on TCP only (it has no Unix-socket option), so replica "
-            f"{replica.replica_index} of {replica.model_uid} needs a loopback port chosen by the daemon; "
-            "none was given (launch option 'port')"
-        )
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ValueError(f"launch option 'port' must be a TCP port number (1-65535), got {value!r}")
-    return value
+    return LaunchSpec(argv=tuple(argv), env={}, readiness=READINESS, api_prefix="/v1", listen="tcp")

@@ -1,0 +1,95 @@
+"""LaunchRequest validation and engine choice (no processes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from xinfd.errors import EngineUnavailableError, InvalidRequestError, UnknownModelError
+from xinfd.hookspecs import hookimpl
+from xinfd.models import LaunchRequest, ModelManager
+from xinfd.plugins import make_plugin_manager
+from xinfd.processes import SubprocessSpawner
+from xinfd.types import Availability, EngineInfo, LaunchSpec, ModelSpec, Platform
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ([], None),
+        ({"model_name": "a/../b"}, "model_name"),
+        ({"model_name": ""}, "model_name"),
+        ({"model_name": "m", "replica": 0}, "replica"),
+        ({"model_name": "m", "replica": True}, "replica"),
+        ({"model_name": "m", "replica": "2"}, "replica"),
+        ({"model_name": "m", "model_uid": "../etc"}, "model_uid"),
+        ({"model_name": "m", "env": {"CUDA_VISIBLE_DEVICES": "0"}}, "env"),
+        ({"model_name": "m", "env": {"1BAD": "x"}}, "env"),
+        ({"model_name": "m", "env": {"A": 1}}, "env"),
+        ({"model_name": "m", "options": []}, "options"),
+        ({"model_name": "m", "surprise": 1}, "surprise"),
+    ],
+)
+def test_launch_request_rejects_bad_fields(body: Any, param: str | None) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        LaunchRequest.from_json(body)
+    assert info.value.param == param
+
+
+def test_launch_request_accepts_a_full_body() -> None:
+    req = LaunchRequest.from_json({"model_name": "echo", "model_engine": "echo", "replica": 3, "model_uid": "e-1",
+                                   "env": {"A": "1"}, "options": {"delay": "0.1"}})
+    assert (req.replica, req.model_uid, dict(req.env), dict(req.options)) == (3, "e-1", {"A": "1"}, {"delay": "0.1"})
+
+
+class TwoEngines:
+    @hookimpl
+    def xinfd_register_engines(self, register):  # type: ignore[no-untyped-def]
+        register(EngineInfo(name="gpuonly", abilities=("chat",)))
+        register(EngineInfo(name="cpu", abilities=("chat",)))
+
+    @hookimpl
+    def xinfd_register_models(self, register):  # type: ignore[no-untyped-def]
+        register(ModelSpec(name="m", abilities=("chat",), engines=("gpuonly", "cpu", "missing")))
+
+    @hookimpl
+    def xinfd_engine_availability(self, engine, model, platform):  # type: ignore[no-untyped-def]
+        if engine == "gpuonly":
+            return Availability(available=bool(platform.gpus), reason="needs a GPU; none found")
+        return Availability(available=True, reason="ok")
+
+    @hookimpl
+    def xinfd_engine_launch(self, engine, model, replica):  # type: ignore[no-untyped-def]
+        if replica.options.get("bad"):
+            raise ValueError("launch option 'bad' is not understood")
+        return LaunchSpec(argv=("true",))
+
+
+def manager(tmp_path: Path) -> ModelManager:
+    plugins = make_plugin_manager(load_entrypoints=False, plugins=[TwoEngines()], env={})
+    platform = Platform(system="Linux", machine="x86_64", python_version="3.11.7")
+    return ModelManager(plugins=plugins, platform=platform, home=tmp_path, spawner=SubprocessSpawner(),
+                        stop_grace=1, launch_timeout=5)
+
+
+def test_engine_choice_skips_unavailable_engines(tmp_path: Path) -> None:
+    mgr = manager(tmp_path)
+    spec = mgr.plugins.models["m"]
+    assert mgr.choose_engine(spec, None) == "cpu"
+    with pytest.raises(EngineUnavailableError, match="engine 'gpuonly' is unavailable: needs a GPU; none found"):
+        mgr.choose_engine(spec, "gpuonly")
+
+
+def test_unknown_model_lists_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(UnknownModelError, match=r"unknown model 'x' \(known: m\)"):
+        manager(tmp_path).start_launch(LaunchRequest(model_name="x"))
+
+
+async def test_bad_engine_option_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    mgr = manager(tmp_path)
+    with pytest.raises(InvalidRequestError, match="launch option 'bad'") as info:
+        mgr.start_launch(LaunchRequest(model_name="m", options={"bad": True}))
+    assert info.value.status == 400
+    assert mgr.models == {}
