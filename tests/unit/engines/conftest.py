@@ -59,6 +59,7 @@ def make_replica(
     *,
     gpus: tuple[int, ...] = (0,),
     options: Mapping[str, Any] | None = None,
+    port: int = 0,
 ) -> ReplicaContext:
     return ReplicaContext(
         model_uid="qwen-1",
@@ -69,6 +70,7 @@ def make_replica(
         python="/var/lib/xinfd/virtualenv/v4/qwen2.5-instruct/vllm/3.11.9/bin/python",
         gpu_indices=gpus,
         options=dict(options or {}),
+        port=port,
     )
 
 

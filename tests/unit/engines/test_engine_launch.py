@@ -19,11 +19,6 @@ Replica = Callable[..., ReplicaContext]
 Model = Callable[..., ModelSpec]
 
 
-def with_port(engine: str, **options: object) -> dict[str, object]:
-    """``options`` plus the loopback port SGLang needs (vLLM refuses a port: it serves on the Unix socket)."""
-    return {"port": 30000, **options} if engine == "sglang" else dict(options)
-
-
 def launch(pm: pluggy.PluginManager, engine: str, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec:
     spec = pm.hook.xinfd_engine_launch(engine=engine, model=model, replica=replica)
     assert isinstance(spec, LaunchSpec)
@@ -64,6 +59,15 @@ def test_vllm_one_gpu(pm: pluggy.PluginManager, model: Model, replica: Replica) 
     assert spec.readiness.timeout_s >= 1800
     assert spec.api_prefix == "/v1"
     assert spec.stop_signal == signal.SIGTERM
+    # Served on the replica's Unix socket: no TCP port, even when the daemon reserved one.
+    assert spec.listen == "unix"
+
+
+def test_vllm_ignores_the_reserved_port(pm: pluggy.PluginManager, model: Model, replica: Replica) -> None:
+    spec = launch(pm, "vllm", model(), replica(port=41234))
+    assert spec.listen == "unix"
+    assert "--port" not in spec.argv and "41234" not in spec.argv
+    assert spec.argv == launch(pm, "vllm", model(), replica()).argv
 
 
 def test_vllm_two_gpus_is_tensor_parallel_two(
@@ -159,7 +163,7 @@ def test_bad_option_names_are_rejected(
     pm: pluggy.PluginManager, model: Model, replica: Replica, engine: str, name: str
 ) -> None:
     with pytest.raises(ValueError, match="launch option") as excinfo:
-        launch(pm, engine, model(), replica(engine, options=with_port(engine, **{name: "1"})))
+        launch(pm, engine, model(), replica(engine, options={name: "1"}))
     assert repr(name) in str(excinfo.value)
 
 
@@ -177,6 +181,7 @@ def test_bad_option_names_are_rejected(
         ("sglang", "tp"),
         ("sglang", "tp_size"),
         ("sglang", "host"),
+        ("sglang", "port"),
         ("sglang", "model"),
         ("sglang", "dp"),
     ],
@@ -185,7 +190,7 @@ def test_options_cannot_override_what_the_daemon_decides(
     pm: pluggy.PluginManager, model: Model, replica: Replica, engine: str, name: str
 ) -> None:
     with pytest.raises(ValueError, match=f"launch option '{name}' would set --"):
-        launch(pm, engine, model(), replica(engine, options=with_port(engine, **{name: "2"})))
+        launch(pm, engine, model(), replica(engine, options={name: "2"}))
 
 
 @pytest.mark.parametrize(
@@ -233,7 +238,7 @@ def test_missing_weights_location_is_an_error(
     pm: pluggy.PluginManager, model: Model, replica: Replica, engine: str
 ) -> None:
     with pytest.raises(ValueError, match=r"model qwen2\.5-instruct has no weights location"):
-        launch(pm, engine, model(extra={}), replica(engine, options=with_port(engine)))
+        launch(pm, engine, model(extra={}), replica(engine))
 
 
 def test_weights_location_precedence(pm: pluggy.PluginManager, model: Model, replica: Replica) -> None:
@@ -257,7 +262,7 @@ def test_weights_location_must_be_a_string(pm: pluggy.PluginManager, model: Mode
 
 
 def test_sglang_one_gpu(pm: pluggy.PluginManager, model: Model, replica: Replica) -> None:
-    spec = launch(pm, "sglang", model(), replica("sglang", gpus=(1,), options={"port": 30001}))
+    spec = launch(pm, "sglang", model(), replica("sglang", gpus=(1,), port=30001))
     assert spec.argv == (
         PYTHON,
         "-m",
@@ -277,10 +282,39 @@ def test_sglang_one_gpu(pm: pluggy.PluginManager, model: Model, replica: Replica
     assert spec.readiness.path == "/health"
     assert spec.readiness.timeout_s >= 1800
     assert spec.api_prefix == "/v1"
+    # SGLang has no Unix-socket option: the daemon probes and proxies to 127.0.0.1:replica.port.
+    assert spec.listen == "tcp"
+    assert SOCKET not in spec.argv
+
+
+@pytest.mark.parametrize("port", [1024, 30000, 65535])
+def test_sglang_listens_on_the_replica_port(
+    pm: pluggy.PluginManager, model: Model, replica: Replica, port: int
+) -> None:
+    spec = launch(pm, "sglang", model(), replica("sglang", port=port))
+    argv = list(spec.argv)
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--port") + 1] == str(port)
+    assert argv.count("--port") == 1
+    assert spec.listen == "tcp"
+
+
+def test_sglang_validation_pass_with_port_zero_builds_the_argv(
+    pm: pluggy.PluginManager, model: Model, replica: Replica
+) -> None:
+    # The daemon asks for replica 0's spec with port 0 only to validate the options; it must not raise.
+    spec = launch(pm, "sglang", model(), replica("sglang", options={"max_model_len": 4096}))
+    argv = list(spec.argv)
+    assert argv[argv.index("--port") + 1] == "0"
+    assert tail(spec, SGLANG_HEAD) == ["--context-length", "4096"]
+    assert spec.listen == "tcp"
+    # ...and bad options are still reported in that pass.
+    with pytest.raises(ValueError, match="launch option 'max_model_len'"):
+        launch(pm, "sglang", model(), replica("sglang", options={"max_model_len": "lots"}))
 
 
 def test_sglang_two_gpus(pm: pluggy.PluginManager, model: Model, replica: Replica) -> None:
-    spec = launch(pm, "sglang", model(), replica("sglang", gpus=(0, 1), options={"port": "30002"}))
+    spec = launch(pm, "sglang", model(), replica("sglang", gpus=(0, 1), port=30002))
     argv = list(spec.argv)
     assert argv[argv.index("--tp-size") + 1] == "2"
     assert argv[argv.index("--port") + 1] == "30002"
@@ -291,7 +325,6 @@ def test_sglang_maps_well_known_options_to_its_own_flags(
     pm: pluggy.PluginManager, model: Model, replica: Replica
 ) -> None:
     options = {
-        "port": 30000,
         "max_model_len": 4096,
         "gpu_memory_utilization": 0.8,
         "dtype": "half",
@@ -300,7 +333,7 @@ def test_sglang_maps_well_known_options_to_its_own_flags(
         "enforce_eager": True,
         "schedule_policy": "lpm",
     }
-    spec = launch(pm, "sglang", model(), replica("sglang", options=options))
+    spec = launch(pm, "sglang", model(), replica("sglang", options=options, port=30000))
     assert tail(spec, SGLANG_HEAD) == [
         "--context-length",
         "4096",
@@ -320,19 +353,51 @@ def test_sglang_maps_well_known_options_to_its_own_flags(
 def test_sglang_rejects_two_options_for_one_flag(
     pm: pluggy.PluginManager, model: Model, replica: Replica
 ) -> None:
-    options = {"port": 30000, "max_model_len": 4096, "context_length": 8192}
+    options = {"max_model_len": 4096, "context_length": 8192}
     with pytest.raises(ValueError, match="'max_model_len' and 'context_length' both set --context-length"):
-        launch(pm, "sglang", model(), replica("sglang", options=options))
+        launch(pm, "sglang", model(), replica("sglang", options=options, port=30000))
 
 
-def test_sglang_needs_a_port(pm: pluggy.PluginManager, model: Model, replica: Replica) -> None:
-    with pytest.raises(ValueError, match=r"sglang serves HTTP on TCP only.*launch option 'port'"):
-        launch(pm, "sglang", model(), replica("sglang"))
-
-
-@pytest.mark.parametrize("port", [0, 70000, True, "http", "-1", 3.5])
-def test_sglang_rejects_bad_ports(
-    pm: pluggy.PluginManager, model: Model, replica: Replica, port: object
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+@pytest.mark.parametrize("value", [30000, "30000", 0])
+@pytest.mark.parametrize("port", [0, 30000])
+def test_port_option_is_refused_because_the_daemon_picks_it(
+    pm: pluggy.PluginManager, model: Model, replica: Replica, engine: str, value: object, port: int
 ) -> None:
-    with pytest.raises(ValueError, match="launch option 'port' must be a TCP port number"):
-        launch(pm, "sglang", model(), replica("sglang", options={"port": port}))
+    # Refused in the validation pass (port 0) and at the real launch alike; the daemon turns it into a 400.
+    with pytest.raises(ValueError, match="launch option 'port' would set --port") as excinfo:
+        launch(pm, engine, model(), replica(engine, options={"port": value}, port=port))
+    message = str(excinfo.value)
+    assert "the daemon picks where each replica listens" in message
+    assert "port" in message.split("the daemon picks", 1)[1]
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+@pytest.mark.parametrize("name", ["host", "po"])
+def test_listening_options_name_the_daemon_as_the_chooser(
+    pm: pluggy.PluginManager, model: Model, replica: Replica, engine: str, name: str
+) -> None:
+    # "po" is refused too: argparse would expand the prefix to --port.
+    with pytest.raises(ValueError, match="the daemon picks where each replica listens"):
+        launch(pm, engine, model(), replica(engine, options={name: "x"}, port=30000))
+
+
+@pytest.mark.parametrize(
+    ("engine", "name", "reason"),
+    [
+        ("vllm", "uds", "the daemon picks where each replica listens"),
+        ("vllm", "model", "option model_path"),
+        ("sglang", "model_path_x", None),  # not a prefix of any controlled flag: passes through
+        ("sglang", "served_model_name", "its model uid"),
+        ("sglang", "tp", "number of GPUs"),
+        ("vllm", "data_parallel_size", "number of GPUs"),
+    ],
+)
+def test_refusals_say_why(
+    pm: pluggy.PluginManager, model: Model, replica: Replica, engine: str, name: str, reason: str | None
+) -> None:
+    if reason is None:
+        launch(pm, engine, model(), replica(engine, options={name: "x"}))
+        return
+    with pytest.raises(ValueError, match=reason):
+        launch(pm, engine, model(), replica(engine, options={name: "x"}))

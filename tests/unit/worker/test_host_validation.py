@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from xinfd.worker import host
+
 from .conftest import ClientFactory, chat_body
 
 Client = TestClient[Any, Any]
@@ -136,6 +138,8 @@ async def test_unknown_route_and_wrong_method_use_the_envelope(echo_client: Clie
     assert resp.headers["Allow"] == "POST"
 
 
-async def test_huge_body_is_refused_with_413(echo_client: Client) -> None:
-    resp = await echo_client.post("/v1/completions", data=b"x" * (65 * 1024 * 1024))
+async def test_huge_body_is_refused_with_413(make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(host, "MAX_BODY_BYTES", 1024)
+    client = await make_client()
+    resp = await client.post("/v1/completions", json={"prompt": "x" * 2048})
     await assert_refused(resp, None, status=413)
