@@ -231,8 +231,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="machine-readable JSON output")
-    common.add_argument("--socket", type=Path, help="control socket (default: $XINFD_CONTROL_SOCKET or "
+    # SUPPRESS: a subcommand's copy of an option must not reset a value given before the subcommand.
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable JSON output")
+    common.add_argument("--socket", type=Path, default=argparse.SUPPRESS, help="control socket (default: $XINFD_CONTROL_SOCKET or "
                         "$XINFERENCE_HOME/xinfd.sock)")
     parser = _Parser(prog="xinfctl", description="Control a running xinfd daemon.", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -259,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.json = getattr(args, "json", False)
+    args.socket = getattr(args, "socket", None)
     try:
         if extra and args.command != "launch":
             raise CliError(f"unrecognized arguments: {' '.join(extra)}", EXIT_USAGE)

@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import sys
-from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
@@ -70,13 +69,15 @@ def _child_setup() -> None:
 
 
 class SubprocessHandle:
-    """A real child process whose output goes to a log file; keeps a tail of it in memory."""
+    """A real child process whose stdout and stderr go straight to its log file.
+
+    No pipe: with a pipe, a grandchild that inherited it would keep ``wait()`` from returning (asyncio waits for
+    the pipes to close), and the daemon would spend CPU pumping every replica's output.
+    """
 
     def __init__(self, proc: asyncio.subprocess.Process, log_path: Path) -> None:
         self._proc = proc
         self._log_path = log_path
-        self._tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-        self._pump = asyncio.ensure_future(self._pump_output())
 
     @property
     def pid(self) -> int:
@@ -86,21 +87,8 @@ class SubprocessHandle:
     def returncode(self) -> int | None:
         return self._proc.returncode
 
-    async def _pump_output(self) -> None:
-        assert self._proc.stdout is not None
-        self._log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._log_path.open("ab") as sink:
-            while line := await self._proc.stdout.readline():
-                sink.write(line)
-                sink.flush()
-                self._tail.append(line.decode(errors="replace").rstrip("\n"))
-
     async def wait(self) -> int:
-        code = await self._proc.wait()
-        # Let the pump drain what the process wrote last (its dying words are the useful ones).
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._pump), timeout=1.0)
-        return code
+        return await self._proc.wait()
 
     def signal_group(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -116,24 +104,39 @@ class SubprocessHandle:
         return True
 
     def stderr_tail(self) -> list[str]:
-        return list(self._tail)
+        return log_tail(self._log_path, STDERR_TAIL_LINES)
+
+
+def log_tail(path: Path, lines: int, *, max_bytes: int = 16384) -> list[str]:
+    """The last ``lines`` lines of a log file, reading at most ``max_bytes`` from its end."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    return [line.decode(errors="replace") for line in data.splitlines()[-lines:]]
 
 
 class SubprocessSpawner:
-    """Spawns real children in their own session with stdout+stderr captured to a per-replica log."""
+    """Spawns real children in their own session with stdout+stderr appended to a per-replica log."""
 
     async def spawn(
         self, argv: tuple[str, ...], *, env: Mapping[str, str], cwd: str | None, log_path: Path
     ) -> ProcessHandle:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            env=dict(env),
-            cwd=cwd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=_child_setup,  # noqa: PLW1509 - needed for setsid + PDEATHSIG; the daemon has no threads forking
-        )
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as sink:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                env=dict(env),
+                cwd=cwd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=sink,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=_child_setup,  # setsid + PDEATHSIG; the daemon forks only from its loop thread
+            )
         return SubprocessHandle(proc, log_path)
 
 

@@ -25,8 +25,8 @@ from aiohttp import web
 from xinfd.errors import InvalidRequestError, PluginError, XinfdError
 from xinfd.types import EmbeddingModel, GeneratedDelta, GenerateRequest, TextModel
 from xinfd.worker import protocol
-from xinfd.worker.protocol import CompletionFormat, CompletionKind, SamplingParams, Usage
-from xinfd.worker.sse import SseWriter
+from xinfd.worker.protocol import CompletionFormat, CompletionKind, GenerationRequest, Usage
+from xinfd.worker.sse import CompletionStream
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,6 @@ class WorkerConfig:
     created: int
 
 
-@dataclass(slots=True)
-class _Running:
-    task: asyncio.Task[object]
-    aborted: bool = False
-
-
 class InFlight:
     """Generations in progress by request id, so ``/abort`` and shutdown can stop them.
 
@@ -64,38 +58,39 @@ class InFlight:
     """
 
     def __init__(self) -> None:
-        self._running: dict[str, _Running] = {}
+        self._tasks: dict[str, asyncio.Task[object]] = {}
+        self._aborted: set[str] = set()
 
     def __len__(self) -> int:
-        return len(self._running)
+        return len(self._tasks)
 
     def start(self, request_id: str, task: asyncio.Task[object]) -> None:
-        if request_id in self._running:
+        if request_id in self._tasks:
             raise InvalidRequestError(f"request id {request_id!r} is already running")
-        self._running[request_id] = _Running(task)
+        self._tasks[request_id] = task
 
     def finish(self, request_id: str) -> None:
-        self._running.pop(request_id, None)
+        self._tasks.pop(request_id, None)
+        self._aborted.discard(request_id)
 
     def abort(self, request_id: str) -> bool:
         """Cancel a running generation; ``False`` if no generation has that id (finished or never started)."""
-        entry = self._running.get(request_id)
-        if entry is None:
+        task = self._tasks.get(request_id)
+        if task is None:
             return False
-        if not entry.aborted:  # a second cancel would turn the clean "abort" ending into a dropped connection
-            entry.aborted = True
-            entry.task.cancel()
+        if request_id not in self._aborted:  # a second cancel would turn the clean ending into a dropped one
+            self._aborted.add(request_id)
+            task.cancel()
         return True
 
     def abort_all(self) -> int:
-        return sum(self.abort(request_id) for request_id in list(self._running))
+        return sum(self.abort(request_id) for request_id in list(self._tasks))
 
     def absorb_abort(self, request_id: str) -> bool:
         """Called while handling ``CancelledError``: ``True`` (and the cancellation is undone) if it came only
         from ``abort``; ``False`` if something else (client gone, shutdown timeout) cancelled the task too."""
-        entry = self._running.get(request_id)
-        task = asyncio.current_task()
-        if entry is None or not entry.aborted or task is None or task.cancelling() != 1:
+        task = self._tasks.get(request_id)
+        if request_id not in self._aborted or task is None or task.cancelling() != 1:
             return False
         task.uncancel()
         return True
@@ -125,9 +120,7 @@ def make_worker_app(
     text = model if isinstance(model, TextModel) else None
     embedder = model if isinstance(model, EmbeddingModel) else None
     if text is None and embedder is None:
-        raise TypeError(
-            f"{type(model).__name__} implements neither TextModel nor EmbeddingModel (xinfd.types)"
-        )
+        raise TypeError(f"{type(model).__name__} implements neither TextModel nor EmbeddingModel")
     app = web.Application(middlewares=[_request_context], client_max_size=MAX_BODY_BYTES)
     app[CONFIG_KEY] = WorkerConfig(
         model_uid=model_uid,
@@ -145,16 +138,12 @@ def make_worker_app(
     app.router.add_post("/abort/{request_id}", _abort)
     if text is not None:
         app[TEXT_MODEL_KEY] = text
-        app.router.add_post("/v1/chat/completions", _chat_completions)
-        app.router.add_post("/v1/completions", _completions)
-    else:
-        app.router.add_post("/v1/chat/completions", _unsupported("text generation"))
-        app.router.add_post("/v1/completions", _unsupported("text generation"))
     if embedder is not None:
         app[EMBEDDING_MODEL_KEY] = embedder
-        app.router.add_post("/v1/embeddings", _embeddings)
-    else:
-        app.router.add_post("/v1/embeddings", _unsupported("embeddings"))
+    # Every OpenAI route exists; one the model cannot serve answers 404 with a message saying why.
+    for path, handler in (("/v1/chat/completions", _chat_completions), ("/v1/completions", _completions)):
+        app.router.add_post(path, handler if text is not None else _unsupported("text generation"))
+    app.router.add_post("/v1/embeddings", _embeddings if embedder is not None else _unsupported("embeddings"))
     return app
 
 
@@ -236,7 +225,7 @@ async def _request_context(request: web.Request, handler: Handler) -> web.Stream
         # The top of a request task: log with the traceback, answer 500, keep serving.
         log.exception("%s %s failed", request[REQUEST_ID_KEY], request.path)
         body = protocol.error_envelope(
-            "internal error in the model worker", error_type="server_error", code="internal_error"
+            "internal error in the model worker", type_="server_error", code="internal_error"
         )
         return web.json_response(body, status=500)
 
@@ -263,14 +252,8 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _models(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG_KEY]
-    card = {
-        "id": cfg.model_uid,
-        "object": "model",
-        "created": cfg.created,
-        "owned_by": "xinfd",
-        "root": cfg.model_name,
-        "max_model_len": cfg.context_length,
-    }
+    card = {"id": cfg.model_uid, "object": "model", "created": cfg.created, "owned_by": "xinfd"}
+    card.update(root=cfg.model_name, max_model_len=cfg.context_length)  # as vLLM reports them
     return web.json_response({"object": "list", "data": [card]})
 
 
@@ -296,23 +279,13 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     model = request.app[TEXT_MODEL_KEY]
     chat = protocol.parse_chat_request(protocol.parse_json_object(await request.read()))
     prompt = model.render_chat(list(chat.messages), chat.template_options)
-    return await _complete(
-        request, model, "chat", prompt, chat.sampling, stream=chat.stream, include_usage=chat.include_usage
-    )
+    return await _complete(request, model, "chat", prompt, chat)
 
 
 async def _completions(request: web.Request) -> web.StreamResponse:
     model = request.app[TEXT_MODEL_KEY]
     completion = protocol.parse_completion_request(protocol.parse_json_object(await request.read()))
-    return await _complete(
-        request,
-        model,
-        "text",
-        completion.prompt,
-        completion.sampling,
-        stream=completion.stream,
-        include_usage=completion.include_usage,
-    )
+    return await _complete(request, model, "text", completion.prompt, completion)
 
 
 async def _embeddings(request: web.Request) -> web.Response:
@@ -338,14 +311,12 @@ async def _complete(
     model: TextModel,
     kind: CompletionKind,
     prompt: str,
-    sampling: SamplingParams,
-    *,
-    stream: bool,
-    include_usage: bool,
+    parsed: GenerationRequest,
 ) -> web.StreamResponse:
     """Run one generation and answer it whole or as an SSE stream."""
     cfg = request.app[CONFIG_KEY]
     request_id = request[REQUEST_ID_KEY]
+    sampling = parsed.sampling
     prompt_tokens = model.count_tokens(prompt)
     max_tokens = protocol.resolve_max_tokens(
         sampling,
@@ -363,54 +334,31 @@ async def _complete(
         stop=sampling.stop,
         seed=sampling.seed,
     )
-    fmt = CompletionFormat.new(kind, request_id, cfg.model_uid, include_usage=include_usage)
+    fmt = CompletionFormat.new(kind, request_id, cfg.model_uid, parsed.include_usage)
+    stream = CompletionStream(request, fmt) if parsed.stream else None
     started = time.monotonic()
-    writer = SseWriter(request) if stream else None
-
-    async def on_text(text: str) -> None:
-        if writer is None:
-            return
-        if not writer.started and (opening := fmt.opening_chunk()) is not None:
-            await writer.send(opening)
-        await writer.send(fmt.delta_chunk(text))
-
     try:
-        text, finish_reason = await _drain(request, model.generate(generate), on_text)
-    except ConnectionError:
-        if writer is None or not writer.started:
-            raise
-        # The client went away mid-stream; aiohttp ignores the connection error when it finishes the response.
-        log.info("%s: client disconnected", request_id)
-        return writer.response
+        text, finish_reason = await _drain(request, model.generate(generate), stream)
     except Exception as exc:
-        if writer is None or not writer.started:
+        if stream is None or not stream.started:
             raise  # nothing sent yet: the middleware answers with a proper status
+        if isinstance(exc, ConnectionError):
+            # The client went away; aiohttp ignores the connection error when it finishes the response.
+            log.info("%s: client disconnected", request_id)
+            return stream.response
         log.exception("%s: generation failed mid-stream", request_id)
         if not isinstance(exc, XinfdError):
             exc = XinfdError("the engine failed while generating")
-        return await writer.fail(protocol.error_from_exception(exc))
+        return await stream.fail(protocol.error_from_exception(exc))
     usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=model.count_tokens(text) if text else 0)
-    log.info(
-        "%s %s prompt=%d completion=%d finish=%s %.3fs",
-        request_id,
-        kind,
-        usage.prompt_tokens,
-        usage.completion_tokens,
-        finish_reason,
-        time.monotonic() - started,
-    )
-    if writer is None:
+    log.info("%s %s %s finish=%s %.3fs", request_id, kind, usage, finish_reason, time.monotonic() - started)
+    if stream is None:
         return web.json_response(fmt.full(text, finish_reason, usage))
-    if not writer.started and (opening := fmt.opening_chunk()) is not None:
-        await writer.send(opening)
-    await writer.send(fmt.closing_chunk(finish_reason))
-    if include_usage:
-        await writer.send(fmt.usage_chunk(usage))
-    return await writer.done()
+    return await stream.finish(finish_reason, usage)
 
 
 async def _drain(
-    request: web.Request, deltas: AsyncIterator[GeneratedDelta], on_text: Callable[[str], Awaitable[None]]
+    request: web.Request, deltas: AsyncIterator[GeneratedDelta], stream: CompletionStream | None
 ) -> tuple[str, str]:
     """Consume the engine's deltas up to the first finish reason; return the text and that reason.
 
@@ -429,7 +377,8 @@ async def _drain(
         async for delta in deltas:
             if delta.text:
                 parts.append(delta.text)
-                await on_text(delta.text)
+                if stream is not None:
+                    await stream.delta(delta.text)
             if delta.finish_reason:
                 finish_reason = delta.finish_reason
                 break

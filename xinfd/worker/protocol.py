@@ -1,12 +1,8 @@
 """OpenAI-compatible request validation and response bodies (pure functions, no aiohttp).
 
 The worker host (``xinfd.worker.host``) is thin HTTP glue over this module. Nothing here imports aiohttp, so
-the daemon's front end can run the same validators before it proxies a request, and a client gets the same 400
-with the same ``param`` whether the daemon or the replica rejected it.
-
-Validation raises ``xinfd.errors.InvalidRequestError`` with ``param`` naming the offending field (OpenAI
-style, ``messages[2].role``); ``error_envelope`` turns any error into
-``{"error": {message, type, param, code}}``.
+the daemon's front end can run the same validators before it proxies, and a client gets the same 400 with the
+same ``param`` (OpenAI style: ``messages[2].role``) whether the daemon or the replica refused the request.
 """
 
 from __future__ import annotations
@@ -41,16 +37,11 @@ _ROLES: Mapping[str, Literal["system", "user", "assistant", "tool"]] = {
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-# -- requests ------------------------------------------------------------------------------------------------
-
-
+# -- requests -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SamplingParams:
-    """The sampling fields shared by chat and text completions, validated.
-
-    ``max_tokens`` is ``None`` when the client did not ask for a limit; ``max_tokens_param`` remembers which
-    of ``max_tokens`` / ``max_completion_tokens`` the client used, so an error names the field it sent.
-    """
+    """Validated sampling fields. ``max_tokens`` is ``None`` when the client set no limit;
+    ``max_tokens_param`` is the field it used (``max_tokens`` or ``max_completion_tokens``), for errors."""
 
     max_tokens: int | None = None
     max_tokens_param: str = "max_tokens"
@@ -61,25 +52,28 @@ class SamplingParams:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ChatRequest:
+class GenerationRequest:
+    """What chat and text completions share: sampling and streaming."""
+
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stream: bool = False
+    include_usage: bool = False  # ``stream_options.include_usage``; only meaningful when streaming
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatRequest(GenerationRequest):
     """A validated ``POST /v1/chat/completions`` body."""
 
     messages: tuple[ChatMessage, ...]
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    stream: bool = False
-    include_usage: bool = False
     # ``chat_template_kwargs``: passed to the model's ``render_chat`` as its options.
     template_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CompletionRequest:
+class CompletionRequest(GenerationRequest):
     """A validated ``POST /v1/completions`` body (one prompt per request)."""
 
     prompt: str
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    stream: bool = False
-    include_usage: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,9 +100,9 @@ def parse_json_object(raw: bytes) -> Mapping[str, Any]:
     try:
         body = json.loads(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from exc
+        raise _invalid(None, f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
-        raise InvalidRequestError(f"request body must be a JSON object, not {_json_type(body)}")
+        raise _invalid(None, f"request body must be a JSON object, not {_json_type(body)}")
     return body
 
 
@@ -116,14 +110,12 @@ def parse_chat_request(body: Mapping[str, Any]) -> ChatRequest:
     """Validate a chat-completion body; the messages keep only what a chat template needs."""
     messages = body.get("messages")
     if not isinstance(messages, list):
-        raise InvalidRequestError("'messages' must be a list of message objects", param="messages")
+        raise _invalid("messages", "'messages' must be a list of message objects")
     if not messages:
-        raise InvalidRequestError("'messages' must contain at least one message", param="messages")
-    options = body.get("chat_template_kwargs")
-    if options is None:
-        options = {}
-    elif not isinstance(options, dict):
-        raise InvalidRequestError("'chat_template_kwargs' must be an object", param="chat_template_kwargs")
+        raise _invalid("messages", "'messages' must contain at least one message")
+    options = {} if body.get("chat_template_kwargs") is None else body["chat_template_kwargs"]
+    if not isinstance(options, dict):
+        raise _invalid("chat_template_kwargs", "'chat_template_kwargs' must be an object")
     stream, include_usage = _parse_stream(body)
     return ChatRequest(
         messages=tuple(_parse_message(m, i) for i, m in enumerate(messages)),
@@ -139,14 +131,10 @@ def parse_completion_request(body: Mapping[str, Any]) -> CompletionRequest:
     prompt = body.get("prompt")
     if isinstance(prompt, list):
         if len(prompt) != 1:
-            raise InvalidRequestError(
-                f"exactly one prompt per request is supported, got a list of {len(prompt)}", param="prompt"
-            )
+            raise _invalid("prompt", f"one prompt per request is supported, got a list of {len(prompt)}")
         prompt = prompt[0]
     if not isinstance(prompt, str):
-        raise InvalidRequestError(
-            "'prompt' must be a string (token-id prompts are not supported)", param="prompt"
-        )
+        raise _invalid("prompt", "'prompt' must be a string (token-id prompts are not supported)")
     stream, include_usage = _parse_stream(body)
     return CompletionRequest(
         prompt=prompt, sampling=parse_sampling(body), stream=stream, include_usage=include_usage
@@ -162,21 +150,14 @@ def parse_embedding_request(body: Mapping[str, Any]) -> EmbeddingRequest:
     elif isinstance(raw, list) and raw and all(isinstance(t, str) for t in raw):
         texts = tuple(raw)
     else:
-        raise InvalidRequestError(
-            "'input' must be a string or a non-empty list of strings (token ids are not supported)",
-            param="input",
-        )
+        raise _invalid("input", "'input' must be a string or a non-empty list of strings (not token ids)")
     raw_format = body.get("encoding_format")
-    fmt: EncodingFormat
-    if raw_format is None or raw_format == "float":
-        fmt = "float"
-    elif raw_format == "base64":
-        fmt = "base64"
-    else:
-        raise InvalidRequestError("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
+    fmt: EncodingFormat = "base64" if raw_format == "base64" else "float"
+    if raw_format not in (None, "float", "base64"):
+        raise _invalid("encoding_format", "'encoding_format' must be 'float' or 'base64'")
     if body.get("dimensions") is not None:
         # Silently returning full-size vectors would hand the client the wrong shape.
-        raise InvalidRequestError("'dimensions' is not supported by this model", param="dimensions")
+        raise _invalid("dimensions", "'dimensions' is not supported by this model")
     return EmbeddingRequest(texts=texts, encoding_format=fmt)
 
 
@@ -184,15 +165,15 @@ def parse_sampling(body: Mapping[str, Any]) -> SamplingParams:
     """Validate the sampling fields; absent or ``null`` fields take the OpenAI defaults."""
     n = body.get("n")
     if n is not None and (not _is_int(n) or n != 1):
-        raise InvalidRequestError("only n=1 is supported", param="n")
+        raise _invalid("n", "only n=1 is supported")
     # max_completion_tokens is OpenAI's current name; max_tokens the deprecated one most clients still send.
     param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = body.get(param)
     if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
-        raise InvalidRequestError(f"'{param}' must be a positive integer, got {max_tokens!r}", param=param)
+        raise _invalid(param, f"'{param}' must be a positive integer, got {max_tokens!r}")
     seed = body.get("seed")
     if seed is not None and not _is_int(seed):
-        raise InvalidRequestError(f"'seed' must be an integer, got {seed!r}", param="seed")
+        raise _invalid("seed", f"'seed' must be an integer, got {seed!r}")
     return SamplingParams(
         max_tokens=max_tokens,
         max_tokens_param=param,
@@ -213,20 +194,20 @@ def resolve_max_tokens(
     """
     room = context_length - prompt_tokens
     if room < 1:
-        raise InvalidRequestError(
+        raise _invalid(
+            prompt_param,
             f"the prompt is {prompt_tokens} tokens long but the model's context length is {context_length} "
-            f"tokens, which leaves no room for a completion",
-            param=prompt_param,
+            "tokens, which leaves no room for a completion",
         )
     wanted = room if sampling.max_tokens is None else sampling.max_tokens
     if cap is not None:
         wanted = min(wanted, cap)
     if wanted > room:
-        raise InvalidRequestError(
+        param = sampling.max_tokens_param
+        raise _invalid(
+            param,
             f"the model's context length is {context_length} tokens, but {prompt_tokens + wanted} were "
-            f"requested ({prompt_tokens} in the prompt, {wanted} for the completion); "
-            f"lower '{sampling.max_tokens_param}'",
-            param=sampling.max_tokens_param,
+            f"requested ({prompt_tokens} in the prompt, {wanted} for the completion); lower '{param}'",
         )
     return wanted
 
@@ -235,15 +216,10 @@ def check_context(counts: Sequence[int], *, context_length: int, param: str) -> 
     """Refuse embedding inputs longer than the context, naming the first offender."""
     for index, count in enumerate(counts):
         if count > context_length:
-            raise InvalidRequestError(
-                f"input {index} is {count} tokens long; the model's context length is {context_length}",
-                param=param,
-            )
+            raise _invalid(param, f"input {index} is {count} tokens; the model's context is {context_length}")
 
 
-# -- responses -----------------------------------------------------------------------------------------------
-
-
+# -- responses ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Usage:
     """Token counts of one request."""
@@ -252,11 +228,8 @@ class Usage:
     completion_tokens: int = 0
 
     def as_dict(self) -> JsonObject:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
+        prompt, completion = self.prompt_tokens, self.completion_tokens
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -269,32 +242,21 @@ class CompletionFormat:
     kind: CompletionKind
     response_id: str
     model: str
-    created: int
     include_usage: bool = False
+    created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
-    def new(
-        cls, kind: CompletionKind, request_id: str, model: str, *, include_usage: bool = False
-    ) -> CompletionFormat:
+    def new(cls, kind: CompletionKind, request_id: str, model: str, include_usage: bool) -> CompletionFormat:
         prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
-        return cls(
-            kind=kind,
-            response_id=prefix + request_id,
-            model=model,
-            created=int(time.time()),
-            include_usage=include_usage,
-        )
+        return cls(kind=kind, response_id=prefix + request_id, model=model, include_usage=include_usage)
 
     def full(self, text: str, finish_reason: str, usage: Usage) -> JsonObject:
         """The non-streamed response."""
-        if self.kind == "chat":
-            choice: JsonObject = {"index": 0, "message": {"role": "assistant", "content": text}}
-        else:
-            choice = {"index": 0, "text": text}
-        choice.update(logprobs=None, finish_reason=finish_reason)
-        body = self._head(chunk=False)
-        body.update(choices=[choice], usage=usage.as_dict())
-        return body
+        content = (
+            {"message": {"role": "assistant", "content": text}} if self.kind == "chat" else {"text": text}
+        )
+        choice = {"index": 0, **content, "logprobs": None, "finish_reason": finish_reason}
+        return {**self._head(chunk=False), "choices": [choice], "usage": usage.as_dict()}
 
     def opening_chunk(self) -> JsonObject | None:
         """Chat streams announce the assistant role before any content; text streams have no opening."""
@@ -308,27 +270,21 @@ class CompletionFormat:
 
     def usage_chunk(self, usage: Usage) -> JsonObject:
         """The extra last chunk sent when ``stream_options.include_usage`` is set (no choices, only usage)."""
-        body = self._head(chunk=True)
-        body.update(choices=[], usage=usage.as_dict())
-        return body
+        return {**self._head(chunk=True), "choices": [], "usage": usage.as_dict()}
 
     def _chunk(self, delta: JsonObject | str, finish_reason: str | None) -> JsonObject:
-        choice: JsonObject = {"index": 0}
-        if self.kind == "chat":
-            choice["delta"] = delta
-        else:
-            choice["text"] = delta
-        choice.update(logprobs=None, finish_reason=finish_reason)
+        key = "delta" if self.kind == "chat" else "text"
         body = self._head(chunk=True)
-        body["choices"] = [choice]
+        body["choices"] = [{"index": 0, key: delta, "logprobs": None, "finish_reason": finish_reason}]
         if self.include_usage:
             body["usage"] = None  # OpenAI sends usage: null on every chunk but the usage chunk
         return body
 
     def _head(self, *, chunk: bool) -> JsonObject:
-        obj = {"chat": "chat.completion", "text": "text_completion"}[self.kind]
-        if chunk and self.kind == "chat":
-            obj = "chat.completion.chunk"
+        if self.kind == "text":
+            obj = "text_completion"  # OpenAI uses the same object name for text chunks
+        else:
+            obj = "chat.completion.chunk" if chunk else "chat.completion"
         return {"id": self.response_id, "object": obj, "created": self.created, "model": self.model}
 
 
@@ -344,52 +300,43 @@ def embeddings_body(
         else:
             embedding = [float(x) for x in vector]
         data.append({"object": "embedding", "index": index, "embedding": embedding})
-    return {
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-    }
+    usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+    return {"object": "list", "data": data, "model": model, "usage": usage}
 
 
 def error_envelope(
-    message: str,
-    *,
-    error_type: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
+    message: str, *, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None
 ) -> JsonObject:
     """OpenAI's error body, which every OpenAI client knows how to surface."""
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 def error_from_exception(exc: XinfdError) -> JsonObject:
     """The envelope of a typed xinfd error (its stable code, type and param)."""
-    return error_envelope(exc.message, error_type=exc.error_type, param=exc.param, code=exc.code)
+    return error_envelope(exc.message, type_=exc.error_type, param=exc.param, code=exc.code)
 
 
-# -- helpers -------------------------------------------------------------------------------------------------
+# -- helpers ------------------------------------------------------------------------------------------------
+def _invalid(param: str | None, message: str) -> InvalidRequestError:
+    """The 400 of a field (``param``) in OpenAI's style; ``None`` for the body as a whole."""
+    return InvalidRequestError(message, param=param)
 
 
 def _parse_message(raw: object, index: int) -> ChatMessage:
     where = f"messages[{index}]"
     if not isinstance(raw, dict):
-        raise InvalidRequestError(f"{where} must be an object with 'role' and 'content'", param=where)
+        raise _invalid(where, f"{where} must be an object with 'role' and 'content'")
     role = raw.get("role")
     if not isinstance(role, str) or role not in _ROLES:
-        raise InvalidRequestError(
-            f"{where} has unknown role {role!r}; expected one of {', '.join(_ROLES)}", param=f"{where}.role"
-        )
+        raise _invalid(f"{where}.role", f"unknown role {role!r}; expected one of {', '.join(_ROLES)}")
     content = raw.get("content")
     if content is None and role == "assistant":
         content = ""  # an assistant turn that only made tool calls has no content
     elif isinstance(content, list):
         content = _join_text_parts(content, where)
     if not isinstance(content, str):
-        raise InvalidRequestError(
-            f"{where}.content must be a string or a list of text parts, not {_json_type(content)}",
-            param=f"{where}.content",
-        )
+        got = _json_type(content)
+        raise _invalid(f"{where}.content", f"content must be a string or a list of text parts, not {got}")
     return ChatMessage(role=_ROLES[role], content=content)
 
 
@@ -398,29 +345,22 @@ def _join_text_parts(parts: list[Any], where: str) -> str:
     for j, part in enumerate(parts):
         if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
             kind = part.get("type") if isinstance(part, dict) else _json_type(part)
-            raise InvalidRequestError(
-                f"{where}.content[{j}]: only text parts are supported (got {kind!r})",
-                param=f"{where}.content",
-            )
+            raise _invalid(f"{where}.content", f"content[{j}]: only text parts are supported (got {kind!r})")
         texts.append(part["text"])
     return "\n".join(texts)  # the same joining as vLLM, so prompts match between engines
 
 
 def _parse_stream(body: Mapping[str, Any]) -> tuple[bool, bool]:
-    stream = body.get("stream")
-    if stream is None:
-        stream = False
+    stream = False if body.get("stream") is None else body["stream"]
     if not isinstance(stream, bool):
-        raise InvalidRequestError("'stream' must be a boolean", param="stream")
-    options = body.get("stream_options")
-    if options is None:
-        return stream, False
+        raise _invalid("stream", "'stream' must be a boolean")
+    options = {} if body.get("stream_options") is None else body["stream_options"]
     if not isinstance(options, dict):
-        raise InvalidRequestError("'stream_options' must be an object", param="stream_options")
-    include_usage = options.get("include_usage")
-    if include_usage is not None and not isinstance(include_usage, bool):
-        raise InvalidRequestError("'include_usage' must be a boolean", param="stream_options.include_usage")
-    return stream, bool(include_usage) and stream
+        raise _invalid("stream_options", "'stream_options' must be an object")
+    include_usage = False if options.get("include_usage") is None else options["include_usage"]
+    if not isinstance(include_usage, bool):
+        raise _invalid("stream_options.include_usage", "'include_usage' must be a boolean")
+    return stream, include_usage and stream
 
 
 def _parse_stop(raw: object) -> tuple[str, ...]:
@@ -428,7 +368,7 @@ def _parse_stop(raw: object) -> tuple[str, ...]:
         return ()
     items = [raw] if isinstance(raw, str) else raw
     if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
-        raise InvalidRequestError("'stop' must be a string or a list of strings", param="stop")
+        raise _invalid("stop", "'stop' must be a string or a list of strings")
     # An empty stop string would match at once and end every completion; it can only be a client slip.
     return tuple(s for s in items if s)
 
@@ -439,12 +379,10 @@ def _number(
     value = body.get(name)
     if value is None:
         return default
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and value <= high
-    if not ok:
+    valid = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not valid or value > high or (value <= low if low_open else value < low):
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-        raise InvalidRequestError(f"'{name}' must be a number in {interval}, got {value!r}", param=name)
+        raise _invalid(name, f"'{name}' must be a number in {interval}, got {value!r}")
     return float(value)
 
 
@@ -452,15 +390,9 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_JSON_TYPES = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+
+
 def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
+    """How a decoded JSON value is named in error messages."""
+    return _JSON_TYPES.get(type(value), "an array" if isinstance(value, list) else "an object")

@@ -1,6 +1,6 @@
 """Server-sent events as OpenAI streams them: ``data: <json>\\n\\n`` frames, ended by ``data: [DONE]``.
 
-The writer prepares the HTTP response lazily, on the first frame. Until then a failure of the engine can
+The stream prepares the HTTP response lazily, on the first frame. Until then a failure of the engine can
 still be answered with a proper status code and error body, which lets the daemon's router retry a request
 that never produced a byte.
 """
@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
+
+from xinfd.worker.protocol import CompletionFormat, Usage
 
 DONE_FRAME = b"data: [DONE]\n\n"
 
@@ -31,11 +33,13 @@ def decode_events(raw: bytes) -> list[Any]:
     return events
 
 
-class SseWriter:
-    """Writes SSE frames to one request, preparing the streaming response on the first frame."""
+class CompletionStream:
+    """One chat or text completion streamed as OpenAI does: for chat a role chunk first, then content deltas,
+    a closing chunk with the finish reason, an optional usage chunk, and ``[DONE]``."""
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.Request, fmt: CompletionFormat) -> None:
         self._request = request
+        self._fmt = fmt
         self.response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
@@ -50,11 +54,14 @@ class SseWriter:
         """Whether the status line went out, after which errors can only be reported in-band."""
         return self.response.prepared
 
-    async def send(self, payload: Mapping[str, Any]) -> None:
-        await self._write(encode_event(payload))
+    async def delta(self, text: str) -> None:
+        await self._send(self._fmt.delta_chunk(text))
 
-    async def done(self) -> web.StreamResponse:
-        """End a successful stream with ``[DONE]``."""
+    async def finish(self, finish_reason: str, usage: Usage) -> web.StreamResponse:
+        """End a successful stream."""
+        await self._send(self._fmt.closing_chunk(finish_reason))
+        if self._fmt.include_usage:
+            await self._send(self._fmt.usage_chunk(usage))
         await self._write(DONE_FRAME)
         await self.response.write_eof()
         return self.response
@@ -64,6 +71,11 @@ class SseWriter:
         await self._write(encode_event(envelope))
         await self.response.write_eof()
         return self.response
+
+    async def _send(self, chunk: Mapping[str, Any]) -> None:
+        if not self.started and (opening := self._fmt.opening_chunk()) is not None:
+            await self._write(encode_event(opening))
+        await self._write(encode_event(chunk))
 
     async def _write(self, frame: bytes) -> None:
         if not self.response.prepared:

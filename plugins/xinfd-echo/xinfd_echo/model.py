@@ -19,7 +19,7 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +115,7 @@ class EchoModel:
     def count_tokens(self, text: str) -> int:
         return len(tokenize(text))
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GeneratedDelta]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GeneratedDelta, None]:
         """Yield the prompt's tokens, at most ``max_tokens``, ending early at a stop string.
 
         Text that could be the start of a stop string is held back until it is known not to be one, so a

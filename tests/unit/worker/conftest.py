@@ -1,4 +1,4 @@
-"""Fixtures for the worker host tests: the echo model behind ``make_worker_app`` and an aiohttp test client."""
+"""Fixtures for the worker host tests: the echo model behind ``make_worker_app``, and a test client."""
 
 from __future__ import annotations
 

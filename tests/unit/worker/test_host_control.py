@@ -6,7 +6,7 @@ import asyncio
 import base64
 import struct
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ class RecordingEcho(EchoModel):
         self.closed = asyncio.Event()
         self.deltas = 0
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GeneratedDelta]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GeneratedDelta, None]:
         inner = super().generate(request)
         self.started.set()
         try:
@@ -81,7 +81,9 @@ async def test_embeddings_float_and_base64(make_client: ClientFactory) -> None:
     ]
     assert data["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
     # The openai SDK asks for base64 by default and decodes little-endian float32.
-    data = await (await client.post("/v1/embeddings", json={"input": "abc", "encoding_format": "base64"})).json()
+    data = await (
+        await client.post("/v1/embeddings", json={"input": "abc", "encoding_format": "base64"})
+    ).json()
     raw = base64.b64decode(data["data"][0]["embedding"])
     assert struct.unpack("<3f", raw) == (3.0, 0.5, -1.0)
 
@@ -200,7 +202,11 @@ async def test_serve_on_a_unix_socket_and_abort_running_work_at_shutdown(short_s
     socket_path.write_text("stale")  # left over by a crashed predecessor
     model = RecordingEcho()
     app = make_worker_app(
-        model, model_uid="echo-1", model_name="echo", context_length=4096, max_tokens_cap=None,
+        model,
+        model_uid="echo-1",
+        model_name="echo",
+        context_length=4096,
+        max_tokens_cap=None,
         replica_label="echo-1-0",
     )
     server = asyncio.create_task(serve(app, str(socket_path), stop_signals=()))
@@ -213,7 +219,9 @@ async def test_serve_on_a_unix_socket_and_abort_running_work_at_shutdown(short_s
             except aiohttp.ClientConnectionError:
                 await asyncio.sleep(0.01)
         assert socket_path.stat().st_mode & 0o777 == 0o600
-        async with session.post("http://worker/v1/chat/completions", json=chat_body(LONG, stream=True)) as resp:
+        async with session.post(
+            "http://worker/v1/chat/completions", json=chat_body(LONG, stream=True)
+        ) as resp:
             await resp.content.readuntil(b"\n\n")
             server.cancel()  # what SIGTERM does, minus the signal
             events = decode_events(await resp.read())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -59,7 +59,10 @@ async def test_chat_accepts_text_parts_and_developer_role(echo_client: Client) -
     body = {
         "messages": [
             {"role": "developer", "content": "rules"},
-            {"role": "user", "content": [{"type": "text", "text": "hello"}, {"type": "text", "text": "world"}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "hello"}, {"type": "text", "text": "world"}],
+            },
         ]
     }
     _, data = await post_json(echo_client, "/v1/chat/completions", body)
@@ -68,19 +71,27 @@ async def test_chat_accepts_text_parts_and_developer_role(echo_client: Client) -
 
 async def test_max_tokens_cuts_with_length(echo_client: Client) -> None:
     for field in ("max_tokens", "max_completion_tokens"):
-        _, data = await post_json(echo_client, "/v1/chat/completions", chat_body("one two three four", **{field: 2}))
+        _, data = await post_json(
+            echo_client, "/v1/chat/completions", chat_body("one two three four", **{field: 2})
+        )
         assert data["choices"][0]["message"]["content"] == "one two "
         assert data["choices"][0]["finish_reason"] == "length"
         assert data["usage"]["completion_tokens"] == 2
 
 
 async def test_stop_strings_truncate_even_across_tokens(echo_client: Client) -> None:
-    _, data = await post_json(echo_client, "/v1/chat/completions", chat_body("one two three four", stop="three"))
+    _, data = await post_json(
+        echo_client, "/v1/chat/completions", chat_body("one two three four", stop="three")
+    )
     assert data["choices"][0]["message"]["content"] == "one two "
     assert data["choices"][0]["finish_reason"] == "stop"
-    events = await stream(echo_client, "/v1/chat/completions", chat_body("one two three four", stop=["x", "o th"]))
+    events = await stream(
+        echo_client, "/v1/chat/completions", chat_body("one two three four", stop=["x", "o th"])
+    )
     assert chat_text(events) == "one tw"
-    assert all("o th" not in (e["choices"][0]["delta"].get("content") or "") for e in events[:-1] if e["choices"])
+    assert all(
+        "o th" not in (e["choices"][0]["delta"].get("content") or "") for e in events[:-1] if e["choices"]
+    )
 
 
 async def test_operator_cap_clamps_instead_of_refusing(make_client: ClientFactory) -> None:
@@ -136,8 +147,9 @@ async def test_text_completion_plain_and_streamed(echo_client: Client) -> None:
         assert data["choices"][0]["text"] == "say it  twice"
         assert data["choices"][0]["finish_reason"] == "stop"
         assert data["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
-    events = await stream(echo_client, "/v1/completions", {"prompt": "say it  twice", "stream_options": {
-        "include_usage": True}})
+    events = await stream(
+        echo_client, "/v1/completions", {"prompt": "say it  twice", "stream_options": {"include_usage": True}}
+    )
     assert events[-1] == "[DONE]"
     assert {e["object"] for e in events[:-1]} == {"text_completion"}
     assert "".join(e["choices"][0]["text"] for e in events[:-2]) == "say it  twice"
@@ -177,7 +189,7 @@ class FailingModel(EchoModel):
         super().__init__()
         self.good = good
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GeneratedDelta]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GeneratedDelta, None]:
         for index in range(self.good):
             yield GeneratedDelta(text=f"t{index} ")
         raise RuntimeError("engine exploded")

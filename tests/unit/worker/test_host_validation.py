@@ -26,10 +26,17 @@ async def assert_refused(resp: Any, param: str | None, status: int = 400) -> dic
 
 @pytest.mark.parametrize(
     ("raw", "fragment"),
-    [(b"{not json", "not valid JSON"), (b"", "not valid JSON"), (b"[1, 2]", "not an array"), (b'"hi"', "a string")],
+    [
+        (b"{not json", "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b"[1, 2]", "not an array"),
+        (b'"hi"', "a string"),
+    ],
 )
 async def test_body_must_be_a_json_object(echo_client: Client, raw: bytes, fragment: str) -> None:
-    resp = await echo_client.post("/v1/chat/completions", data=raw, headers={"Content-Type": "application/json"})
+    resp = await echo_client.post(
+        "/v1/chat/completions", data=raw, headers={"Content-Type": "application/json"}
+    )
     error = await assert_refused(resp, None)
     assert fragment in error["message"]
     assert error["type"] == "invalid_request_error"
@@ -74,7 +81,13 @@ async def test_non_finite_temperature(echo_client: Client) -> None:
 
 
 async def test_boundary_values_are_accepted(echo_client: Client) -> None:
-    for fields in ({"temperature": 0}, {"temperature": 2}, {"top_p": 1}, {"n": 1}, {"stop": None, "seed": None}):
+    for fields in (
+        {"temperature": 0},
+        {"temperature": 2},
+        {"top_p": 1},
+        {"n": 1},
+        {"stop": None, "seed": None},
+    ):
         resp = await echo_client.post("/v1/chat/completions", json={"messages": USER, **fields})
         assert resp.status == 200, fields
 
@@ -90,7 +103,10 @@ async def test_boundary_values_are_accepted(echo_client: Client) -> None:
         ([{"content": "hi"}], "messages[0].role"),
         ([{"role": "user", "content": "a"}, {"role": "user", "content": 5}], "messages[1].content"),
         ([{"role": "user", "content": None}], "messages[0].content"),
-        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content"),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+            "messages[0].content",
+        ),
         ([{"role": "user", "content": [{"type": "text", "text": 3}]}], "messages[0].content"),
     ],
 )
@@ -100,7 +116,8 @@ async def test_invalid_messages(echo_client: Client, messages: Any, param: str) 
 
 
 @pytest.mark.parametrize(
-    ("prompt", "param"), [(None, "prompt"), (["a", "b"], "prompt"), ([], "prompt"), ([1, 2], "prompt"), (7, "prompt")]
+    ("prompt", "param"),
+    [(None, "prompt"), (["a", "b"], "prompt"), ([], "prompt"), ([1, 2], "prompt"), (7, "prompt")],
 )
 async def test_invalid_prompts(echo_client: Client, prompt: Any, param: str) -> None:
     body = {} if prompt is None else {"prompt": prompt}
@@ -138,7 +155,9 @@ async def test_unknown_route_and_wrong_method_use_the_envelope(echo_client: Clie
     assert resp.headers["Allow"] == "POST"
 
 
-async def test_huge_body_is_refused_with_413(make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_huge_body_is_refused_with_413(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(host, "MAX_BODY_BYTES", 1024)
     client = await make_client()
     resp = await client.post("/v1/completions", json={"prompt": "x" * 2048})
