@@ -162,3 +162,17 @@ def test_every_hookspec_is_documented() -> None:
         doc = getattr(hookspecs, name).__doc__ or ""
         assert ":return:" in doc, f"{name} must document its return value"
         assert len(doc.strip().splitlines()) >= 3, f"{name} needs a real docstring"
+
+
+def test_installed_echo_plugin_is_discovered_through_its_entry_point() -> None:
+    """The README's install puts plugins/xinfd-echo in the environment with pip; discovery must find it."""
+    from importlib.metadata import entry_points
+
+    echo = [ep for ep in entry_points(group="xinfd") if ep.name == "echo"]
+    assert echo, "xinfd-echo is not installed (pip install -e plugins/xinfd-echo)"
+    assert echo[0].dist is not None and echo[0].dist.name == "xinfd-echo"
+    plugins = make_plugin_manager(env={})
+    assert plugins.engine_owner["echo"] == "echo (xinfd_echo.plugin)"
+    assert "echo" in plugins.models
+    # Builtin engines come through the very same group.
+    assert plugins.engine_owner["vllm"] == "vllm (xinfd_engines.vllm)"

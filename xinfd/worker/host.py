@@ -339,6 +339,10 @@ async def _complete(
     started = time.monotonic()
     try:
         text, finish_reason = await _drain(request, model.generate(generate), stream)
+    except asyncio.CancelledError:
+        # aiohttp cancels the handler when the client (the daemon) disconnects; _drain closed the generator.
+        log.info("%s: client disconnected, generation cancelled after %.3fs", request_id, time.monotonic() - started)
+        raise
     except Exception as exc:
         if stream is None or not stream.started:
             raise  # nothing sent yet: the middleware answers with a proper status
