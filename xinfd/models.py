@@ -17,10 +17,10 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from xinfd.errors import (
     EngineUnavailableError,
@@ -55,13 +55,18 @@ class LaunchRequest:
     model_uid: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+    # None: follow XINFERENCE_ENABLE_VIRTUAL_ENV; True/False: --enable-virtual-env / --disable-virtual-env.
+    enable_virtual_env: bool | None = None
+    # --virtual-env-package/-vp: added to the model's venv packages, replacing an entry of the same name.
+    virtual_env_packages: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, body: Any) -> LaunchRequest:
         """Validate a JSON body; every problem is an ``InvalidRequestError`` naming the field."""
         if not isinstance(body, dict):
             raise InvalidRequestError("launch request must be a JSON object")
-        unknown = set(body) - {"model_name", "model_engine", "replica", "model_uid", "env", "options"}
+        unknown = set(body) - {"model_name", "model_engine", "replica", "model_uid", "env", "options",
+                               "enable_virtual_env", "virtual_env_packages"}
         if unknown:
             raise InvalidRequestError(f"unknown field(s): {', '.join(sorted(unknown))}", param=min(unknown))
         name = body.get("model_name")
@@ -89,7 +94,49 @@ class LaunchRequest:
         options = {} if body.get("options") is None else body["options"]
         if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
             raise InvalidRequestError("options must be an object", param="options")
-        return cls(model_name=name, model_engine=engine, replica=replica, model_uid=uid, env=env, options=options)
+        enable_venv = body.get("enable_virtual_env")
+        if enable_venv is not None and not isinstance(enable_venv, bool):
+            raise InvalidRequestError("enable_virtual_env must be true, false or null", param="enable_virtual_env")
+        packages = body.get("virtual_env_packages") or []
+        if not isinstance(packages, list) or not all(isinstance(p, str) and p.strip() for p in packages):
+            raise InvalidRequestError("virtual_env_packages must be a list of requirement strings",
+                                      param="virtual_env_packages")
+        return cls(model_name=name, model_engine=engine, replica=replica, model_uid=uid, env=env, options=options,
+                   enable_virtual_env=enable_venv, virtual_env_packages=tuple(packages))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaEnvironment:
+    """The interpreter (and extra variables) the replicas of one model run with: a model venv or the daemon's."""
+
+    python: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    venv_path: str | None = None
+
+
+Publish = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class EnvironmentProvider(Protocol):
+    """Prepares the environment of a model before its replicas start (``xinfd.venvs`` builds model venvs)."""
+
+    async def prepare(self, model: RunningModel, publish: Publish) -> ReplicaEnvironment:
+        """Build or reuse the environment; progress goes through ``publish``. Cancellable."""
+        ...
+
+    def release(self, model: RunningModel) -> None:
+        """The model's replicas are gone: its environment is no longer in use by it."""
+        ...
+
+
+class SystemEnvironment:
+    """Replicas run with the daemon's own interpreter (virtual environments disabled)."""
+
+    async def prepare(self, model: RunningModel, publish: Publish) -> ReplicaEnvironment:
+        return ReplicaEnvironment(python=sys.executable)
+
+    def release(self, model: RunningModel) -> None:
+        return None
 
 
 class RunningModel:
@@ -107,6 +154,7 @@ class RunningModel:
         self.launch_task: asyncio.Task[None] | None = None
         self.terminating = False
         self.launch_error: str | None = None
+        self.environment = ReplicaEnvironment(python=sys.executable)
         self._changed = asyncio.Condition()
 
     @property
@@ -174,7 +222,9 @@ class ModelManager:
         launch_timeout: float,
         restart: RestartPolicy | None = None,
         base_env: Mapping[str, str] | None = None,
+        environments: EnvironmentProvider | None = None,
     ) -> None:
+        self._environments: EnvironmentProvider = environments or SystemEnvironment()
         self.plugins = plugins
         self.platform = platform
         self.home = home
@@ -247,6 +297,7 @@ class ModelManager:
              f"{model.request.replica} replica(s))"}
         )
         try:
+            model.environment = await self._environments.prepare(model, model.publish)
             model.replicas = [self._make_replica(model, i) for i in range(model.request.replica)]
             await asyncio.gather(*(self._start_replica(model, r) for r in model.replicas))
         except Exception as exc:
@@ -280,7 +331,7 @@ class ModelManager:
             engine=model.engine,
             replica_index=index,
             socket_path=str(self.run_dir / f"{model.uid}-r{index}.sock"),
-            python=sys.executable,
+            python=model.environment.python,
             options=dict(model.request.options),
             env=dict(model.request.env),
             log_dir=str(self.log_dir),
@@ -301,7 +352,7 @@ class ModelManager:
             return spec
 
         # No GPU is assigned yet to this replica: hide every GPU so a CPU engine cannot grab one by accident.
-        env = {**self._base_env, **model.request.env, "CUDA_VISIBLE_DEVICES": ""}
+        env = {**self._base_env, **model.environment.env, **model.request.env, "CUDA_VISIBLE_DEVICES": ""}
         return Replica(
             model_uid=model.uid,
             index=index,
@@ -330,6 +381,7 @@ class ModelManager:
 
     async def _stop_replicas(self, model: RunningModel) -> None:
         await asyncio.gather(*(r.stop() for r in model.replicas), return_exceptions=True)
+        self._environments.release(model)
 
     async def close(self) -> None:
         """Refuse new launches and stop every model (daemon shutdown)."""

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -42,6 +43,11 @@ def make_control_app(state: Any) -> web.Application:
     app.router.add_post("/v1/models", launch)
     app.router.add_get("/v1/models/{uid}", get_model)
     app.router.add_delete("/v1/models/{uid}", terminate)
+    # Feature areas (venvs, gpus, ...) keep their routes in their own modules, each listed here by its
+    # ``add_routes(app)`` function.
+    route_modules: tuple[Callable[[web.Application], None], ...] = ()
+    for add_routes in route_modules:
+        add_routes(app)
     return app
 
 

@@ -1,0 +1,7 @@
+"""``python -m xinfd.cli``: same as the ``xinfctl`` console script."""
+
+import sys
+
+from xinfd.cli import main
+
+sys.exit(main())

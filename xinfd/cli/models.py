@@ -1,0 +1,145 @@
+"""xinfctl commands for the daemon and its models: status, engines, families, list, launch, terminate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from xinfd.cli.client import EXIT_USAGE, CliError, ControlClient
+from xinfd.cli.output import print_json, table
+
+
+def cmd_status(client: ControlClient, args: argparse.Namespace) -> int:
+    data = client.call("GET", "/v1/status")
+    if args.json:
+        print_json(data)
+        return 0
+    print(f"xinfd {data['version']} (pid {data['pid']}), up {data['uptime_s']:.0f}s")
+    print(f"endpoint:       {data['endpoint']}")
+    print(f"control socket: {data['control_socket']}")
+    print(f"home:           {data['home']}")
+    print(f"models:         {data['models']} ({data['replicas']} replicas)")
+    print(f"engines:        {', '.join(data['engines']) or 'none'}")
+    for failure in data["plugin_failures"]:
+        print(f"plugin failed:  {failure['name']}: {failure['error']}")
+    return 0
+
+
+def cmd_engines(client: ControlClient, args: argparse.Namespace) -> int:
+    rows = client.call("GET", "/v1/engines")
+    if args.json:
+        print_json(rows)
+        return 0
+    print(table([(r["name"], "yes" if r["available"] else "no", r["reason"]) for r in rows],
+                ("ENGINE", "AVAILABLE", "REASON")))
+    return 0
+
+
+def cmd_families(client: ControlClient, args: argparse.Namespace) -> int:
+    rows = client.call("GET", "/v1/families")
+    if args.json:
+        print_json(rows)
+        return 0
+    print(table([(r["model_name"], ",".join(r["abilities"]), ",".join(r["engines"]), r["context_length"])
+                 for r in rows], ("MODEL", "ABILITIES", "ENGINES", "CONTEXT")))
+    return 0
+
+
+def cmd_list(client: ControlClient, args: argparse.Namespace) -> int:
+    models = client.call("GET", "/v1/models")
+    if args.json:
+        print_json(models)
+        return 0
+    rows = []
+    for m in models:
+        for r in m["replicas"] or [{}]:
+            note = r.get("failure") or r.get("last_exit") or ""
+            rows.append((m["model_uid"], m["model_name"], m["model_engine"], m["state"], r.get("label"),
+                         r.get("state"), r.get("pid"), r.get("restarts"), note))
+    print(table(rows, ("UID", "MODEL", "ENGINE", "STATE", "REPLICA", "REPLICA STATE", "PID", "RESTARTS", "NOTE")))
+    return 0
+
+
+def _parse_options(extra: Sequence[str]) -> dict[str, Any]:
+    """Unknown ``--key value`` pairs become launch options for the engine (as ``xinference launch`` does)."""
+    options: dict[str, Any] = {}
+    i = 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--") or len(token) < 3:
+            raise CliError(f"unexpected argument {token!r}", EXIT_USAGE)
+        key = token[2:].replace("-", "_")
+        if "=" in key:
+            key, value = key.split("=", 1)
+            options[key] = value
+            i += 1
+        elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            options[key] = extra[i + 1]
+            i += 2
+        else:
+            options[key] = True
+            i += 1
+    return options
+
+
+def cmd_launch(client: ControlClient, args: argparse.Namespace) -> int:
+    if args.replica < 1:
+        raise CliError(f"--replica must be at least 1, got {args.replica}", EXIT_USAGE)
+    body: dict[str, Any] = {"model_name": args.model_name, "replica": args.replica,
+                            "env": dict(args.env or []), "options": _parse_options(args.extra)}
+    if args.model_engine:
+        body["model_engine"] = args.model_engine
+    if args.model_uid:
+        body["model_uid"] = args.model_uid
+    started = time.monotonic()
+    final: dict[str, Any] | None = None
+    for event in client.stream("POST", "/v1/models", body):
+        if not args.json:
+            print(f"[{time.monotonic() - started:6.1f}s] {event.get('message', event['event'])}", file=sys.stderr)
+        if event["event"] in ("ready", "error"):
+            final = event
+    if final is None:
+        raise CliError("the daemon closed the connection before the launch finished")
+    if final["event"] == "error":
+        if args.json:
+            print_json(final)
+        raise CliError(f"launch failed: {final['message']}")
+    if args.json:
+        print_json(final["model"])
+    else:
+        print(final["model"]["model_uid"])
+    return 0
+
+
+def cmd_terminate(client: ControlClient, args: argparse.Namespace) -> int:
+    data = client.call("DELETE", f"/v1/models/{args.model_uid}", timeout=None)
+    if args.json:
+        print_json(data)
+    else:
+        print(f"terminated {data['terminated']}")
+    return 0
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add this module's subcommands to the xinfctl parser."""
+    sub.add_parser("status", parents=[common], help="daemon status").set_defaults(func=cmd_status)
+    sub.add_parser("engines", parents=[common], help="engines and their availability").set_defaults(
+        func=cmd_engines)
+    sub.add_parser("families", parents=[common], help="model families that can be launched").set_defaults(
+        func=cmd_families)
+    sub.add_parser("list", parents=[common], help="running models and replicas").set_defaults(func=cmd_list)
+    launch = sub.add_parser("launch", parents=[common], help="launch a model (unknown --key value pairs are "
+                            "passed to the engine as options)")
+    launch.add_argument("-n", "--model-name", required=True)
+    launch.add_argument("-e", "--model-engine")
+    launch.add_argument("-r", "--replica", type=int, default=1)
+    launch.add_argument("-u", "--model-uid")
+    launch.add_argument("--env", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                        help="environment variable for this model's replicas (repeatable)")
+    launch.set_defaults(func=cmd_launch, accepts_extra=True)
+    terminate = sub.add_parser("terminate", parents=[common], help="stop a model and all its replicas")
+    terminate.add_argument("model_uid")
+    terminate.set_defaults(func=cmd_terminate)
