@@ -37,7 +37,7 @@ CONFIG_ENV_VAR: Final = "XINFD_CONFIG"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MODEL_SOURCES: Final = ("huggingface", "modelscope", "csghub")
 LAUNCH_STRATEGIES: Final = ("IDLE_FIRST_LAUNCH_STRATEGY", "PACK_FIRST_LAUNCH_STRATEGY")
-SECRET_FIELDS: Final = frozenset({"api_keys", "csg_token"})
+SECRET_FIELDS: Final = frozenset({"api_keys", "metrics_api_keys", "csg_token"})
 MASK: Final = "***"
 
 
@@ -72,6 +72,15 @@ class Settings:
     allowed_ips: tuple[IPNetwork, ...] = ()
     trusted_proxies: tuple[IPNetwork, ...] = ()
     api_keys: tuple[str, ...] = ()
+    # Front end and operations (issue 6): scrape-only keys, control-socket access, drain, streams, log rotation.
+    metrics_api_keys: tuple[str, ...] = ()
+    control_socket_group: str | None = None
+    control_allowed_users: tuple[str, ...] = ()
+    control_allowed_groups: tuple[str, ...] = ()
+    drain_timeout: float = 30.0
+    stream_write_timeout: float = 30.0
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 3
     batch_size: int = 32
     batch_interval: float = 0.003
     allow_multi_replica_per_gpu: bool = True
@@ -110,6 +119,14 @@ ENV_VARS: Final[Mapping[str, str]] = MappingProxyType(
         "XINFERENCE_ALLOWED_IPS": "allowed_ips",
         "XINFD_TRUSTED_PROXIES": "trusted_proxies",
         "XINFD_API_KEYS": "api_keys",
+        "XINFD_METRICS_API_KEYS": "metrics_api_keys",
+        "XINFD_CONTROL_SOCKET_GROUP": "control_socket_group",
+        "XINFD_CONTROL_ALLOWED_USERS": "control_allowed_users",
+        "XINFD_CONTROL_ALLOWED_GROUPS": "control_allowed_groups",
+        "XINFD_DRAIN_TIMEOUT": "drain_timeout",
+        "XINFD_STREAM_WRITE_TIMEOUT": "stream_write_timeout",
+        "XINFD_LOG_MAX_BYTES": "log_max_bytes",
+        "XINFD_LOG_BACKUPS": "log_backups",
         "XINFERENCE_BATCH_SIZE": "batch_size",
         "XINFERENCE_BATCH_INTERVAL": "batch_interval",
         "XINFERENCE_ALLOW_MULTI_REPLICA_PER_GPU": "allow_multi_replica_per_gpu",
@@ -274,6 +291,41 @@ def _keys(items: list[str]) -> tuple[str, ...]:
     return tuple(item.strip() for item in items)
 
 
+def _lookup(kind: str, name: str) -> int | None:
+    import grp
+    import pwd
+
+    try:
+        if kind == "user":
+            return pwd.getpwnam(name).pw_uid
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+def _group_name(value: str) -> str:
+    # Resolved when the socket is created (a missing group stops the daemon there with one line), not here,
+    # so a config file can be checked on a machine without the group.
+    value = value.strip()
+    if not value or any(ch.isspace() or ch in ":/," for ch in value):
+        raise _Invalid(f"expected a group name or numeric gid, got {value!r}")
+    return value
+
+
+def _principals(kind: str) -> Callable[[list[str]], tuple[str, ...]]:
+    """Users or groups named by name or numeric id (for SO_PEERCRED checks on the control socket)."""
+
+    def check(items: list[str]) -> tuple[str, ...]:
+        result = []
+        for item in (i.strip() for i in items):
+            if not item or (not item.isdigit() and _lookup(kind, item) is None):
+                raise _Invalid(f"no {kind} named {item!r}")
+            result.append(item)
+        return tuple(result)
+
+    return check
+
+
 def _launch_item(item: str) -> tuple[str, int]:
     text = item.strip()
     name, colon, count = text.rpartition(":")
@@ -332,6 +384,14 @@ _SPECS: Final[Mapping[str, _Spec]] = MappingProxyType(
         "allowed_ips": _Spec("list", _networks),
         "trusted_proxies": _Spec("list", _networks),
         "api_keys": _Spec("list", _keys),
+        "metrics_api_keys": _Spec("list", _keys),
+        "control_socket_group": _Spec("str", _group_name),
+        "control_allowed_users": _Spec("list", _principals("user")),
+        "control_allowed_groups": _Spec("list", _principals("group")),
+        "drain_timeout": _Spec("seconds", _seconds(allow_zero=True)),
+        "stream_write_timeout": _Spec("seconds", _seconds(allow_zero=False)),
+        "log_max_bytes": _Spec("int", _at_least(4096)),
+        "log_backups": _Spec("int", _at_least(1, 100)),
         "batch_size": _Spec("int", _at_least(1)),
         "batch_interval": _Spec("seconds", _seconds(allow_zero=True)),
         "allow_multi_replica_per_gpu": _Spec("bool", _same),

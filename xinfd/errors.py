@@ -110,3 +110,23 @@ class ShuttingDownError(XinfdError):
     code = "shutting_down"
     status = 503
     error_type = "server_error"
+
+
+class PlacementError(XinfdError):
+    """A launch or scale cannot be placed on the GPUs (too many asked, unknown index, no idle GPU)."""
+
+    code = "placement_failed"
+    status = 409
+    error_type = "invalid_request_error"
+
+
+class TooManyRequestsError(XinfdError):
+    """Every replica of the model is at its concurrency cap and the model's queue is full (HTTP 429)."""
+
+    code = "too_many_requests"
+    status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

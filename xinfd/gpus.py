@@ -11,8 +11,11 @@ import logging
 import os
 import platform as _platform
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
+from xinfd.errors import PlacementError
 from xinfd.types import GpuInfo, Platform
 
 log = logging.getLogger(__name__)
@@ -76,3 +79,190 @@ def detect_platform(
         nvml_available=nvml,
         venv_enabled=venv_enabled,
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The slot table (issue 4; spec model-launching.txt "Replica", "Hybrid GPU Allocation", "GPU Allocation Strategy").
+
+IDLE_FIRST = "IDLE_FIRST_LAUNCH_STRATEGY"
+PACK_FIRST = "PACK_FIRST_LAUNCH_STRATEGY"
+NGpu = int | Literal["auto"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Placement:
+    """Where one replica runs and why, in words an operator can check against ``xinfctl gpus``."""
+
+    replica_index: int
+    gpu_indices: tuple[int, ...]
+    reason: str
+
+
+@dataclass(slots=True)
+class _Slot:
+    label: str
+    gpu_indices: tuple[int, ...]
+    reason: str
+
+
+class SlotTable:
+    """Which replica holds which GPU. Plans placements without side effects; ``reserve`` records them.
+
+    Load is the number of replicas holding a GPU: xinfd does not know what a model will allocate, but it
+    knows who it put where, which is what "idle first" means in the spec. Free memory, when NVML reports it
+    (``free_mb``), breaks ties between equally loaded GPUs, then the lower index wins.
+    """
+
+    def __init__(
+        self,
+        gpus: Sequence[GpuInfo],
+        *,
+        strategy: str = IDLE_FIRST,
+        allow_multi_replica_per_gpu: bool = True,
+        free_mb: Callable[[int], int | None] | None = None,
+    ) -> None:
+        if strategy not in (IDLE_FIRST, PACK_FIRST):
+            raise ValueError(f"unknown launch strategy {strategy!r}")
+        self.gpus = tuple(sorted(gpus, key=lambda g: g.index))
+        self.strategy = strategy
+        self.allow_multi = allow_multi_replica_per_gpu
+        self._free_mb = free_mb or (lambda index: None)
+        self._slots: dict[str, _Slot] = {}
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    def holders(self, index: int) -> list[str]:
+        return [s.label for s in self._slots.values() if index in s.gpu_indices]
+
+    def _loads(self) -> dict[int, int]:
+        loads = {g.index: 0 for g in self.gpus}
+        for slot in self._slots.values():
+            for index in slot.gpu_indices:
+                loads[index] = loads.get(index, 0) + 1
+        return loads
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """What ``xinfctl gpus`` shows: each GPU, who holds it, and why each placement was made."""
+        rows = []
+        for gpu in self.gpus:
+            replicas = [
+                {"label": s.label, "gpu_indices": list(s.gpu_indices), "reason": s.reason}
+                for s in self._slots.values()
+                if gpu.index in s.gpu_indices
+            ]
+            rows.append({"index": gpu.index, "name": gpu.name, "memory_mb": gpu.memory_mb,
+                         "free_mb": self._free_mb(gpu.index), "replicas": replicas})
+        return rows
+
+    # -- planning --------------------------------------------------------------------------------------------
+
+    def plan(
+        self, replica_indices: Sequence[int], *, n_gpu: NGpu = "auto", gpu_idx: Sequence[int] | None = None
+    ) -> list[Placement]:
+        """Placements for new replicas, or ``PlacementError`` with the reason; nothing is reserved.
+
+        ``n_gpu`` is per replica: ``"auto"`` means one GPU each when the host has GPUs (the spec's examples:
+        3 replicas on 2 GPUs -> 2 + 1) and none on a CPU-only host; ``0`` runs on the CPU. ``gpu_idx`` places
+        every replica on exactly those GPUs.
+        """
+        known = [g.index for g in self.gpus]
+        have = ", ".join(map(str, known)) or "none"
+        if gpu_idx is not None:
+            return self._plan_explicit(replica_indices, tuple(gpu_idx), n_gpu, have)
+        per_replica = (1 if self.gpus else 0) if n_gpu == "auto" else n_gpu
+        if per_replica < 0:
+            raise PlacementError(f"n_gpu must be 'auto' or an integer >= 0, got {n_gpu!r}")
+        if per_replica == 0:
+            return [Placement(replica_index=i, gpu_indices=(), reason="no GPU requested (CPU)")
+                    for i in replica_indices]
+        if per_replica > len(self.gpus):
+            raise PlacementError(
+                f"each replica needs {per_replica} GPU(s) but this host has {len(self.gpus)} (GPUs: {have})"
+            )
+        loads = self._loads()
+        placements = []
+        for i in replica_indices:
+            candidates = [g for g in known if self.allow_multi or loads[g] == 0]
+            if len(candidates) < per_replica:
+                busy = "; ".join(f"GPU {g} held by {', '.join(self.holders(g)) or 'this launch'}"
+                                 for g in known if loads[g])
+                raise PlacementError(
+                    f"replica {i} needs {per_replica} idle GPU(s) and only {len(candidates)} "
+                    f"{'is' if len(candidates) == 1 else 'are'} idle ({busy}); "
+                    "XINFERENCE_ALLOW_MULTI_REPLICA_PER_GPU=0 forbids sharing a GPU"
+                )
+            chosen = tuple(sorted(sorted(candidates, key=lambda g: self._rank(g, loads))[:per_replica]))
+            reason = self._reason(chosen, loads)
+            for g in chosen:
+                loads[g] += 1
+            placements.append(Placement(replica_index=i, gpu_indices=chosen, reason=reason))
+        return placements
+
+    def _rank(self, index: int, loads: Mapping[int, int]) -> tuple[int, int, int, int]:
+        free = self._free_mb(index)
+        free_key = -free if free is not None else 0
+        if self.strategy == PACK_FIRST:
+            # GPUs already in use first (the least loaded of them), idle ones last: whole GPUs stay free for a
+            # later launch that needs them idle (XINFERENCE_ALLOW_MULTI_REPLICA_PER_GPU=0, or a big model).
+            return (0 if loads[index] else 1, loads[index], free_key, index)
+        return (0, loads[index], free_key, index)
+
+    def _reason(self, chosen: tuple[int, ...], loads: Mapping[int, int]) -> str:
+        held = ", ".join(f"GPU {g}: {loads[g]} replica(s) before" for g in chosen)
+        if self.strategy == PACK_FIRST:
+            return f"pack first: fewest GPUs in use ({held})"
+        return f"idle first: least-loaded GPU, ties to the lower index ({held})"
+
+    def _plan_explicit(
+        self, replica_indices: Sequence[int], gpu_idx: tuple[int, ...], n_gpu: NGpu, have: str
+    ) -> list[Placement]:
+        if not gpu_idx:
+            raise PlacementError("gpu_idx must name at least one GPU")
+        if len(set(gpu_idx)) != len(gpu_idx):
+            raise PlacementError(f"gpu_idx names a GPU twice: {list(gpu_idx)}")
+        missing = [g for g in gpu_idx if g not in {gpu.index for gpu in self.gpus}]
+        if missing:
+            raise PlacementError(f"GPU index {', '.join(map(str, missing))} does not exist (GPUs: {have})")
+        if n_gpu not in ("auto", len(gpu_idx)):
+            raise PlacementError(f"n_gpu={n_gpu} does not match gpu_idx {list(gpu_idx)} ({len(gpu_idx)} GPUs)")
+        if not self.allow_multi:
+            busy = [g for g in gpu_idx if self.holders(g)]
+            if busy or len(replica_indices) > 1:
+                why = (f"GPU {busy[0]} is held by {', '.join(self.holders(busy[0]))}" if busy
+                       else f"{len(replica_indices)} replicas would share GPU(s) {list(gpu_idx)}")
+                raise PlacementError(f"{why}; XINFERENCE_ALLOW_MULTI_REPLICA_PER_GPU=0 forbids sharing a GPU")
+        chosen = tuple(sorted(gpu_idx))
+        return [Placement(replica_index=i, gpu_indices=chosen, reason=f"explicit gpu_idx {list(gpu_idx)}")
+                for i in replica_indices]
+
+    # -- holding ---------------------------------------------------------------------------------------------
+
+    def reserve(self, label: str, placement: Placement) -> None:
+        if placement.gpu_indices:
+            self._slots[label] = _Slot(label, placement.gpu_indices, placement.reason)
+
+    def release(self, label: str) -> None:
+        """Free a replica's GPUs; call only once its whole process group is gone."""
+        self._slots.pop(label, None)
+
+
+def cuda_visible_devices(gpu_indices: Sequence[int]) -> str:
+    """The value a replica gets: its GPUs only, or "" (no GPU) so a CPU replica cannot grab one by accident."""
+    return ",".join(str(i) for i in gpu_indices)
+
+
+def nvml_free_memory(index: int) -> int | None:
+    """Free memory of GPU ``index`` in MiB through NVML, or None when NVML cannot tell."""
+    try:
+        import pynvml  # type: ignore[import-not-found,unused-ignore]  # optional: nvidia-ml-py
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).free) // (1024 * 1024)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # a driver hiccup must not break placement; fall back to replica counts
+        return None

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from xinfd.errors import LaunchError
+from xinfd.orphans import remove_pid_file, write_pid_file
 from xinfd.processes import ProcessHandle, Spawner, stop_group
 from xinfd.types import LaunchSpec
 
@@ -64,14 +66,33 @@ class RestartPolicy:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HealthPolicy:
+    """Health probes of a READY replica (XINFERENCE_HEALTH_CHECK_* variables; issue 4).
+
+    A probe is ``GET /health`` through the replica's serving path (its socket and its HTTP server loop), so a
+    replica whose loop is stuck, or that was SIGSTOPped, fails probes even though its process still exists.
+    After ``failure_threshold`` consecutive failures the group is killed and restarted like a crash.
+    """
+
+    interval: float = 5.0
+    timeout: float = 10.0
+    failure_threshold: int = 5
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ExitInfo:
     """How a replica process ended, kept for ``xinfctl list`` and failure messages."""
 
     returncode: int
     stderr_tail: tuple[str, ...]
+    # Why the daemon killed it, when it did (failed health checks); empty for a crash.
+    cause: str = ""
 
     def describe(self) -> str:
         how = f"killed by signal {-self.returncode}" if self.returncode < 0 else f"exit code {self.returncode}"
+        if self.cause:
+            how = f"{self.cause}; {how}"
         tail = " | ".join(line for line in self.stderr_tail[-5:] if line.strip())
         return f"{how}: {tail}" if tail else how
 
@@ -100,8 +121,13 @@ class Replica:
         listener: Listener | None = None,
         gpu_indices: tuple[int, ...] = (),
         port: int = 0,
+        health: HealthPolicy | None = None,
+        pid_file: Path | None = None,
     ) -> None:
         self.model_uid = model_uid
+        self._health = health or HealthPolicy(enabled=False)
+        self.pid_file = pid_file
+        self.health_failures = 0
         self.port = port
         self.index = index
         self.socket_path = socket_path
@@ -209,6 +235,8 @@ class Replica:
             self.socket_path.unlink()
         started = self._clock()
         self.handle = await self._spawner.spawn(spec.argv, env=env, cwd=spec.cwd, log_path=self.log_path)
+        if self.pid_file is not None:  # before waiting: a daemon killed during the load must find this group
+            write_pid_file(self.pid_file, self.handle.pid)
         log.info("replica %s spawned pid %s: %s", self.label, self.handle.pid, " ".join(spec.argv))
         await self._wait_ready(spec)
         self.transition(ReplicaState.READY, f"pid {self.handle.pid}, ready in {self._clock() - started:.2f}s")
@@ -248,14 +276,50 @@ class Replica:
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
+    async def _watch(self) -> tuple[int, str]:
+        """Wait for the process to exit, probing its health meanwhile; returns (exit status, kill cause).
+
+        A replica that fails ``failure_threshold`` probes in a row is hung (or wedged): its group gets SIGKILL
+        (SIGTERM would stay pending on a stopped process) and the exit is handled like a crash.
+        """
+        assert self.handle is not None
+        handle = self.handle
+        exited = asyncio.ensure_future(handle.wait())
+        policy = self._health
+        self.health_failures = 0
+        try:
+            while policy.enabled:
+                done, _ = await asyncio.wait({exited}, timeout=policy.interval)
+                if done:
+                    break
+                probe = asyncio.ensure_future(self.probe(timeout=policy.timeout))
+                done, _ = await asyncio.wait({exited, probe}, return_when=asyncio.FIRST_COMPLETED)
+                if exited.done():
+                    probe.cancel()
+                    break
+                if probe.result():
+                    self.health_failures = 0
+                    continue
+                self.health_failures += 1
+                log.warning("replica %s failed health check %d/%d", self.label, self.health_failures,
+                            policy.failure_threshold)
+                if self.health_failures >= policy.failure_threshold:
+                    cause = f"unhealthy: {self.health_failures} health checks failed in a row"
+                    handle.signal_group(signal.SIGKILL)
+                    return await exited, cause
+            return await exited, ""
+        finally:
+            if not exited.done():
+                exited.cancel()
+
     async def _supervise(self) -> None:
         """Wait for an unexpected exit and restart with backoff until the budget runs out."""
         while not self._stopping:
             assert self.handle is not None
-            code = await self.handle.wait()
+            code, cause = await self._watch()
             if self._stopping:
                 return
-            info = ExitInfo(returncode=code, stderr_tail=tuple(self.handle.stderr_tail()))
+            info = ExitInfo(returncode=code, stderr_tail=tuple(self.handle.stderr_tail()), cause=cause)
             self.last_exit = info
             await self._kill_current()  # grandchildren of the dead leader must not keep the slot
             if self.ready_since is not None and self._clock() - self.ready_since >= self._restart.stable_after:
@@ -288,6 +352,9 @@ class Replica:
             grace = self._stop_grace
             stop_signal = self.spec.stop_signal if self.spec else 15
             await stop_group(self.handle, stop_signal=stop_signal, grace=grace)
+        # The whole group is gone: no orphan to kill at the next start.
+        if self.pid_file is not None:
+            remove_pid_file(self.pid_file)
 
     async def stop(self) -> None:
         """Stop for good: signal the group, wait the grace period, SIGKILL; idempotent."""
@@ -321,6 +388,9 @@ class Replica:
             "socket": str(self.socket_path),
             "log": str(self.log_path),
             "last_exit": self.last_exit.describe() if self.last_exit else None,
+            "exit_status": self.last_exit.returncode if self.last_exit else None,
+            "stderr_tail": list(self.last_exit.stderr_tail) if self.last_exit else [],
+            "health_failures": self.health_failures,
             "failure": self.failure,
         }
 

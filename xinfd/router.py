@@ -2,20 +2,26 @@
 
 Least-outstanding adapts to slow replicas by itself (their requests pile up, so they are picked less), which
 plain round-robin does not. The round-robin tie-break spreads an idle model's traffic evenly.
+
+Admission (issue 4, "Routing"): each replica takes at most ``max_concurrency`` requests at once; beyond that,
+requests wait in a bounded per-model queue, and when the queue is full the caller answers 429 with
+``Retry-After`` instead of piling work onto replicas until they time out. With no READY replica at all the
+caller answers 503 (model loading or recovering) — never a 500.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
-from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Generic, Protocol, TypeVar
 
 
 class Routable(Protocol):
     """What the router needs of a replica."""
 
-    @property
-    def outstanding(self) -> int: ...
+    outstanding: int
 
     @property
     def is_ready(self) -> bool: ...
@@ -24,11 +30,24 @@ class Routable(Protocol):
 R = TypeVar("R", bound=Routable)
 
 
-class Router:
-    """Picks replicas for one model; keeps only a rotating counter, so it is cheap per request."""
+class NoReadyReplica(Exception):
+    """No replica (outside ``exclude``) is READY: the model is loading, recovering or failed."""
 
-    def __init__(self) -> None:
+
+class QueueFull(Exception):
+    """Every READY replica is at its cap and ``max_queue`` requests are already waiting."""
+
+
+class Router(Generic[R]):
+    """Picks replicas for one model; keeps a rotating counter and a wait queue, so it is cheap per request."""
+
+    def __init__(self, *, max_concurrency: int = 0, max_queue: int = 0) -> None:
+        # 0 = unlimited concurrency per replica (no queueing at all).
+        self.max_concurrency = max_concurrency
+        self.max_queue = max_queue
+        self.waiting = 0
         self._counter = itertools.count()
+        self._changed: asyncio.Condition | None = None
 
     def pick(self, replicas: Sequence[R]) -> R | None:
         """The READY replica with the fewest requests in flight, or None when no replica is READY."""
@@ -38,3 +57,57 @@ class Router:
         fewest = min(r.outstanding for r in ready)
         tied = [r for r in ready if r.outstanding == fewest]
         return tied[next(self._counter) % len(tied)]
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    def notify(self) -> None:
+        """A replica finished a request or changed state: let queued requests look again."""
+        if self._changed is None or not self.waiting:
+            return
+        cond = self._changed
+
+        async def wake() -> None:
+            async with cond:
+                cond.notify_all()
+
+        # Called from sync code (state listeners); the wake-up runs on the loop right after.
+        asyncio.get_running_loop().create_task(wake())
+
+    def _admit(self, replicas: Sequence[R], exclude: Callable[[R], bool]) -> R | None:
+        candidates = [r for r in replicas if not exclude(r)]
+        if not any(r.is_ready for r in candidates):
+            raise NoReadyReplica
+        if self.max_concurrency:
+            candidates = [r for r in candidates if r.outstanding < self.max_concurrency]
+        return self.pick(candidates)
+
+    @contextlib.asynccontextmanager
+    async def lease(
+        self, replicas: Callable[[], Sequence[R]], exclude: Callable[[R], bool] = lambda r: False
+    ) -> AsyncIterator[R]:
+        """Hold one request slot on a replica for the duration of the block.
+
+        ``replicas`` is called on every look, so replicas added by a scale or restarted meanwhile count.
+        Raises ``NoReadyReplica`` or ``QueueFull`` before the block runs.
+        """
+        replica = self._admit(replicas(), exclude)
+        if replica is None:
+            if self.waiting >= self.max_queue:
+                raise QueueFull
+            self.waiting += 1
+            try:
+                cond = self._condition()
+                async with cond:
+                    while (replica := self._admit(replicas(), exclude)) is None:
+                        await cond.wait()
+            finally:
+                self.waiting -= 1
+        replica.outstanding += 1
+        try:
+            yield replica
+        finally:
+            replica.outstanding -= 1
+            self.notify()

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from xinfd.errors import ModelNotReadyError, XinfdError
+from xinfd.errors import ModelNotReadyError, TooManyRequestsError, XinfdError
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,9 @@ def error_body(message: str, *, error_type: str, code: str, param: str | None = 
 
 def error_response(exc: XinfdError) -> web.Response:
     headers = {}
-    if isinstance(exc, ModelNotReadyError):
+    if isinstance(exc, ModelNotReadyError | TooManyRequestsError):  # 503 loading / 429 queue full (issue 4)
         headers["Retry-After"] = str(exc.retry_after)
+    headers.update(getattr(exc, "headers", {}))  # e.g. WWW-Authenticate on a 401 (xinfd.api.security)
     body = error_body(exc.message, error_type=exc.error_type, code=exc.code, param=exc.param)
     return web.json_response(body, status=exc.status, headers=headers)
 

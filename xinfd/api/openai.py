@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -25,11 +26,13 @@ from xinfd.errors import (
     InvalidRequestError,
     ModelNotReadyError,
     ShuttingDownError,
+    TooManyRequestsError,
     UnknownModelError,
     UpstreamError,
 )
 from xinfd.models import RunningModel
 from xinfd.replicas import Replica
+from xinfd.router import NoReadyReplica, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +105,22 @@ def _parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _pick(model: RunningModel, exclude: set[int]) -> Replica:
-    candidates = [r for r in model.replicas if r.index not in exclude]
-    replica = model.router.pick(candidates)
-    if replica is not None:
-        return replica
-    if model.state == "LAUNCHING":
-        raise ModelNotReadyError(f"model {model.uid!r} is still loading", retry_after=2)
-    raise ModelNotReadyError(f"model {model.uid!r} has no ready replica (state {model.state})", retry_after=5)
+@contextlib.asynccontextmanager
+async def _lease(model: RunningModel, exclude: set[int]) -> AsyncIterator[Replica]:
+    """A request slot on the least busy READY replica (issue 4): 503 while loading, 429 when the queue is full."""
+    try:
+        async with model.router.lease(lambda: model.replicas, lambda r: r.index in exclude) as replica:
+            yield replica
+    except NoReadyReplica:
+        if model.state == "LAUNCHING":
+            raise ModelNotReadyError(f"model {model.uid!r} is still loading", retry_after=2) from None
+        raise ModelNotReadyError(
+            f"model {model.uid!r} has no ready replica (state {model.state})", retry_after=5) from None
+    except QueueFull:
+        raise TooManyRequestsError(
+            f"model {model.uid!r} is at capacity ({len(model.replicas)} replica(s) x "
+            f"{model.router.max_concurrency} concurrent, {model.router.max_queue} queued); retry later",
+            retry_after=1) from None
 
 
 async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
@@ -134,16 +145,16 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     tried: set[int] = set()
     try:
         while True:
-            replica = _pick(model, tried)
-            try:
-                response = await _relay(request, replica, endpoint, raw)
-            except _NOT_SENT as exc:
-                # The replica died between picking and sending: nothing was generated, so try another one.
-                log.warning("replica %s unreachable (%s); retrying on another replica", replica.label, exc)
-                tried.add(replica.index)
-                if len(tried) >= len(model.replicas):
-                    raise UpstreamError(f"no replica of {uid!r} could be reached: {exc}") from exc
-                continue
+            async with _lease(model, tried) as replica:
+                try:
+                    response = await _relay(request, replica, endpoint, raw)
+                except _NOT_SENT as exc:
+                    # The replica died between picking and sending: nothing was generated, so try another one.
+                    log.warning("replica %s unreachable (%s); retrying on another replica", replica.label, exc)
+                    tried.add(replica.index)
+                    if len(tried) >= len(model.replicas):
+                        raise UpstreamError(f"no replica of {uid!r} could be reached: {exc}") from exc
+                    continue
             status = response.status
             return response
     except asyncio.CancelledError:
@@ -156,8 +167,7 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
 
 
 async def _relay(request: web.Request, replica: Replica, endpoint: str, raw: bytes) -> web.StreamResponse:
-    replica.outstanding += 1
-    try:
+    try:  # the router's lease counts the request as outstanding
         url = f"{replica.base_url}{replica.api_prefix}/{endpoint}"
         headers = {"Content-Type": "application/json"}
         async with replica.session().post(url, data=raw, headers=headers) as upstream:
@@ -172,7 +182,6 @@ async def _relay(request: web.Request, replica: Replica, endpoint: str, raw: byt
                 headers=out_headers,
             )
     finally:
-        replica.outstanding -= 1
         replica.served += 1
 
 

@@ -1,0 +1,229 @@
+"""Who may use the front end: allowed client IPs (behind trusted proxies) and API keys with scopes (issue 6).
+
+Xinference serves without authentication and several servers have let one HTTP method slip past their auth
+check; so the rules here are decided per request *before* routing matters, from the path alone, and default to
+the strictest scope: only ``/health`` is open (load balancers and container health checks carry no key), only
+``/metrics`` takes the metrics scope, and every other path and method — known routes, unknown routes, OPTIONS,
+HEAD — needs the inference scope. The IP check comes first: a denied address gets 403 whatever key it sends.
+
+The client address is the socket peer. ``X-Forwarded-For`` is believed only when the peer is a configured
+trusted proxy, and then read from the right: the first address that is not itself a trusted proxy is the client
+(the left part of the header is whatever the client chose to send, so it proves nothing).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
+
+from aiohttp import web
+
+from xinfd.errors import XinfdError
+
+log = logging.getLogger(__name__)
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Paths that need no key; still subject to the IP check.
+PUBLIC_PATHS = frozenset({"/health"})
+METRICS_PATH = "/metrics"
+
+
+class Scope(str, Enum):
+    """What a key may do: ``inference`` (every /v1 route) and ``metrics`` (``/metrics``)."""
+
+    INFERENCE = "inference"
+    METRICS = "metrics"
+
+
+class AuthenticationError(XinfdError):
+    """No API key, or one the daemon does not know (OpenAI answers 401 ``invalid_api_key``)."""
+
+    code = "invalid_api_key"
+    status = 401
+    error_type = "invalid_request_error"
+    headers = {"WWW-Authenticate": 'Bearer realm="xinfd"'}  # noqa: RUF012  # read-only class constant
+
+
+class PermissionDeniedError(XinfdError):
+    """The client address is not allowed, or the key lacks the scope of the route."""
+
+    code = "permission_denied"
+    status = 403
+    error_type = "invalid_request_error"
+
+
+def normalize_ip(text: str) -> IPAddress | None:
+    """Parse an address from a socket or a header; IPv4-mapped IPv6 (``::ffff:a.b.c.d``) becomes IPv4.
+
+    A dual-stack listener on ``::`` reports IPv4 clients as mapped addresses, and operators write IPv4 rules,
+    so both forms must compare equal. Zone ids (``fe80::1%eth0``) are dropped. ``None`` if not an address.
+    """
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    text = text.split("%", 1)[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _normalize_network(network: IPNetwork) -> IPNetwork:
+    """``::ffff:10.0.0.0/104`` written in a rule means ``10.0.0.0/8``."""
+    if isinstance(network, IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            return IPv4Network(f"{mapped}/{network.prefixlen - 96}")
+    return network
+
+
+def _in_any(address: IPAddress, networks: Iterable[IPNetwork]) -> bool:
+    return any(address.version == net.version and address in net for net in networks)
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityPolicy:
+    """The access rules of the front end, built from ``Settings`` (and rebuilt on SIGHUP)."""
+
+    allowed_ips: tuple[IPNetwork, ...] = ()
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    keys: Mapping[str, frozenset[Scope]] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> SecurityPolicy:
+        """``api_keys`` get every scope; ``metrics_api_keys`` (for scrapers) only the metrics scope."""
+        keys: dict[str, frozenset[Scope]] = {}
+        for key in getattr(settings, "metrics_api_keys", ()):
+            keys[key] = frozenset({Scope.METRICS})
+        for key in settings.api_keys:
+            keys[key] = frozenset(Scope)
+        return cls(
+            allowed_ips=tuple(_normalize_network(n) for n in settings.allowed_ips),
+            trusted_proxies=tuple(_normalize_network(n) for n in settings.trusted_proxies),
+            keys=keys,
+        )
+
+    def client_ip(self, peer: str | None, forwarded_for: Iterable[str] = ()) -> IPAddress | None:
+        """The client's address: the peer, or, if the peer is a trusted proxy, the rightmost untrusted hop.
+
+        ``None`` when the address cannot be known (no peer, or a garbled hop after a trusted proxy).
+        """
+        address = normalize_ip(peer) if peer else None
+        if address is None or not _in_any(address, self.trusted_proxies):
+            return address
+        hops = [hop.strip() for header in forwarded_for for hop in header.split(",")]
+        for hop in reversed(hops):
+            hop_address = normalize_ip(hop)
+            if hop_address is None:
+                return None  # a trusted proxy passed on garbage: refuse rather than guess
+            if not _in_any(hop_address, self.trusted_proxies):
+                return hop_address
+            address = hop_address
+        return address  # every hop is a trusted proxy: the request came from inside
+
+    def ip_allowed(self, address: IPAddress | None) -> bool:
+        if not self.allowed_ips:
+            return True
+        return address is not None and _in_any(address, self.allowed_ips)
+
+    def scopes_of(self, authorization: str | None) -> frozenset[Scope] | None:
+        """The scopes of the bearer key in ``authorization``; ``None`` for a missing or unknown key."""
+        if not authorization:
+            return None
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None
+        found: frozenset[Scope] | None = None
+        candidate = token.encode()
+        for key, scopes in self.keys.items():
+            # Compare with every key in constant time, so timing tells nothing about how close a guess was.
+            if hmac.compare_digest(candidate, key.encode()):
+                found = scopes
+        return found
+
+    def check(self, *, path: str, peer: str | None, forwarded_for: Iterable[str], authorization: str | None) -> None:
+        """Raise ``PermissionDeniedError`` (403) or ``AuthenticationError`` (401), or return if allowed."""
+        client = self.client_ip(peer, forwarded_for)
+        if not self.ip_allowed(client):
+            raise PermissionDeniedError(f"client address {client or 'unknown'} is not allowed")
+        needed = required_scope(path)
+        if needed is None or not self.keys:
+            return
+        scopes = self.scopes_of(authorization)
+        if scopes is None:
+            what = "an invalid API key was given" if authorization else "no API key was given"
+            raise AuthenticationError(f"{what}; send 'Authorization: Bearer <key>'")
+        if needed not in scopes:
+            raise PermissionDeniedError(f"this API key lacks the {needed.value!r} scope needed for {path}")
+
+
+def required_scope(path: str) -> Scope | None:
+    """The scope a path needs; anything not known to be public needs ``inference`` (default deny)."""
+    if path in PUBLIC_PATHS:
+        return None
+    if path == METRICS_PATH:
+        return Scope.METRICS
+    return Scope.INFERENCE
+
+
+def peer_address(request: web.Request) -> str | None:
+    """The socket peer's address, never a header (``request.remote`` may be rewritten by other middleware)."""
+    transport = request.transport
+    peername = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peername, tuple | list) and peername:
+        return str(peername[0])
+    return None
+
+
+class PolicyHolder:
+    """The current policy of an app; rebuilt when the daemon swaps in reloaded settings (SIGHUP)."""
+
+    def __init__(self, settings_of: Callable[[], Any]) -> None:
+        self._settings_of = settings_of
+        self._settings: Any = None
+        self._policy = SecurityPolicy()
+
+    @property
+    def policy(self) -> SecurityPolicy:
+        settings = self._settings_of()
+        if settings is not self._settings:
+            self._policy = SecurityPolicy.from_settings(settings)
+            self._settings = settings
+        return self._policy
+
+
+def security_middleware(holder: PolicyHolder) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """The access check of every request; placed inside the error middleware so refusals are JSON envelopes."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            holder.policy.check(
+                path=request.path,
+                peer=peer_address(request),
+                forwarded_for=request.headers.getall("X-Forwarded-For", []),
+                authorization=request.headers.get("Authorization"),
+            )
+        except AuthenticationError:
+            log.info("refused %s %s from %s: bad or missing API key", request.method, request.path,
+                     peer_address(request))
+            raise
+        except PermissionDeniedError as exc:
+            log.info("refused %s %s from %s: %s", request.method, request.path, peer_address(request), exc)
+            raise
+        return await handler(request)
+
+    return middleware
