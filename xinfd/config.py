@@ -87,10 +87,17 @@ class Settings:
     launch_strategy: str = "IDLE_FIRST_LAUNCH_STRATEGY"
     enable_virtual_env: bool = True
     virtual_env_skip_installed: bool = True
+    virtual_env_build_timeout: float = 1800.0
     csg_token: str | None = None
     csg_endpoint: str = "https://hub-stg.opencsg.com/"
     stop_grace_period: float = 10.0
     launch_timeout: float = 600.0
+    # Routing (issue 4): requests in flight per replica, then a bounded wait queue per model (full -> 429).
+    replica_max_concurrency: int = 64
+    model_queue_size: int = 256
+    # Replica restarts (issue 4): first backoff delay (doubling up to 30 s), and restarts in a row before FAILED.
+    restart_backoff: float = 0.5
+    restart_budget: int = 5
     gpus: tuple[GpuInfo, ...] = ()
     launch: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=_no_sources)
@@ -133,10 +140,15 @@ ENV_VARS: Final[Mapping[str, str]] = MappingProxyType(
         "XINFERENCE_LAUNCH_STRATEGY": "launch_strategy",
         "XINFERENCE_ENABLE_VIRTUAL_ENV": "enable_virtual_env",
         "XINFERENCE_VIRTUAL_ENV_SKIP_INSTALLED": "virtual_env_skip_installed",
+        "XINFD_VIRTUAL_ENV_BUILD_TIMEOUT": "virtual_env_build_timeout",
         "XINFERENCE_CSG_TOKEN": "csg_token",
         "XINFERENCE_CSG_ENDPOINT": "csg_endpoint",
         "XINFD_STOP_GRACE_PERIOD": "stop_grace_period",
         "XINFD_LAUNCH_TIMEOUT": "launch_timeout",
+        "XINFD_REPLICA_MAX_CONCURRENCY": "replica_max_concurrency",
+        "XINFD_MODEL_QUEUE_SIZE": "model_queue_size",
+        "XINFD_RESTART_BACKOFF": "restart_backoff",
+        "XINFD_RESTART_BUDGET": "restart_budget",
         "XINFD_LAUNCH": "launch",
     }
 )
@@ -398,10 +410,15 @@ _SPECS: Final[Mapping[str, _Spec]] = MappingProxyType(
         "launch_strategy": _Spec("str", _choice(LAUNCH_STRATEGIES, upper=True)),
         "enable_virtual_env": _Spec("bool", _same),
         "virtual_env_skip_installed": _Spec("bool", _same),
+        "virtual_env_build_timeout": _Spec("seconds", _seconds(allow_zero=False)),
         "csg_token": _Spec("str", _non_empty),
         "csg_endpoint": _Spec("str", _url),
         "stop_grace_period": _Spec("seconds", _seconds(allow_zero=False)),
         "launch_timeout": _Spec("seconds", _seconds(allow_zero=False)),
+        "replica_max_concurrency": _Spec("int", _at_least(1)),
+        "model_queue_size": _Spec("int", _at_least(0)),
+        "restart_backoff": _Spec("seconds", _seconds(allow_zero=False)),
+        "restart_budget": _Spec("int", _at_least(0)),
         "launch": _Spec("list", _launch_list),
     }
 )

@@ -14,10 +14,9 @@ import contextlib
 import errno
 import logging
 import os
-import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -26,15 +25,19 @@ from xinfd import __version__
 from xinfd.api.control import make_control_app
 from xinfd.api.metrics import Metrics
 from xinfd.api.openai import make_api_app
+from xinfd.api.peers import secure_socket
 from xinfd.api.state import DaemonState
 from xinfd.config import Settings, describe, load_settings, parse_launch_item
 from xinfd.errors import ConfigError, XinfdError
 from xinfd.gpus import detect_platform
+from xinfd.lifecycle import Lifecycle
 from xinfd.logs import configure_logging
-from xinfd.models import LaunchRequest, ModelManager
+from xinfd.models import LaunchRequest, ModelManager, supervision_options
+from xinfd.orphans import kill_orphans
 from xinfd.plugins import make_plugin_manager
 from xinfd.processes import SubprocessSpawner
-from xinfd.sdnotify import notify
+from xinfd.sdnotify import notify, without_notify_env
+from xinfd.venvs.provider import VenvProvider
 
 log = logging.getLogger("xinfd")
 
@@ -76,9 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         print(describe(settings), end="")
         return 0
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, log_file=settings.home / "logs" / "xinfd.log",
+                      max_bytes=settings.log_max_bytes, backups=settings.log_backups)
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, reload=lambda: load_settings(config_path=args.config, cli=cli)))
     except StartupError as exc:
         log.error("%s", exc)
         print(f"xinfd: {exc}", file=sys.stderr)
@@ -106,8 +110,10 @@ def claim_control_socket(path: Path) -> None:
     raise StartupError(f"another xinfd is already running on control socket {path}")
 
 
-async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
-    """Run the daemon until SIGTERM/SIGINT."""
+async def serve(
+    settings: Settings, *, ready: asyncio.Event | None = None, reload: Callable[[], Settings] | None = None
+) -> None:
+    """Run the daemon until SIGTERM/SIGINT (drain first, issue 6); SIGHUP re-reads settings with ``reload``."""
     home = settings.home
     home.mkdir(parents=True, exist_ok=True)
     claim_control_socket(settings.control_socket)
@@ -115,24 +121,33 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     for failure in plugins.failures:
         log.warning("plugin %s not loaded: %s", failure.name, failure.error)
     platform = detect_platform(settings.gpus, venv_enabled=settings.enable_virtual_env)
+    # Issue 4: replica groups a previous daemon left (kill -9, OOM) die before anything launches.
+    kill_orphans(home)
+    # Model venvs (issue 3): used even with the global toggle off (a launch may pass --enable-virtual-env);
+    # crash leftovers of an earlier run (half-built venvs) are removed before anything launches.
+    venvs = VenvProvider(home=home, plugins=plugins, enabled=settings.enable_virtual_env,
+                         skip_installed=settings.virtual_env_skip_installed,
+                         build_timeout=settings.virtual_env_build_timeout)
+    venvs.startup_cleanup()
     manager = ModelManager(
+        **supervision_options(settings, platform),
         plugins=plugins,
         platform=platform,
         home=home,
         spawner=SubprocessSpawner(),
         stop_grace=settings.stop_grace_period,
         launch_timeout=settings.launch_timeout,
+        environments=venvs,
+        base_env=without_notify_env(os.environ),  # replicas must not talk to systemd as the daemon (issue 6)
     )
-    state = DaemonState(settings=settings, manager=manager, metrics=Metrics())
+    state = DaemonState(settings=settings, manager=manager, metrics=Metrics(), venvs=venvs)
+    state.metrics.watch_manager(manager)  # replica states, restarts, queue, GPU slots at scrape time (issue 6)
     api_runner = web.AppRunner(make_api_app(state), handler_cancellation=True, access_log=logging.getLogger("aiohttp.access"))
     control_runner = web.AppRunner(make_control_app(state), handler_cancellation=True)
     await api_runner.setup()
     await control_runner.setup()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP received; configuration reload is not supported yet"))
+    lifecycle = Lifecycle(state, reload=reload, apply_log_level=lambda level: logging.getLogger().setLevel(level))
+    lifecycle.install_signal_handlers(asyncio.get_running_loop())
     try:
         await _start_sites(settings, state, api_runner, control_runner)
         log.info(
@@ -140,15 +155,18 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             __version__, state.front_end_url, settings.control_socket, ", ".join(sorted(plugins.engines)) or "none",
         )
         notify(f"READY=1\nSTATUS=serving on {state.front_end_url}\nMAINPID={os.getpid()}")
+        manager.restore()  # the desired state of the previous run (issue 4)
         for item in settings.launch:
-            _launch_at_start(manager, item)
+            if parse_launch_item(item)[0] not in manager.models:  # restored already
+                _launch_at_start(manager, item)
         if ready is not None:
             ready.set()
-        await stop.wait()
+        lifecycle.start_background()
+        await lifecycle.run()  # until SIGTERM/SIGINT, then the drain (issue 6)
         log.info("shutting down: stopping replicas")
-        notify("STOPPING=1\nSTATUS=stopping replicas")
-        state.draining = True
     finally:
+        state.draining = True
+        await lifecycle.close()
         await manager.close()
         await api_runner.cleanup()
         await control_runner.cleanup()
@@ -166,6 +184,13 @@ async def _start_sites(
         await web.UnixSite(control_runner, str(settings.control_socket)).start()
     finally:
         os.umask(old_umask)
+    try:
+        secure_socket(settings.control_socket, group=settings.control_socket_group)  # 0600, or 0660 + group
+    except (KeyError, PermissionError) as exc:
+        raise StartupError(
+            f"cannot give control socket {settings.control_socket} group {settings.control_socket_group!r}: "
+            f"{'no such group' if isinstance(exc, KeyError) else exc}"
+        ) from exc
     try:
         site = web.TCPSite(api_runner, settings.host, settings.port)
         await site.start()

@@ -37,7 +37,7 @@ def visible_indices(env: Mapping[str, str]) -> set[int] | None:
 def nvml_inventory(env: Mapping[str, str]) -> tuple[tuple[GpuInfo, ...], bool]:
     """Read the GPUs through NVML; returns (gpus, nvml_available). Never raises."""
     try:
-        import pynvml  # type: ignore[import-not-found,unused-ignore]  # optional: nvidia-ml-py
+        import pynvml  # type: ignore[import-not-found,import-untyped,unused-ignore]  # optional dependency
     except ImportError:
         return (), False
     try:
@@ -81,8 +81,8 @@ def detect_platform(
     )
 
 
-# --------------------------------------------------------------------------------------------------------------
-# The slot table (issue 4; spec model-launching.txt "Replica", "Hybrid GPU Allocation", "GPU Allocation Strategy").
+# ------------------------------------------------------------------------------------------------------------
+# The slot table (issue 4; spec model-launching.txt: Replica, Hybrid GPU Allocation, GPU Allocation Strategy).
 
 IDLE_FIRST = "IDLE_FIRST_LAUNCH_STRATEGY"
 PACK_FIRST = "PACK_FIRST_LAUNCH_STRATEGY"
@@ -224,7 +224,8 @@ class SlotTable:
         if missing:
             raise PlacementError(f"GPU index {', '.join(map(str, missing))} does not exist (GPUs: {have})")
         if n_gpu not in ("auto", len(gpu_idx)):
-            raise PlacementError(f"n_gpu={n_gpu} does not match gpu_idx {list(gpu_idx)} ({len(gpu_idx)} GPUs)")
+            raise PlacementError(
+                f"n_gpu={n_gpu} does not match gpu_idx {list(gpu_idx)} ({len(gpu_idx)} GPUs)")
         if not self.allow_multi:
             busy = [g for g in gpu_idx if self.holders(g)]
             if busy or len(replica_indices) > 1:
@@ -247,14 +248,14 @@ class SlotTable:
 
 
 def cuda_visible_devices(gpu_indices: Sequence[int]) -> str:
-    """The value a replica gets: its GPUs only, or "" (no GPU) so a CPU replica cannot grab one by accident."""
+    """A replica's value: its GPUs only, or "" (no GPU) so a CPU replica cannot grab one by accident."""
     return ",".join(str(i) for i in gpu_indices)
 
 
 def nvml_free_memory(index: int) -> int | None:
     """Free memory of GPU ``index`` in MiB through NVML, or None when NVML cannot tell."""
     try:
-        import pynvml  # type: ignore[import-not-found,unused-ignore]  # optional: nvidia-ml-py
+        import pynvml  # type: ignore[import-not-found,import-untyped,unused-ignore]  # optional dependency
     except ImportError:
         return None
     try:

@@ -30,7 +30,7 @@ def pid_dir(home: Path) -> Path:
 
 
 def process_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (Linux), or None when it does not exist or is unknown."""
+    """Start time of ``pid`` in clock ticks since boot (Linux), or None if it does not exist or is unknown."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
@@ -46,7 +46,8 @@ def write_pid_file(path: Path, pid: int) -> None:
     """Record a replica group atomically (temp + rename: a crash never leaves half a pid file)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"pgid": pid, "start_time": process_start_time(pid), "daemon_pid": os.getpid()}))
+    record = {"pgid": pid, "start_time": process_start_time(pid), "daemon_pid": os.getpid()}
+    tmp.write_text(json.dumps(record))
     os.replace(tmp, path)
 
 
@@ -56,13 +57,26 @@ def remove_pid_file(path: Path) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    """Whether a live (non-zombie) process is in group ``pgid``: zombies hold nothing and cannot be killed."""
+    if not os.path.isdir("/proc/self"):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:  # fields 3 (state) and 5 (pgrp)
+            return True
+    return False
 
 
 def _kill_group(pgid: int, timeout: float) -> bool:
@@ -107,8 +121,8 @@ def kill_orphans(home: Path, *, timeout: float = 10.0) -> list[str]:
             what = "replica group" if leader_start is not None else "leftover processes of replica group"
             if _kill_group(pgid, timeout):
                 killed.append(f"{path.stem}: killed {what} {pgid}")
-                log.warning("killed orphaned %s %s of %s (previous daemon did not stop it)", what, pgid, path.stem)
+                log.warning("killed orphaned %s %s of %s (left by a previous daemon)", what, pgid, path.stem)
             else:
-                log.error("orphaned replica group %s of %s survived SIGKILL for %.0fs", pgid, path.stem, timeout)
+                log.error("orphaned group %s of %s survived SIGKILL for %.0fs", pgid, path.stem, timeout)
         remove_pid_file(path)
     return killed

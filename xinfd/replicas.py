@@ -62,7 +62,7 @@ class RestartPolicy:
     stable_after: float = 60.0
 
     def delay(self, attempt: int) -> float:
-        return min(self.max_delay, self.initial_delay * (2 ** max(0, attempt - 1)))
+        return min(self.max_delay, self.initial_delay * 2.0 ** max(0, attempt - 1))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,7 +90,8 @@ class ExitInfo:
     cause: str = ""
 
     def describe(self) -> str:
-        how = f"killed by signal {-self.returncode}" if self.returncode < 0 else f"exit code {self.returncode}"
+        code = self.returncode
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         if self.cause:
             how = f"{self.cause}; {how}"
         tail = " | ".join(line for line in self.stderr_tail[-5:] if line.strip())
@@ -257,7 +258,8 @@ class Replica:
                 if self._clock() > deadline:
                     raise LaunchError(
                         f"replica {self.label} not ready after {spec.readiness.timeout_s:.0f}s "
-                        f"(GET {spec.readiness.path} on {self.base_url if self.uses_tcp else self.socket_path})"
+                        f"(GET {spec.readiness.path} on "
+                        f"{self.base_url if self.uses_tcp else self.socket_path})"
                     )
                 await asyncio.wait({exited}, timeout=spec.readiness.interval_s)
         finally:
@@ -287,6 +289,7 @@ class Replica:
         exited = asyncio.ensure_future(handle.wait())
         policy = self._health
         self.health_failures = 0
+        probe: asyncio.Future[bool] | None = None
         try:
             while policy.enabled:
                 done, _ = await asyncio.wait({exited}, timeout=policy.interval)
@@ -295,7 +298,6 @@ class Replica:
                 probe = asyncio.ensure_future(self.probe(timeout=policy.timeout))
                 done, _ = await asyncio.wait({exited, probe}, return_when=asyncio.FIRST_COMPLETED)
                 if exited.done():
-                    probe.cancel()
                     break
                 if probe.result():
                     self.health_failures = 0
@@ -309,8 +311,9 @@ class Replica:
                     return await exited, cause
             return await exited, ""
         finally:
-            if not exited.done():
-                exited.cancel()
+            for pending in (exited, probe):  # a stop cancels this task mid-probe: leave nothing running
+                if pending is not None and not pending.done():
+                    pending.cancel()
 
     async def _supervise(self) -> None:
         """Wait for an unexpected exit and restart with backoff until the budget runs out."""
@@ -322,7 +325,8 @@ class Replica:
             info = ExitInfo(returncode=code, stderr_tail=tuple(self.handle.stderr_tail()), cause=cause)
             self.last_exit = info
             await self._kill_current()  # grandchildren of the dead leader must not keep the slot
-            if self.ready_since is not None and self._clock() - self.ready_since >= self._restart.stable_after:
+            since = self.ready_since
+            if since is not None and self._clock() - since >= self._restart.stable_after:
                 self.restarts = 0
             if self.restarts >= self._restart.budget:
                 self.failure = f"restart budget ({self._restart.budget}) exhausted; last {info.describe()}"
@@ -330,7 +334,8 @@ class Replica:
                 return
             self.restarts += 1
             delay = self._restart.delay(self.restarts)
-            self.transition(ReplicaState.BACKOFF, f"{info.describe()}; restart {self.restarts} in {delay:.1f}s")
+            self.transition(ReplicaState.BACKOFF,
+                            f"{info.describe()}; restart {self.restarts} in {delay:.1f}s")
             await self._sleep(delay)
             if self._stopping:
                 return

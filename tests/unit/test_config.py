@@ -172,10 +172,15 @@ ENV_CASES: list[tuple[str, str, Any]] = [
     ("XINFERENCE_LAUNCH_STRATEGY", "pack_first_launch_strategy", "PACK_FIRST_LAUNCH_STRATEGY"),
     ("XINFERENCE_ENABLE_VIRTUAL_ENV", "0", False),
     ("XINFERENCE_VIRTUAL_ENV_SKIP_INSTALLED", "FALSE", False),
+    ("XINFD_VIRTUAL_ENV_BUILD_TIMEOUT", "90", 90.0),
     ("XINFERENCE_CSG_TOKEN", "csg-secret", "csg-secret"),
     ("XINFERENCE_CSG_ENDPOINT", "https://hub.opencsg.com/", "https://hub.opencsg.com/"),
     ("XINFD_STOP_GRACE_PERIOD", "3", 3.0),
     ("XINFD_LAUNCH_TIMEOUT", "1200.5", 1200.5),
+    ("XINFD_REPLICA_MAX_CONCURRENCY", "8", 8),
+    ("XINFD_MODEL_QUEUE_SIZE", "0", 0),
+    ("XINFD_RESTART_BACKOFF", "0.1", 0.1),
+    ("XINFD_RESTART_BUDGET", "0", 0),
     ("XINFD_LAUNCH", "qwen2.5-instruct:2, bge-m3", ("qwen2.5-instruct:2", "bge-m3")),
 ]
 

@@ -23,7 +23,9 @@ from typing import Any
 from aiohttp import web
 
 from xinfd import __version__
+from xinfd.api import control_gpus, control_ops, control_venvs
 from xinfd.api.middleware import error_middleware
+from xinfd.api.peers import ControlAccess, peer_middleware, request_peer
 from xinfd.api.state import STATE
 from xinfd.errors import InvalidRequestError
 from xinfd.models import LaunchRequest
@@ -34,7 +36,10 @@ log = logging.getLogger(__name__)
 
 def make_control_app(state: Any) -> web.Application:
     """Build the control app; tests call this directly with ``aiohttp_client``."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+    # SO_PEERCRED on every request (issue 6): the socket's mode is the first gate, this is the second.
+    access = _AccessHolder(state)
+    app = web.Application(middlewares=[error_middleware, peer_middleware(access.current)],
+                          client_max_size=1024 * 1024)
     app[STATE] = state
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/engines", engines)
@@ -45,7 +50,8 @@ def make_control_app(state: Any) -> web.Application:
     app.router.add_delete("/v1/models/{uid}", terminate)
     # Feature areas (venvs, gpus, ...) keep their routes in their own modules, each listed here by its
     # ``add_routes(app)`` function.
-    route_modules: tuple[Callable[[web.Application], None], ...] = ()
+    route_modules: tuple[Callable[[web.Application], None], ...] = (
+        control_ops.add_routes, control_gpus.add_routes, control_venvs.add_routes)
     for add_routes in route_modules:
         add_routes(app)
     return app
@@ -139,16 +145,20 @@ async def terminate(request: web.Request) -> web.Response:
 
 def _peer(request: web.Request) -> str:
     """The peer's uid/pid from SO_PEERCRED where available (logged with each mutating command)."""
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport else None
-    if sock is None:
-        return "unknown"
-    try:
-        import socket
-        import struct
+    peer = request_peer(request)
+    return "unknown" if peer is None else str(peer)
 
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, gid = struct.unpack("3i", creds)
-        return f"pid={pid} uid={uid} gid={gid}"
-    except (OSError, AttributeError):
-        return "unknown"
+
+class _AccessHolder:
+    """The control-socket access rules, rebuilt when SIGHUP swaps in new settings."""
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+        self._settings: Any = None
+        self._access = ControlAccess(uids=frozenset(), gids=frozenset())
+
+    def current(self) -> ControlAccess:
+        if self._state.settings is not self._settings:
+            self._settings = self._state.settings
+            self._access = ControlAccess.from_settings(self._settings)
+        return self._access

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from xinfd.errors import ModelNotReadyError, TooManyRequestsError, XinfdError
+from xinfd.errors import ModelNotReadyError, ShuttingDownError, TooManyRequestsError, XinfdError
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +65,29 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             error_body("internal error (see the daemon log)", error_type="server_error", code="internal_error"),
             status=500,
         )
+
+
+# Paths that stay open while draining: /health says "draining" (503) to load balancers, /metrics keeps scraping.
+_DRAIN_EXEMPT = frozenset({"/health", "/metrics"})
+
+
+def drain_middleware(state: Any) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Count requests in flight and refuse new work with 503 once SIGTERM started the drain (issue 6).
+
+    Counting here, around the whole handler, covers a request from its first byte to its stream's last, queued
+    or not, so the daemon's shutdown can wait for exactly the requests that were accepted.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in _DRAIN_EXEMPT:
+            return await handler(request)
+        if state.draining:
+            raise ShuttingDownError("xinfd is shutting down; retry on another instance")
+        state.in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            state.in_flight -= 1
+
+    return middleware

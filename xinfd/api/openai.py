@@ -20,7 +20,10 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from xinfd.api.middleware import error_body, error_middleware
+from xinfd.api.middleware import drain_middleware, error_body, error_middleware
+from xinfd.api.security import PolicyHolder, security_middleware
+from xinfd.api.metrics import StreamStats
+from xinfd.api.streaming import STARTED_KEY, STREAM_KEY, SlowReaderError, SseRelay, validate_request
 from xinfd.api.state import STATE, DaemonState
 from xinfd.errors import (
     InvalidRequestError,
@@ -29,6 +32,7 @@ from xinfd.errors import (
     TooManyRequestsError,
     UnknownModelError,
     UpstreamError,
+    XinfdError,
 )
 from xinfd.models import RunningModel
 from xinfd.replicas import Replica
@@ -39,12 +43,17 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 8 * 1024 * 1024
 REPLICA_HEADER = "X-Xinfd-Replica"
 # Connection-level failures that prove the request never reached the replica, so retrying elsewhere is safe.
-_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, FileNotFoundError, ConnectionRefusedError)
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, FileNotFoundError, ConnectionRefusedError,
+             aiohttp.ClientOSError)  # EPIPE/ECONNRESET before the replica answered anything (issue 4)
 
 
 def make_api_app(state: DaemonState) -> web.Application:
     """Build the front-end app; tests call this directly with ``aiohttp_client``."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    # Access checks run inside the error middleware (refusals become JSON envelopes) and before any handler,
+    # for every path and method (issue 6); the policy follows state.settings across SIGHUP reloads.
+    access = security_middleware(PolicyHolder(lambda: state.settings))
+    app = web.Application(middlewares=[error_middleware, access, drain_middleware(state)],
+                          client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", list_models)
@@ -138,6 +147,7 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     except UnknownModelError as exc:
         exc.param = "model"
         raise
+    validate_request(request, endpoint, body)  # 400 naming the field, before any replica is involved (issue 6)
     metrics = state.metrics
     started = time.monotonic()
     status = 500
@@ -159,6 +169,12 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
             return response
     except asyncio.CancelledError:
         status = 499  # client closed the request
+        metrics.aborts.labels(uid, "client_disconnect").inc()
+        raise
+    except XinfdError as exc:
+        status = exc.status
+        if status in (429, 503):  # capacity or state refusals (issue 6 metrics)
+            metrics.rejections.labels(uid, str(status)).inc()
         raise
     finally:
         metrics.in_flight.labels(uid).dec()
@@ -170,11 +186,24 @@ async def _relay(request: web.Request, replica: Replica, endpoint: str, raw: byt
     try:  # the router's lease counts the request as outstanding
         url = f"{replica.base_url}{replica.api_prefix}/{endpoint}"
         headers = {"Content-Type": "application/json"}
+        out_headers = {REPLICA_HEADER: replica.label}
+        if request.get(STREAM_KEY, False):
+            settings = request.app[STATE].settings
+            relay = SseRelay(request, headers=out_headers, ping_interval=settings.sse_ping_attempts_seconds,
+                             write_timeout=settings.stream_write_timeout)
+            # Pings cover the silence before the replica's first byte (prefill); see xinfd.api.streaming.
+            async with await relay.wait(replica.session().post(url, data=raw, headers=headers)) as upstream:
+                if relay.prepared or "text/event-stream" in upstream.headers.get("Content-Type", ""):
+                    stats = StreamStats(request.app[STATE].metrics, replica.model_uid, endpoint,
+                                        started=request.get(STARTED_KEY, time.monotonic()))
+                    return await _relay_stream(relay, upstream, replica, stats)
+                data = await upstream.read()
+                return web.Response(status=upstream.status, body=data,
+                                    content_type=upstream.content_type or "application/json", headers=out_headers)
         async with replica.session().post(url, data=raw, headers=headers) as upstream:
-            out_headers = {REPLICA_HEADER: replica.label}
-            if "text/event-stream" in upstream.headers.get("Content-Type", ""):
-                return await _relay_stream(request, upstream, out_headers, replica)
-            data = await upstream.read()
+            data = await _read_answer(upstream, replica)
+            if upstream.status == 200:
+                request.app[STATE].metrics.usage(replica.model_uid, data)
             return web.Response(
                 status=upstream.status,
                 body=data,
@@ -185,24 +214,46 @@ async def _relay(request: web.Request, replica: Replica, endpoint: str, raw: byt
         replica.served += 1
 
 
-async def _relay_stream(
-    request: web.Request, upstream: aiohttp.ClientResponse, headers: dict[str, str], replica: Replica
-) -> web.StreamResponse:
-    response = web.StreamResponse(
-        status=upstream.status,
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                 **headers},
-    )
-    await response.prepare(request)
+async def _read_answer(upstream: aiohttp.ClientResponse, replica: Replica) -> bytes:
+    """The replica had started answering when it failed: fail fast with a clear 502, no retry (issue 4)."""
     try:
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+        return await upstream.read()
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(f"replica {replica.label} failed while answering: {exc or type(exc).__name__}") from exc
+
+
+async def _relay_stream(
+    relay: SseRelay, upstream: aiohttp.ClientResponse, replica: Replica, stats: StreamStats
+) -> web.StreamResponse:
+    """Relay SSE chunk by chunk, pinging while the replica is silent; every stream ends with [DONE] or an error
+    frame, and a client that stops reading is cut after the write deadline (issue 6)."""
+    try:
+        if upstream.status != 200 or "text/event-stream" not in upstream.headers.get("Content-Type", ""):
+            # Already pinged, so the 200 is out: the replica's late refusal goes in-band.
+            detail = (await upstream.read()).decode(errors="replace")
+            try:
+                envelope = json.loads(detail)
+            except ValueError:
+                envelope = error_body(f"replica answered {upstream.status}: {detail[:200]}",
+                                      error_type="server_error", code="upstream_error")
+            await relay.error_frame(envelope)
+        else:
+            while chunk := await relay.wait(upstream.content.readany()):
+                stats.chunk(chunk, time.monotonic())
+                await relay.write(chunk)
+            stats.finish()
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
         # The replica died mid-stream: tell the client in-band and close, never leave it hanging.
         log.warning("replica %s failed mid-stream: %s", replica.label, exc)
+        stats.abort("upstream_error")
         frame = error_body(f"replica {replica.label} failed mid-stream", error_type="server_error",
                            code="upstream_error")
         with contextlib.suppress(ConnectionError):
-            await response.write(f"data: {json.dumps(frame)}\n\n".encode())
-    await response.write_eof()
-    return response
+            await relay.error_frame(frame)
+    except SlowReaderError as exc:
+        stats.abort("slow_reader")
+        relay.cut(str(exc))  # leaving the upstream context closes it: the replica aborts the sequence
+        return relay.response
+    with contextlib.suppress(ConnectionError):
+        await relay.response.write_eof()
+    return relay.response

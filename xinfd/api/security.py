@@ -18,7 +18,7 @@ import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
@@ -37,7 +37,7 @@ PUBLIC_PATHS = frozenset({"/health"})
 METRICS_PATH = "/metrics"
 
 
-class Scope(str, Enum):
+class Scope(StrEnum):
     """What a key may do: ``inference`` (every /v1 route) and ``metrics`` (``/metrics``)."""
 
     INFERENCE = "inference"

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from xinfd.api.metrics import Metrics
     from xinfd.config import Settings
     from xinfd.models import ModelManager
+    from xinfd.venvs.provider import VenvProvider
 
 
 @dataclass(slots=True)
@@ -24,6 +25,10 @@ class DaemonState:
     started: float = field(default_factory=time.time)
     draining: bool = False
     front_end_url: str = ""
+    # Model venvs (issue 3); None when the daemon was built without them (unit tests of other routes).
+    venvs: VenvProvider | None = None
+    # Front-end requests being served (xinfd.api.middleware.drain_middleware); SIGTERM waits for 0 (issue 6).
+    in_flight: int = 0
 
 
 STATE = web.AppKey("xinfd_state", DaemonState)

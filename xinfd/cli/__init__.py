@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from xinfd.cli import models
+from xinfd.cli import chat, gpus, logs, models, venvs
 from xinfd.cli.client import EXIT_USAGE, CliError, ControlClient, default_socket
 
-COMMAND_MODULES = [models]
+COMMAND_MODULES = [models, gpus, venvs, logs, chat]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -63,6 +63,13 @@ class ControlClient:
         payload = response.read()
         return _decode(response.status, payload)
 
+    def open_raw(self, method: str, path: str) -> http.client.HTTPResponse:
+        """A response to read incrementally (``xinfctl logs --follow``); errors raised like ``call``."""
+        response = self._send(method, path, timeout=None)
+        if response.status >= 400:
+            _decode(response.status, response.read())
+        return response
+
     def stream(self, method: str, path: str, body: Any = None) -> Iterator[dict[str, Any]]:
         """NDJSON events of a long operation (launch); the socket has no read timeout while it runs."""
         response = self._send(method, path, body, timeout=None)

@@ -94,6 +94,12 @@ def cmd_launch(client: ControlClient, args: argparse.Namespace) -> int:
         body["model_engine"] = args.model_engine
     if args.model_uid:
         body["model_uid"] = args.model_uid
+    body.update(_gpu_flags(args))
+    # Issue 3: None follows XINFERENCE_ENABLE_VIRTUAL_ENV; -vp entries are validated by the daemon.
+    if args.virtual_env is not None:
+        body["enable_virtual_env"] = args.virtual_env
+    if args.virtual_env_package:
+        body["virtual_env_packages"] = args.virtual_env_package
     started = time.monotonic()
     final: dict[str, Any] | None = None
     for event in client.stream("POST", "/v1/models", body):
@@ -112,6 +118,22 @@ def cmd_launch(client: ControlClient, args: argparse.Namespace) -> int:
     else:
         print(final["model"]["model_uid"])
     return 0
+
+
+def _gpu_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """``--n-gpu N|auto|0`` and ``--gpu-idx 0,1`` (issue 4) as launch-request fields; bad values exit 2."""
+    fields: dict[str, Any] = {}
+    if args.n_gpu is not None:
+        if args.n_gpu != "auto" and not args.n_gpu.isdigit():
+            raise CliError(f"--n-gpu must be auto or an integer >= 0, got {args.n_gpu!r}", EXIT_USAGE)
+        fields["n_gpu"] = "auto" if args.n_gpu == "auto" else int(args.n_gpu)
+    if args.gpu_idx is not None:
+        parts = [p.strip() for p in args.gpu_idx.split(",")]
+        if not parts or not all(p.isdigit() for p in parts):
+            raise CliError(f"--gpu-idx must be GPU indices separated by commas (e.g. 0,1), got {args.gpu_idx!r}",
+                           EXIT_USAGE)
+        fields["gpu_idx"] = [int(p) for p in parts]
+    return fields
 
 
 def cmd_terminate(client: ControlClient, args: argparse.Namespace) -> int:
@@ -137,6 +159,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     launch.add_argument("-e", "--model-engine")
     launch.add_argument("-r", "--replica", type=int, default=1)
     launch.add_argument("-u", "--model-uid")
+    launch.add_argument("--n-gpu", metavar="N|auto", help="GPUs per replica (default auto: one each if any; 0: CPU)")
+    launch.add_argument("--gpu-idx", metavar="I[,J...]", help="place every replica on exactly these GPUs")
+    toggle = launch.add_mutually_exclusive_group()
+    toggle.add_argument("--enable-virtual-env", dest="virtual_env", action="store_const", const=True,
+                        help="run this model in its own venv (overrides XINFERENCE_ENABLE_VIRTUAL_ENV)")
+    toggle.add_argument("--disable-virtual-env", dest="virtual_env", action="store_const", const=False,
+                        help="run this model in xinfd's environment")
+    launch.add_argument("-vp", "--virtual-env-package", action="append", metavar="SPEC",
+                        help="add a venv package, or replace the model's entry of the same name (repeatable)")
     launch.add_argument("--env", nargs=2, action="append", metavar=("NAME", "VALUE"),
                         help="environment variable for this model's replicas (repeatable)")
     launch.set_defaults(func=cmd_launch, accepts_extra=True)

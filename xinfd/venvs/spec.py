@@ -86,7 +86,7 @@ class IndexOptions:
         return args
 
     def merged(self, inherited: IndexOptions) -> IndexOptions:
-        """The block's own options win; lists are the block's first, then pip's (issue 3: inherit_pip_config)."""
+        """The block's options win; lists hold the block's first, then pip's (issue 3: inherit_pip_config)."""
         return IndexOptions(
             index_url=self.index_url or inherited.index_url,
             extra_index_urls=_unique(self.extra_index_urls + inherited.extra_index_urls),
@@ -100,7 +100,7 @@ class IndexOptions:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VenvSpec:
-    """Everything that decides a venv's content. ``digest`` names its directory; equal specs share one venv."""
+    """Everything that decides a venv's content. ``digest`` names its directory: equal specs share a venv."""
 
     model_name: str
     engine: str
@@ -134,7 +134,7 @@ def check_package(entry: str) -> str:
     if not text:
         raise VenvSpecError("empty virtualenv package entry")
     if text.startswith("-") or "\n" in text or "\0" in text:
-        raise VenvSpecError(f"virtualenv package {entry!r} looks like an installer option; give a requirement")
+        raise VenvSpecError(f"virtualenv package {entry!r} looks like an installer option, not a requirement")
     head, _, marker = text.partition(";")
     head = head.strip()
     if _PLACEHOLDER_RE.match(head) or _SYSTEM_RE.match(head):
@@ -159,7 +159,7 @@ def _marker_text(marker: str, engine: str) -> Marker:
 
 
 def _applies(marker: str, engine: str, environment: Mapping[str, str]) -> bool:
-    """Evaluate a PEP 508 marker where ``#engine#``/``#model_engine#`` stand for ``engine`` (case-sensitive)."""
+    """Evaluate a PEP 508 marker where ``#engine#``/``#model_engine#`` stand for ``engine`` (exact case)."""
     if not marker.strip():
         return True
     parsed = _marker_text(marker, engine)
@@ -218,7 +218,7 @@ def _expand(
     depth: int,
 ) -> list[tuple[str, str]]:
     if depth > 3:
-        raise VenvSpecError("engine dependency placeholders nest too deeply (a placeholder expands to itself?)")
+        raise VenvSpecError("engine dependency placeholders nest too deeply (one expands to itself?)")
     out: list[tuple[str, str]] = []
     for entry in packages:
         text = check_package(entry)
@@ -230,8 +230,8 @@ def _expand(
             owner = placeholder_engine(match.group(1), engines)
             if owner is None:
                 raise VenvSpecError(f"unknown placeholder {head} (no installed engine provides it)")
-            out += _expand(list(dependencies(owner)), engine, engines, dependencies, system_version, environment,
-                           depth=depth + 1)
+            out += _expand(list(dependencies(owner)), engine, engines, dependencies, system_version,
+                           environment, depth=depth + 1)
         elif match := _SYSTEM_RE.match(head):
             name = match.group(1)
             version = system_version(name)
@@ -246,7 +246,7 @@ def _expand(
 
 
 def index_options(block: Mapping[str, Any]) -> IndexOptions:
-    """The block's own index options, validated (each URL/host is one argv item for uv, never a shell word)."""
+    """The block's own index options, validated (each URL or host is one argv item for uv, never a shell)."""
     unknown = set(block) - BLOCK_KEYS
     if unknown:
         raise VenvSpecError(f"unknown virtualenv field(s): {', '.join(sorted(unknown))}")

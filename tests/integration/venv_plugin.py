@@ -1,0 +1,113 @@
+"""A test plugin for the model-venv tests (issue 3), loaded through ``XINFD_PLUGINS``.
+
+It registers the engine ``pkgver`` (hosted by xinfd's worker) whose model answers every request with what the
+replica actually imports: the version and file of ``xinfdtestpkg`` and friends, and ``sys.prefix``. Its
+models pin packages from the test index named by ``XINFD_TEST_VENV_INDEX`` (a ``file://`` or loopback URL).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from xinfd.hookspecs import hookimpl
+from xinfd.types import (
+    Availability,
+    ChatMessage,
+    EngineInfo,
+    GeneratedDelta,
+    GenerateRequest,
+    LaunchSpec,
+    ModelSpec,
+    Platform,
+    RegisterEngine,
+    RegisterModel,
+    ReplicaContext,
+    TextModel,
+)
+from xinfd.worker.launch import worker_launch_spec
+
+ENGINE = "pkgver"
+INDEX_ENV = "XINFD_TEST_VENV_INDEX"
+PROBED = ("xinfdtestpkg", "xinfdtestdep", "xinfdtestother", "pluggy")
+
+
+def _block(*packages: str) -> dict[str, Any]:
+    return {"packages": list(packages), "index_url": os.environ.get(INDEX_ENV, "file:///nonexistent"),
+            "inherit_pip_config": False}
+
+
+MODELS = {
+    "pinned-a": _block("xinfdtestpkg==1.0"),
+    "pinned-b": _block("xinfdtestpkg==2.0"),
+    "markers": _block(
+        '#pkgver_dependencies# ; #engine# == "pkgver"',
+        'xinfdtestother==1.0 ; #model_engine# == "vllm"',
+        'xinfdtestpkg==1.0 ; sys_platform == "win32"',
+        'xinfdtestpkg==2.0 ; sys_platform != "win32" and #engine# == "pkgver"',
+        "#system_pluggy#",
+    ),
+    "bad-placeholder": _block("#nosuch_dependencies#"),
+}
+
+
+@hookimpl
+def xinfd_register_engines(register: RegisterEngine) -> None:
+    register(EngineInfo(name=ENGINE, abilities=("chat", "generate"), probe_module="xinfdtestpkg",
+                        description="reports the package versions its replica imports (venv tests)"))
+
+
+@hookimpl
+def xinfd_register_models(register: RegisterModel) -> None:
+    for name, block in MODELS.items():
+        register(ModelSpec(name=name, abilities=("chat", "generate"), engines=(ENGINE,), virtualenv=block))
+
+
+@hookimpl
+def xinfd_engine_dependencies(engine: str) -> list[str] | None:
+    return ["xinfdtestdep==1.0"] if engine == ENGINE else None
+
+
+@hookimpl
+def xinfd_engine_availability(engine: str, model: ModelSpec, platform: Platform) -> Availability | None:
+    return Availability(available=True) if engine == ENGINE else None
+
+
+@hookimpl
+def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec | None:
+    return worker_launch_spec(replica, model) if engine == ENGINE else None
+
+
+@hookimpl
+def xinfd_engine_load(engine: str, model: ModelSpec, replica: ReplicaContext) -> TextModel | None:
+    return VersionModel() if engine == ENGINE else None
+
+
+def imported_versions() -> dict[str, Any]:
+    """What this interpreter imports: {module: [version, file]} (None if absent) and sys.prefix."""
+    found: dict[str, Any] = {"sys.prefix": sys.prefix}
+    for name in PROBED:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            found[name] = None
+            continue
+        found[name] = [getattr(module, "__version__", None), getattr(module, "__file__", None)]
+    return found
+
+
+class VersionModel:
+    """Answers any prompt with ``imported_versions()`` as JSON."""
+
+    def render_chat(self, messages: list[ChatMessage], options: Mapping[str, Any]) -> str:
+        return messages[-1].content if messages else ""
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GeneratedDelta]:
+        yield GeneratedDelta(text=json.dumps(imported_versions()), finish_reason="stop")

@@ -1,0 +1,56 @@
+"""Control routes of the GPU slot table and live scaling (issue 4), added to the control app by
+``make_control_app`` through its ``route_modules``.
+
+* ``GET  /v1/gpus``                    each GPU with what holds it and why (``xinfctl gpus``)
+* ``POST /v1/models/{uid}/scale``      ``{"replicas": N}``: add or remove replicas live (``xinfctl scale``)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from xinfd.api.state import STATE
+from xinfd.errors import InvalidRequestError
+
+log = logging.getLogger(__name__)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/gpus", list_gpus)
+    app.router.add_post("/v1/models/{uid}/scale", scale)
+
+
+async def list_gpus(request: web.Request) -> web.Response:
+    """A list of objects with ``index``, ``name``, ``memory_mb``, ``free_mb`` and ``replicas`` (placed there).
+
+    Each replica entry carries its label, its GPUs, the placement reason, and the replica's state.
+    """
+    manager = request.app[STATE].manager
+    states = {r.label: r.state.value for m in manager.models.values() for r in m.replicas}
+    rows = manager.slots.snapshot()
+    for row in rows:
+        for replica in row["replicas"]:
+            replica["state"] = states.get(replica["label"], "PLACED")  # placed, its process not yet made
+    return web.json_response(
+        {
+            "strategy": manager.slots.strategy,
+            "allow_multi_replica_per_gpu": manager.slots.allow_multi,
+            "gpus": rows,
+        }
+    )
+
+
+async def scale(request: web.Request) -> web.Response:
+    uid = request.match_info["uid"]
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict) or set(body) != {"replicas"}:
+        raise InvalidRequestError('expected {"replicas": N}', param="replicas")
+    log.info("scale of %s to %r replicas requested over the control socket", uid, body["replicas"])
+    snapshot = await request.app[STATE].manager.scale(uid, body["replicas"])
+    return web.json_response(snapshot)

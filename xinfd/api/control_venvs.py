@@ -1,0 +1,110 @@
+"""Control-API routes for model venvs (issue 3; spec "Manage Virtual Environments").
+
+* ``GET    /v1/venvs[?model=NAME]``                  list (model, engine, python, size, packages, in use by)
+* ``POST   /v1/venvs``                               build ahead of a launch; NDJSON progress, last line
+  ``ready`` (with the venv) or ``error``. Body: ``model_name``, ``model_engine``, ``virtual_env_packages``
+* ``DELETE /v1/venvs/{model}[?engine=E&python=VER]`` remove (all of the model's if no filter); 409 in use
+* ``POST   /v1/venvs/gc``                            remove every unused venv and crash leftovers
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from xinfd.api.state import STATE
+from xinfd.errors import InvalidRequestError, UnknownModelError, XinfdError
+from xinfd.venvs.provider import VenvProvider
+
+log = logging.getLogger(__name__)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/venvs", list_venvs)
+    app.router.add_post("/v1/venvs", create_venv)
+    app.router.add_post("/v1/venvs/gc", gc_venvs)
+    app.router.add_delete("/v1/venvs/{model}", remove_venvs)
+
+
+def _provider(request: web.Request) -> VenvProvider:
+    provider = request.app[STATE].venvs
+    if provider is None:
+        raise InvalidRequestError("model venvs are not available in this daemon")
+    return provider
+
+
+async def list_venvs(request: web.Request) -> web.Response:
+    rows = await asyncio.to_thread(_provider(request).entries, request.query.get("model"))
+    return web.json_response(rows)
+
+
+async def create_venv(request: web.Request) -> web.StreamResponse:
+    provider = _provider(request)
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("model_name"), str):
+        raise InvalidRequestError("body must be an object with model_name", param="model_name")
+    unknown = set(body) - {"model_name", "model_engine", "virtual_env_packages"}
+    if unknown:
+        raise InvalidRequestError(f"unknown field(s): {', '.join(sorted(unknown))}", param=min(unknown))
+    packages = body.get("virtual_env_packages") or []
+    if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
+        raise InvalidRequestError("virtual_env_packages must be a list of strings",
+                                  param="virtual_env_packages")
+    manager = request.app[STATE].manager
+    spec = manager.plugins.models.get(body["model_name"])
+    if spec is None:
+        raise UnknownModelError(f"unknown model {body['model_name']!r}", param="model_name")
+    engine = manager.choose_engine(spec, body.get("model_engine"))
+    provider.make_spec(spec, engine, packages)  # a bad spec is a 400 before the stream starts
+
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def publish(event: dict[str, Any]) -> None:
+        await events.put(event)
+
+    async def run() -> None:
+        try:
+            path = await provider.create(spec, engine, packages, publish)
+            rows = await asyncio.to_thread(provider.entries, spec.name)
+            row = next((r for r in rows if r["path"] == str(path)), {"path": str(path)})
+            await events.put({"event": "ready", "message": f"venv ready: {path}", "venv": row})
+        except XinfdError as exc:
+            await events.put({"event": "error", "code": exc.code, "message": str(exc)})
+        except Exception as exc:  # top of a task: log and report, never leave the client hanging
+            log.exception("venv create for %s failed", spec.name)
+            await events.put({"event": "error", "code": "venv_failed", "message": str(exc)})
+
+    task = asyncio.create_task(run(), name=f"venv create {spec.name}")
+    response = web.StreamResponse(status=200, headers={"Content-Type": "application/x-ndjson"})
+    try:
+        await response.prepare(request)
+        while True:
+            event = await events.get()
+            await response.write(json.dumps(event).encode() + b"\n")
+            if event["event"] in ("ready", "error"):
+                break
+    finally:
+        if not task.done():  # the client went away: cancelling kills uv and removes the build directory
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    await response.write_eof()
+    return response
+
+
+async def remove_venvs(request: web.Request) -> web.Response:
+    removed = await _provider(request).remove(
+        request.match_info["model"], request.query.get("engine"), request.query.get("python"))
+    return web.json_response({"removed": removed})
+
+
+async def gc_venvs(request: web.Request) -> web.Response:
+    return web.json_response({"removed": await _provider(request).gc()})

@@ -1,0 +1,114 @@
+"""Front-end request checks and the SSE relay's keepalive and write deadline (issue 6).
+
+Validation: the daemon runs the worker's own validators (``xinfd.worker.protocol``) before it proxies, so a bad
+field is a 400 naming it (``max_tokens``, ``messages[1].role``) without a replica round trip, and a bad request
+never takes a queue slot. Checks that need the model's tokenizer (prompt longer than the context, with the
+token counts) stay in the worker, which answers them the same way.
+
+Keepalive: a model can be silent for a long time before its first token (prefill of a long prompt, a busy
+batch) and between tokens. Reverse proxies and clients cut idle connections, so while the replica says
+nothing the relay sends an SSE comment (``: ping``) every ``XINFERENCE_SSE_PING_ATTEMPTS_SECONDS``; OpenAI
+clients ignore comments. The client's response is prepared lazily: if the replica answers within the first
+interval (the usual case), its real status goes out (400, 503...); only a request that has already been
+pinged reports a late upstream error in-band, as an error frame, because its 200 is on the wire.
+
+Write deadline: a client that stops reading fills the socket buffers, and ``write`` then waits; after
+``stream_write_timeout`` seconds of that the relay cuts the client off, which closes the upstream request and
+makes the replica abort the sequence instead of generating for nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from xinfd.worker.protocol import parse_chat_request, parse_completion_request, parse_embedding_request
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+PING_FRAME = b": ping\n\n"
+STREAM_KEY = web.RequestKey("xinfd_stream", bool)
+STARTED_KEY = web.RequestKey("xinfd_started", float)  # monotonic arrival time, for time-to-first-token
+
+_VALIDATORS = {
+    "chat/completions": parse_chat_request,
+    "completions": parse_completion_request,
+    "embeddings": parse_embedding_request,
+}
+
+
+def validate_request(request: web.Request, endpoint: str, body: Mapping[str, Any]) -> None:
+    """Raise ``InvalidRequestError`` (400, ``param`` set) for a bad body; remember whether it streams."""
+    validator = _VALIDATORS.get(endpoint)
+    parsed = validator(body) if validator is not None else None
+    request[STREAM_KEY] = bool(getattr(parsed, "stream", False))
+    request[STARTED_KEY] = time.monotonic()
+
+
+class SlowReaderError(ConnectionError):
+    """The client did not take a write within the write deadline."""
+
+
+class SseRelay:
+    """The client side of one streamed response: lazy prepare, pings while silent, writes with a deadline."""
+
+    def __init__(self, request: web.Request, *, headers: Mapping[str, str], ping_interval: float,
+                 write_timeout: float) -> None:
+        self.request = request
+        self.ping_interval = ping_interval
+        self.write_timeout = write_timeout
+        self.pings = 0
+        self.response = web.StreamResponse(
+            status=200,
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                     # Reverse proxies (nginx) must pass frames through as they come, not buffer them.
+                     "X-Accel-Buffering": "no", **headers},
+        )
+
+    @property
+    def prepared(self) -> bool:
+        return self.response.prepared
+
+    async def wait(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable``, sending a ping every ``ping_interval`` seconds until it completes.
+
+        Cancellation (the client went away) cancels ``awaitable`` too: the upstream request is dropped.
+        """
+        task = asyncio.ensure_future(awaitable)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.ping_interval)
+                if done:
+                    return task.result()
+                await self.write(PING_FRAME)
+                self.pings += 1
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def write(self, data: bytes) -> None:
+        if not self.response.prepared:
+            await self.response.prepare(self.request)
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await self.response.write(data)
+        except TimeoutError:
+            raise SlowReaderError(f"client did not read for {self.write_timeout:g}s") from None
+
+    async def error_frame(self, envelope: Mapping[str, Any]) -> None:
+        await self.write(f"data: {json.dumps(envelope)}\n\n".encode())
+
+    def cut(self, reason: str) -> None:
+        """Drop the client connection (slow reader): no more writes can go through."""
+        log.warning("cutting stream to %s: %s", self.request.remote, reason)
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()

@@ -1,0 +1,71 @@
+"""xinfctl commands of the GPU slot table and live scaling (issue 4): ``gpus`` and ``scale``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from xinfd.cli.client import EXIT_USAGE, CliError, ControlClient
+from xinfd.cli.output import print_json, table
+
+
+def cmd_gpus(client: ControlClient, args: argparse.Namespace) -> int:
+    data = client.call("GET", "/v1/gpus")
+    gpus: list[dict[str, Any]] = data["gpus"]
+    if args.json:
+        print_json(gpus)
+        return 0
+    if not gpus:
+        print("no GPU (none declared in the config, none found through NVML): replicas run on the CPU")
+        return 0
+    multi = "allowed" if data["allow_multi_replica_per_gpu"] else "not allowed"
+    print(f"strategy: {data['strategy']}; several replicas per GPU: {multi}")
+    rows = []
+    for gpu in gpus:
+        memory = f"{gpu['memory_mb']} MiB" + (
+            f" ({gpu['free_mb']} free)" if gpu.get("free_mb") is not None else ""
+        )
+        held = gpu["replicas"] or [None]
+        for n, replica in enumerate(held):
+            first = n == 0
+            rows.append(
+                (
+                    gpu["index"] if first else "",
+                    gpu["name"] if first else "",
+                    memory if first else "",
+                    replica["label"] if replica else "idle",
+                    replica["state"] if replica else "",
+                    replica["reason"] if replica else "",
+                )
+            )
+    print(table(rows, ("GPU", "NAME", "MEMORY", "REPLICA", "STATE", "WHY HERE")))
+    return 0
+
+
+def cmd_scale(client: ControlClient, args: argparse.Namespace) -> int:
+    if args.replicas < 1:
+        raise CliError(
+            f"replicas must be at least 1 (use 'xinfctl terminate {args.model_uid}' to stop it), "
+            f"got {args.replicas}",
+            EXIT_USAGE,
+        )
+    model = client.call(
+        "POST", f"/v1/models/{args.model_uid}/scale", {"replicas": args.replicas}, timeout=None
+    )
+    if args.json:
+        print_json(model)
+        return 0
+    states = ", ".join(f"{r['label']} {r['state']}" for r in model["replicas"])
+    print(f"{model['model_uid']}: {len(model['replicas'])} replica(s): {states}")
+    return 0
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add this module's subcommands to the xinfctl parser."""
+    sub.add_parser("gpus", parents=[common], help="GPUs, the replicas placed on each, and why").set_defaults(
+        func=cmd_gpus
+    )
+    scale = sub.add_parser("scale", parents=[common], help="add or remove replicas of a running model")
+    scale.add_argument("model_uid")
+    scale.add_argument("replicas", type=int, help="the new number of replicas (>= 1)")
+    scale.set_defaults(func=cmd_scale)

@@ -1,0 +1,341 @@
+"""Building one model venv with uv: create, resolve, skip what the base has, install, probe, record (issue 3).
+
+uv runs with argv lists (never a shell), in its own session with a parent-death signal (a SIGKILLed daemon
+leaves no uv writing into a build directory), under one deadline for the whole build, and is killed when the
+launch is cancelled. Its output goes to the build log and, line by line, to the launch progress.
+
+Skip-installed: uv reinstalls packages that a ``--system-site-packages`` venv already sees
+(astral-sh/uv#4466), so we resolve first (``uv pip compile``, with the base environment's versions as
+preferences), subtract what the base already has at the same version, and install the rest with
+``--no-deps``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import re
+import signal
+import site
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from xinfd.venvs.cache import MANIFEST, METADATA, METADATA_FORMAT, manifest, site_packages, write_json_atomic
+from xinfd.venvs.spec import IndexOptions, VenvError, VenvSpec
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[dict[str, Any]], Awaitable[None]]
+PTH_NAME = "_xinfd_daemon_env.pth"
+_PR_SET_PDEATHSIG = 1
+_INSTALLED_RE = re.compile(r"Installed (\d+) packages? in ([\d.]+)(ms|s)")
+# Lists every distribution the new (still empty) venv's interpreter sees: the daemon's and the base's.
+# The first distribution of a name on sys.path wins, as it does for imports.
+_BASE_DISTS = (
+    "import importlib.metadata as m, json, re\n"
+    "seen = {}\n"
+    "for d in m.distributions():\n"
+    "    if d.metadata['Name']:\n"
+    "        seen.setdefault(re.sub(r'[-_.]+', '-', d.metadata['Name']).lower(), d.version)\n"
+    "print(json.dumps(seen))\n"
+)
+
+
+def _child_setup() -> None:
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass(slots=True)
+class BuildLog:
+    """Collects uv's output for the log file and the failure message."""
+
+    path: Path
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+    def tail(self, n: int = 3) -> str:
+        """uv's error and the lines after it (its "cause"/"hint"), else its last lines, as one line."""
+        useful = [ln.strip() for ln in self.lines if ln.strip() and not ln.startswith("$ ")]
+        first = next((i for i in range(len(useful) - 1, -1, -1) if useful[i].lower().startswith(
+            ("error", "\u00d7"))), None)  # uv's diagnostics start with "error" or a U+00D7 cross
+        return " | ".join(useful[first:first + n] if first is not None else useful[-n:])
+
+
+class Uv:
+    """The uv binary from the ``uv`` package, its version checked once, run with a deadline."""
+
+    def __init__(self, binary: str | None = None, *, cache_dir: Path | None = None) -> None:
+        if binary is None:
+            from uv import find_uv_bin
+
+            binary = find_uv_bin()
+        self.binary = binary
+        self.cache_dir = cache_dir
+        self._version: str | None = None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"NO_COLOR": "1", "UV_NO_PROGRESS": "1", "UV_PYTHON_DOWNLOADS": "never"})
+        env.pop("VIRTUAL_ENV", None)
+        if self.cache_dir is not None and "UV_CACHE_DIR" not in os.environ:
+            env["UV_CACHE_DIR"] = str(self.cache_dir)
+        return env
+
+    async def version(self) -> str:
+        if self._version is None:
+            out = await self.run(["--version"], deadline=time.monotonic() + 30)
+            parts = out.split()
+            self._version = parts[1] if len(parts) > 1 else "unknown"
+        return self._version
+
+    async def run(self, args: Sequence[str], *, deadline: float, log: BuildLog | None = None,
+                  publish: Publish | None = None) -> str:
+        """Run uv; returns stdout; stderr lines go to the log and the progress. Cancel kills uv's group."""
+        argv = [self.binary, *args]
+        if log is not None:
+            log.add("$ " + " ".join(argv))
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=self.env(), preexec_fn=_child_setup,
+        )
+
+        async def pump() -> None:
+            assert proc.stderr is not None
+            while raw := await proc.stderr.readline():
+                line = raw.decode(errors="replace").rstrip()
+                if log is not None:
+                    log.add(line)
+                if publish is not None and line.strip():
+                    await publish({"event": "venv", "message": f"  uv: {line.strip()}"})
+
+        try:
+            remaining = max(0.1, deadline - time.monotonic())
+            assert proc.stdout is not None
+            out, _ = await asyncio.wait_for(asyncio.gather(proc.stdout.read(), pump()), timeout=remaining)
+            code = await proc.wait()
+        except (asyncio.CancelledError, TimeoutError) as exc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            if isinstance(exc, TimeoutError):
+                raise VenvError(f"venv build timed out (uv {args[0]} still running at the deadline)"
+                                ) from None
+            raise
+        stdout = out.decode(errors="replace")
+        if code != 0:
+            reason = log.tail() if log is not None else ""
+            raise VenvError(f"uv {' '.join(args[:2])} failed (exit {code}): {reason or 'no output'}")
+        return stdout
+
+
+def daemon_site_dirs() -> list[str]:
+    """The daemon venv's site-packages, when the daemon runs in a venv (README: .venv): a model venv made with
+    ``--system-site-packages`` sees only the *base* interpreter's, so xinfd and plugins would not import."""
+    if sys.prefix == sys.base_prefix:
+        return []
+    return [p for p in site.getsitepackages() if os.path.isdir(p)]
+
+
+async def check_reachable(index: IndexOptions, *, timeout: float = 5.0) -> None:
+    """Fail fast, naming the host, when an index or find-links location cannot be reached (before a build)."""
+    urls = [u for u in (index.index_url, *index.extra_index_urls, *index.find_links) if u]
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https"):
+            host = parts.hostname or ""
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=timeout)
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+            except (OSError, TimeoutError) as exc:
+                reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+                raise VenvError(f"package index {host}:{port} is unreachable ({reason}); "
+                                f"check the model's virtualenv index settings or pip's config") from None
+        elif parts.scheme == "file" or not parts.scheme:
+            path = parts.path if parts.scheme == "file" else url
+            if not os.path.exists(path):
+                raise VenvError(f"package location {url} does not exist")
+
+
+def count_installed(log: BuildLog) -> int:
+    for line in reversed(log.lines):
+        if m := _INSTALLED_RE.search(line):
+            return int(m.group(1))
+    return 0
+
+
+def parse_pins(text: str) -> dict[str, str]:
+    """``name==version`` lines of a compiled requirements file (other lines kept verbatim by their name)."""
+    pins: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        name, sep, version = line.partition("==")
+        key = str(canonicalize_name(name.split("@")[0].split("[")[0].strip()))
+        pins[key] = version.split(";")[0].strip() if sep else line
+    return pins
+
+
+async def build(
+    spec: VenvSpec,
+    target: Path,
+    *,
+    uv: Uv,
+    index: IndexOptions,
+    probe_modules: Sequence[str],
+    log: BuildLog,
+    publish: Publish,
+    deadline: float,
+) -> dict[str, Any]:
+    """Build ``spec`` into the (new, unpublished) directory ``target``; returns the metadata written there."""
+    started = time.monotonic()
+    common = index.uv_args()
+    constraints = [a for c in index.constraints for a in ("--constraint", c)]
+    await uv.run(["venv", "--relocatable", "--system-site-packages", "--python", spec.python, "--quiet",
+                  str(target)], deadline=deadline, log=log)
+    python = str(target / "bin" / "python")
+    sp = site_packages(target)
+    extra_dirs = daemon_site_dirs() if spec.python_version == _own_version() else []
+    if extra_dirs:
+        # Appended after the venv's own site-packages: venv packages shadow the daemon's (issue 3).
+        (sp / PTH_NAME).write_text("".join(f"import site; site.addsitedir({d!r})\n" for d in extra_dirs))
+    base = json.loads(await _run_python(python, ["-c", _BASE_DISTS], deadline, log))
+    todo, satisfied = split_satisfied(spec.requirements, base) if spec.skip_installed else (
+        list(spec.requirements), [])
+    requirements = target / "xinfd-requirements.in"
+    requirements.write_text("".join(r + "\n" for r in todo))
+    lock = target / "xinfd-resolved.txt"
+    if spec.skip_installed:
+        # The existing output file is uv's preference list: the base's versions win where they fit.
+        lock.write_text("".join(f"{n}=={v}\n" for n, v in sorted(base.items())))
+    resolved: dict[str, str] = {}
+    if todo:
+        await publish({"event": "venv", "message": f"resolving {len(todo)} requirement(s) "
+                       f"({len(satisfied)} already satisfied by xinfd's environment)"})
+        await uv.run(["pip", "compile", str(requirements), "--python", python, "--no-header", "--no-annotate",
+                      "--quiet", "-o", str(lock), *common, *constraints], deadline=deadline, log=log)
+        resolved = parse_pins(lock.read_text())
+    wanted = [n for n, v in resolved.items() if not (spec.skip_installed and base.get(n) == v)]
+    skipped = sorted((set(resolved) - set(wanted)) | set(satisfied))
+    installed = 0
+    t0 = time.monotonic()
+    if wanted:
+        install_file = target / "xinfd-install.txt"
+        install_file.write_text("".join(_pin_line(n, resolved[n]) for n in wanted))
+        await uv.run(["pip", "install", "--python", python, "--no-deps", "-r", str(install_file), *common,
+                      *constraints], deadline=deadline, log=log, publish=publish)
+        installed = count_installed(log) or len(wanted)
+    install_s = time.monotonic() - t0
+    await publish({"event": "venv", "message": f"installed {installed} package(s) in {install_s:.2f}s "
+                   f"({len(skipped)} already provided by xinfd's environment)"})
+    for module in ["xinfd.worker", *probe_modules]:
+        await _run_python(python, ["-c", f"import {module}"], deadline, log,
+                          what=f"probe: {module} does not import in the new venv")
+    freeze = (await uv.run(["pip", "freeze", "--python", python], deadline=deadline, log=log)).split()
+    meta = {
+        "format": METADATA_FORMAT,
+        "model_name": spec.model_name,
+        "engine": spec.engine,
+        "python_version": spec.python_version,
+        "python": spec.python,
+        "digest": spec.digest(),
+        "requirements": list(spec.requirements),
+        "skip_installed": spec.skip_installed,
+        "index": {"index_url": index.index_url, "extra_index_urls": list(index.extra_index_urls),
+                  "find_links": list(index.find_links)},
+        "resolved": [f"{n}=={v}" for n, v in sorted(resolved.items())],
+        "installed": sorted(wanted),
+        "skipped": skipped,
+        "freeze": freeze,
+        "daemon_site_dirs": extra_dirs,
+        "uv_version": await uv.version(),
+        "created": time.time(),
+        "build_seconds": round(time.monotonic() - started, 3),
+        "install_seconds": round(install_s, 3),
+    }
+    write_json_atomic(target / MANIFEST, manifest(target))
+    write_json_atomic(target / METADATA, meta)
+    return meta
+
+
+def split_satisfied(requirements: Sequence[str], base: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """Requirements the base environment already satisfies (name present, version in the specifier, no
+    extras) are not resolved at all: the index need not even have them (``#system_x#`` pins, mirrors that lack
+    what the image ships). Returns (to resolve, satisfied names)."""
+    todo: list[str] = []
+    satisfied: list[str] = []
+    for text in requirements:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            todo.append(text)
+            continue
+        name = str(canonicalize_name(req.name))
+        version = base.get(name)
+        if version is not None and not req.extras and req.url is None and req.specifier.contains(
+                version, prereleases=True):
+            satisfied.append(name)
+        else:
+            todo.append(text)
+    return todo, satisfied
+
+
+def _pin_line(name: str, pin: str) -> str:
+    return f"{pin}\n" if "@" in pin or " " in pin else f"{name}=={pin}\n"
+
+
+def _own_version() -> str:
+    import platform
+
+    return platform.python_version()
+
+
+async def _run_python(python: str, args: Sequence[str], deadline: float, log: BuildLog, *,
+                      what: str = "the venv's interpreter failed") -> str:
+    proc = await asyncio.create_subprocess_exec(
+        python, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, preexec_fn=_child_setup, env=_probe_env(),
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=max(0.1, deadline - time.monotonic()))
+    except (asyncio.CancelledError, TimeoutError):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        raise
+    text = err.decode(errors="replace").strip()
+    if text:
+        log.add(text)
+    if proc.returncode != 0:
+        last = text.splitlines()[-1] if text else f"exit {proc.returncode}"
+        raise VenvError(f"{what}: {last}")
+    return out.decode()
+
+
+def _probe_env() -> Mapping[str, str]:
+    """The replica's environment as far as imports go (PYTHONPATH included), minus the daemon's venv."""
+    env = dict(os.environ)
+    env.pop("VIRTUAL_ENV", None)
+    return env

@@ -1,0 +1,331 @@
+"""``VenvProvider``: the ``EnvironmentProvider`` that gives each model its venv (issue 3).
+
+It decides whether a launch uses a venv (global toggle, per-launch override, non-empty package list), makes
+sure the spec's venv is published (building it under its lock if not), records which models use which venv
+(remove and gc refuse those), and hands the replicas the venv's interpreter and ``LD_LIBRARY_PATH``.
+Concurrent launches of one spec wait for a single build: an in-process lock per digest, plus the digest's file
+lock for anything else building into the same home.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xinfd.models import ReplicaEnvironment, SystemEnvironment
+from xinfd.plugins import Plugins
+from xinfd.types import ModelSpec
+from xinfd.venvs import cache
+from xinfd.venvs.builder import BuildLog, Uv, build, check_reachable
+from xinfd.venvs.pipconfig import PipConfig
+from xinfd.venvs.spec import (
+    VenvError,
+    VenvInUseError,
+    VenvSpec,
+    VenvSpecError,
+    check_name,
+    expand_packages,
+    index_options,
+)
+
+if TYPE_CHECKING:
+    from xinfd.models import RunningModel
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def _discard(event: dict[str, Any]) -> None:
+    return None
+
+
+def system_version(name: str) -> str | None:
+    """Version of ``name`` in xinfd's own environment (``#system_<name>#``)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def marker_environment(python_version: str) -> dict[str, str]:
+    """PEP 508 marker values for the target interpreter (this host; the chosen Python's version)."""
+    from packaging.markers import default_environment
+
+    env: dict[str, str] = {k: str(v) for k, v in default_environment().items()}
+    env["python_full_version"] = python_version
+    env["python_version"] = ".".join(python_version.split(".")[:2])
+    return env
+
+
+class VenvProvider:
+    """Model venvs under ``$XINFERENCE_HOME/virtualenv/v4`` (layout: ``xinfd.venvs.cache``)."""
+
+    def __init__(
+        self,
+        *,
+        home: Path,
+        plugins: Plugins,
+        enabled: bool,
+        skip_installed: bool,
+        build_timeout: float = 1800.0,
+        uv: Uv | None = None,
+        pip_config: PipConfig | None = None,
+        python: str | None = None,
+    ) -> None:
+        self.home = home
+        self.plugins = plugins
+        self.enabled = enabled
+        self.skip_installed = skip_installed
+        self.build_timeout = build_timeout
+        self._uv = uv
+        self._pip_config = pip_config or PipConfig()
+        self.python = python or sys.executable
+        self.python_version = platform.python_version()
+        self._locks: dict[str, asyncio.Lock] = {}
+        # venv path -> uids of the models whose replicas run from it.
+        self.in_use: dict[str, set[str]] = {}
+        self._by_model: dict[str, str] = {}
+        self._system = SystemEnvironment()
+
+    @property
+    def uv(self) -> Uv:
+        if self._uv is None:
+            self._uv = Uv(cache_dir=self.home / "cache" / "uv")
+        return self._uv
+
+    def startup_cleanup(self) -> list[Path]:
+        """Remove what a crash left (build and trash dirs whose lock is free); called once at daemon start."""
+        removed = cache.clean_leftovers(self.home)
+        for path in removed:
+            log.info("removed venv leftover %s", path)
+        return removed
+
+    # ---- the spec ----------------------------------------------------------------------------------------
+
+    def make_spec(self, model: ModelSpec, engine: str, overrides: Sequence[str] = ()) -> VenvSpec:
+        """The venv spec of ``model`` served by ``engine``; raises ``VenvSpecError`` naming the bad entry."""
+        check_name(model.name, "model name")
+        check_name(engine, "engine name")
+        block: Mapping[str, Any] = model.virtualenv or {}
+        packages = block.get("packages") or []
+        if not isinstance(packages, list | tuple) or not all(isinstance(p, str) for p in packages):
+            raise VenvSpecError(f"model {model.name!r}: virtualenv.packages must be a list of strings")
+        requirements = expand_packages(
+            packages,
+            engine=engine,
+            engines=sorted(self.plugins.engines),
+            dependencies=self.plugins.dependencies,
+            system_version=system_version,
+            environment=marker_environment(self.python_version),
+            overrides=overrides,
+        )
+        return VenvSpec(
+            model_name=model.name,
+            engine=engine,
+            python_version=self.python_version,
+            python=self.python,
+            requirements=requirements,
+            index=index_options(block),
+            inherit_pip_config=bool(block.get("inherit_pip_config", True)),
+            skip_installed=self.skip_installed,
+        )
+
+    # ---- EnvironmentProvider -----------------------------------------------------------------------------
+
+    async def prepare(self, model: RunningModel, publish: Publish) -> ReplicaEnvironment:
+        request = model.request
+        wanted = self.enabled if request.enable_virtual_env is None else request.enable_virtual_env
+        if not wanted:
+            return await self._system.prepare(model, publish)
+        spec = self.make_spec(model.spec, model.engine, request.virtual_env_packages)
+        if not spec.requirements:
+            await publish({"event": "venv", "message": "no virtualenv packages for this model and engine; "
+                           "replicas use xinfd's environment"})
+            return await self._system.prepare(model, publish)
+        venv = await self.ensure(spec, publish, on_ready=lambda path: self._use(model.uid, path))
+        return self.environment(venv)
+
+    def release(self, model: RunningModel) -> None:
+        path = self._by_model.pop(model.uid, None)
+        if path is not None:
+            users = self.in_use.get(path, set())
+            users.discard(model.uid)
+            if not users:
+                self.in_use.pop(path, None)
+
+    def _use(self, uid: str, path: Path) -> None:
+        self._by_model[uid] = str(path)
+        self.in_use.setdefault(str(path), set()).add(uid)
+
+    def environment(self, venv: Path) -> ReplicaEnvironment:
+        """The replicas' interpreter and variables; ``LD_LIBRARY_PATH`` gains the venv's ``nvidia/*/lib`` (the
+        spec's cuDNN note, done for the user)."""
+        env = {"VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+        libs = sorted(str(p) for p in cache.site_packages(venv).glob("nvidia/*/lib") if p.is_dir())
+        if libs:
+            inherited = os.environ.get("LD_LIBRARY_PATH")
+            env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, inherited] if inherited else libs)
+        return ReplicaEnvironment(python=str(venv / "bin" / "python"), env=env, venv_path=str(venv))
+
+    # ---- build or reuse ----------------------------------------------------------------------------------
+
+    async def ensure(self, spec: VenvSpec, publish: Publish = _discard,
+                     on_ready: Callable[[Path], None] | None = None) -> Path:
+        """The published venv of ``spec``: reused when intact, else built once (the others wait for it)."""
+        paths = cache.paths_for(self.home, spec)
+        lock = self._locks.setdefault(paths.name + str(paths.group), asyncio.Lock())
+        async with lock:
+            started = time.monotonic()
+            problem = self._problem(paths)
+            if problem is None:
+                cache.touch(paths.published)
+                if on_ready is not None:
+                    on_ready(paths.published)
+                await publish({"event": "venv", "message": f"reusing venv {paths.published} "
+                               f"({(time.monotonic() - started) * 1000:.0f} ms)"})
+                return paths.published
+            file_lock = cache.FileLock(paths.lock)
+            if not file_lock.try_acquire():
+                await publish({"event": "venv", "message": f"waiting for another build of {paths.published}"})
+                await file_lock.acquire()
+            try:
+                # Re-check under the file lock: another process may have published it meanwhile.
+                problem = self._problem(paths)
+                if problem is not None and paths.published.exists():
+                    if paths.published.is_dir() and str(paths.published) in self.in_use:
+                        raise VenvError(f"venv {paths.published} is damaged ({problem}) and in use by "
+                                        f"{', '.join(sorted(self.in_use[str(paths.published)]))}; terminate "
+                                        f"them, then launch again to rebuild it")
+                    await publish({"event": "venv", "message": f"venv is damaged ({problem}); rebuilding"})
+                    log.warning("venv %s is damaged (%s); rebuilding", paths.published, problem)
+                    cache.remove_tree(paths.published)
+                if problem is not None:
+                    await self._build(spec, paths, publish)
+                cache.set_current(paths)
+                cache.touch(paths.published)
+                if on_ready is not None:
+                    on_ready(paths.published)
+            finally:
+                file_lock.release()
+            return paths.published
+
+    @staticmethod
+    def _problem(paths: cache.VenvPaths) -> str | None:
+        return cache.verify(paths.published, paths.digest) if paths.published.exists() else "absent"
+
+    async def _build(self, spec: VenvSpec, paths: cache.VenvPaths, publish: Publish) -> None:
+        # Leftovers of this digest (a crash mid-build) are stale: we hold its lock.
+        for stale in paths.group.glob(f".build-{paths.name}-*"):
+            await asyncio.to_thread(cache.remove_tree, stale)
+        index = spec.index
+        if spec.inherit_pip_config:
+            index = index.merged(await self._pip_config.options())
+        await check_reachable(index)
+        target = paths.build_dir()
+        log_dir = self.home / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        build_log = BuildLog(log_dir / f"venv-{spec.model_name}-{spec.engine}-{paths.name}.log")
+        build_log.path.write_text("")
+        await publish({"event": "venv", "message": f"building venv {paths.published} "
+                       f"({len(spec.requirements)} requirement(s), log {build_log.path})"})
+        started = time.monotonic()
+        info = self.plugins.engines.get(spec.engine)
+        probes = [info.probe_module] if info is not None and info.probe_module else []
+        try:
+            meta = await build(spec, target, uv=self.uv, index=index, probe_modules=probes, log=build_log,
+                               publish=publish, deadline=started + self.build_timeout)
+            os.rename(target, paths.published)
+        except BaseException as exc:
+            await asyncio.shield(asyncio.to_thread(cache.remove_tree, target))
+            if isinstance(exc, OSError):
+                where = exc.filename or target
+                raise VenvError(f"venv build failed: {exc.strerror or exc} ({where})") from exc
+            raise
+        await publish({"event": "venv", "message": f"venv ready in {time.monotonic() - started:.2f}s: "
+                       f"{len(meta['installed'])} package(s) installed, {len(meta['skipped'])} from xinfd's "
+                       f"environment"})
+
+    # ---- management --------------------------------------------------------------------------------------
+
+    def entries(self, model: str | None = None) -> list[dict[str, Any]]:
+        rows = []
+        for group in cache.iter_groups(self.home):
+            if model is not None and group.parent.name != model:
+                continue
+            for venv in cache.published_venvs(group):
+                current = (group / venv.name.rsplit("-", 1)[0]).resolve() == venv.resolve()
+                row = cache.describe(venv, cache.read_metadata(venv), current=current)
+                row["in_use_by"] = sorted(self.in_use.get(str(venv), ()))
+                rows.append(row)
+        return rows
+
+    async def create(self, model: ModelSpec, engine: str, overrides: Sequence[str] = (),
+                     publish: Publish = _discard) -> Path:
+        """Build (or reuse) a venv ahead of a launch (``xinfctl venv create``)."""
+        spec = self.make_spec(model, engine, overrides)
+        if not spec.requirements:
+            raise VenvSpecError(f"model {model.name!r} with engine {engine!r} has no virtualenv packages")
+        return await self.ensure(spec, publish)
+
+    async def remove(self, model: str, engine: str | None = None,
+                     python_version: str | None = None) -> list[str]:
+        """Remove a model's venvs (filtered); refuses, removing nothing, if any of them is in use."""
+        check_name(model, "model name")
+        group_root = cache.venv_root(self.home) / model
+        targets = [v for v in self._matching(group_root, engine, python_version)]
+        busy = {str(v): sorted(self.in_use[str(v)]) for v in targets if str(v) in self.in_use}
+        if busy:
+            desc = "; ".join(f"{p} used by {', '.join(u)}" for p, u in busy.items())
+            raise VenvInUseError(f"venv in use, not removed: {desc} (terminate those models first)")
+        return [str(p) for p in await self._delete(targets)]
+
+    async def gc(self) -> list[str]:
+        """Remove every venv no running model uses, plus crash leftovers; keeps in-use ones untouched."""
+        removed = [str(p) for p in cache.clean_leftovers(self.home)]
+        for group in cache.iter_groups(self.home):
+            unused = [v for v in cache.published_venvs(group) if str(v) not in self.in_use]
+            removed += [str(p) for p in await self._delete(unused)]
+        return removed
+
+    def _matching(self, group_root: Path, engine: str | None, python_version: str | None) -> list[Path]:
+        if not group_root.is_dir():
+            return []
+        out = []
+        for group in sorted(p for p in group_root.iterdir() if p.is_dir()):
+            if engine is not None and group.name != engine:
+                continue
+            for venv in cache.published_venvs(group):
+                if python_version is None or venv.name.rsplit("-", 1)[0] == python_version:
+                    out.append(venv)
+        return out
+
+    async def _delete(self, venvs: Sequence[Path]) -> list[Path]:
+        removed: list[Path] = []
+        trash: list[Path] = []
+        for venv in venvs:
+            lock = cache.FileLock(venv.parent / f".{venv.name}.lock")
+            if not lock.try_acquire():
+                continue  # being built or checked right now: not ours to delete
+            try:
+                # Renamed away under the lock (atomic); deleted afterwards. Lock files stay: unlinking one
+                # while another process waits on it would let two builders hold "the" lock.
+                trash.append(cache.retire(venv))
+                removed.append(venv)
+                link = venv.parent / venv.name.rsplit("-", 1)[0]
+                if link.is_symlink() and not link.exists():
+                    link.unlink()
+            finally:
+                lock.release()
+        for path in trash:
+            await asyncio.to_thread(shutil.rmtree, path, True)
+        return removed
