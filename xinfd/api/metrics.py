@@ -189,7 +189,7 @@ class ManagerCollector(Collector):
             return {}
 
     def _slots(self) -> Iterator[GaugeMetricFamily]:
-        total = GaugeMetricFamily("xinfd_gpu_slots_total", "GPUs the daemon may place replicas on")
+        total = GaugeMetricFamily("xinfd_gpu_slots", "GPUs the daemon may place replicas on")
         used = GaugeMetricFamily("xinfd_gpu_slots_used", "GPUs holding at least one replica")
         slots = getattr(self._manager, "slots", None)
         gpus = getattr(slots, "gpus", ()) if slots is not None else self._manager.platform.gpus
