@@ -2,9 +2,9 @@
 
 1. Daemon CPU while it supervises N idle echo replicas (default 64) with health checks on, as % of one core,
    against the same daemon idle with no replica, measured in the same run (target: < 2 % of a core).
-2. Failover: ``kill -9`` of one replica of a 2-replica model -> that replica READY again (restart backoff
-   included), against a cold launch of one replica measured in the same run; and how long traffic to the
-   model is interrupted (it is not: the other replica serves, which this measures too).
+2. Failover: ``kill -9`` of a replica -> that replica READY again (the first restart's 0.5 s backoff
+   included), against a cold launch of one replica measured in the same run; and whether traffic to the
+   model is interrupted meanwhile (requests are sent throughout; the other replicas serve them).
 
 Run from a checkout with xinfd and the echo plugin installed:
 
@@ -86,7 +86,7 @@ def chat_ok(endpoint: str) -> bool:
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status == 200
+            return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
 
@@ -99,16 +99,21 @@ def replica(daemon: Daemon, label: str) -> dict[str, Any]:
 
 
 def failover(daemon: Daemon, kills: int) -> tuple[list[float], int, int]:
-    """Seconds from kill -9 to READY again, per kill; and requests served / failed meanwhile."""
+    """Seconds from kill -9 to READY again, per kill; and requests served / failed meanwhile.
+
+    Each kill hits a different replica: a replica killed again soon after is a crash loop and waits out a
+    doubled backoff, which is the policy working, not failover time.
+    """
     times: list[float] = []
     served = failed = 0
-    for _ in range(kills):
-        victim = replica(daemon, "echo-r0")
+    for n in range(1, kills + 1):
+        label = f"echo-r{n}"
+        victim = replica(daemon, label)
         killed = time.monotonic()
         os.kill(victim["pid"], signal.SIGKILL)
         while True:
             served, failed = (served + 1, failed) if chat_ok(daemon.endpoint) else (served, failed + 1)
-            now = replica(daemon, "echo-r0")
+            now = replica(daemon, label)
             if now["state"] == "READY" and now["pid"] != victim["pid"]:
                 times.append(time.monotonic() - killed)
                 break
@@ -138,7 +143,7 @@ def main() -> None:
             started = time.monotonic()
             daemon.ctl("launch", "-n", "echo", "-r", "1")
             cold = time.monotonic() - started
-            daemon.ctl("scale", "echo", "2")
+            daemon.ctl("scale", "echo", str(args.kills + 1))
             times, served, failed = failover(daemon, args.kills)
         finally:
             daemon.stop()
@@ -151,9 +156,10 @@ def main() -> None:
     median = statistics.median(times)
     print(f"{'failover kill -9 -> READY, median s (' + str(len(times)) + ' kills)':<52}{median:>12.2f}"
           f"{cold:>12.2f}{median / cold:>8.2f}")
-    print(f"{'failover kill -9 -> READY, max s':<52}{max(times):>12.2f}{cold:>12.2f}{max(times) / cold:>8.2f}")
+    worst = max(times)
+    print(f"{'failover kill -9 -> READY, max s':<52}{worst:>12.2f}{cold:>12.2f}{worst / cold:>8.2f}")
     print(f"{'requests served / failed during failovers':<52}{served:>7} / {failed:<3}")
-    print("\nbaselines: the same daemon with no replica (CPU); a cold launch of one replica via xinfctl (failover)")
+    print("\nbaselines: the same daemon with no replica (CPU); cold launch of 1 replica (failover)")
     print(f"target: < 2 % of a core -> {'met' if supervising < 2 else 'NOT met'}")
 
 

@@ -39,6 +39,7 @@ from xinfd.processes import Spawner
 from xinfd.replicas import HealthPolicy, Replica, ReplicaState, RestartPolicy
 from xinfd.router import Router
 from xinfd.types import ModelSpec, Platform, ReplicaContext
+from xinfd.venvs.python import check_python_request
 from xinfd.venvs.spec import check_package
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class LaunchRequest:
     enable_virtual_env: bool | None = None
     # --virtual-env-package/-vp: added to the model's venv packages, replacing an entry of the same name.
     virtual_env_packages: tuple[str, ...] = ()
+    # --python: the model venv's interpreter (a version like 3.12 or an absolute path); None: the daemon's.
+    python: str | None = None
     # GPUs per replica ("auto": one each when the host has GPUs, else none) and explicit placement (issue 4).
     n_gpu: NGpu = "auto"
     gpu_idx: tuple[int, ...] | None = None
@@ -77,7 +80,7 @@ class LaunchRequest:
         if not isinstance(body, dict):
             raise InvalidRequestError("launch request must be a JSON object")
         unknown = set(body) - {"model_name", "model_engine", "replica", "model_uid", "env", "options",
-                               "enable_virtual_env", "virtual_env_packages", "n_gpu", "gpu_idx"}
+                               "enable_virtual_env", "virtual_env_packages", "n_gpu", "gpu_idx", "python"}
         if unknown:
             raise InvalidRequestError(f"unknown field(s): {', '.join(sorted(unknown))}", param=min(unknown))
         name = body.get("model_name")
@@ -114,6 +117,7 @@ class LaunchRequest:
                                       param="virtual_env_packages")
         for package in packages:  # PEP 508 or a documented placeholder, never an installer option (issue 3)
             check_package(package)
+        python = None if body.get("python") is None else check_python_request(body["python"])
         n_gpu = body.get("n_gpu", "auto")
         if n_gpu != "auto" and (isinstance(n_gpu, bool) or not isinstance(n_gpu, int) or n_gpu < 0):
             raise InvalidRequestError(f"n_gpu must be 'auto' or an integer >= 0, got {n_gpu!r}",
@@ -127,7 +131,7 @@ class LaunchRequest:
                                       param="gpu_idx")
         return cls(model_name=name, model_engine=engine, replica=replica, model_uid=uid, env=env,
                    options=options, enable_virtual_env=enable_venv, virtual_env_packages=tuple(packages),
-                   n_gpu=n_gpu,
+                   python=python, n_gpu=n_gpu,
                    gpu_idx=tuple(gpu_idx) if gpu_idx is not None else None)
 
     def to_json(self) -> dict[str, Any]:
@@ -140,6 +144,8 @@ class LaunchRequest:
         }
         if self.gpu_idx is not None:
             body["gpu_idx"] = list(self.gpu_idx)
+        if self.python is not None:
+            body["python"] = self.python
         return body
 
 

@@ -163,10 +163,15 @@ class GenerateRequest:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GeneratedDelta:
-    """A piece of generated text. The last delta of a request carries ``finish_reason`` ("stop" or "length")."""
+    """A piece of generated text. The last delta of a request carries ``finish_reason`` ("stop" or "length").
+
+    ``reasoning`` is thinking text (a ``<think>`` block) that the host returns as ``reasoning_content``, apart
+    from the answer, as vLLM does; engines without a thinking mode leave it empty.
+    """
 
     text: str
     finish_reason: str | None = None
+    reasoning: str = ""
 
 
 @runtime_checkable

@@ -6,8 +6,10 @@ by what ends up importable in the venv (or in the replica), not by what the daem
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -20,7 +22,9 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Daemon, pid_alive, wait_for
-from tests.unit.venvs.wheels import serve_index, standard_index, uv_children
+from tests.unit.venvs.wheels import runtime_wheels, serve_index, standard_index, uv_children
+from xinfd.venvs.builder import Uv
+from xinfd.venvs.python import PythonNotFoundError, find_interpreter
 
 pytestmark = pytest.mark.slow
 
@@ -182,3 +186,85 @@ def test_sigkill_mid_build_then_restart_rebuilds_cleanly(
         daemon.xinfctl("launch", "-n", "pinned-a")
     wait_for(lambda: [m for m in daemon.xinfctl_json("list") if m["state"] == "READY"], timeout=60)
     assert ask(daemon, "pinned-a")["xinfdtestpkg"][0] == "1.0"
+
+
+def other_python() -> str | None:
+    """A Python here whose minor version differs from the daemon's (found the way xinfd finds it)."""
+    own = ".".join(platform.python_version_tuple()[:2])
+    for version in ("3.12", "3.13", "3.11"):
+        if version == own:
+            continue
+        try:
+            asyncio.run(find_interpreter(Uv(), version))
+        except PythonNotFoundError:
+            continue
+        return version
+    return None
+
+
+@pytest.fixture(scope="module")
+def runtime_index_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The standard index plus xinfd's dependencies (pure-Python builds) for a venv on another Python."""
+    root = tmp_path_factory.mktemp("venv-runtime-index")
+    version = other_python() or "3.12"
+    return standard_index(root, runtime_wheels(root / "runtime", version))
+
+
+def test_launch_on_another_python(make_daemon: Any, runtime_index_url: str) -> None:
+    other = other_python()
+    if other is None:
+        pytest.skip(f"no Python 3.11-3.13 besides the daemon's {platform.python_version()} on this machine")
+    daemon = venv_daemon(make_daemon, runtime_index_url).start()
+    launch = daemon.xinfctl("launch", "-n", "pinned-b", "-u", "other", "--python", other)
+    assert f"Python {other}." in launch.stderr and "copying xinfd==" in launch.stderr
+    daemon.xinfctl("launch", "-n", "pinned-b", "-u", "own")
+    there, here = ask(daemon, "other"), ask(daemon, "own")
+    assert there["python"].startswith(other + ".") and here["python"] == platform.python_version()
+    assert there["xinfdtestpkg"][0] == "2.0" and there["xinfdtestpkg"][1].startswith(there["sys.prefix"])
+    # The worker's own dependencies are the venv's copies; the daemon's are built for the daemon's Python.
+    assert there["aiohttp"][1].startswith(there["sys.prefix"])
+    assert not here["aiohttp"][1].startswith(here["sys.prefix"])
+    assert {"xinfd", "aiohttp", "xinfdtestpkg"} <= own_site_packages(there["sys.prefix"])
+
+    rows = {r["python_version"]: r for r in daemon.xinfctl_json("venv", "list", "--model", "pinned-b")}
+    assert sorted(rows) == sorted([there["python"], here["python"]])
+    assert rows[there["python"]]["path"] == there["sys.prefix"]
+    assert rows[there["python"]]["python"].endswith(f"python{other}")
+    assert [b.split("==")[0] for b in rows[there["python"]]["bundled"]] == ["xinfd"]
+    group = daemon.home / "virtualenv" / "v4" / "pinned-b" / "pkgver"
+    assert (group / there["python"]).resolve() == Path(there["sys.prefix"])  # the documented path
+    human = daemon.xinfctl("venv", "list").stdout
+    assert there["python"] in human and here["python"] in human
+
+    # An engine from an installed plugin distribution (xinfd-echo, found by its entry point) is copied in.
+    daemon.xinfctl("launch", "-n", "echo-venv", "--python", other)
+    body = json.dumps({"model": "echo-venv", "messages": [{"role": "user", "content": "hello there"}]})
+    request = urllib.request.Request(f"{daemon.endpoint}/v1/chat/completions", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert "hello there" in json.loads(response.read())["choices"][0]["message"]["content"]
+    echo = next(r for r in daemon.xinfctl_json("venv", "list", "--model", "echo-venv"))
+    assert {"xinfd", "xinfd_echo", "xinfdtestpkg"} <= own_site_packages(echo["path"])
+    assert echo["python_version"] == there["python"] and echo["in_use_by"] == ["echo-venv"]
+
+    # Not on this machine, not a version, or no venv to put it in: one line, exit 2 (HTTP 400).
+    for args, reason in ((["--python", "3.99"], "Python 3.99 is not installed on this machine"),
+                         (["--python", "python3"], "python must be a version like 3.12"),
+                         (["--python", other, "--disable-virtual-env"], "python needs a model venv")):
+        refused = daemon.xinfctl("launch", "-n", "pinned-a", "-u", "refused", *args, check=False)
+        assert refused.returncode == 2 and reason in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+    missing = daemon.xinfctl("venv", "create", "-n", "pinned-a", "--python", "3.99", check=False)
+    assert missing.returncode == 2 and "3.99" in missing.stderr
+    assert "refused" not in {m["model_uid"] for m in daemon.xinfctl_json("list")}
+
+    # venv create --python builds ahead; remove --python removes only that version's venvs.
+    ahead = daemon.xinfctl_json("venv", "create", "-n", "pinned-b", "-vp", "xinfdtestpkg==1.0",
+                                "--python", other)
+    assert ahead["python_version"] == there["python"] and ahead["path"] != there["sys.prefix"]
+    daemon.xinfctl("terminate", "other")
+    removed = daemon.xinfctl_json("venv", "remove", "pinned-b", "--python", other)["removed"]
+    assert sorted(removed) == sorted([there["sys.prefix"], ahead["path"]])
+    assert Path(here["sys.prefix"]).is_dir() and Path(echo["path"]).is_dir()
+    assert [r["python_version"] for r in daemon.xinfctl_json("venv", "list", "--model", "pinned-b")] == [
+        here["python"]]

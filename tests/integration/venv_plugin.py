@@ -1,8 +1,10 @@
 """A test plugin for the model-venv tests (issue 3), loaded through ``XINFD_PLUGINS``.
 
 It registers the engine ``pkgver`` (hosted by xinfd's worker) whose model answers every request with what the
-replica actually imports: the version and file of ``xinfdtestpkg`` and friends, and ``sys.prefix``. Its
-models pin packages from the test index named by ``XINFD_TEST_VENV_INDEX`` (a ``file://`` or loopback URL).
+replica actually imports: the version and file of ``xinfdtestpkg`` and friends, ``sys.prefix`` and the
+Python version. Its models pin packages from the test index named by ``XINFD_TEST_VENV_INDEX`` (a ``file://``
+or loopback URL). ``echo-venv`` is a model of the ``echo`` engine (the ``xinfd-echo`` distribution, found
+through its entry point) with a package list, so that a launch of it builds a venv.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import platform
 import sys
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -33,7 +36,7 @@ from xinfd.worker.launch import worker_launch_spec
 
 ENGINE = "pkgver"
 INDEX_ENV = "XINFD_TEST_VENV_INDEX"
-PROBED = ("xinfdtestpkg", "xinfdtestdep", "xinfdtestother", "pluggy")
+PROBED = ("xinfdtestpkg", "xinfdtestdep", "xinfdtestother", "pluggy", "aiohttp")
 
 
 def _block(*packages: str) -> dict[str, Any]:
@@ -65,6 +68,8 @@ def xinfd_register_engines(register: RegisterEngine) -> None:
 def xinfd_register_models(register: RegisterModel) -> None:
     for name, block in MODELS.items():
         register(ModelSpec(name=name, abilities=("chat", "generate"), engines=(ENGINE,), virtualenv=block))
+    register(ModelSpec(name="echo-venv", abilities=("chat", "generate"), engines=("echo",),
+                       virtualenv=_block("xinfdtestpkg==2.0")))
 
 
 @hookimpl
@@ -88,8 +93,8 @@ def xinfd_engine_load(engine: str, model: ModelSpec, replica: ReplicaContext) ->
 
 
 def imported_versions() -> dict[str, Any]:
-    """What this interpreter imports: {module: [version, file]} (None if absent) and sys.prefix."""
-    found: dict[str, Any] = {"sys.prefix": sys.prefix}
+    """What this interpreter imports: {module: [version, file]} (None if absent), sys.prefix, its version."""
+    found: dict[str, Any] = {"sys.prefix": sys.prefix, "python": platform.python_version()}
     for name in PROBED:
         try:
             module = importlib.import_module(name)

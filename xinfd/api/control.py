@@ -126,6 +126,9 @@ async def launch(request: web.Request) -> web.StreamResponse:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
     launch_request = LaunchRequest.from_json(body)
+    venvs = request.app[STATE].venvs
+    if venvs is not None:  # issue 3: a --python that is not on this machine is a 400, before anything starts
+        await venvs.check_launch(launch_request)
     model = request.app[STATE].manager.start_launch(launch_request)
     log.info("launch of %s requested over the control socket (peer %s)", model.uid, _peer(request))
     response = web.StreamResponse(status=200, headers={"Content-Type": "application/x-ndjson"})

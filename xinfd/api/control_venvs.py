@@ -2,8 +2,10 @@
 
 * ``GET    /v1/venvs[?model=NAME]``                  list (model, engine, python, size, packages, in use by)
 * ``POST   /v1/venvs``                               build ahead of a launch; NDJSON progress, last line
-  ``ready`` (with the venv) or ``error``. Body: ``model_name``, ``model_engine``, ``virtual_env_packages``
-* ``DELETE /v1/venvs/{model}[?engine=E&python=VER]`` remove (all of the model's if no filter); 409 in use
+  ``ready`` (with the venv) or ``error``. Body: ``model_name``, ``model_engine``, ``virtual_env_packages``,
+  ``python`` (a version like 3.12 or an absolute interpreter path; default the daemon's)
+* ``DELETE /v1/venvs/{model}[?engine=E&python=VER]`` remove (all of the model's if no filter; ``3.12`` matches
+  every 3.12.x); 409 in use
 * ``POST   /v1/venvs/gc``                            remove every unused venv and crash leftovers
 """
 
@@ -51,7 +53,7 @@ async def create_venv(request: web.Request) -> web.StreamResponse:
         raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict) or not isinstance(body.get("model_name"), str):
         raise InvalidRequestError("body must be an object with model_name", param="model_name")
-    unknown = set(body) - {"model_name", "model_engine", "virtual_env_packages"}
+    unknown = set(body) - {"model_name", "model_engine", "virtual_env_packages", "python"}
     if unknown:
         raise InvalidRequestError(f"unknown field(s): {', '.join(sorted(unknown))}", param=min(unknown))
     packages = body.get("virtual_env_packages") or []
@@ -63,7 +65,9 @@ async def create_venv(request: web.Request) -> web.StreamResponse:
     if spec is None:
         raise UnknownModelError(f"unknown model {body['model_name']!r}", param="model_name")
     engine = manager.choose_engine(spec, body.get("model_engine"))
-    provider.make_spec(spec, engine, packages)  # a bad spec is a 400 before the stream starts
+    # A bad spec, or a Python that is not on this machine, is a 400 before the stream starts.
+    interpreter = await provider.resolve_python(body.get("python"))
+    provider.make_spec(spec, engine, packages, interpreter)
 
     events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
@@ -72,7 +76,7 @@ async def create_venv(request: web.Request) -> web.StreamResponse:
 
     async def run() -> None:
         try:
-            path = await provider.create(spec, engine, packages, publish)
+            path = await provider.create(spec, engine, packages, publish, interpreter)
             rows = await asyncio.to_thread(provider.entries, spec.name)
             row = next((r for r in rows if r["path"] == str(path)), {"path": str(path)})
             await events.put({"event": "ready", "message": f"venv ready: {path}", "venv": row})

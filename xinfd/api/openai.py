@@ -254,6 +254,11 @@ async def _relay_stream(
         stats.abort("slow_reader")
         relay.cut(str(exc))  # leaving the upstream context closes it: the replica aborts the sequence
         return relay.response
+    except ConnectionResetError as exc:
+        # The client went away while we wrote (rather than while we waited): the same as a cancelled handler,
+        # so it is counted once, as a disconnect (499), by the caller.
+        stats.finish()
+        raise asyncio.CancelledError from exc
     with contextlib.suppress(ConnectionError):
         await relay.response.write_eof()
     return relay.response

@@ -100,6 +100,8 @@ def cmd_launch(client: ControlClient, args: argparse.Namespace) -> int:
         body["enable_virtual_env"] = args.virtual_env
     if args.virtual_env_package:
         body["virtual_env_packages"] = args.virtual_env_package
+    if args.python:
+        body["python"] = args.python
     started = time.monotonic()
     final: dict[str, Any] | None = None
     for event in client.stream("POST", "/v1/models", body):
@@ -168,6 +170,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         help="run this model in xinfd's environment")
     launch.add_argument("-vp", "--virtual-env-package", action="append", metavar="SPEC",
                         help="add a venv package, or replace the model's entry of the same name (repeatable)")
+    launch.add_argument("--python", metavar="VER|PATH",
+                        help="the model venv's Python: a version present on this machine (3.12, 3.12.1) "
+                        "or an absolute interpreter path (default: xinfd's own)")
     launch.add_argument("--env", nargs=2, action="append", metavar=("NAME", "VALUE"),
                         help="environment variable for this model's replicas (repeatable)")
     launch.set_defaults(func=cmd_launch, accepts_extra=True)

@@ -44,6 +44,8 @@ def cmd_create(client: ControlClient, args: argparse.Namespace) -> int:
                             "virtual_env_packages": args.virtual_env_package or []}
     if args.model_engine:
         body["model_engine"] = args.model_engine
+    if args.python:
+        body["python"] = args.python
     started = time.monotonic()
     final: dict[str, Any] | None = None
     for event in client.stream("POST", "/v1/venvs", body):
@@ -99,11 +101,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     create.add_argument("-e", "--model-engine")
     create.add_argument("-vp", "--virtual-env-package", action="append", metavar="SPEC",
                         help="add or replace a package (repeatable)")
+    create.add_argument("--python", metavar="VER|PATH",
+                        help="Python of the venv: a version on this machine (3.12) or an absolute path")
     create.set_defaults(func=cmd_create)
     remove = vsub.add_parser("remove", parents=[common], help="remove a model's venvs (refused while in use)")
     remove.add_argument("model_name")
     remove.add_argument("--engine", help="only this engine's venvs")
-    remove.add_argument("--python", help="only this Python version's venvs (e.g. 3.11.7)")
+    remove.add_argument("--python", help="only this Python version's venvs (3.12 matches every 3.12.x)")
     remove.set_defaults(func=cmd_remove)
     vsub.add_parser("gc", parents=[common], help="remove unused venvs and build leftovers").set_defaults(
         func=cmd_gc)

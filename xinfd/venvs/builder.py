@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from xinfd.venvs.bundle import requirement_lines
 from xinfd.venvs.cache import MANIFEST, METADATA, METADATA_FORMAT, manifest, site_packages, write_json_atomic
 from xinfd.venvs.spec import IndexOptions, VenvError, VenvSpec
 
@@ -50,6 +51,16 @@ _BASE_DISTS = (
     "    if d.metadata['Name']:\n"
     "        seen.setdefault(re.sub(r'[-_.]+', '-', d.metadata['Name']).lower(), d.version)\n"
     "print(json.dumps(seen))\n"
+)
+
+
+_ENGINE_PROBE = (
+    "import sys\n"
+    "from xinfd.plugins import make_plugin_manager\n"
+    "plugins = make_plugin_manager()\n"
+    "if sys.argv[1] not in plugins.engines:\n"
+    "    failed = '; '.join(f'{f.name}: {f.error}' for f in plugins.failures) or 'none'\n"
+    "    sys.exit(f'not registered (registered: {sorted(plugins.engines)}; plugin failures: {failed})')\n"
 )
 
 
@@ -217,13 +228,21 @@ async def build(
                   str(target)], deadline=deadline, log=log)
     python = str(target / "bin" / "python")
     sp = site_packages(target)
-    extra_dirs = daemon_site_dirs() if spec.python_version == _own_version() else []
+    # Only the daemon's own interpreter may see its site-packages: compiled extensions are ABI-specific.
+    extra_dirs = [] if spec.own_copies else daemon_site_dirs()
     if extra_dirs:
         # Appended after the venv's own site-packages: venv packages shadow the daemon's (issue 3).
         (sp / PTH_NAME).write_text("".join(f"import site; site.addsitedir({d!r})\n" for d in extra_dirs))
     base = json.loads(await _run_python(python, ["-c", _BASE_DISTS], deadline, log))
     todo, satisfied = split_satisfied(spec.requirements, base) if spec.skip_installed else (
         list(spec.requirements), [])
+    base_name = f"Python {spec.python_version}'s site-packages" if spec.own_copies else "xinfd's environment"
+    if spec.own_copies:
+        # Another Python: xinfd and the engine's plugin come in as distributions, their dependencies resolved
+        # for this interpreter together with the model's packages (xinfd.venvs.bundle).
+        await publish({"event": "venv", "message": f"Python {spec.python_version} is not xinfd's: copying "
+                       f"{', '.join(spec.bundled)} into the venv"})
+        todo = [*await asyncio.to_thread(requirement_lines, spec.bundled, target / "xinfd-wheels"), *todo]
     requirements = target / "xinfd-requirements.in"
     requirements.write_text("".join(r + "\n" for r in todo))
     lock = target / "xinfd-resolved.txt"
@@ -233,7 +252,7 @@ async def build(
     resolved: dict[str, str] = {}
     if todo:
         await publish({"event": "venv", "message": f"resolving {len(todo)} requirement(s) "
-                       f"({len(satisfied)} already satisfied by xinfd's environment)"})
+                       f"({len(satisfied)} already satisfied by {base_name})"})
         await uv.run(["pip", "compile", str(requirements), "--python", python, "--no-header", "--no-annotate",
                       "--quiet", "-o", str(lock), *common, *constraints], deadline=deadline, log=log)
         resolved = parse_pins(lock.read_text())
@@ -249,10 +268,15 @@ async def build(
         installed = count_installed(log) or len(wanted)
     install_s = time.monotonic() - t0
     await publish({"event": "venv", "message": f"installed {installed} package(s) in {install_s:.2f}s "
-                   f"({len(skipped)} already provided by xinfd's environment)"})
+                   f"({len(skipped)} already provided by {base_name})"})
     for module in ["xinfd.worker", *probe_modules]:
         await _run_python(python, ["-c", f"import {module}"], deadline, log,
                           what=f"probe: {module} does not import in the new venv")
+    if spec.own_copies:
+        # The worker finds its engine through the plugins it can load with this interpreter (entry points of
+        # the copied distributions, XINFD_PLUGINS): prove the engine is among them before publishing.
+        await _run_python(python, ["-c", _ENGINE_PROBE, spec.engine], deadline, log,
+                          what=f"probe: engine {spec.engine!r} with Python {spec.python_version}")
     freeze = (await uv.run(["pip", "freeze", "--python", python], deadline=deadline, log=log)).split()
     meta = {
         "format": METADATA_FORMAT,
@@ -270,6 +294,7 @@ async def build(
         "skipped": skipped,
         "freeze": freeze,
         "daemon_site_dirs": extra_dirs,
+        "bundled": list(spec.bundled),
         "uv_version": await uv.version(),
         "created": time.time(),
         "build_seconds": round(time.monotonic() - started, 3),
@@ -304,12 +329,6 @@ def split_satisfied(requirements: Sequence[str], base: Mapping[str, str]) -> tup
 
 def _pin_line(name: str, pin: str) -> str:
     return f"{pin}\n" if "@" in pin or " " in pin else f"{name}=={pin}\n"
-
-
-def _own_version() -> str:
-    import platform
-
-    return platform.python_version()
 
 
 async def _run_python(python: str, args: Sequence[str], deadline: float, log: BuildLog, *,

@@ -265,6 +265,8 @@ def describe(venv: Path, meta: dict[str, Any] | None, *, current: bool) -> dict[
         "model_name": meta.get("model_name", venv.parent.parent.name),
         "model_engine": meta.get("engine", venv.parent.name),
         "python_version": meta.get("python_version", venv.name.rsplit("-", 1)[0]),
+        "python": meta.get("python"),
+        "bundled": meta.get("bundled", []),
         "digest": meta.get("digest"),
         "current": current,
         "valid": bool(meta),

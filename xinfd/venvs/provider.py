@@ -14,6 +14,7 @@ import importlib.metadata
 import logging
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -24,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 from xinfd.models import ReplicaEnvironment, SystemEnvironment
 from xinfd.plugins import Plugins
 from xinfd.types import ModelSpec
-from xinfd.venvs import cache
+from xinfd.venvs import bundle, cache
 from xinfd.venvs.builder import BuildLog, Uv, build, check_reachable
 from xinfd.venvs.pipconfig import PipConfig
+from xinfd.venvs.python import Interpreter, check_python_request, find_interpreter, version_matches
 from xinfd.venvs.spec import (
     VenvError,
     VenvInUseError,
@@ -38,11 +40,12 @@ from xinfd.venvs.spec import (
 )
 
 if TYPE_CHECKING:
-    from xinfd.models import RunningModel
+    from xinfd.models import LaunchRequest, RunningModel
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[dict[str, Any]], Awaitable[None]]
+_VERSION_FILTER_RE = re.compile(r"^\d{1,2}(?:\.\d{1,3}){0,2}$")
 
 
 async def _discard(event: dict[str, Any]) -> None:
@@ -96,6 +99,7 @@ class VenvProvider:
         self.in_use: dict[str, set[str]] = {}
         self._by_model: dict[str, str] = {}
         self._system = SystemEnvironment()
+        self._interpreters: dict[str, Interpreter] = {}
 
     @property
     def uv(self) -> Uv:
@@ -112,10 +116,18 @@ class VenvProvider:
 
     # ---- the spec ----------------------------------------------------------------------------------------
 
-    def make_spec(self, model: ModelSpec, engine: str, overrides: Sequence[str] = ()) -> VenvSpec:
-        """The venv spec of ``model`` served by ``engine``; raises ``VenvSpecError`` naming the bad entry."""
+    def make_spec(self, model: ModelSpec, engine: str, overrides: Sequence[str] = (),
+                  interpreter: Interpreter | None = None) -> VenvSpec:
+        """The venv spec of ``model`` served by ``engine`` on ``interpreter`` (default: the daemon's); raises
+        ``VenvSpecError`` naming the bad entry."""
         check_name(model.name, "model name")
         check_name(engine, "engine name")
+        # The daemon's own installation (whatever --python named it) shares its site-packages, hence its spec.
+        own = interpreter is not None and not interpreter.shares_daemon_env
+        python, python_version = (interpreter.path, interpreter.version) if own and interpreter else (
+            self.python, self.python_version)
+        bundled = bundle.worker_distributions(self.plugins, engine) if own else ()
+        bundle.check_python_supported(bundled, python_version)
         block: Mapping[str, Any] = model.virtualenv or {}
         packages = block.get("packages") or []
         if not isinstance(packages, list | tuple) or not all(isinstance(p, str) for p in packages):
@@ -126,29 +138,62 @@ class VenvProvider:
             engines=sorted(self.plugins.engines),
             dependencies=self.plugins.dependencies,
             system_version=system_version,
-            environment=marker_environment(self.python_version),
+            environment=marker_environment(python_version),
             overrides=overrides,
         )
         return VenvSpec(
             model_name=model.name,
             engine=engine,
-            python_version=self.python_version,
-            python=self.python,
+            python_version=python_version,
+            python=python,
             requirements=requirements,
             index=index_options(block),
             inherit_pip_config=bool(block.get("inherit_pip_config", True)),
             skip_installed=self.skip_installed,
+            bundled=bundled,
         )
+
+    async def resolve_python(self, request: str | None) -> Interpreter | None:
+        """The interpreter a launch asked for (``--python``), found on this machine; None for the daemon's.
+
+        Found interpreters are remembered (a cached relaunch stays fast); a vanished one is looked up again.
+        """
+        if request is None:
+            return None
+        request = check_python_request(request)
+        known = self._interpreters.get(request)
+        if known is not None and os.access(known.path, os.X_OK):
+            return known
+        found = await find_interpreter(self.uv, request)
+        if not found.shares_daemon_env:  # e.g. 3.10: xinfd's worker cannot run there, say so before a build
+            bundle.check_python_supported([bundle.CORE_DISTRIBUTION], found.version)
+        self._interpreters[request] = found
+        return found
+
+    async def check_launch(self, request: LaunchRequest) -> None:
+        """Refuse, before a launch starts, a ``python`` the launch cannot honour (a 400 with one line)."""
+        if request.python is None:
+            return
+        if not self._wants_venv(request):
+            raise VenvSpecError("python needs a model venv, but venvs are disabled for this launch "
+                                "(--disable-virtual-env or XINFERENCE_ENABLE_VIRTUAL_ENV=0 without "
+                                "--enable-virtual-env)", param="python")
+        await self.resolve_python(request.python)
+
+    def _wants_venv(self, request: LaunchRequest) -> bool:
+        return self.enabled if request.enable_virtual_env is None else request.enable_virtual_env
 
     # ---- EnvironmentProvider -----------------------------------------------------------------------------
 
     async def prepare(self, model: RunningModel, publish: Publish) -> ReplicaEnvironment:
         request = model.request
-        wanted = self.enabled if request.enable_virtual_env is None else request.enable_virtual_env
-        if not wanted:
+        await self.check_launch(request)
+        if not self._wants_venv(request):
             return await self._system.prepare(model, publish)
-        spec = self.make_spec(model.spec, model.engine, request.virtual_env_packages)
-        if not spec.requirements:
+        interpreter = await self.resolve_python(request.python)
+        spec = self.make_spec(model.spec, model.engine, request.virtual_env_packages, interpreter)
+        # Another interpreter always needs a venv (its own xinfd), even with no model packages.
+        if not spec.requirements and not spec.own_copies:
             await publish({"event": "venv", "message": "no virtualenv packages for this model and engine; "
                            "replicas use xinfd's environment"})
             return await self._system.prepare(model, publish)
@@ -252,8 +297,8 @@ class VenvProvider:
                 raise VenvError(f"venv build failed: {exc.strerror or exc} ({where})") from exc
             raise
         await publish({"event": "venv", "message": f"venv ready in {time.monotonic() - started:.2f}s: "
-                       f"{len(meta['installed'])} package(s) installed, {len(meta['skipped'])} from xinfd's "
-                       f"environment"})
+                       f"{len(meta['installed'])} package(s) installed, {len(meta['skipped'])} from "
+                       f"{'the base interpreter' if spec.own_copies else 'xinfd'}'s environment"})
 
     # ---- management --------------------------------------------------------------------------------------
 
@@ -270,10 +315,10 @@ class VenvProvider:
         return rows
 
     async def create(self, model: ModelSpec, engine: str, overrides: Sequence[str] = (),
-                     publish: Publish = _discard) -> Path:
+                     publish: Publish = _discard, interpreter: Interpreter | None = None) -> Path:
         """Build (or reuse) a venv ahead of a launch (``xinfctl venv create``)."""
-        spec = self.make_spec(model, engine, overrides)
-        if not spec.requirements:
+        spec = self.make_spec(model, engine, overrides, interpreter)
+        if not spec.requirements and not spec.own_copies:
             raise VenvSpecError(f"model {model.name!r} with engine {engine!r} has no virtualenv packages")
         return await self.ensure(spec, publish)
 
@@ -281,6 +326,9 @@ class VenvProvider:
                      python_version: str | None = None) -> list[str]:
         """Remove a model's venvs (filtered); refuses, removing nothing, if any of them is in use."""
         check_name(model, "model name")
+        if python_version is not None and not _VERSION_FILTER_RE.match(python_version):
+            raise VenvSpecError(f"python must be a version like 3.12 or 3.12.1, got {python_version!r}",
+                                param="python")
         group_root = cache.venv_root(self.home) / model
         targets = [v for v in self._matching(group_root, engine, python_version)]
         busy = {str(v): sorted(self.in_use[str(v)]) for v in targets if str(v) in self.in_use}
@@ -305,7 +353,7 @@ class VenvProvider:
             if engine is not None and group.name != engine:
                 continue
             for venv in cache.published_venvs(group):
-                if python_version is None or venv.name.rsplit("-", 1)[0] == python_version:
+                if python_version is None or version_matches(venv.name.rsplit("-", 1)[0], python_version):
                     out.append(venv)
         return out
 

@@ -110,10 +110,20 @@ class VenvSpec:
     index: IndexOptions = field(default_factory=IndexOptions)
     inherit_pip_config: bool = True
     skip_installed: bool = True
+    # ``name==version`` of the daemon's distributions copied in (xinfd, the engine's plugin): set only for an
+    # interpreter other than the daemon's, which cannot share its site-packages (``xinfd.venvs.bundle``).
+    bundled: tuple[str, ...] = ()
+
+    @property
+    def own_copies(self) -> bool:
+        """True when the venv holds its own xinfd instead of seeing the daemon's environment."""
+        return bool(self.bundled)
 
     def digest(self) -> str:
         data = asdict(self)
         data["layout"] = LAYOUT_VERSION
+        if not self.bundled:
+            del data["bundled"]  # venvs on the daemon's interpreter keep the digest they had before the field
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

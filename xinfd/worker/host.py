@@ -333,12 +333,13 @@ async def _complete(
         top_p=sampling.top_p,
         stop=sampling.stop,
         seed=sampling.seed,
+        extra={"kind": kind},  # engines split <think> reasoning only out of chat answers
     )
     fmt = CompletionFormat.new(kind, request_id, cfg.model_uid, parsed.include_usage)
     stream = CompletionStream(request, fmt) if parsed.stream else None
     started = time.monotonic()
     try:
-        text, finish_reason = await _drain(request, model.generate(generate), stream)
+        text, finish_reason, reasoning = await _drain(request, model.generate(generate), stream)
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the client (the daemon) disconnects; _drain closed the generator.
         log.info("%s: client disconnected, generation cancelled after %.3fs", request_id, time.monotonic() - started)
@@ -354,17 +355,19 @@ async def _complete(
         if not isinstance(exc, XinfdError):
             exc = XinfdError("the engine failed while generating")
         return await stream.fail(protocol.error_from_exception(exc))
-    usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=model.count_tokens(text) if text else 0)
+    generated = sum(model.count_tokens(part) for part in (reasoning, text) if part)
+    usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=generated)
     log.info("%s %s %s finish=%s %.3fs", request_id, kind, usage, finish_reason, time.monotonic() - started)
     if stream is None:
-        return web.json_response(fmt.full(text, finish_reason, usage))
+        return web.json_response(fmt.full(text, finish_reason, usage, reasoning=reasoning))
     return await stream.finish(finish_reason, usage)
 
 
 async def _drain(
     request: web.Request, deltas: AsyncIterator[GeneratedDelta], stream: CompletionStream | None
-) -> tuple[str, str]:
-    """Consume the engine's deltas up to the first finish reason; return the text and that reason.
+) -> tuple[str, str, str]:
+    """Consume the engine's deltas up to the first finish reason; return the text, that reason and the
+    reasoning text (``GeneratedDelta.reasoning``, sent as ``reasoning_content``).
 
     The iterator is always closed (``aclose``) on the way out, so an engine stops generating when the client
     disconnects, the request is aborted, or sending fails. A cancellation caused only by ``/abort`` is
@@ -376,9 +379,14 @@ async def _drain(
     assert task is not None  # aiohttp runs every handler in a task
     inflight.start(request_id, task)
     parts: list[str] = []
+    thoughts: list[str] = []
     finish_reason = "stop"  # an engine whose iterator just ends has finished naturally
     try:
         async for delta in deltas:
+            if delta.reasoning:
+                thoughts.append(delta.reasoning)
+                if stream is not None:
+                    await stream.delta("", reasoning=delta.reasoning)
             if delta.text:
                 parts.append(delta.text)
                 if stream is not None:
@@ -396,4 +404,4 @@ async def _drain(
         aclose = getattr(deltas, "aclose", None)
         if aclose is not None:
             await aclose()
-    return "".join(parts), finish_reason
+    return "".join(parts), finish_reason, "".join(thoughts)

@@ -250,11 +250,12 @@ class CompletionFormat:
         prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
         return cls(kind=kind, response_id=prefix + request_id, model=model, include_usage=include_usage)
 
-    def full(self, text: str, finish_reason: str, usage: Usage) -> JsonObject:
-        """The non-streamed response."""
-        content = (
-            {"message": {"role": "assistant", "content": text}} if self.kind == "chat" else {"text": text}
-        )
+    def full(self, text: str, finish_reason: str, usage: Usage, *, reasoning: str = "") -> JsonObject:
+        """The non-streamed response; ``reasoning`` becomes the message's ``reasoning_content`` (vLLM's name)."""
+        message: JsonObject = {"role": "assistant", "content": text}
+        if reasoning:
+            message["reasoning_content"] = reasoning
+        content = {"message": message} if self.kind == "chat" else {"text": reasoning + text}
         choice = {"index": 0, **content, "logprobs": None, "finish_reason": finish_reason}
         return {**self._head(chunk=False), "choices": [choice], "usage": usage.as_dict()}
 
@@ -262,8 +263,10 @@ class CompletionFormat:
         """Chat streams announce the assistant role before any content; text streams have no opening."""
         return self._chunk({"role": "assistant", "content": ""}, None) if self.kind == "chat" else None
 
-    def delta_chunk(self, text: str) -> JsonObject:
-        return self._chunk({"content": text} if self.kind == "chat" else text, None)
+    def delta_chunk(self, text: str, *, reasoning: str = "") -> JsonObject:
+        if self.kind == "text":
+            return self._chunk(reasoning + text, None)
+        return self._chunk({"reasoning_content": reasoning} if reasoning else {"content": text}, None)
 
     def closing_chunk(self, finish_reason: str) -> JsonObject:
         return self._chunk({} if self.kind == "chat" else "", finish_reason)

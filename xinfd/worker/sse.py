@@ -54,8 +54,8 @@ class CompletionStream:
         """Whether the status line went out, after which errors can only be reported in-band."""
         return self.response.prepared
 
-    async def delta(self, text: str) -> None:
-        await self._send(self._fmt.delta_chunk(text))
+    async def delta(self, text: str, *, reasoning: str = "") -> None:
+        await self._send(self._fmt.delta_chunk(text, reasoning=reasoning))
 
     async def finish(self, finish_reason: str, usage: Usage) -> web.StreamResponse:
         """End a successful stream."""

@@ -53,7 +53,8 @@ class Events:
 
 
 def running(uid: str, spec: ModelSpec, **request: Any) -> Any:
-    req = SimpleNamespace(enable_virtual_env=None, virtual_env_packages=(), **request)
+    fields: dict[str, Any] = {"enable_virtual_env": None, "virtual_env_packages": (), "python": None}
+    req = SimpleNamespace(**{**fields, **request})
     return SimpleNamespace(uid=uid, spec=spec, engine="pkgver", request=req)
 
 

@@ -3,6 +3,10 @@
 Wheels are written with ``zipfile`` (no build backend: milliseconds per wheel). ``wheel_from_installed``
 repacks a pure-Python distribution of the test environment (e.g. ``pluggy``) so that the index can also serve
 a package the daemon's environment already has: that is what proves skip-installed.
+
+``runtime_wheels`` serves xinfd's own dependencies to a venv on another Python (no network here, and the
+machine's wheels of aiohttp & co. are built for the daemon's Python only): repacked with their compiled
+modules left out, aiohttp, multidict, yarl, frozenlist and propcache fall back to their pure-Python code.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 
@@ -62,18 +68,47 @@ def make_wheel(out_dir: Path, name: str, version: str, *, requires: Sequence[str
     return _write_wheel(out_dir, name, version, {f"{module}/__init__.py": source.encode()}, requires)
 
 
-def wheel_from_installed(out_dir: Path, dist_name: str) -> Path:
-    """Repack an installed pure-Python distribution (its RECORD files) as a wheel of the same version."""
+def wheel_from_installed(out_dir: Path, dist_name: str, *, drop_compiled: bool = False) -> Path:
+    """Repack an installed pure-Python distribution (its RECORD files) as a wheel of the same version; with
+    ``drop_compiled``, a distribution with optional C speedups becomes its pure-Python self."""
     dist = importlib.metadata.distribution(dist_name)
     files: dict[str, bytes] = {}
     for entry in dist.files or []:
         posix = entry.as_posix()
         skip = posix.startswith("..") or "__pycache__" in posix or posix.endswith(".pyc")
+        skip = skip or (drop_compiled and posix.endswith(".so"))
         if skip or ".dist-info/" in posix:
             continue
         files[posix] = Path(str(entry.locate())).read_bytes()
     requires = list(dist.requires or [])
     return _write_wheel(out_dir, dist.metadata["Name"], dist.version, files, requires)
+
+
+def runtime_wheels(out_dir: Path, python_version: str, root: str = "xinfd") -> list[Path]:
+    """Pure-Python wheels of ``root``'s installed dependencies, transitively, as ``python_version`` needs them
+    (``root`` itself excluded: xinfd copies its own distribution into such venvs)."""
+    environment = {**default_environment(), "python_version": python_version,
+                   "python_full_version": f"{python_version}.0", "extra": ""}
+    seen: set[str] = set()
+    todo = [str(canonicalize_name(r.name)) for r in _requires(root, environment)]
+    wheels = []
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        wheels.append(wheel_from_installed(out_dir, name, drop_compiled=True))
+        todo += [str(canonicalize_name(r.name)) for r in _requires(name, environment)]
+    return wheels
+
+
+def _requires(name: str, environment: dict[str, str]) -> list[Requirement]:
+    found = []
+    for text in importlib.metadata.requires(name) or []:
+        requirement = Requirement(text)
+        if requirement.marker is None or requirement.marker.evaluate(environment):
+            found.append(requirement)
+    return found
 
 
 def make_index(root: Path, wheels: Sequence[Path]) -> str:
@@ -82,7 +117,7 @@ def make_index(root: Path, wheels: Sequence[Path]) -> str:
     simple = root / "simple"
     (root / "files").mkdir(parents=True, exist_ok=True)
     by_name: dict[str, list[Path]] = {}
-    for wheel in wheels:
+    for wheel in {w.name: w for w in wheels}.values():
         shutil.copy(wheel, root / "files" / wheel.name)
         by_name.setdefault(str(canonicalize_name(wheel.name.split("-")[0])), []).append(wheel)
     for name, files in by_name.items():
@@ -97,9 +132,10 @@ def make_index(root: Path, wheels: Sequence[Path]) -> str:
     return simple.resolve().as_uri()
 
 
-def standard_index(root: Path) -> str:
+def standard_index(root: Path, extra: Sequence[Path] = ()) -> str:
     """The index the venv tests share: xinfdtestpkg 1.0 (needs pluggy) and 2.0, xinfdtestdep, xinfdtestother
-    and a repacked pluggy of the installed version. Returns the ``file://`` URL of ``root/simple``."""
+    and a repacked pluggy of the installed version, plus ``extra`` wheels. Returns the ``file://`` URL of
+    ``root/simple``."""
     wheels = root / "wheels"
     built = [
         make_wheel(wheels, "xinfdtestpkg", "1.0", requires=["pluggy>=1.0"]),
@@ -107,6 +143,7 @@ def standard_index(root: Path) -> str:
         make_wheel(wheels, "xinfdtestdep", "1.0"),
         make_wheel(wheels, "xinfdtestother", "1.0"),
         wheel_from_installed(wheels, "pluggy"),
+        *extra,
     ]
     return make_index(root / "index", built)
 

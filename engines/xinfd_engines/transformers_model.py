@@ -1,0 +1,282 @@
+"""The transformers model object, served by xinfd's worker host (runs in the replica process only).
+
+Continuous batching comes from transformers itself (``model.init_continuous_batching``, shipped since the 5.x
+releases): a background thread runs one batched forward pass per step over a paged KV cache; requests are added
+between steps and ``cancel_request`` drops one at the next step. Results are handed to the asyncio loop through
+``register_result_handler`` (``call_soon_threadsafe``), so no thread blocks the loop. We use it instead of a
+hand-written scheduler because it already does what one would have to write (paged cache, chunked prefill,
+joining between steps); what xinfd adds is what it lacks:
+
+* ``XINFERENCE_BATCH_SIZE`` maps to ``max_requests_per_batch``; ``XINFERENCE_BATCH_INTERVAL`` is a gathering
+  window: a request that arrives while the model is idle waits that long, so requests arriving together are
+  prefilled together;
+* stop strings, the ``<think>`` split and incremental detokenisation (``transformers_stream``);
+* aborts: closing the iterator (client gone, ``/abort``) cancels the request in the batch.
+
+Sampling in transformers' batching is chosen per manager (``do_sample``), with per-request temperature and
+top_p. Requests with ``temperature=0`` get a temperature of 1e-5, which makes sampling pick the arg-max token.
+A per-request ``seed`` cannot be honoured inside a shared batch and is ignored (logged once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import os
+import threading
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest
+from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning
+
+log = logging.getLogger(__name__)
+
+GREEDY_TEMPERATURE = 1e-5
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    raise ValueError(f"launch option {name!r} must be true or false, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransformersOptions:
+    """Launch options and environment settings the engine understands (validated in the daemon too)."""
+
+    batch_size: int = 32
+    batch_interval: float = 0.003
+    enable_thinking: bool | None = None  # None: leave the template's own default
+    reasoning: bool | None = None  # None: parse <think> when the chat template mentions it
+    kv_cache_tokens: int = 16384
+    dtype: str = "auto"
+
+    @classmethod
+    def from_launch(cls, options: Mapping[str, Any], env: Mapping[str, str]) -> TransformersOptions:
+        batch_size = int(_env_number(env, "XINFERENCE_BATCH_SIZE", 32))
+        interval = _env_number(env, "XINFERENCE_BATCH_INTERVAL", 0.003)
+        if batch_size < 1:
+            raise ValueError(f"XINFERENCE_BATCH_SIZE must be at least 1, got {batch_size}")
+        if not (interval >= 0 and math.isfinite(interval)):
+            raise ValueError(f"XINFERENCE_BATCH_INTERVAL must be a non-negative number, got {interval}")
+        values: dict[str, Any] = {"batch_size": batch_size, "batch_interval": interval}
+        for name in ("enable_thinking", "reasoning"):
+            if options.get(name) is not None:
+                values[name] = _as_bool(name, options[name])
+        if options.get("kv_cache_tokens") is not None:
+            raw = options["kv_cache_tokens"]
+            if isinstance(raw, bool) or not str(raw).isdigit() or int(raw) < 1:
+                raise ValueError(f"launch option 'kv_cache_tokens' must be a positive integer, got {raw!r}")
+            values["kv_cache_tokens"] = int(raw)
+        if options.get("dtype") is not None:
+            dtype = str(options["dtype"])
+            if dtype not in ("auto", "float32", "bfloat16", "float16"):
+                raise ValueError(f"launch option 'dtype' must be auto, float32, bfloat16 or float16, got {dtype!r}")
+            values["dtype"] = dtype
+        return cls(**values)
+
+
+class TransformersTextModel:
+    """A causal LM with its tokenizer and a running continuous-batching manager."""
+
+    def __init__(self, *, model: Any, tokenizer: Any, options: TransformersOptions) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.options = options
+        self._ids = itertools.count()
+        self._active = 0
+        self._seed_warned = False
+        template = getattr(tokenizer, "chat_template", None) or ""
+        self.parse_reasoning = options.reasoning if options.reasoning is not None else "</think>" in str(template)
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.manager = self._start_manager()
+        # Counters for tests and logs: tokens produced, and requests cancelled before their end.
+        self.tokens_generated = 0
+        self.cancelled = 0
+
+    # -- loading -------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, location: str, options: TransformersOptions) -> TransformersTextModel:
+        """Load a model folder, or a ``.gguf`` file through transformers' GGUF loader (dequantised)."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(location)
+        kwargs: dict[str, Any] = {}
+        source: str = location
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise FileNotFoundError(f"GGUF file {location} does not exist")
+            source, kwargs["gguf_file"] = str(path.parent), path.name
+        dtype = _torch_dtype(torch, options.dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+        model.eval()
+        log.info("loaded %s (%s, %s parameters)", location, model.dtype, f"{model.num_parameters():,}")
+        return cls(model=model, tokenizer=tokenizer, options=options)
+
+    def _start_manager(self) -> Any:
+        from transformers import GenerationConfig
+
+        try:
+            from transformers.generation.configuration_utils import ContinuousBatchingConfig
+        except ImportError as exc:  # transformers < 5: no continuous batching to build on
+            raise RuntimeError(
+                "this transformers release has no continuous batching (init_continuous_batching); the "
+                "transformers engine needs transformers>=5.0"
+            ) from exc
+        # Temperature and top_p differ from 1.0 here only so that their per-request processors exist;
+        # every request passes its own values. top_k=None: OpenAI's API has no top-k.
+        generation = GenerationConfig(
+            do_sample=True, temperature=0.7, top_p=0.95, top_k=None, max_new_tokens=256,
+            eos_token_id=self.eos_ids or -1, pad_token_id=self.eos_ids[0] if self.eos_ids else 0,
+        )
+        page = 256
+        config = ContinuousBatchingConfig(
+            page_size=page,
+            num_blocks=max(4, math.ceil(self.options.kv_cache_tokens / page)),
+            max_batch_tokens=2048,
+            max_requests_per_batch=self.options.batch_size,
+            per_request_processors=True,
+            allow_block_sharing=False,
+        )
+        manager = self.model.init_continuous_batching(
+            generation_config=generation, continuous_batching_config=config
+        )
+        # A thread inherits daemon-ness from its creator: starting the manager from a daemon thread makes its
+        # generation thread a daemon too, so the replica exits on SIGTERM instead of waiting for it.
+        starter = threading.Thread(target=manager.start, daemon=True, name="xinfd-cb-start")
+        starter.start()
+        starter.join()
+        return manager
+
+    # -- TextModel -----------------------------------------------------------------------------------------
+    def render_chat(self, messages: list[ChatMessage], options: Mapping[str, Any]) -> str:
+        """Apply the tokenizer's chat template; ``options`` are the request's ``chat_template_kwargs``."""
+        kwargs: dict[str, Any] = {}
+        if self.options.enable_thinking is not None:
+            kwargs["enable_thinking"] = self.options.enable_thinking
+        kwargs.update(options)
+        turns = [{"role": m.role, "content": m.content} for m in messages]
+        if not getattr(self.tokenizer, "chat_template", None):
+            # A base model without a template: a plain transcript, as transformers' old default did.
+            return "".join(f"{t['role']}: {t['content']}\n" for t in turns) + "assistant:"
+        return str(self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True,
+                                                      **kwargs))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GeneratedDelta]:
+        """Add the request to the running batch and stream its tokens; closing cancels it in the batch."""
+        if request.seed is not None and not self._seed_warned:
+            self._seed_warned = True
+            log.warning("per-request seeds are ignored: requests share one batch and one random generator")
+        if self._active == 0 and self.options.batch_interval > 0:
+            await asyncio.sleep(self.options.batch_interval)  # gathering window after an idle period
+        ids = self._encode(request.prompt)
+        rid = f"{request.request_id}-{next(self._ids)}"
+        results: asyncio.Queue[Any] = asyncio.Queue()
+        chat = request.extra.get("kind", "chat") == "chat"  # text completions keep <think> in the text
+        builder = DeltaBuilder(stop=request.stop, parse_reasoning=self.parse_reasoning and chat,
+                               starts_in_reasoning=prompt_opens_reasoning(request.prompt))
+        temperature = request.temperature if request.temperature > 0 else GREEDY_TEMPERATURE
+        self.manager.register_result_handler(rid, results.put_nowait)
+        self.manager.add_request(ids, request_id=rid, max_new_tokens=request.max_tokens, streaming=True,
+                                 eos_token_id=self.eos_ids or -1, temperature=float(temperature),
+                                 top_p=float(request.top_p))
+        self._active += 1
+        finished = False
+        produced = 0
+        try:
+            while True:
+                output = await results.get()
+                if output.error:
+                    finished = True
+                    raise RuntimeError(f"generation failed: {output.error}")
+                tokens = list(output.generated_tokens)
+                self.tokens_generated += len(tokens) - produced
+                produced = len(tokens)
+                done = output.is_finished()
+                piece = builder.push(self._decode(tokens), final=done)
+                if piece.stopped or done:
+                    finished = done
+                    reason = "stop" if piece.stopped or _ended_by_eos(tokens, self.eos_ids) else "length"
+                    yield GeneratedDelta(text=piece.content, reasoning=piece.reasoning, finish_reason=reason)
+                    return
+                if piece.content or piece.reasoning:
+                    yield GeneratedDelta(text=piece.content, reasoning=piece.reasoning)
+        finally:
+            self._active -= 1
+            if not finished:
+                self.cancelled += 1
+                self.manager.cancel_request(rid)
+                self._forget_handler(rid)
+                log.info("%s cancelled in the batch after %d token(s)", request.request_id, produced)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def _encode(self, text: str) -> list[int]:
+        # Chat templates write the BOS token themselves; add it only to prompts that lack it.
+        bos = getattr(self.tokenizer, "bos_token", None)
+        special = not (bos and text.startswith(bos))
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def _decode(self, tokens: list[int]) -> str:
+        return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+
+    def _forget_handler(self, rid: str) -> None:
+        """Drop the result handler of a cancelled request: transformers removes it only when a request
+        finishes, and a cancelled one never does (the dict would grow by one entry per abort)."""
+        router = getattr(self.manager, "output_router", None)
+        lock, handlers = getattr(router, "_lock", None), getattr(router, "result_handlers", None)
+        if lock is not None and isinstance(handlers, dict):
+            with lock:
+                handlers.pop(rid, None)
+
+    def close(self) -> None:
+        self.manager.stop(block=True, timeout=5)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids: list[int] = []
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None), tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(item, int) and item >= 0 and item not in ids:
+                ids.append(item)
+    return ids
+
+
+def _ended_by_eos(tokens: list[int], eos_ids: list[int]) -> bool:
+    return bool(tokens) and tokens[-1] in eos_ids
+
+
+def _torch_dtype(torch: Any, name: str) -> Any:
+    if name == "auto":
+        # float32 on CPU: bfloat16 matmuls are slow on most CPUs and float16 ones are missing.
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, name)
+
+
+def env_options(options: Mapping[str, Any]) -> TransformersOptions:
+    """The options of this replica: launch options plus the batching environment variables."""
+    return TransformersOptions.from_launch(options, os.environ)
