@@ -35,6 +35,7 @@ from xinfd.logs import configure_logging
 from xinfd.models import LaunchRequest, ModelManager, supervision_options
 from xinfd.orphans import kill_orphans
 from xinfd.plugins import make_plugin_manager
+from xinfd.registry import ModelRegistry
 from xinfd.processes import SubprocessSpawner
 from xinfd.sdnotify import notify, without_notify_env
 from xinfd.venvs.provider import VenvProvider
@@ -118,6 +119,7 @@ async def serve(
     home.mkdir(parents=True, exist_ok=True)
     claim_control_socket(settings.control_socket)
     plugins = make_plugin_manager()
+    ModelRegistry.for_home(home).install(plugins.models)  # builtin etc/models + user registrations
     for failure in plugins.failures:
         log.warning("plugin %s not loaded: %s", failure.name, failure.error)
     platform = detect_platform(settings.gpus, venv_enabled=settings.enable_virtual_env)

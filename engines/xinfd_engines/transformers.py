@@ -140,6 +140,11 @@ def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) 
 def xinfd_engine_load(engine: str, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel | None:
     if engine != NAME:
         return None
+    from dataclasses import replace
+
     from xinfd_engines.transformers_model import TransformersTextModel, env_options
 
-    return TransformersTextModel.load(weights_location(model, replica.options), env_options(replica.options))
+    options = env_options(replica.options)
+    if options.reasoning is None and model.extra.get("reasoning") is not None:
+        options = replace(options, reasoning=bool(model.extra["reasoning"]))  # e.g. qwen3's registry entry
+    return TransformersTextModel.load(weights_location(model, replica.options), options)

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from xinfd import __version__
-from xinfd.api import control_gpus, control_ops, control_venvs
+from xinfd.api import control_gpus, control_ops, control_registry, control_venvs
 from xinfd.api.middleware import error_middleware
 from xinfd.api.peers import ControlAccess, peer_middleware, request_peer
 from xinfd.api.state import STATE
@@ -51,7 +51,7 @@ def make_control_app(state: Any) -> web.Application:
     # Feature areas (venvs, gpus, ...) keep their routes in their own modules, each listed here by its
     # ``add_routes(app)`` function.
     route_modules: tuple[Callable[[web.Application], None], ...] = (
-        control_ops.add_routes, control_gpus.add_routes, control_venvs.add_routes)
+        control_ops.add_routes, control_gpus.add_routes, control_venvs.add_routes, control_registry.add_routes)
     for add_routes in route_modules:
         add_routes(app)
     return app

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from xinfd.cli import chat, gpus, logs, models, venvs
+from xinfd.cli import chat, gpus, logs, models, registry, venvs
 from xinfd.cli.client import EXIT_USAGE, CliError, ControlClient, default_socket
 
-COMMAND_MODULES = [models, gpus, venvs, logs, chat]
+COMMAND_MODULES = [models, gpus, venvs, logs, chat, registry]
 
 
 class _Parser(argparse.ArgumentParser):

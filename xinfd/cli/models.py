@@ -90,6 +90,11 @@ def cmd_launch(client: ControlClient, args: argparse.Namespace) -> int:
         raise CliError(f"--replica must be at least 1, got {args.replica}", EXIT_USAGE)
     body: dict[str, Any] = {"model_name": args.model_name, "replica": args.replica,
                             "env": dict(args.env or []), "options": _parse_options(args.extra)}
+    # Well-known engine options with their own flags (issue 5); they travel as launch options.
+    if args.model_path is not None:
+        body["options"]["model_path"] = args.model_path
+    if args.enable_thinking is not None:
+        body["options"]["enable_thinking"] = args.enable_thinking
     if args.model_engine:
         body["model_engine"] = args.model_engine
     if args.model_uid:
@@ -161,6 +166,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     launch.add_argument("-e", "--model-engine")
     launch.add_argument("-r", "--replica", type=int, default=1)
     launch.add_argument("-u", "--model-uid")
+    launch.add_argument("--model-path", help="load the weights from this local folder or file (e.g. a .gguf)")
+    launch.add_argument("--enable-thinking", action=argparse.BooleanOptionalAction, default=None,
+                        help="default of the chat template's enable_thinking (requests may override it)")
     launch.add_argument("--n-gpu", metavar="N|auto", help="GPUs per replica (default auto: one each if any; 0: CPU)")
     launch.add_argument("--gpu-idx", metavar="I[,J...]", help="place every replica on exactly these GPUs")
     toggle = launch.add_mutually_exclusive_group()

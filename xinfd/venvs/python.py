@@ -22,6 +22,7 @@ import os
 import platform
 import re
 import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -152,11 +153,5 @@ async def find_interpreter(uv: Uv, request: str) -> Interpreter:
         raise PythonNotFoundError(f"Python {request} is not installed on this machine ({path} is {version})",
                                   param="python")
     same = (info["base_prefix"] == os.path.realpath(sys.base_prefix) and version == platform.python_version()
-            and info["soabi"] == (_own_soabi()))
+            and info["soabi"] == str(sysconfig.get_config_var("SOABI") or ""))
     return Interpreter(path=str(info["executable"]) or path, version=version, shares_daemon_env=same)
-
-
-def _own_soabi() -> str:
-    import sysconfig
-
-    return str(sysconfig.get_config_var("SOABI") or "")

