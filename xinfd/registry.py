@@ -40,34 +40,54 @@ def spec_from_json(data: Any, where: str) -> ModelSpec:
         raise InvalidRequestError(f"{where}: a model spec must be a JSON object")
     name = data.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise InvalidRequestError(f"{where}: 'name' must match {_NAME_RE.pattern}, got {name!r}", param="name")
+        raise InvalidRequestError(
+            f"{where}: 'name' must match {_NAME_RE.pattern}, got {name!r}", param="name"
+        )
     abilities = data.get("abilities")
     if not isinstance(abilities, list) or not abilities or any(a not in _ABILITIES for a in abilities):
-        raise InvalidRequestError(f"{where}: 'abilities' must be a non-empty list of {', '.join(_ABILITIES)}",
-                                  param="abilities")
+        raise InvalidRequestError(
+            f"{where}: 'abilities' must be a non-empty list of {', '.join(_ABILITIES)}", param="abilities"
+        )
     engines = data.get("engines")
     if not isinstance(engines, list) or not engines or not all(isinstance(e, str) and e for e in engines):
-        raise InvalidRequestError(f"{where}: 'engines' must be a non-empty list of engine names", param="engines")
+        raise InvalidRequestError(
+            f"{where}: 'engines' must be a non-empty list of engine names", param="engines"
+        )
     context = data.get("context_length", 2048)
     if isinstance(context, bool) or not isinstance(context, int) or context < 1:
-        raise InvalidRequestError(f"{where}: 'context_length' must be a positive integer", param="context_length")
+        raise InvalidRequestError(
+            f"{where}: 'context_length' must be a positive integer", param="context_length"
+        )
     virtualenv = data.get("virtualenv", {})
     if not isinstance(virtualenv, dict) or not isinstance(virtualenv.get("packages", []), list):
-        raise InvalidRequestError(f"{where}: 'virtualenv' must be an object with a 'packages' list",
-                                  param="virtualenv")
+        raise InvalidRequestError(
+            f"{where}: 'virtualenv' must be an object with a 'packages' list", param="virtualenv"
+        )
     extra = data.get("extra", {})
     if not isinstance(extra, dict):
         raise InvalidRequestError(f"{where}: 'extra' must be an object", param="extra")
     extra = {**{k: v for k, v in data.items() if k not in _FIELDS}, **extra}
-    return ModelSpec(name=name, abilities=tuple(abilities), engines=tuple(e.lower() for e in engines),
-                     context_length=context, description=str(data.get("description", "")),
-                     virtualenv=virtualenv, extra=extra)
+    return ModelSpec(
+        name=name,
+        abilities=tuple(abilities),
+        engines=tuple(e.lower() for e in engines),
+        context_length=context,
+        description=str(data.get("description", "")),
+        virtualenv=virtualenv,
+        extra=extra,
+    )
 
 
 def spec_to_json(spec: ModelSpec) -> dict[str, Any]:
-    return {"name": spec.name, "abilities": list(spec.abilities), "engines": list(spec.engines),
-            "context_length": spec.context_length, "description": spec.description,
-            "virtualenv": dict(spec.virtualenv), "extra": dict(spec.extra)}
+    return {
+        "name": spec.name,
+        "abilities": list(spec.abilities),
+        "engines": list(spec.engines),
+        "context_length": spec.context_length,
+        "description": spec.description,
+        "virtualenv": dict(spec.virtualenv),
+        "extra": dict(spec.extra),
+    }
 
 
 def load_dir(directory: Path) -> dict[str, ModelSpec]:
@@ -112,8 +132,10 @@ class ModelRegistry:
         spec = spec_from_json(data, "model spec")
         mine = self.registrations()
         if spec.name in families and spec.name not in mine:
-            raise InvalidRequestError(f"model {spec.name!r} is a builtin or plugin family; register it under "
-                                      "another name", param="name")
+            raise InvalidRequestError(
+                f"model {spec.name!r} is a builtin or plugin family; register it under another name",
+                param="name",
+            )
         self.user_dir.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.user_dir / f"{spec.name}.json", json.dumps(spec_to_json(spec), indent=2) + "\n")
         families[spec.name] = spec
@@ -122,8 +144,10 @@ class ModelRegistry:
 
     def unregister(self, name: str, families: MutableMapping[str, ModelSpec]) -> None:
         if name not in self.registrations():
-            raise UnknownModelError(f"{name!r} is not a user registration "
-                                    f"(registered: {', '.join(sorted(self.registrations())) or 'none'})")
+            raise UnknownModelError(
+                f"{name!r} is not a user registration "
+                f"(registered: {', '.join(sorted(self.registrations())) or 'none'})"
+            )
         (self.user_dir / f"{name}.json").unlink()
         families.pop(name, None)
         log.info("model family %s unregistered", name)
@@ -141,5 +165,11 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def describe(spec: ModelSpec, source: str) -> Mapping[str, Any]:
-    return {"model_name": spec.name, "source": source, "abilities": list(spec.abilities),
-            "engines": list(spec.engines), "context_length": spec.context_length, "description": spec.description}
+    return {
+        "model_name": spec.name,
+        "source": source,
+        "abilities": list(spec.abilities),
+        "engines": list(spec.engines),
+        "context_length": spec.context_length,
+        "description": spec.description,
+    }

@@ -30,9 +30,11 @@ def notify(message: str, env: Mapping[str, str] | None = None) -> bool:
     if address.startswith("@"):  # abstract namespace socket
         address = "\0" + address[1:]
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # Non-blocking: a receiver whose queue is full (net.unix.max_dgram_qlen, 10 by default) must never
+        # block the event loop; the message is dropped and logged instead.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
             sock.connect(address)
-            sock.sendall(message.encode())
+            sock.send(message.encode())
         return True
     except OSError as exc:
         log.warning("sd_notify(%s) failed: %s", message.split("\n")[0], exc)

@@ -83,8 +83,14 @@ def _normalize(options: dict[str, Any]) -> bool:
 
 @hookimpl
 def xinfd_register_engines(register: RegisterEngine) -> None:
-    register(EngineInfo(name=NAME, abilities=("embed",), description="Sentence embeddings (sentence-transformers)",
-                        probe_module="sentence_transformers"))
+    register(
+        EngineInfo(
+            name=NAME,
+            abilities=("embed",),
+            description="Sentence embeddings (sentence-transformers)",
+            probe_module="sentence_transformers",
+        )
+    )
 
 
 @hookimpl
@@ -105,8 +111,10 @@ def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) 
         return None
     unknown = sorted(set(replica.options) - KNOWN_OPTIONS)
     if unknown:
-        raise ValueError(f"unknown launch option(s) for {NAME}: {', '.join(unknown)} "
-                         f"(known: {', '.join(sorted(KNOWN_OPTIONS))})")
+        raise ValueError(
+            f"unknown launch option(s) for {NAME}: {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(KNOWN_OPTIONS))})"
+        )
     _normalize(dict(replica.options))
     weights_location(model, replica.options)
     return worker_launch_spec(replica, model)

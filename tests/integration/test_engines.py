@@ -16,10 +16,10 @@ import pytest
 
 pytest.importorskip("transformers")
 
-import openai  # noqa: E402
+import openai
 
-from tests.integration.conftest import Daemon, wait_for  # noqa: E402
-from tests.unit.engines.tiny_models import build_tiny_llama  # noqa: E402
+from tests.integration.conftest import Daemon, wait_for
+from tests.unit.engines.tiny_models import build_tiny_llama
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -30,8 +30,13 @@ def client(daemon: Daemon) -> openai.OpenAI:
 
 def register_tiny(daemon: Daemon, tmp_path: Path, name: str, think: bool) -> Path:
     folder = build_tiny_llama(tmp_path / name, think_template=think)
-    spec = {"name": name, "abilities": ["chat", "generate"], "engines": ["transformers"],
-            "context_length": 512, "extra": {"model_path": str(folder)}}
+    spec = {
+        "name": name,
+        "abilities": ["chat", "generate"],
+        "engines": ["transformers"],
+        "context_length": 512,
+        "extra": {"model_path": str(folder)},
+    }
     spec_file = tmp_path / f"{name}.json"
     spec_file.write_text(json.dumps(spec))
     assert daemon.xinfctl("register", "--file", str(spec_file)).stdout.strip() == f"registered {name}"
@@ -50,13 +55,19 @@ def test_tiny_transformers_chat_stream_thinking_and_registry(daemon: Daemon, tmp
     assert message.reasoning_content and not message.content
     assert full.usage is not None and full.usage.completion_tokens > 0
     # Per-request override: thinking off, the answer is content.
-    off = api.chat.completions.create(model="tiny-think", messages=user, max_tokens=12, temperature=0,
-                                      extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    off = api.chat.completions.create(
+        model="tiny-think",
+        messages=user,
+        max_tokens=12,
+        temperature=0,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+    )
     assert off.choices[0].message.content and not getattr(off.choices[0].message, "reasoning_content", None)
     # Streaming carries the same split, chunk by chunk.
     reasoning = ""
-    for chunk in api.chat.completions.create(model="tiny-think", messages=user, max_tokens=12, temperature=0,
-                                             stream=True):
+    for chunk in api.chat.completions.create(
+        model="tiny-think", messages=user, max_tokens=12, temperature=0, stream=True
+    ):
         if chunk.choices:
             reasoning += getattr(chunk.choices[0].delta, "reasoning_content", None) or ""
     assert reasoning == message.reasoning_content
@@ -74,13 +85,20 @@ def test_abort_on_disconnect_stops_generation(daemon: Daemon, tmp_path: Path) ->
     register_tiny(daemon, tmp_path, "tiny-abort", think=False)
     daemon.xinfctl("launch", "-n", "tiny-abort", "-e", "transformers", timeout=300)
     api = client(daemon)
-    stream = api.chat.completions.create(model="tiny-abort", messages=[{"role": "user", "content": "hi"}],
-                                         max_tokens=480, temperature=1.0, stream=True)
+    stream = api.chat.completions.create(
+        model="tiny-abort",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=480,
+        temperature=1.0,
+        stream=True,
+    )
     for _ in range(3):
         next(iter(stream))
     stream.close()  # the client goes away mid-generation
     log = daemon.home / "logs" / "tiny-abort-r0.log"
-    line = wait_for(lambda: re.search(r"cancelled in the batch after (\d+) token", log.read_text()), timeout=30)
+    line = wait_for(
+        lambda: re.search(r"cancelled in the batch after (\d+) token", log.read_text()), timeout=30
+    )
     produced = int(line.group(1))
     assert produced < 480  # the request left the batch long before its budget
 
@@ -97,7 +115,8 @@ def test_minilm_embeddings(daemon: Daemon) -> None:
 
     def cos(a: list[float], b: list[float]) -> float:
         return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(
-            sum(x * x for x in a) * sum(y * y for y in b))
+            sum(x * x for x in a) * sum(y * y for y in b)
+        )
 
     assert cos(vectors[0], vectors[1]) > cos(vectors[0], vectors[2]) + 0.2
 
@@ -110,11 +129,16 @@ def test_smollm2_gguf_chat_through_transformers(daemon: Daemon) -> None:
     daemon.xinfctl("launch", "-n", "smollm2-135m-instruct", "-e", "transformers", timeout=600)
     api = client(daemon)
     question = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
-    answer = api.chat.completions.create(model="smollm2-135m-instruct", messages=question, max_tokens=16,
-                                         temperature=0)
+    answer = api.chat.completions.create(
+        model="smollm2-135m-instruct", messages=question, max_tokens=16, temperature=0
+    )
     assert "paris" in (answer.choices[0].message.content or "").lower()
-    streamed = "".join(c.choices[0].delta.content or "" for c in api.chat.completions.create(
-        model="smollm2-135m-instruct", messages=question, max_tokens=16, temperature=0, stream=True)
-        if c.choices)
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in api.chat.completions.create(
+            model="smollm2-135m-instruct", messages=question, max_tokens=16, temperature=0, stream=True
+        )
+        if c.choices
+    )
     assert streamed == answer.choices[0].message.content
     assert time.monotonic() - started < 600

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,26 +21,7 @@ import pytest
 
 from tests.integration.conftest import Daemon, wait_for
 from tests.integration.test_daemon import launch_echo, post
-
-
-def ensure_tool(binary: str, package: str) -> str:
-    """The path of ``binary``; installs Debian's ``package`` when missing (CI machines start bare)."""
-    found = shutil.which(binary)
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip(f"{binary} is missing and cannot be installed here (needs root and apt-get for {package})")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600, check=False)
-        done = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package], env=env,
-                              capture_output=True, text=True, timeout=900, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"{binary} is missing and installing {package} failed: {exc}")
-    found = shutil.which(binary)
-    if not found:
-        pytest.skip(f"{binary} is missing and 'apt-get install {package}' failed: {done.stderr.strip()[-300:]}")
-    return found
+from tests.unit.ops.tools import ensure_tool
 
 
 @pytest.fixture
@@ -58,10 +39,8 @@ def receive(sock: socket.socket, until: Any, timeout: float = 20) -> list[str]:
     messages: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(TimeoutError):
             messages.append(sock.recv(4096).decode())
-        except TimeoutError:
-            pass
         if until(messages):
             return messages
     raise AssertionError(f"not seen within {timeout}s: {messages}")

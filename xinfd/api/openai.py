@@ -238,7 +238,7 @@ async def _relay_stream(
                                       error_type="server_error", code="upstream_error")
             await relay.error_frame(envelope)
         else:
-            while chunk := await relay.wait(upstream.content.readany()):
+            while chunk := await relay.read(upstream.content):
                 stats.chunk(chunk, time.monotonic())
                 await relay.write(chunk)
             stats.finish()

@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
+import aiohttp
 from aiohttp import web
 
 from xinfd.worker.protocol import parse_chat_request, parse_completion_request, parse_embedding_request
@@ -93,6 +94,24 @@ class SseRelay:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+    async def read(self, stream: aiohttp.StreamReader) -> bytes:
+        """The next bytes of the replica's stream (b"" at its end), pinging the client while it is silent.
+
+        Data already buffered is taken without awaiting; otherwise ``readany`` is awaited under a timeout,
+        which is cheap per token (a timer handle, not a task) and safe to cancel: a StreamReader keeps
+        whatever arrives in its buffer for the next call.
+        """
+        chunk = stream.read_nowait()
+        if chunk or stream.at_eof():
+            return chunk
+        while True:
+            try:
+                async with asyncio.timeout(self.ping_interval):
+                    return await stream.readany()
+            except TimeoutError:
+                await self.write(PING_FRAME)
+                self.pings += 1
 
     async def write(self, data: bytes) -> None:
         if not self.response.prepared:

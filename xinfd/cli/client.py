@@ -44,8 +44,11 @@ class ControlClient:
         self.socket_path = socket_path
         self.timeout = timeout
 
-    def _send(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> http.client.HTTPResponse:
-        conn = _UnixConnection(str(self.socket_path), timeout if timeout is not None else self.timeout)
+    def _send(self, method: str, path: str, body: Any = None, timeout: float | None = None,
+              *, blocking: bool = False) -> http.client.HTTPResponse:
+        # blocking: no read timeout at all (a launch can be silent for minutes while a model loads).
+        conn = _UnixConnection(str(self.socket_path),
+                               None if blocking else timeout if timeout is not None else self.timeout)
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
         try:
@@ -72,7 +75,7 @@ class ControlClient:
 
     def stream(self, method: str, path: str, body: Any = None) -> Iterator[dict[str, Any]]:
         """NDJSON events of a long operation (launch); the socket has no read timeout while it runs."""
-        response = self._send(method, path, body, timeout=None)
+        response = self._send(method, path, body, blocking=True)
         if response.status >= 400:
             _decode(response.status, response.read())
         while line := response.readline():

@@ -41,8 +41,15 @@ def cmd_registrations(client: ControlClient, args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
         return 0
-    print(table([(r["model_name"], ",".join(r["abilities"]), ",".join(r["engines"]), r["context_length"])
-                 for r in rows], ("MODEL", "ABILITIES", "ENGINES", "CONTEXT")))
+    print(
+        table(
+            [
+                (r["model_name"], ",".join(r["abilities"]), ",".join(r["engines"]), r["context_length"])
+                for r in rows
+            ],
+            ("MODEL", "ABILITIES", "ENGINES", "CONTEXT"),
+        )
+    )
     return 0
 
 
@@ -55,4 +62,5 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     unreg.add_argument("model_name")
     unreg.set_defaults(func=cmd_unregister)
     sub.add_parser("registrations", parents=[common], help="custom model families").set_defaults(
-        func=cmd_registrations)
+        func=cmd_registrations
+    )

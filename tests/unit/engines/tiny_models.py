@@ -27,8 +27,9 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_llama(path: Path, *, think_template: bool = False, layers: int = 2, hidden: int = 64,
-                     seed: int = 0) -> Path:
+def build_tiny_llama(
+    path: Path, *, think_template: bool = False, layers: int = 2, hidden: int = 64, seed: int = 0
+) -> Path:
     """Write a random tiny Llama with its tokenizer and chat template to ``path``; return ``path``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -38,20 +39,29 @@ def build_tiny_llama(path: Path, *, think_template: bool = False, layers: int = 
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<unk>", "<s>", "</s>"],
+        vocab_size=320,
+        special_tokens=["<unk>", "<s>", "</s>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
     # <think> tags as added (not special) tokens, as in Qwen3: decoding keeps them in the text.
     tokenizer.add_tokens(["<think>", "</think>"])
     tokenizer.chat_template = THINK_TEMPLATE if think_template else PLAIN_TEMPLATE
     path.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(path)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(path)

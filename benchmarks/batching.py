@@ -1,0 +1,173 @@
+"""Continuous batching of the transformers engine: tokens/s at 1, 4 and 16 concurrent streams through the
+daemon, against sequential requests through the daemon and against in-process ``generate()`` on the same
+weights.
+
+In-process ``generate()`` of one sequence is the physical limit of one stream (same model, same thread count);
+sequential requests through the daemon are what a server without batching gives. Targets (issue 5): at 16
+streams >= 4x the sequential tokens/s; at 1 stream <= 1.1x the in-process time. The model is a random Llama
+written on the spot (sizes by flag), or any folder/GGUF given with ``--model-path``. Run from a checkout:
+
+    python benchmarks/batching.py [--tokens 64] [--hidden 512 --layers 8] [--model-path DIR|FILE.gguf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PROMPT = "the quick brown fox jumps over the lazy dog. hello world, how are you today?"
+
+
+def in_process(location: str, tokens: int, repeats: int) -> float:
+    """Tokens/s of one greedy sequence with transformers' own generate() (the best time of ``repeats``)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    path, kwargs = Path(location), {}
+    if path.suffix == ".gguf":
+        location, kwargs = str(path.parent), {"gguf_file": path.name}
+    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs).eval()
+    ids = torch.tensor([tokenizer(PROMPT)["input_ids"]])
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+            best = min(best, time.perf_counter() - started)
+    return tokens / best
+
+
+async def stream_one(session: aiohttp.ClientSession, url: str, tokens: int) -> int:
+    """One streamed completion; returns the completion tokens the server reports."""
+    body = {
+        "model": "bench",
+        "prompt": PROMPT,
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    used = 0
+    async with session.post(url, json=body) as resp:
+        resp.raise_for_status()
+        async for raw in resp.content:
+            line = raw.decode().strip()
+            if line.startswith("data: {"):
+                usage = json.loads(line[6:]).get("usage")
+                if usage:
+                    used = int(usage["completion_tokens"])
+    return used
+
+
+async def through_daemon(url: str, tokens: int, concurrency: int, waves: int) -> float:
+    """Tokens/s with ``concurrency`` streams in flight (``waves`` requests per stream, back to back)."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def client() -> int:
+            return sum([await stream_one(session, url, tokens) for _ in range(waves)])
+
+        started = time.perf_counter()
+        total = sum(await asyncio.gather(*(client() for _ in range(concurrency))))
+        return total / (time.perf_counter() - started)
+
+
+def xinfctl(env: dict[str, str], *args: str) -> Any:
+    out = subprocess.run(
+        [sys.executable, "-m", "xinfd.cli", *args, "--json"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    return json.loads(out.stdout) if out.stdout.strip() else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--tokens", type=int, default=64, help="completion tokens per request")
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--model-path", help="benchmark this model folder or .gguf instead of a random one")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="xinfd-batching-") as tmp:
+        home = Path(tmp) / "home"
+        location = args.model_path
+        if location is None:
+            from tests.unit.engines.tiny_models import build_tiny_llama
+
+            location = str(build_tiny_llama(Path(tmp) / "model", layers=args.layers, hidden=args.hidden))
+        limit = in_process(location, args.tokens, repeats=3)
+        env = {**os.environ, "XINFERENCE_HOME": str(home), "XINFERENCE_ENABLE_VIRTUAL_ENV": "0"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "xinfd.daemon", "--port", "0", "--log-level", "WARNING"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            for _ in range(600):
+                if (home / "xinfd.sock").exists():
+                    break
+                time.sleep(0.05)
+            time.sleep(0.5)
+            spec = Path(tmp) / "bench.json"
+            spec.write_text(
+                json.dumps(
+                    {
+                        "name": "bench",
+                        "abilities": ["chat", "generate"],
+                        "engines": ["transformers"],
+                        "context_length": 4096,
+                        "extra": {"model_path": location},
+                    }
+                )
+            )
+            xinfctl(env, "register", "--file", str(spec))
+            xinfctl(env, "launch", "-n", "bench", "-e", "transformers")
+            url = xinfctl(env, "status")["endpoint"] + "/v1/completions"
+            asyncio.run(through_daemon(url, args.tokens, 2, 1))  # warm-up
+            sequential = asyncio.run(through_daemon(url, args.tokens, 1, 8))
+            rows = [
+                (n, asyncio.run(through_daemon(url, args.tokens, n, 2 if n > 1 else 4))) for n in (1, 4, 16)
+            ]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    print(
+        f"\ntransformers engine, {args.tokens} tokens/request, "
+        f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
+        f"{os.cpu_count()} cores, model {args.model_path or f'random llama {args.layers}x{args.hidden}'}\n"
+    )
+    print(f"{'run':<34}{'tokens/s':>10}{'x sequential':>14}{'time x in-process':>19}")
+    print(f"{'in-process generate(), 1 stream':<34}{limit:>10.1f}{limit / sequential:>14.2f}{1.0:>19.2f}")
+    print(f"{'daemon, sequential requests':<34}{sequential:>10.1f}{1.0:>14.2f}{limit / sequential:>19.2f}")
+    for n, rate in rows:
+        print(
+            f"{f'daemon, {n} concurrent stream(s)':<34}{rate:>10.1f}{rate / sequential:>14.2f}"
+            f"{(limit / rate) if n == 1 else float('nan'):>19.2f}"
+        )
+    print("\ntargets: 16 streams >= 4.00x sequential; 1 stream time <= 1.10x in-process")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The SSE relay's keepalive pings and write deadline, against a real aiohttp server (issue 6)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from xinfd.api.streaming import PING_FRAME, SlowReaderError, SseRelay
+
+ServerFactory = Callable[..., Any]
+
+
+async def test_pings_while_silent_then_the_answer(aiohttp_client: ServerFactory) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        relay = SseRelay(request, headers={"X-Test": "1"}, ping_interval=0.05, write_timeout=5)
+        answer = await relay.wait(asyncio.sleep(0.3, result=b"data: done\n\n"))
+        await relay.write(answer)
+        await relay.response.write_eof()
+        return relay.response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    client = await aiohttp_client(app)
+    resp = await client.get("/")
+    body = await resp.read()
+    assert resp.headers["Content-Type"] == "text/event-stream" and resp.headers["X-Test"] == "1"
+    assert body.endswith(b"data: done\n\n") and body.count(PING_FRAME) >= 3
+
+
+async def test_fast_answer_sends_no_ping_and_leaves_status_free(aiohttp_client: ServerFactory) -> None:
+    seen: dict[str, Any] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        relay = SseRelay(request, headers={}, ping_interval=5, write_timeout=5)
+        await relay.wait(asyncio.sleep(0))
+        seen["prepared"] = relay.prepared  # nothing sent yet: a real error status could still go out
+        return web.json_response({"error": "x"}, status=400)
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    client = await aiohttp_client(app)
+    resp = await client.get("/")
+    assert resp.status == 400 and seen == {"prepared": False}
+
+
+async def test_a_reader_that_stops_reading_is_cut(aiohttp_server: ServerFactory) -> None:
+    outcome: dict[str, Any] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        relay = SseRelay(request, headers={}, ping_interval=5, write_timeout=0.3)
+        chunk = b"data: " + b"x" * 65536 + b"\n\n"
+        try:
+            for _ in range(10_000):  # far more than any socket buffer holds
+                await relay.write(chunk)
+        except SlowReaderError as exc:
+            outcome["cut"] = str(exc)
+            relay.cut(str(exc))
+        return relay.response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = await aiohttp_server(app)
+    conn = socket.create_connection(("127.0.0.1", server.port))
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(30):
+            while "cut" not in outcome:
+                await asyncio.sleep(0.05)
+    finally:
+        conn.close()
+    assert outcome["cut"] == "client did not read for 0.3s"

