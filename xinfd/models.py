@@ -91,7 +91,8 @@ class LaunchRequest:
             raise InvalidRequestError(f"model_engine must be a string, got {engine!r}", param="model_engine")
         replica = body.get("replica", 1)
         if isinstance(replica, bool) or not isinstance(replica, int) or not 1 <= replica <= MAX_REPLICAS:
-            raise InvalidRequestError(f"replica must be an integer 1..{MAX_REPLICAS}, got {replica!r}", param="replica")
+            raise InvalidRequestError(f"replica must be an integer 1..{MAX_REPLICAS}, got {replica!r}",
+                                      param="replica")
         uid = body.get("model_uid")
         if uid is not None and (not isinstance(uid, str) or not _UID_RE.match(uid)):
             raise InvalidRequestError(
@@ -104,13 +105,15 @@ class LaunchRequest:
             if not _ENV_NAME_RE.match(key) or not isinstance(value, str) or "\0" in value:
                 raise InvalidRequestError(f"invalid environment variable {key!r}={value!r}", param="env")
             if key in _RESERVED_ENV:
-                raise InvalidRequestError(f"{key} is set by xinfd for each replica; it cannot be overridden", param="env")
+                raise InvalidRequestError(f"{key} is set by xinfd for each replica; it cannot be overridden",
+                                          param="env")
         options = {} if body.get("options") is None else body["options"]
         if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
             raise InvalidRequestError("options must be an object", param="options")
         enable_venv = body.get("enable_virtual_env")
         if enable_venv is not None and not isinstance(enable_venv, bool):
-            raise InvalidRequestError("enable_virtual_env must be true, false or null", param="enable_virtual_env")
+            raise InvalidRequestError("enable_virtual_env must be true, false or null",
+                                      param="enable_virtual_env")
         packages = body.get("virtual_env_packages") or []
         if not isinstance(packages, list) or not all(isinstance(p, str) and p.strip() for p in packages):
             raise InvalidRequestError("virtual_env_packages must be a list of requirement strings",
@@ -151,7 +154,7 @@ class LaunchRequest:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReplicaEnvironment:
-    """The interpreter (and extra variables) the replicas of a model run with: a model venv or the daemon's."""
+    """The interpreter (and extra variables) a model's replicas run with: a model venv or the daemon's."""
 
     python: str
     env: Mapping[str, str] = field(default_factory=dict)

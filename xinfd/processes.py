@@ -2,7 +2,7 @@
 
 Each replica runs in its own session (so its process group id equals its pid) with a parent-death signal, so
 neither a stop nor a daemon crash leaves children behind. Stop = the launch spec's stop signal to the whole
-group, wait the grace period, then SIGKILL the group (circus/honcho style). The ``Spawner`` protocol is the seam
+group, wait the grace period, then SIGKILL the group (circus/honcho style). ``Spawner`` is the seam
 the supervisor tests replace with scripted fakes.
 """
 
@@ -71,8 +71,8 @@ def _child_setup() -> None:
 class SubprocessHandle:
     """A real child process whose stdout and stderr go straight to its log file.
 
-    No pipe: with a pipe, a grandchild that inherited it would keep ``wait()`` from returning (asyncio waits for
-    the pipes to close), and the daemon would spend CPU pumping every replica's output.
+    No pipe: with a pipe, a grandchild that inherited it would keep ``wait()`` from returning (asyncio waits
+    for the pipes to close), and the daemon would spend CPU pumping every replica's output.
     """
 
     def __init__(self, proc: asyncio.subprocess.Process, log_path: Path) -> None:
@@ -148,10 +148,13 @@ async def stop_group(handle: ProcessHandle, *, stop_signal: int, grace: float) -
     """
     if handle.returncode is None:
         handle.signal_group(stop_signal)
+        # A stopped (SIGSTOP, hung) process would hold the stop signal pending for the whole grace period.
+        handle.signal_group(signal.SIGCONT)
         try:
             await asyncio.wait_for(handle.wait(), timeout=grace)
         except TimeoutError:
-            log.warning("pid %s ignored signal %s for %.1fs; killing its group", handle.pid, stop_signal, grace)
+            log.warning("pid %s ignored signal %s for %.1fs; killing its group", handle.pid, stop_signal,
+                        grace)
             handle.signal_group(signal.SIGKILL)
             await handle.wait()
     # The leader is gone; grandchildren may linger (they inherited the group).

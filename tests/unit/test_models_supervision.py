@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -166,3 +167,28 @@ async def test_terminate_while_launching_frees_the_slots(tmp_path: Path) -> None
     await mgr.terminate("m")
     assert mgr.models == {} and mgr.slots.holders(0) == []
     assert spawner.handles[0].returncode is not None
+
+
+def test_launch_request_round_trips_through_the_state_file_with_every_field() -> None:
+    # A field added to LaunchRequest but forgotten in to_json would be lost on every daemon restart.
+    request = LaunchRequest(
+        model_name="m",
+        model_engine="cpu",
+        replica=3,
+        model_uid="u",
+        env={"A": "1"},
+        options={"k": "v"},
+        enable_virtual_env=False,
+        virtual_env_packages=("pkg==1",),
+        python="3.11",
+        n_gpu=2,
+        gpu_idx=(0, 1),
+    )
+    body = request.to_json()
+    unset = [
+        f.name
+        for f in dataclasses.fields(LaunchRequest)
+        if getattr(request, f.name) == f.default or f.name not in body
+    ]
+    assert unset == [], f"fill these in the test and in to_json: {unset}"
+    assert LaunchRequest.from_json(json.loads(json.dumps(body))) == request

@@ -30,8 +30,8 @@ def alive(pid: int) -> bool:
 
 async def test_stop_group_kills_a_term_ignoring_leader_and_its_grandchild(tmp_path: Path) -> None:
     log = tmp_path / "r.log"
-    handle = await SubprocessSpawner().spawn((sys.executable, "-c", IGNORES_TERM_AND_FORKS), env=dict(os.environ),
-                                             cwd=None, log_path=log)
+    handle = await SubprocessSpawner().spawn((sys.executable, "-c", IGNORES_TERM_AND_FORKS),
+                                             env=dict(os.environ), cwd=None, log_path=log)
     assert os.getpgid(handle.pid) == handle.pid  # its own process group
     for _ in range(200):
         if any(line.startswith("grandchild") for line in handle.stderr_tail()):
@@ -86,3 +86,12 @@ def test_children_die_when_the_daemon_is_killed(tmp_path: Path) -> None:
         parent.stdout.close()
         if alive(child):
             os.killpg(child, signal.SIGKILL)
+
+
+async def test_stop_group_wakes_a_stopped_process_so_it_gets_the_stop_signal(tmp_path: Path) -> None:
+    # A hung (SIGSTOPped) replica must die of the stop signal, not sit out the grace period until SIGKILL.
+    handle = await SubprocessSpawner().spawn(("sleep", "300"), env=dict(os.environ), cwd=None,
+                                             log_path=tmp_path / "r.log")
+    os.kill(handle.pid, signal.SIGSTOP)
+    assert await stop_group(handle, stop_signal=signal.SIGTERM, grace=30) == -signal.SIGTERM
+    assert not handle.group_alive()
