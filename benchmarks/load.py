@@ -1,10 +1,10 @@
-"""Load test (issue 6): 64 concurrent streaming clients through 2 echo replicas vs the workers reached directly.
+"""Load test (issue 6): 64 concurrent streaming clients through 2 echo replicas vs the workers directly.
 
 Every stream must end with ``data: [DONE]``; anything else (a non-200, a cut stream, a client error) counts as
-an error, and the run exits 1 if there is any. Both paths hit the same two replicas in the same run (the direct
-clients are split evenly over the two worker sockets, as the daemon's router would), so the ratio isolates
-what the daemon adds: HTTP parsing, access checks, validation, routing and the SSE relay. Afterwards the
-daemon's ``/metrics`` must show no request left in flight.
+an error, and the run exits 1 if there is any. Both paths hit the same two replicas in the same run (the
+direct clients are split evenly over the two worker sockets, as the daemon's router would), so the ratio
+isolates what the daemon adds: HTTP parsing, access checks, validation, routing and the SSE relay.
+Afterwards the daemon's ``/metrics`` must show no request left in flight.
 
     python benchmarks/load.py [--seconds 60] [--concurrency 64] [--words 16]
 """
@@ -69,8 +69,14 @@ async def one_stream(session: aiohttp.ClientSession, url: str, body: dict[str, A
         result.first_token.append(first)
 
 
-async def load(name: str, targets: list[tuple[aiohttp.ClientSession, str]], *, seconds: float, concurrency: int,
-               words: int) -> Result:
+async def load(
+    name: str,
+    targets: list[tuple[aiohttp.ClientSession, str]],
+    *,
+    seconds: float,
+    concurrency: int,
+    words: int,
+) -> Result:
     prompt = " ".join(f"word{i}" for i in range(words))
     body = {"model": "echo", "messages": [{"role": "user", "content": prompt}], "stream": True}
     result = Result(name)
@@ -87,16 +93,29 @@ async def load(name: str, targets: list[tuple[aiohttp.ClientSession, str]], *, s
 
 
 def xinfctl(env: dict[str, str], *args: str) -> Any:
-    out = subprocess.run([sys.executable, "-m", "xinfd.cli", *args, "--json"], env=env, check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "xinfd.cli", *args, "--json"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout)
 
 
 def start_daemon(home: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    env = {**os.environ, "XINFERENCE_HOME": str(home), "XINFERENCE_ENABLE_VIRTUAL_ENV": "0",
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "xinfd.daemon", "--port", "0", "--log-level", "WARNING"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "XINFERENCE_HOME": str(home),
+        "XINFERENCE_ENABLE_VIRTUAL_ENV": "0",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xinfd.daemon", "--port", "0", "--log-level", "WARNING"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(600):
         if (home / "xinfd.sock").exists():
             return proc, env
@@ -108,8 +127,11 @@ def start_daemon(home: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
 async def in_flight(session: aiohttp.ClientSession, endpoint: str) -> float:
     async with session.get(f"{endpoint}/metrics") as resp:
         text = await resp.text()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("xinfd_requests_in_flight{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("xinfd_requests_in_flight{")
+    )
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -120,14 +142,17 @@ async def run(args: argparse.Namespace) -> int:
             endpoint = xinfctl(env, "status")["endpoint"]
             model = xinfctl(env, "launch", "-n", "echo", "-r", "2")
             sockets = [r["socket"] for r in model["replicas"]]
-            direct = [aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=s, limit=0)) for s in sockets]
+            direct = [
+                aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=s, limit=0)) for s in sockets
+            ]
             daemon = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
             sessions = [*direct, daemon]
             kw = {"seconds": args.seconds, "concurrency": args.concurrency, "words": args.words}
             url = f"{endpoint}/v1/chat/completions"
             await load("warm-up", [(daemon, url)], **{**kw, "seconds": min(2.0, args.seconds)})
-            base = await load("direct to 2 workers", [(s, "http://worker/v1/chat/completions") for s in direct],
-                              **kw)
+            base = await load(
+                "direct to 2 workers", [(s, "http://worker/v1/chat/completions") for s in direct], **kw
+            )
             via = await load("through xinfd", [(daemon, url)], **kw)
             left = await in_flight(daemon, endpoint)
         finally:
@@ -135,15 +160,24 @@ async def run(args: argparse.Namespace) -> int:
                 await session.close()
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=90)
-    print(f"\n{args.concurrency} concurrent streaming chat clients, {args.seconds:.0f}s per path, echo with 2 "
-          f"replicas, {args.words} tokens per answer, {os.cpu_count()} cores\n")
-    print(f"{'path':<22}{'streams/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'TTFT p50':>10}{'TTFT p99':>10}"
-          f"{'streams':>9}{'errors':>8}")
+    print(
+        f"\n{args.concurrency} concurrent streaming chat clients, {args.seconds:.0f}s per path, echo with 2 "
+        f"replicas, {args.words} tokens per answer, {os.cpu_count()} cores\n"
+    )
+    print(
+        f"{'path':<22}{'streams/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'TTFT p50':>10}{'TTFT p99':>10}"
+        f"{'streams':>9}{'errors':>8}"
+    )
     for r in (base, via):
-        print(f"{r.name:<22}{r.rps:>10.1f}{r.pct(0.5):>9.2f}{r.pct(0.99):>9.2f}{r.pct(0.5, r.first_token):>10.2f}"
-              f"{r.pct(0.99, r.first_token):>10.2f}{len(r.latencies):>9}{r.errors:>8}")
-    print(f"{'ratio xinfd / direct':<22}{via.rps / base.rps:>10.2f}{via.pct(0.5) / base.pct(0.5):>9.2f}"
-          f"{via.pct(0.99) / base.pct(0.99):>9.2f}")
+        print(
+            f"{r.name:<22}{r.rps:>10.1f}{r.pct(0.5):>9.2f}{r.pct(0.99):>9.2f}"
+            f"{r.pct(0.5, r.first_token):>10.2f}"
+            f"{r.pct(0.99, r.first_token):>10.2f}{len(r.latencies):>9}{r.errors:>8}"
+        )
+    print(
+        f"{'ratio xinfd / direct':<22}{via.rps / base.rps:>10.2f}{via.pct(0.5) / base.pct(0.5):>9.2f}"
+        f"{via.pct(0.99) / base.pct(0.99):>9.2f}"
+    )
     print(f"\nrequests left in flight after the run (daemon /metrics): {left:g}")
     return 0 if base.errors == via.errors == 0 and left == 0 else 1
 

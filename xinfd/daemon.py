@@ -144,6 +144,7 @@ async def serve(
     )
     state = DaemonState(settings=settings, manager=manager, metrics=Metrics(), venvs=venvs)
     state.metrics.watch_manager(manager)  # replica states, restarts, queue, GPU slots at scrape time (issue 6)
+    venvs.on_build = state.metrics.venv_build
     api_runner = web.AppRunner(make_api_app(state), handler_cancellation=True, access_log=logging.getLogger("aiohttp.access"))
     control_runner = web.AppRunner(make_control_app(state), handler_cancellation=True)
     await api_runner.setup()

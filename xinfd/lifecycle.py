@@ -28,10 +28,21 @@ from xinfd.sdnotify import notify, status_loop, watchdog_loop
 log = logging.getLogger(__name__)
 
 # What a SIGHUP may change in a running daemon; everything else is fixed at start.
-RELOADABLE: frozenset[str] = frozenset({
-    "log_level", "allowed_ips", "trusted_proxies", "api_keys", "metrics_api_keys", "control_allowed_users",
-    "control_allowed_groups", "sse_ping_attempts_seconds", "max_tokens", "stream_write_timeout", "drain_timeout",
-})
+RELOADABLE: frozenset[str] = frozenset(
+    {
+        "log_level",
+        "allowed_ips",
+        "trusted_proxies",
+        "api_keys",
+        "metrics_api_keys",
+        "control_allowed_users",
+        "control_allowed_groups",
+        "sse_ping_attempts_seconds",
+        "max_tokens",
+        "stream_write_timeout",
+        "drain_timeout",
+    }
+)
 DRAIN_POLL_SECONDS = 0.05
 
 
@@ -79,8 +90,13 @@ def status_summary(state: Any) -> str:
 class Lifecycle:
     """Waits for signals and acts on them; owns the background tasks of a serving daemon."""
 
-    def __init__(self, state: Any, *, reload: Callable[[], Settings] | None = None,
-                 apply_log_level: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        state: Any,
+        *,
+        reload: Callable[[], Settings] | None = None,
+        apply_log_level: Callable[[str], None] | None = None,
+    ) -> None:
         self.state = state
         self._reload = reload
         self._apply_log_level = apply_log_level
@@ -105,8 +121,9 @@ class Lifecycle:
             asyncio.create_task(watchdog_loop(), name="systemd watchdog"),
             asyncio.create_task(status_loop(lambda: status_summary(self.state)), name="systemd status"),
             asyncio.create_task(
-                rotate_forever(self.state.manager.log_dir, max_bytes=settings.log_max_bytes,
-                               backups=settings.log_backups),
+                rotate_forever(
+                    self.state.manager.log_dir, max_bytes=settings.log_max_bytes, backups=settings.log_backups
+                ),
                 name="log rotation",
             ),
         ]
@@ -144,7 +161,9 @@ class Lifecycle:
             log.warning("SIGHUP: %s changed but needs a restart; keeping %s", name, _shown(merged, name))
         if "log_level" in changed and self._apply_log_level is not None:
             self._apply_log_level(merged.log_level)
-        log.info("SIGHUP: configuration reloaded (%d change(s), %d needing a restart)", len(changed), len(ignored))
+        log.info(
+            "SIGHUP: configuration reloaded (%d change(s), %d needing a restart)", len(changed), len(ignored)
+        )
 
     async def drain(self) -> None:
         """Refuse new requests and wait up to ``drain_timeout`` for the accepted ones to finish."""

@@ -52,8 +52,9 @@ def configure_logging(
     root.handlers[:] = [handler]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        to_file = logging.handlers.RotatingFileHandler(log_file, maxBytes=max_bytes, backupCount=backups,
-                                                       encoding="utf-8")
+        to_file = logging.handlers.RotatingFileHandler(
+            log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
         to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.handlers.append(to_file)
     root.setLevel(level)
@@ -93,8 +94,9 @@ def rotate_dir(directory: Path, *, max_bytes: int, backups: int) -> list[Path]:
     return rotated
 
 
-async def rotate_forever(directory: Path, *, max_bytes: int, backups: int,
-                         interval: float = ROTATE_CHECK_SECONDS) -> None:
+async def rotate_forever(
+    directory: Path, *, max_bytes: int, backups: int, interval: float = ROTATE_CHECK_SECONDS
+) -> None:
     """The daemon's rotation task: a stat per log file every ``interval`` seconds."""
     while True:
         await asyncio.sleep(interval)

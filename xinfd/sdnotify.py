@@ -32,7 +32,9 @@ def notify(message: str, env: Mapping[str, str] | None = None) -> bool:
     try:
         # Non-blocking: a receiver whose queue is full (net.unix.max_dgram_qlen, 10 by default) must never
         # block the event loop; the message is dropped and logged instead.
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
+        with socket.socket(
+            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        ) as sock:
             sock.connect(address)
             sock.send(message.encode())
         return True
@@ -42,7 +44,7 @@ def notify(message: str, env: Mapping[str, str] | None = None) -> bool:
 
 
 def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
-    """Seconds between ``WATCHDOG=1`` pings (half of ``WATCHDOG_USEC``), or None when no watchdog is asked for.
+    """Seconds between ``WATCHDOG=1`` pings (half of ``WATCHDOG_USEC``); None when no watchdog is asked for.
 
     ``WATCHDOG_PID``, when set, names the process that must ping; any other process (a child that inherited
     the environment) must not.
@@ -68,8 +70,9 @@ async def watchdog_loop(env: Mapping[str, str] | None = None) -> None:
         await asyncio.sleep(interval)
 
 
-async def status_loop(summary: Callable[[], str], env: Mapping[str, str] | None = None,
-                      *, poll: float = STATUS_POLL_SECONDS) -> None:
+async def status_loop(
+    summary: Callable[[], str], env: Mapping[str, str] | None = None, *, poll: float = STATUS_POLL_SECONDS
+) -> None:
     """Send ``STATUS=<summary>`` whenever the summary changes (``systemctl status`` shows the last one)."""
     env = os.environ if env is None else env
     if not env.get("NOTIFY_SOCKET"):

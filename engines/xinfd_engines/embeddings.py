@@ -51,7 +51,9 @@ class SentenceTransformerModel:
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(location, device="cuda" if _cuda() else "cpu")
-        log.info("loaded %s (dimension %s)", location, model.get_sentence_embedding_dimension())
+        # get_embedding_dimension is the newer name (sentence-transformers 5.x warns about the old one).
+        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        log.info("loaded %s (dimension %s)", location, dimension())
         return cls(model, normalize=normalize)
 
     def count_tokens(self, text: str) -> int:

@@ -66,11 +66,17 @@ class MlxTextModel:
             from mlx_lm.generate import BatchGenerator
             from mlx_lm.sample_utils import make_sampler
 
-            model, tokenizer = load(self.location)
+            loaded: Any = load(self.location)
+            model, tokenizer = loaded[0], loaded[1]
             self.tokenizer = tokenizer
             eos = sorted(getattr(tokenizer, "eos_token_ids", None) or {tokenizer.eos_token_id})
-            generator = BatchGenerator(model, stop_tokens=[[t] for t in eos], completion_batch_size=self.batch_size,
-                                       prefill_batch_size=min(8, self.batch_size), stream=mx.new_stream(mx.cpu))
+            generator: Any = BatchGenerator(
+                model,
+                stop_tokens=[[t] for t in eos],
+                completion_batch_size=self.batch_size,
+                prefill_batch_size=min(8, self.batch_size),
+                stream=mx.new_stream(mx.cpu),
+            )
         except BaseException as exc:  # reported by __init__ in the caller's thread
             self._error = exc
             self._ready.set()
@@ -85,8 +91,12 @@ class MlxTextModel:
                     block = False
                     if command == "add":
                         seq: _Sequence = payload
-                        sampler = make_sampler(temp=seq.temperature, top_p=seq.top_p if seq.top_p < 1 else 0.0)
-                        (seq.uid,) = generator.insert([seq.prompt], max_tokens=[seq.max_tokens], samplers=[sampler])
+                        sampler = make_sampler(
+                            temp=seq.temperature, top_p=seq.top_p if seq.top_p < 1 else 0.0
+                        )
+                        (seq.uid,) = generator.insert(
+                            [seq.prompt], max_tokens=[seq.max_tokens], samplers=[sampler]
+                        )
                         live[seq.uid] = seq
                     elif command == "remove" and payload.uid in live:
                         generator.remove([payload.uid])
@@ -96,11 +106,11 @@ class MlxTextModel:
             if not live:
                 continue
             for response in generator.next_generated():
-                seq = live.get(response.uid)
-                if seq is None:
+                current = live.get(response.uid)
+                if current is None:
                     continue
                 self.tokens_generated += 1
-                seq.deliver(response.token, response.finish_reason)
+                current.deliver(response.token, response.finish_reason)
                 if response.finish_reason is not None:
                     del live[response.uid]
 
@@ -111,7 +121,9 @@ class MlxTextModel:
             kwargs["enable_thinking"] = self.enable_thinking
         kwargs.update(options)
         turns = [{"role": m.role, "content": m.content} for m in messages]
-        return str(self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True, **kwargs))
+        return str(
+            self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True, **kwargs)
+        )
 
     def count_tokens(self, text: str) -> int:
         return len(self._encode(text))
@@ -127,11 +139,19 @@ class MlxTextModel:
         def deliver(token: int | None, reason: str | None) -> None:
             loop.call_soon_threadsafe(results.put_nowait, (token, reason))
 
-        seq = _Sequence(prompt=self._encode(request.prompt), max_tokens=request.max_tokens,
-                        temperature=request.temperature, top_p=request.top_p, deliver=deliver)
+        seq = _Sequence(
+            prompt=self._encode(request.prompt),
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            deliver=deliver,
+        )
         chat = request.extra.get("kind", "chat") == "chat"
-        builder = DeltaBuilder(stop=request.stop, parse_reasoning=self.parse_reasoning and chat,
-                               starts_in_reasoning=prompt_opens_reasoning(request.prompt))
+        builder = DeltaBuilder(
+            stop=request.stop,
+            parse_reasoning=self.parse_reasoning and chat,
+            starts_in_reasoning=prompt_opens_reasoning(request.prompt),
+        )
         self._commands.put(("add", seq))
         tokens: list[int] = []
         eos = set(getattr(self.tokenizer, "eos_token_ids", None) or {self.tokenizer.eos_token_id})

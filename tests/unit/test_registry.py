@@ -14,8 +14,14 @@ from xinfd.errors import InvalidRequestError, UnknownModelError
 from xinfd.registry import BUILTIN_DIR, ModelRegistry, spec_from_json
 from xinfd.types import ModelSpec
 
-REQUIRED = {"smollm2-135m-instruct", "all-minilm-l6-v2", "qwen2.5-instruct", "qwen3", "llama-3.2-instruct",
-            "GOT-OCR2"}
+REQUIRED = {
+    "smollm2-135m-instruct",
+    "all-minilm-l6-v2",
+    "qwen2.5-instruct",
+    "qwen3",
+    "llama-3.2-instruct",
+    "GOT-OCR2",
+}
 # The spec's rule: an engine a family supports has at least one package entry with that engine's marker.
 _MARKER = re.compile(r'#(?:model_)?engine#\s*==\s*"([^"]+)"')
 
@@ -35,7 +41,7 @@ def test_builtin_families_load_and_follow_the_virtualenv_rule() -> None:
 
 def test_registry_facts_engines_rely_on() -> None:
     builtin = ModelRegistry(Path("/nonexistent")).builtin()
-    assert "transformers==4.37.2 ; #engine# == \"transformers\"" in builtin["GOT-OCR2"].virtualenv["packages"]
+    assert 'transformers==4.37.2 ; #engine# == "transformers"' in builtin["GOT-OCR2"].virtualenv["packages"]
     assert builtin["qwen3"].extra["reasoning"] is True
     assert builtin["all-minilm-l6-v2"].abilities == ("embed",)
     assert builtin["all-minilm-l6-v2"].engines == ("sentence_transformers",)

@@ -58,9 +58,12 @@ async def replica_logs(request: web.Request) -> web.StreamResponse:
     if model is not None and replica >= len(model.replicas) and model.replicas:
         raise InvalidRequestError(f"model {uid!r} has replicas 0..{len(model.replicas) - 1}", param="replica")
     if not path.exists() and model is None:
-        raise UnknownModelError(f"no log for model {uid!r} replica {replica} (is the uid right?)", param="uid")
-    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
-                                           "X-Xinfd-Log-Path": str(path)})
+        raise UnknownModelError(
+            f"no log for model {uid!r} replica {replica} (is the uid right?)", param="uid"
+        )
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/plain; charset=utf-8", "X-Xinfd-Log-Path": str(path)}
+    )
     await response.prepare(request)
     head = tail(path, lines)
     await response.write(head)

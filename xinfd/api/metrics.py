@@ -49,32 +49,67 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.requests = Counter("xinfd_requests", "Inference requests by model, endpoint and status",
-                                ["model", "endpoint", "status"], registry=r)
-        self.latency = Histogram("xinfd_request_duration_seconds", "Inference request latency (to the last byte)",
-                                 ["model", "endpoint"], registry=r, buckets=_LATENCY_BUCKETS)
-        self.in_flight = Gauge("xinfd_requests_in_flight", "Inference requests being served (queued included)",
-                               ["model"], registry=r)
-        self.ttft = Histogram("xinfd_time_to_first_token_seconds",
-                              "Streamed requests: time from arrival to the first generated token",
-                              ["model", "endpoint"], registry=r, buckets=_LATENCY_BUCKETS)
-        self.inter_token = Histogram("xinfd_inter_token_latency_seconds",
-                                     "Streamed requests: time between consecutive chunks of tokens",
-                                     ["model"], registry=r, buckets=_TOKEN_GAP_BUCKETS)
-        self.prompt_tokens = Counter("xinfd_prompt_tokens", "Prompt tokens processed (from the replica's usage)",
-                                     ["model"], registry=r)
+        self.requests = Counter(
+            "xinfd_requests",
+            "Inference requests by model, endpoint and status",
+            ["model", "endpoint", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "xinfd_request_duration_seconds",
+            "Inference request latency (to the last byte)",
+            ["model", "endpoint"],
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.in_flight = Gauge(
+            "xinfd_requests_in_flight",
+            "Inference requests being served (queued included)",
+            ["model"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "xinfd_time_to_first_token_seconds",
+            "Streamed requests: time from arrival to the first generated token",
+            ["model", "endpoint"],
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.inter_token = Histogram(
+            "xinfd_inter_token_latency_seconds",
+            "Streamed requests: time between consecutive chunks of tokens",
+            ["model"],
+            registry=r,
+            buckets=_TOKEN_GAP_BUCKETS,
+        )
+        self.prompt_tokens = Counter(
+            "xinfd_prompt_tokens", "Prompt tokens processed (from the replica's usage)", ["model"], registry=r
+        )
         self.completion_tokens = Counter(
             "xinfd_completion_tokens",
             "Completion tokens generated (usage when the replica reports it, else one per streamed delta)",
-            ["model"], registry=r)
-        self.rejections = Counter("xinfd_rejected_requests", "Requests refused for capacity (429) or state (503)",
-                                  ["model", "status"], registry=r)
-        self.aborts = Counter("xinfd_aborted_requests",
-                              "Requests ended early: client disconnect, slow reader cut, replica failure",
-                              ["model", "reason"], registry=r)
+            ["model"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "xinfd_rejected_requests",
+            "Requests refused for capacity (429) or state (503)",
+            ["model", "status"],
+            registry=r,
+        )
+        self.aborts = Counter(
+            "xinfd_aborted_requests",
+            "Requests ended early: client disconnect, slow reader cut, replica failure",
+            ["model", "reason"],
+            registry=r,
+        )
         self.venv_builds = Counter("xinfd_venv_builds", "Model venv builds by result", ["result"], registry=r)
-        self.venv_build_seconds = Histogram("xinfd_venv_build_duration_seconds", "Model venv build time",
-                                            registry=r, buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800))
+        self.venv_build_seconds = Histogram(
+            "xinfd_venv_build_duration_seconds",
+            "Model venv build time",
+            registry=r,
+            buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800),
+        )
         for result in ("ok", "failed"):
             self.venv_builds.labels(result)
 
@@ -154,17 +189,27 @@ class ManagerCollector(Collector):
         self._gpu_memory = gpu_memory or nvml_process_memory
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        states = GaugeMetricFamily("xinfd_replica_state", "1 for the state each replica is in",
-                                   labels=["model", "replica", "state"])
-        restarts = GaugeMetricFamily("xinfd_replica_restarts",
-                                     "Restarts of each replica in its current crash window (reset once stable)",
-                                     labels=["model", "replica"])
-        queued = GaugeMetricFamily("xinfd_requests_queued", "Requests waiting for a free replica slot",
-                                   labels=["model"])
-        outstanding = GaugeMetricFamily("xinfd_replica_requests_outstanding", "Requests being served per replica",
-                                        labels=["model", "replica"])
-        memory = GaugeMetricFamily("xinfd_replica_gpu_memory_bytes", "GPU memory used by each replica (NVML)",
-                                   labels=["model", "replica", "gpu"])
+        states = GaugeMetricFamily(
+            "xinfd_replica_state", "1 for the state each replica is in", labels=["model", "replica", "state"]
+        )
+        restarts = GaugeMetricFamily(
+            "xinfd_replica_restarts",
+            "Restarts of each replica in its current crash window (reset once stable)",
+            labels=["model", "replica"],
+        )
+        queued = GaugeMetricFamily(
+            "xinfd_requests_queued", "Requests waiting for a free replica slot", labels=["model"]
+        )
+        outstanding = GaugeMetricFamily(
+            "xinfd_replica_requests_outstanding",
+            "Requests being served per replica",
+            labels=["model", "replica"],
+        )
+        memory = GaugeMetricFamily(
+            "xinfd_replica_gpu_memory_bytes",
+            "GPU memory used by each replica (NVML)",
+            labels=["model", "replica", "gpu"],
+        )
         by_pid = self._safe_gpu_memory()
         for uid, model in list(self._manager.models.items()):
             queued.add_metric([uid], float(getattr(model.router, "waiting", 0)))

@@ -1,7 +1,7 @@
 """Error handling shared by both apps: every failure becomes the OpenAI error envelope with a 4xx/5xx status.
 
-``{"error": {"message", "type", "param", "code"}}`` is what the ``openai`` SDK parses, and ``xinfctl`` reads the
-same shape from the control socket, so there is one error format for every client.
+``{"error": {"message", "type", "param", "code"}}`` is what the ``openai`` SDK parses, and ``xinfctl`` reads
+the same shape from the control socket, so there is one error format for every client.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from xinfd.errors import ModelNotReadyError, ShuttingDownError, TooManyRequestsError, XinfdError
 
@@ -62,16 +63,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return web.json_response(
-            error_body("internal error (see the daemon log)", error_type="server_error", code="internal_error"),
+            error_body(
+                "internal error (see the daemon log)", error_type="server_error", code="internal_error"
+            ),
             status=500,
         )
 
 
-# Paths that stay open while draining: /health says "draining" (503) to load balancers, /metrics keeps scraping.
+# Open while draining: /health says "draining" (503) to load balancers, /metrics keeps scraping.
 _DRAIN_EXEMPT = frozenset({"/health", "/metrics"})
 
 
-def drain_middleware(state: Any) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def drain_middleware(state: Any) -> Middleware:
     """Count requests in flight and refuse new work with 503 once SIGTERM started the drain (issue 6).
 
     Counting here, around the whole handler, covers a request from its first byte to its stream's last, queued

@@ -1,9 +1,10 @@
 """The public front end: OpenAI-compatible routes proxied to replicas, plus /health and /metrics.
 
-The daemon does not parse generation parameters itself (the replica validates them): it reads only ``model``
-to find the replicas, picks one, and relays the replica's answer byte for byte. Streams are relayed chunk by
-chunk; when the client goes away the handler is cancelled, the upstream connection is closed, and the replica
-aborts the sequence.
+The daemon checks the body with the worker's own validators (400 naming the field, no replica round trip;
+``xinfd.api.streaming``), reads ``model`` to find the replicas, picks one, and relays the replica's answer byte
+for byte. Streams are relayed chunk by chunk, with SSE keepalive pings while the replica is silent and a write
+deadline for slow readers; when the client goes away the handler is cancelled, the upstream connection is
+closed, and the replica aborts the sequence. Access checks and the drain run as middlewares (issue 6).
 """
 
 from __future__ import annotations
@@ -189,8 +190,9 @@ async def _relay(request: web.Request, replica: Replica, endpoint: str, raw: byt
         out_headers = {REPLICA_HEADER: replica.label}
         if request.get(STREAM_KEY, False):
             settings = request.app[STATE].settings
-            relay = SseRelay(request, headers=out_headers, ping_interval=settings.sse_ping_attempts_seconds,
-                             write_timeout=settings.stream_write_timeout)
+            relay = SseRelay.for_request(request, headers=out_headers,
+                                         ping_interval=settings.sse_ping_attempts_seconds,
+                                         write_timeout=settings.stream_write_timeout)
             # Pings cover the silence before the replica's first byte (prefill); see xinfd.api.streaming.
             async with await relay.wait(replica.session().post(url, data=raw, headers=headers)) as upstream:
                 if relay.prepared or "text/event-stream" in upstream.headers.get("Content-Type", ""):

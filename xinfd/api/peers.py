@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from xinfd.api.security import PermissionDeniedError
 
@@ -109,9 +110,9 @@ def request_peer(request: web.Request) -> PeerCreds | None:
     return read_peer_creds(transport.get_extra_info("socket") if transport is not None else None)
 
 
-def peer_middleware(access_of: Callable[[], ControlAccess]) -> Callable[[web.Request, Handler],
-                                                                        Awaitable[web.StreamResponse]]:
-    """Refuse peers that are not allowed (403). A non-Unix transport is admitted only from loopback: the daemon
+def peer_middleware(access_of: Callable[[], ControlAccess]) -> Middleware:
+    """Refuse peers that are not allowed (403). A non-Unix transport is admitted only from loopback: the
+    daemon
     serves the control app on a Unix socket only; loopback TCP is what the unit tests' client uses."""
 
     @web.middleware
@@ -121,11 +122,18 @@ def peer_middleware(access_of: Callable[[], ControlAccess]) -> Callable[[web.Req
             transport = request.transport
             sock = transport.get_extra_info("socket") if transport is not None else None
             peername = transport.get_extra_info("peername") if transport is not None else None
-            loopback = (sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
-                        and isinstance(peername, tuple) and peername[0] in ("127.0.0.1", "::1"))
+            loopback = (
+                sock is not None
+                and sock.family in (socket.AF_INET, socket.AF_INET6)
+                and isinstance(peername, tuple)
+                and peername[0] in ("127.0.0.1", "::1")
+            )
             if not loopback:
-                log.warning("control request %s %s refused: peer credentials unavailable",
-                            request.method, request.path)
+                log.warning(
+                    "control request %s %s refused: peer credentials unavailable",
+                    request.method,
+                    request.path,
+                )
                 raise PermissionDeniedError("peer credentials unavailable on the control socket")
         elif not access_of().allows(peer):
             log.warning("control request %s %s refused for peer %s", request.method, request.path, peer)

@@ -7,7 +7,8 @@ the strictest scope: only ``/health`` is open (load balancers and container heal
 HEAD — needs the inference scope. The IP check comes first: a denied address gets 403 whatever key it sends.
 
 The client address is the socket peer. ``X-Forwarded-For`` is believed only when the peer is a configured
-trusted proxy, and then read from the right: the first address that is not itself a trusted proxy is the client
+trusted proxy, and then read from the right: the first address that is not itself a trusted proxy is the
+client
 (the left part of the header is whatever the client chose to send, so it proves nothing).
 """
 
@@ -23,6 +24,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from xinfd.errors import XinfdError
 
@@ -154,7 +156,9 @@ class SecurityPolicy:
                 found = scopes
         return found
 
-    def check(self, *, path: str, peer: str | None, forwarded_for: Iterable[str], authorization: str | None) -> None:
+    def check(
+        self, *, path: str, peer: str | None, forwarded_for: Iterable[str], authorization: str | None
+    ) -> None:
         """Raise ``PermissionDeniedError`` (403) or ``AuthenticationError`` (401), or return if allowed."""
         client = self.client_ip(peer, forwarded_for)
         if not self.ip_allowed(client):
@@ -205,8 +209,8 @@ class PolicyHolder:
         return self._policy
 
 
-def security_middleware(holder: PolicyHolder) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """The access check of every request; placed inside the error middleware so refusals are JSON envelopes."""
+def security_middleware(holder: PolicyHolder) -> Middleware:
+    """The access check of every request; inside the error middleware, so refusals are JSON envelopes."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -218,8 +222,12 @@ def security_middleware(holder: PolicyHolder) -> Callable[[web.Request, Handler]
                 authorization=request.headers.get("Authorization"),
             )
         except AuthenticationError:
-            log.info("refused %s %s from %s: bad or missing API key", request.method, request.path,
-                     peer_address(request))
+            log.info(
+                "refused %s %s from %s: bad or missing API key",
+                request.method,
+                request.path,
+                peer_address(request),
+            )
             raise
         except PermissionDeniedError as exc:
             log.info("refused %s %s from %s: %s", request.method, request.path, peer_address(request), exc)

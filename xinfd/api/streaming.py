@@ -1,9 +1,9 @@
 """Front-end request checks and the SSE relay's keepalive and write deadline (issue 6).
 
-Validation: the daemon runs the worker's own validators (``xinfd.worker.protocol``) before it proxies, so a bad
-field is a 400 naming it (``max_tokens``, ``messages[1].role``) without a replica round trip, and a bad request
-never takes a queue slot. Checks that need the model's tokenizer (prompt longer than the context, with the
-token counts) stay in the worker, which answers them the same way.
+Validation: the daemon runs the worker's own validators (``xinfd.worker.protocol``) before it proxies, so a
+bad field is a 400 naming it (``max_tokens``, ``messages[1].role``) without a replica round trip, and a bad
+request never takes a queue slot. Checks that need the model's tokenizer (prompt longer than the context,
+with the token counts) stay in the worker, which answers them the same way.
 
 Keepalive: a model can be silent for a long time before its first token (prefill of a long prompt, a busy
 batch) and between tokens. Reverse proxies and clients cut idle connections, so while the replica says
@@ -60,18 +60,35 @@ class SlowReaderError(ConnectionError):
 class SseRelay:
     """The client side of one streamed response: lazy prepare, pings while silent, writes with a deadline."""
 
-    def __init__(self, request: web.Request, *, headers: Mapping[str, str], ping_interval: float,
-                 write_timeout: float) -> None:
+    def __init__(
+        self, request: web.Request, *, headers: Mapping[str, str], ping_interval: float, write_timeout: float
+    ) -> None:
         self.request = request
         self.ping_interval = ping_interval
         self.write_timeout = write_timeout
         self.pings = 0
         self.response = web.StreamResponse(
             status=200,
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                     # Reverse proxies (nginx) must pass frames through as they come, not buffer them.
-                     "X-Accel-Buffering": "no", **headers},
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                # Reverse proxies (nginx) must pass frames through as they come, not buffer them.
+                "X-Accel-Buffering": "no",
+                **headers,
+            },
         )
+
+    @classmethod
+    def for_request(
+        cls, request: web.Request, *, headers: Mapping[str, str], ping_interval: float, write_timeout: float
+    ) -> SseRelay:
+        """The request's relay: a retry on another replica (connection refused after pings went out) must
+        keep writing to the response already on the wire, not prepare a second one."""
+        relay = request.get(RELAY_KEY)
+        if relay is None:
+            relay = cls(request, headers=headers, ping_interval=ping_interval, write_timeout=write_timeout)
+            request[RELAY_KEY] = relay
+        return relay
 
     @property
     def prepared(self) -> bool:
@@ -131,3 +148,6 @@ class SseRelay:
         transport = self.request.transport
         if transport is not None:
             transport.abort()
+
+
+RELAY_KEY = web.RequestKey("xinfd_relay", SseRelay)

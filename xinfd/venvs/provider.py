@@ -98,6 +98,8 @@ class VenvProvider:
         # venv path -> uids of the models whose replicas run from it.
         self.in_use: dict[str, set[str]] = {}
         self._by_model: dict[str, str] = {}
+        # Metrics hook (issue 6): called with (seconds, ok) after every build; the daemon sets it.
+        self.on_build: Callable[[float, bool], None] | None = None
         self._system = SystemEnvironment()
         self._interpreters: dict[str, Interpreter] = {}
 
@@ -291,11 +293,15 @@ class VenvProvider:
                                publish=publish, deadline=started + self.build_timeout)
             os.rename(target, paths.published)
         except BaseException as exc:
+            if self.on_build is not None:
+                self.on_build(time.monotonic() - started, False)
             await asyncio.shield(asyncio.to_thread(cache.remove_tree, target))
             if isinstance(exc, OSError):
                 where = exc.filename or target
                 raise VenvError(f"venv build failed: {exc.strerror or exc} ({where})") from exc
             raise
+        if self.on_build is not None:
+            self.on_build(time.monotonic() - started, True)
         await publish({"event": "venv", "message": f"venv ready in {time.monotonic() - started:.2f}s: "
                        f"{len(meta['installed'])} package(s) installed, {len(meta['skipped'])} from "
                        f"{'the base interpreter' if spec.own_copies else 'xinfd'}'s environment"})

@@ -23,11 +23,27 @@ ServerFactory = Callable[..., Any]
 
 FULL_KEY = "sk-full-0123456789"
 METRICS_KEY = "sk-metrics-abcdef"
-ROUTES = ["/health", "/metrics", "/v1/models", "/v1/models/echo", "/v1/chat/completions", "/v1/completions",
-          "/v1/embeddings", "/v1/no-such-route", "/admin", "/health/", "/metrics/x"]
+ROUTES = [
+    "/health",
+    "/metrics",
+    "/v1/models",
+    "/v1/models/echo",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/no-such-route",
+    "/admin",
+    "/health/",
+    "/metrics/x",
+]
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-KEYS: dict[str, str | None] = {"none": None, "wrong": "sk-wrong", "metrics": METRICS_KEY, "full": FULL_KEY,
-                               "basic": "Basic dXNlcjpwYXNz"}
+KEYS: dict[str, str | None] = {
+    "none": None,
+    "wrong": "sk-wrong",
+    "metrics": METRICS_KEY,
+    "full": FULL_KEY,
+    "basic": "Basic dXNlcjpwYXNz",
+}
 
 
 def expected(route: str, key: str, allowed_ip: bool) -> str:
@@ -52,9 +68,15 @@ async def _request(session: aiohttp.ClientSession, method: str, url: str, key: s
         return resp.status, (body, resp.headers.get("WWW-Authenticate"))
 
 
-async def test_auth_matrix_every_route_method_key_and_address(tmp_path: Path, aiohttp_server: ServerFactory) -> None:
-    state = make_state(tmp_path, XINFERENCE_ALLOWED_IPS="127.0.0.1/32,::1", XINFD_API_KEYS=FULL_KEY,
-                       XINFD_METRICS_API_KEYS=METRICS_KEY)
+async def test_auth_matrix_every_route_method_key_and_address(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    state = make_state(
+        tmp_path,
+        XINFERENCE_ALLOWED_IPS="127.0.0.1/32,::1",
+        XINFD_API_KEYS=FULL_KEY,
+        XINFD_METRICS_API_KEYS=METRICS_KEY,
+    )
     server = await aiohttp_server(make_api_app(state), host="127.0.0.1")
     seen: dict[str, int] = {}
     for source, allowed in (("127.0.0.1", True), ("127.0.0.2", False)):
@@ -63,7 +85,9 @@ async def test_auth_matrix_every_route_method_key_and_address(tmp_path: Path, ai
             for route in ROUTES:
                 for method in METHODS:
                     for key_name, key in KEYS.items():
-                        status, (body, challenge) = await _request(session, method, str(server.make_url(route)), key)
+                        status, (body, challenge) = await _request(
+                            session, method, str(server.make_url(route)), key
+                        )
                         want = expected(route, key_name, allowed)
                         case = f"{source} {method} {route} key={key_name}: {status} {body}"
                         seen[want] = seen.get(want, 0) + 1
@@ -74,13 +98,15 @@ async def test_auth_matrix_every_route_method_key_and_address(tmp_path: Path, ai
                         assert challenge == ('Bearer realm="xinfd"' if status == 401 else None), case
                         if method != "HEAD":
                             assert body["error"]["code"] == (
-                                "invalid_api_key" if status == 401 else "permission_denied"), case
+                                "invalid_api_key" if status == 401 else "permission_denied"
+                            ), case
     assert all(seen[k] > 0 for k in ("denied_ip", "unauthenticated", "scope", "pass")), seen
 
 
 async def test_allowed_requests_reach_the_handlers(tmp_path: Path, aiohttp_client: ServerFactory) -> None:
-    client = await aiohttp_client(make_api_app(make_state(tmp_path, XINFD_API_KEYS=FULL_KEY,
-                                                          XINFD_METRICS_API_KEYS=METRICS_KEY)))
+    client = await aiohttp_client(
+        make_api_app(make_state(tmp_path, XINFD_API_KEYS=FULL_KEY, XINFD_METRICS_API_KEYS=METRICS_KEY))
+    )
     full = {"Authorization": f"Bearer {FULL_KEY}"}
     assert (await client.get("/v1/models", headers=full)).status == 200
     assert (await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"})).status == 200
@@ -90,7 +116,9 @@ async def test_allowed_requests_reach_the_handlers(tmp_path: Path, aiohttp_clien
         assert (await client.get("/v1/models", headers={"Authorization": header})).status == 401, header
 
 
-async def test_no_keys_configured_means_no_authentication(tmp_path: Path, aiohttp_client: ServerFactory) -> None:
+async def test_no_keys_configured_means_no_authentication(
+    tmp_path: Path, aiohttp_client: ServerFactory
+) -> None:
     client = await aiohttp_client(make_api_app(make_state(tmp_path)))
     assert (await client.get("/v1/models")).status == 200
     assert (await client.get("/metrics")).status == 200
@@ -104,9 +132,10 @@ async def test_spoofed_forwarded_for_from_untrusted_peer_is_ignored(
     server = await aiohttp_server(make_api_app(state), host="127.0.0.1")
     url = str(server.make_url("/v1/models"))
     spoof = {"X-Forwarded-For": "10.1.2.3"}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as untrusted:
-        async with untrusted.get(url, headers=spoof) as resp:
-            assert resp.status == 403
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    ) as untrusted, untrusted.get(url, headers=spoof) as resp:
+        assert resp.status == 403
     # The same header from the trusted proxy is believed; the client it names is allowed.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.1", 0))) as proxy:
         async with proxy.get(url, headers=spoof) as resp:

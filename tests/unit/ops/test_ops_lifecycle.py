@@ -24,8 +24,13 @@ def settings(tmp_path: Path, **env: str) -> Any:
 
 def test_merge_reload_takes_reloadable_fields_only(tmp_path: Path) -> None:
     old = settings(tmp_path)
-    new = settings(tmp_path, XINFD_API_KEYS="k1", XINFD_LOG_LEVEL="debug", XINFD_PORT="1234",
-                   XINFERENCE_ALLOWED_IPS="10.0.0.0/8")
+    new = settings(
+        tmp_path,
+        XINFD_API_KEYS="k1",
+        XINFD_LOG_LEVEL="debug",
+        XINFD_PORT="1234",
+        XINFERENCE_ALLOWED_IPS="10.0.0.0/8",
+    )
     merged, changed, ignored = merge_reload(old, new)
     assert sorted(changed) == ["allowed_ips", "api_keys", "log_level"]
     assert ignored == ["port"]
@@ -40,8 +45,13 @@ class FakeManager:
 
 
 def make_state(tmp_path: Path) -> Any:
-    return SimpleNamespace(settings=settings(tmp_path, XINFD_DRAIN_TIMEOUT="5"), manager=FakeManager(),
-                           draining=False, in_flight=0, front_end_url="http://127.0.0.1:1")
+    return SimpleNamespace(
+        settings=settings(tmp_path, XINFD_DRAIN_TIMEOUT="5"),
+        manager=FakeManager(),
+        draining=False,
+        in_flight=0,
+        front_end_url="http://127.0.0.1:1",
+    )
 
 
 async def test_drain_waits_for_requests_in_flight(tmp_path: Path) -> None:
@@ -68,7 +78,9 @@ async def test_drain_gives_up_after_the_timeout(tmp_path: Path) -> None:
     assert state.in_flight == 1
 
 
-async def test_run_reloads_on_hup_and_returns_on_stop(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_run_reloads_on_hup_and_returns_on_stop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     state = make_state(tmp_path)
     versions = iter([settings(tmp_path, XINFD_API_KEYS="k2", XINFD_DRAIN_TIMEOUT="5")])
 
@@ -97,9 +109,13 @@ async def test_run_reloads_on_hup_and_returns_on_stop(tmp_path: Path, caplog: py
 def test_status_summary_mentions_launches(tmp_path: Path) -> None:
     state = make_state(tmp_path)
     replica = SimpleNamespace(is_ready=True)
-    state.manager.models = {"a": SimpleNamespace(uid="a", state="LAUNCHING", replicas=[replica]),
-                            "b": SimpleNamespace(uid="b", state="READY", replicas=[replica, replica])}
-    assert status_summary(state) == "serving on http://127.0.0.1:1: 2 model(s), 3/3 replicas ready; launching a"
+    state.manager.models = {
+        "a": SimpleNamespace(uid="a", state="LAUNCHING", replicas=[replica]),
+        "b": SimpleNamespace(uid="b", state="READY", replicas=[replica, replica]),
+    }
+    assert (
+        status_summary(state) == "serving on http://127.0.0.1:1: 2 model(s), 3/3 replicas ready; launching a"
+    )
     state.draining, state.in_flight = True, 4
     assert status_summary(state) == "draining: 4 request(s) in flight"
 
@@ -135,15 +151,19 @@ def test_watchdog_interval_is_half_and_respects_the_pid() -> None:
     assert watchdog_interval({"WATCHDOG_USEC": "20000000", "WATCHDOG_PID": str(os.getpid())}) == 10.0
     assert watchdog_interval({"WATCHDOG_USEC": "20000000", "WATCHDOG_PID": "1"}) is None
     assert watchdog_interval({}) is None and watchdog_interval({"WATCHDOG_USEC": "0"}) is None
-    assert without_notify_env({"NOTIFY_SOCKET": "x", "WATCHDOG_USEC": "1", "PATH": "/bin"}) == {"PATH": "/bin"}
+    assert without_notify_env({"NOTIFY_SOCKET": "x", "WATCHDOG_USEC": "1", "PATH": "/bin"}) == {
+        "PATH": "/bin"
+    }
 
 
 async def test_watchdog_and_status_loops_ping(notify_sock: tuple[socket.socket, str]) -> None:
     sock, path = notify_sock
     env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "20000"}  # a ping every 10 ms
     summaries = iter(["starting", "starting", "serving"])
-    tasks = [asyncio.create_task(watchdog_loop(env)),
-             asyncio.create_task(status_loop(lambda: next(summaries, "serving"), env, poll=0.01))]
+    tasks = [
+        asyncio.create_task(watchdog_loop(env)),
+        asyncio.create_task(status_loop(lambda: next(summaries, "serving"), env, poll=0.01)),
+    ]
     got = []
     for _ in range(10):
         await asyncio.sleep(0.01)
@@ -153,7 +173,10 @@ async def test_watchdog_and_status_loops_ping(notify_sock: tuple[socket.socket, 
     await asyncio.gather(*tasks, return_exceptions=True)
     got += _drain(sock)
     assert got.count("WATCHDOG=1") >= 3
-    assert [m for m in got if m.startswith("STATUS=")] == ["STATUS=starting", "STATUS=serving"]  # changes only
+    assert [m for m in got if m.startswith("STATUS=")] == [
+        "STATUS=starting",
+        "STATUS=serving",
+    ]  # changes only
 
 
 def _drain(sock: socket.socket) -> list[str]:

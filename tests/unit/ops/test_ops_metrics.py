@@ -22,7 +22,9 @@ def frame(payload: dict[str, Any]) -> bytes:
 
 
 def chat_chunk(content: str | None, finish: str | None = None, role: bool = False) -> bytes:
-    delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else ({"content": content} if content else {})
+    delta: dict[str, Any] = (
+        {"role": "assistant", "content": ""} if role else ({"content": content} if content else {})
+    )
     return frame({"choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
 
 
@@ -34,7 +36,9 @@ def test_stream_stats_time_to_first_token_gaps_and_tokens() -> None:
     stats.chunk(chat_chunk("b") + chat_chunk("c"), 101.25)  # two deltas in one read
     stats.chunk(chat_chunk(None, finish="stop") + b"data: [DONE]\n\n", 101.3)
     stats.finish()
-    assert value(metrics, "xinfd_time_to_first_token_seconds_sum", model="m", endpoint="chat/completions") == 1.0
+    assert (
+        value(metrics, "xinfd_time_to_first_token_seconds_sum", model="m", endpoint="chat/completions") == 1.0
+    )
     assert value(metrics, "xinfd_inter_token_latency_seconds_count", model="m") == 1
     assert value(metrics, "xinfd_completion_tokens_total", model="m") == 3
 
@@ -53,7 +57,7 @@ def test_stream_stats_prefers_the_usage_chunk() -> None:
 def test_usage_of_whole_responses_and_venv_builds() -> None:
     metrics = Metrics()
     metrics.usage("m", json.dumps({"usage": {"prompt_tokens": 4, "completion_tokens": 2}}).encode())
-    metrics.usage("m", b"not json with \"usage\"")
+    metrics.usage("m", b'not json with "usage"')
     metrics.venv_build(12.5, ok=True)
     metrics.venv_build(3.0, ok=False)
     assert value(metrics, "xinfd_prompt_tokens_total", model="m") == 4
@@ -63,8 +67,12 @@ def test_usage_of_whole_responses_and_venv_builds() -> None:
 
 def test_collector_reads_replicas_queue_slots_and_gpu_memory() -> None:
     replicas = [
-        SimpleNamespace(index=0, state=ReplicaState.READY, restarts=0, outstanding=2, pid=111, gpu_indices=(1,)),
-        SimpleNamespace(index=1, state=ReplicaState.BACKOFF, restarts=3, outstanding=0, pid=None, gpu_indices=()),
+        SimpleNamespace(
+            index=0, state=ReplicaState.READY, restarts=0, outstanding=2, pid=111, gpu_indices=(1,)
+        ),
+        SimpleNamespace(
+            index=1, state=ReplicaState.BACKOFF, restarts=3, outstanding=0, pid=None, gpu_indices=()
+        ),
     ]
     model = SimpleNamespace(replicas=replicas, router=SimpleNamespace(waiting=5))
     gpus = (GpuInfo(index=0, name="A", memory_mb=1), GpuInfo(index=1, name="A", memory_mb=1))

