@@ -12,17 +12,17 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from xinfd.desired_state import DesiredState
+from xinfd.environments import EnvironmentProvider, ReplicaEnvironment, SystemEnvironment
 from xinfd.errors import (
     EngineUnavailableError,
     InvalidRequestError,
@@ -32,158 +32,23 @@ from xinfd.errors import (
     UnknownModelError,
     XinfdError,
 )
-from xinfd.gpus import NGpu, Placement, SlotTable, cuda_visible_devices, nvml_free_memory
+from xinfd.gpus import Placement, SlotTable, cuda_visible_devices, nvml_free_memory
+from xinfd.launch_request import MAX_REPLICAS, LaunchRequest
 from xinfd.orphans import pid_dir
 from xinfd.plugins import Plugins
 from xinfd.processes import Spawner
 from xinfd.replicas import HealthPolicy, Replica, ReplicaState, RestartPolicy
 from xinfd.router import Router
 from xinfd.types import ModelSpec, Platform, ReplicaContext
-from xinfd.venvs.python import check_python_request
-from xinfd.venvs.spec import check_package
 
 if TYPE_CHECKING:
     from xinfd.config import Settings
 
 log = logging.getLogger(__name__)
 
-_UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Variables the daemon owns for each replica; a user --env must not silently undo the slot table.
-_RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "XINFD_WORKER_CONTEXT"})
-MAX_REPLICAS = 256
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LaunchRequest:
-    """A validated launch request (from the control API or the start-up ``--launch`` list)."""
-
-    model_name: str
-    model_engine: str | None = None
-    replica: int = 1
-    model_uid: str | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
-    options: Mapping[str, Any] = field(default_factory=dict)
-    # None: follow XINFERENCE_ENABLE_VIRTUAL_ENV; True/False: --enable-virtual-env / --disable-virtual-env.
-    enable_virtual_env: bool | None = None
-    # --virtual-env-package/-vp: added to the model's venv packages, replacing an entry of the same name.
-    virtual_env_packages: tuple[str, ...] = ()
-    # --python: the model venv's interpreter (a version like 3.12 or an absolute path); None: the daemon's.
-    python: str | None = None
-    # GPUs per replica ("auto": one each when the host has GPUs, else none) and explicit placement (issue 4).
-    n_gpu: NGpu = "auto"
-    gpu_idx: tuple[int, ...] | None = None
-
-    @classmethod
-    def from_json(cls, body: Any) -> LaunchRequest:
-        """Validate a JSON body; every problem is an ``InvalidRequestError`` naming the field."""
-        if not isinstance(body, dict):
-            raise InvalidRequestError("launch request must be a JSON object")
-        unknown = set(body) - {"model_name", "model_engine", "replica", "model_uid", "env", "options",
-                               "enable_virtual_env", "virtual_env_packages", "n_gpu", "gpu_idx", "python"}
-        if unknown:
-            raise InvalidRequestError(f"unknown field(s): {', '.join(sorted(unknown))}", param=min(unknown))
-        name = body.get("model_name")
-        if not isinstance(name, str) or not _UID_RE.match(name):
-            raise InvalidRequestError(f"model_name must be a simple name, got {name!r}", param="model_name")
-        engine = body.get("model_engine")
-        if engine is not None and (not isinstance(engine, str) or not engine):
-            raise InvalidRequestError(f"model_engine must be a string, got {engine!r}", param="model_engine")
-        replica = body.get("replica", 1)
-        if isinstance(replica, bool) or not isinstance(replica, int) or not 1 <= replica <= MAX_REPLICAS:
-            raise InvalidRequestError(f"replica must be an integer 1..{MAX_REPLICAS}, got {replica!r}",
-                                      param="replica")
-        uid = body.get("model_uid")
-        if uid is not None and (not isinstance(uid, str) or not _UID_RE.match(uid)):
-            raise InvalidRequestError(
-                f"model_uid must match {_UID_RE.pattern} (it names files), got {uid!r}", param="model_uid"
-            )
-        env = {} if body.get("env") is None else body["env"]
-        if not isinstance(env, dict):
-            raise InvalidRequestError("env must be an object of NAME: value", param="env")
-        for key, value in env.items():
-            if not _ENV_NAME_RE.match(key) or not isinstance(value, str) or "\0" in value:
-                raise InvalidRequestError(f"invalid environment variable {key!r}={value!r}", param="env")
-            if key in _RESERVED_ENV:
-                raise InvalidRequestError(f"{key} is set by xinfd for each replica; it cannot be overridden",
-                                          param="env")
-        options = {} if body.get("options") is None else body["options"]
-        if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
-            raise InvalidRequestError("options must be an object", param="options")
-        enable_venv = body.get("enable_virtual_env")
-        if enable_venv is not None and not isinstance(enable_venv, bool):
-            raise InvalidRequestError("enable_virtual_env must be true, false or null",
-                                      param="enable_virtual_env")
-        packages = body.get("virtual_env_packages") or []
-        if not isinstance(packages, list) or not all(isinstance(p, str) and p.strip() for p in packages):
-            raise InvalidRequestError("virtual_env_packages must be a list of requirement strings",
-                                      param="virtual_env_packages")
-        for package in packages:  # PEP 508 or a documented placeholder, never an installer option (issue 3)
-            check_package(package)
-        python = None if body.get("python") is None else check_python_request(body["python"])
-        n_gpu = body.get("n_gpu", "auto")
-        if n_gpu != "auto" and (isinstance(n_gpu, bool) or not isinstance(n_gpu, int) or n_gpu < 0):
-            raise InvalidRequestError(f"n_gpu must be 'auto' or an integer >= 0, got {n_gpu!r}",
-                                      param="n_gpu")
-        gpu_idx = body.get("gpu_idx")
-        if gpu_idx is not None and (
-            not isinstance(gpu_idx, list) or not gpu_idx
-            or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in gpu_idx)
-        ):
-            raise InvalidRequestError(f"gpu_idx must be a non-empty list of GPU indices, got {gpu_idx!r}",
-                                      param="gpu_idx")
-        return cls(model_name=name, model_engine=engine, replica=replica, model_uid=uid, env=env,
-                   options=options, enable_virtual_env=enable_venv, virtual_env_packages=tuple(packages),
-                   python=python, n_gpu=n_gpu,
-                   gpu_idx=tuple(gpu_idx) if gpu_idx is not None else None)
-
-    def to_json(self) -> dict[str, Any]:
-        """The body ``from_json`` accepts back: what the desired state file stores (issue 4)."""
-        body: dict[str, Any] = {
-            "model_name": self.model_name, "model_engine": self.model_engine, "replica": self.replica,
-            "model_uid": self.model_uid, "env": dict(self.env), "options": dict(self.options),
-            "enable_virtual_env": self.enable_virtual_env,
-            "virtual_env_packages": list(self.virtual_env_packages), "n_gpu": self.n_gpu,
-        }
-        if self.gpu_idx is not None:
-            body["gpu_idx"] = list(self.gpu_idx)
-        if self.python is not None:
-            body["python"] = self.python
-        return body
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReplicaEnvironment:
-    """The interpreter (and extra variables) a model's replicas run with: a model venv or the daemon's."""
-
-    python: str
-    env: Mapping[str, str] = field(default_factory=dict)
-    venv_path: str | None = None
-
-
-Publish = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-class EnvironmentProvider(Protocol):
-    """Prepares the environment of a model before its replicas start (``xinfd.venvs`` builds model venvs)."""
-
-    async def prepare(self, model: RunningModel, publish: Publish) -> ReplicaEnvironment:
-        """Build or reuse the environment; progress goes through ``publish``. Cancellable."""
-        ...
-
-    def release(self, model: RunningModel) -> None:
-        """The model's replicas are gone: its environment is no longer in use by it."""
-        ...
-
-
-class SystemEnvironment:
-    """Replicas run with the daemon's own interpreter (virtual environments disabled)."""
-
-    async def prepare(self, model: RunningModel, publish: Publish) -> ReplicaEnvironment:
-        return ReplicaEnvironment(python=sys.executable)
-
-    def release(self, model: RunningModel) -> None:
-        return None
+__all__ = ["EnvironmentProvider", "LaunchRequest", "ModelManager", "ReplicaEnvironment", "RunningModel",
+           "SystemEnvironment"]
 
 
 class RunningModel:

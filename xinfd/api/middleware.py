@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from xinfd.api.streaming import late_error
 from xinfd.errors import ModelNotReadyError, ShuttingDownError, TooManyRequestsError, XinfdError
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except XinfdError as exc:
-        return error_response(exc)
+        # After SSE keepalive pings the 200 is on the wire: the error can only go in-band (issue 6).
+        late = await late_error(
+            request, error_body(exc.message, error_type=exc.error_type, code=exc.code, param=exc.param)
+        )
+        return late if late is not None else error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -62,12 +67,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return web.json_response(
-            error_body(
-                "internal error (see the daemon log)", error_type="server_error", code="internal_error"
-            ),
-            status=500,
+        body = error_body(
+            "internal error (see the daemon log)", error_type="server_error", code="internal_error"
         )
+        late = await late_error(request, body)
+        return late if late is not None else web.json_response(body, status=500)
 
 
 # Open while draining: /health says "draining" (503) to load balancers, /metrics keeps scraping.

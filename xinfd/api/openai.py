@@ -24,7 +24,14 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from xinfd.api.middleware import drain_middleware, error_body, error_middleware
 from xinfd.api.security import PolicyHolder, security_middleware
 from xinfd.api.metrics import StreamStats
-from xinfd.api.streaming import STARTED_KEY, STREAM_KEY, SlowReaderError, SseRelay, validate_request
+from xinfd.api.streaming import (
+    STARTED_KEY,
+    STREAM_KEY,
+    SlowReaderError,
+    SseRelay,
+    queued_keepalive,
+    validate_request,
+)
 from xinfd.api.state import STATE, DaemonState
 from xinfd.errors import (
     InvalidRequestError,
@@ -156,7 +163,7 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     tried: set[int] = set()
     try:
         while True:
-            async with _lease(model, tried) as replica:
+            async with queued_keepalive(request, _lease(model, tried)) as replica:  # pings while queued (issue 6)
                 try:
                     response = await _relay(request, replica, endpoint, raw)
                 except _NOT_SENT as exc:

@@ -20,15 +20,18 @@ makes the replica abort the sequence instead of generating for nobody.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 
+from xinfd.api.state import STATE
 from xinfd.worker.protocol import parse_chat_request, parse_completion_request, parse_embedding_request
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,8 @@ class SseRelay:
         if relay is None:
             relay = cls(request, headers=headers, ping_interval=ping_interval, write_timeout=write_timeout)
             request[RELAY_KEY] = relay
+        elif not relay.prepared:
+            relay.response.headers.update(headers)  # e.g. the replica header, known only after the queue
         return relay
 
     @property
@@ -151,3 +156,44 @@ class SseRelay:
 
 
 RELAY_KEY = web.RequestKey("xinfd_relay", SseRelay)
+
+
+@contextlib.asynccontextmanager
+async def queued_keepalive(request: web.Request, lease: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
+    """Enter ``lease`` (a replica slot, which may wait in the model's queue), pinging a streaming client
+    while it waits: the queue is silence too (issue 6). Non-streaming requests enter it plainly.
+
+    A refusal after pings went out (say every replica died while the request was queued) cannot change the
+    status any more; ``error_middleware`` turns it into an error frame on the relay (see ``late_error``).
+    """
+    if not request.get(STREAM_KEY, False):
+        async with lease as entered:
+            yield entered
+        return
+    settings = request.app[STATE].settings
+    relay = SseRelay.for_request(
+        request,
+        headers={},
+        ping_interval=settings.sse_ping_attempts_seconds,
+        write_timeout=settings.stream_write_timeout,
+    )
+    entered = await relay.wait(lease.__aenter__())
+    try:
+        yield entered
+    except BaseException as exc:
+        if not await lease.__aexit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        await lease.__aexit__(None, None, None)
+
+
+async def late_error(request: web.Request, envelope: Mapping[str, Any]) -> web.StreamResponse | None:
+    """If this request's SSE response is already on the wire, end it with ``envelope`` as an error frame
+    and return it; None when a normal error response can still be sent."""
+    relay: SseRelay | None = request.get(RELAY_KEY)
+    if relay is None or not relay.prepared:
+        return None
+    with contextlib.suppress(ConnectionError):
+        await relay.error_frame(envelope)
+        await relay.response.write_eof()
+    return relay.response

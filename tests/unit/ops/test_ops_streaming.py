@@ -98,3 +98,67 @@ async def test_a_retry_reuses_the_relay_already_on_the_wire(aiohttp_client: Serv
 async def _refused_after(seconds: float) -> None:
     await asyncio.sleep(seconds)
     raise ConnectionRefusedError("replica socket gone")
+
+
+def _app(handler: Callable[[web.Request], Any]) -> web.Application:
+    from types import SimpleNamespace
+
+    from xinfd.api.middleware import error_middleware
+    from xinfd.api.state import STATE
+
+    app = web.Application(middlewares=[error_middleware])
+    settings = SimpleNamespace(sse_ping_attempts_seconds=0.05, stream_write_timeout=5)
+    app[STATE] = SimpleNamespace(settings=settings)  # type: ignore[assignment]
+    app.router.add_get("/", handler)
+    return app
+
+
+class SlowLease:
+    """A replica slot that is free only after ``wait`` seconds (the model's queue), or never (``fail``)."""
+
+    def __init__(self, wait: float, fail: Exception | None = None) -> None:
+        self.wait, self.fail, self.exited = wait, fail, False
+
+    async def __aenter__(self) -> str:
+        await asyncio.sleep(self.wait)
+        if self.fail is not None:
+            raise self.fail
+        return "replica-0"
+
+    async def __aexit__(self, *exc: object) -> bool:
+        self.exited = True
+        return False
+
+
+async def test_a_queued_stream_is_pinged_and_keeps_its_slot(aiohttp_client: ServerFactory) -> None:
+    from xinfd.api.streaming import STREAM_KEY, queued_keepalive
+
+    lease = SlowLease(0.3)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        request[STREAM_KEY] = True
+        async with queued_keepalive(request, lease) as replica:
+            relay = SseRelay.for_request(request, headers={}, ping_interval=1, write_timeout=1)
+            await relay.write(f"data: {replica}\n\n".encode())
+            await relay.response.write_eof()
+            return relay.response
+
+    client = await aiohttp_client(_app(handler))
+    body = await (await client.get("/")).read()
+    assert body.count(PING_FRAME) >= 3 and body.endswith(b"data: replica-0\n\n") and lease.exited
+
+
+async def test_a_refusal_after_pings_becomes_an_error_frame(aiohttp_client: ServerFactory) -> None:
+    from xinfd.api.streaming import STREAM_KEY, queued_keepalive
+    from xinfd.errors import ModelNotReadyError
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        request[STREAM_KEY] = True
+        async with queued_keepalive(request, SlowLease(0.2, ModelNotReadyError("no ready replica"))):
+            raise AssertionError("not reached")
+
+    client = await aiohttp_client(_app(handler))
+    resp = await client.get("/")
+    body = await resp.read()
+    assert resp.status == 200 and body.startswith(PING_FRAME)
+    assert body.rstrip().endswith(b'"code": "model_not_ready"}}') and b"[DONE]" not in body
