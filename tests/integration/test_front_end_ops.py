@@ -82,6 +82,24 @@ def test_silent_prefill_is_kept_alive_with_pings(make_daemon: Any) -> None:
     assert ping_times and ping_times[0] - started < 2.5
 
 
+def test_a_stream_waiting_in_the_queue_is_pinged(make_daemon: Any) -> None:
+    # One request at a time per replica: the second stream waits in the model's queue, silently.
+    daemon = make_daemon(
+        env={"XINFERENCE_SSE_PING_ATTEMPTS_SECONDS": "1", "XINFD_REPLICA_MAX_CONCURRENCY": "1"}
+    ).start()
+    launch_echo(daemon, "--delay", "0.1", replicas=1)
+    words = " ".join(f"w{i}" for i in range(30))  # 3 s
+    first = open_stream(daemon, "/v1/completions", {"model": "echo", "prompt": words, "stream": True})
+    received = b""
+    while b"data: " not in received:
+        received += first.recv(4096)
+    second = open_stream(daemon, "/v1/completions", {"model": "echo", "prompt": "queued", "stream": True})
+    body = dechunk(b"".join(c for _, c in read_all(second)).partition(b"\r\n\r\n")[2])
+    assert body[: body.index(b"data: ")].count(b": ping\n\n") >= 2, body
+    assert body.rstrip().endswith(b"data: [DONE]")
+    read_all(first)
+
+
 BAD_BODIES: list[tuple[str, Any, str | None]] = [
     ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": "abc"}, "max_tokens"),
     ("chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, "max_tokens"),

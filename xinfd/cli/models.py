@@ -168,7 +168,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     launch.add_argument("-u", "--model-uid")
     launch.add_argument("--model-path", help="load the weights from this local folder or file (e.g. a .gguf)")
     launch.add_argument("--enable-thinking", action=argparse.BooleanOptionalAction, default=None,
-                        help="default of the chat template's enable_thinking (requests may override it)")
+                        help="default of the template's enable_thinking (requests may override it)")
     launch.add_argument("--n-gpu", metavar="N|auto", help="GPUs per replica (default auto: one each if any; 0: CPU)")
     launch.add_argument("--gpu-idx", metavar="I[,J...]", help="place every replica on exactly these GPUs")
     toggle = launch.add_mutually_exclusive_group()

@@ -251,7 +251,7 @@ class CompletionFormat:
         return cls(kind=kind, response_id=prefix + request_id, model=model, include_usage=include_usage)
 
     def full(self, text: str, finish_reason: str, usage: Usage, *, reasoning: str = "") -> JsonObject:
-        """The non-streamed response; ``reasoning`` becomes the message's ``reasoning_content`` (vLLM's name)."""
+        """The non-streamed response; ``reasoning`` is the message's ``reasoning_content`` (vLLM's name)."""
         message: JsonObject = {"role": "assistant", "content": text}
         if reasoning:
             message["reasoning_content"] = reasoning

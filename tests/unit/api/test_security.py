@@ -132,9 +132,10 @@ async def test_spoofed_forwarded_for_from_untrusted_peer_is_ignored(
     server = await aiohttp_server(make_api_app(state), host="127.0.0.1")
     url = str(server.make_url("/v1/models"))
     spoof = {"X-Forwarded-For": "10.1.2.3"}
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
-    ) as untrusted, untrusted.get(url, headers=spoof) as resp:
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as untrusted,
+        untrusted.get(url, headers=spoof) as resp,
+    ):
         assert resp.status == 403
     # The same header from the trusted proxy is believed; the client it names is allowed.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.1", 0))) as proxy:
