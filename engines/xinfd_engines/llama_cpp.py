@@ -68,7 +68,7 @@ class LlamaCppModel:
         self.bos_text = token_text(llm.token_bos())
         self.eos_text = token_text(llm.token_eos())
         template = meta.get("tokenizer.chat_template")
-        self.formatter = (
+        self.formatter: Any = (
             Jinja2ChatFormatter(template=template, eos_token=self.eos_text, bos_token=self.bos_text)
             if template
             else None

