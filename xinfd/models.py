@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib.util
 import logging
 import os
 import socket
@@ -192,15 +193,33 @@ class ModelManager:
                 raise EngineUnavailableError(f"engine {wanted!r} is unavailable: {avail.reason}")
             return wanted
         reasons = []
+        available: list[str] = []
         for engine in spec.engines:
             if engine not in self.plugins.engines:
                 reasons.append(f"{engine}: not installed")
                 continue
             avail = self.plugins.availability(engine, spec, self.platform)
             if avail.available:
-                return engine
-            reasons.append(f"{engine}: {avail.reason}")
-        raise EngineUnavailableError(f"no engine can serve {spec.name!r} here ({'; '.join(reasons)})")
+                available.append(engine)
+            else:
+                reasons.append(f"{engine}: {avail.reason}")
+        if not available:
+            raise EngineUnavailableError(f"no engine can serve {spec.name!r} here ({'; '.join(reasons)})")
+        # Issue 5: "llama.cpp, or transformers if llama.cpp is not installed". An engine whose packages are
+        # already importable starts now; one that must be installed first (llama-cpp-python compiles for ~8 min)
+        # is chosen only when no ready engine can serve the model. Order of the model's list breaks ties.
+        ready = [e for e in available if self._installed(e)]
+        return (ready or available)[0]
+
+    def _installed(self, engine: str) -> bool:
+        """Whether the engine's probe module is importable in the daemon's environment (found, not imported)."""
+        module = self.plugins.engines[engine].probe_module
+        if module is None:
+            return True
+        try:
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            return False
 
     def start_launch(self, request: LaunchRequest) -> RunningModel:
         """Validate, register the model and start its launch task; returns at once."""

@@ -93,3 +93,32 @@ async def test_bad_engine_option_is_refused_before_anything_starts(tmp_path: Pat
         mgr.start_launch(LaunchRequest(model_name="m", options={"bad": True}))
     assert info.value.status == 400
     assert mgr.models == {}
+
+
+class InstalledAndNot:
+    """Two available engines: the first listed needs installing, the second's packages are importable."""
+
+    @hookimpl
+    def xinfd_register_engines(self, register):  # type: ignore[no-untyped-def]
+        register(EngineInfo(name="needs-build", abilities=("chat",), probe_module="no_such_module_xinfd_test"))
+        register(EngineInfo(name="ready", abilities=("chat",), probe_module="json"))
+
+    @hookimpl
+    def xinfd_register_models(self, register):  # type: ignore[no-untyped-def]
+        register(ModelSpec(name="pref", abilities=("chat",), engines=("needs-build", "ready")))
+        register(ModelSpec(name="only-build", abilities=("chat",), engines=("needs-build",)))
+
+    @hookimpl
+    def xinfd_engine_availability(self, engine, model, platform):  # type: ignore[no-untyped-def]
+        return Availability(available=True, reason="installable")
+
+
+def test_engine_choice_prefers_an_installed_engine(tmp_path: Path) -> None:
+    plugins = make_plugin_manager(load_entrypoints=False, plugins=[InstalledAndNot()], env={})
+    platform = Platform(system="Linux", machine="x86_64", python_version="3.11.7")
+    mgr = ModelManager(plugins=plugins, platform=platform, home=tmp_path, spawner=SubprocessSpawner(),
+                       stop_grace=1, launch_timeout=5)
+    assert mgr.choose_engine(plugins.models["pref"], None) == "ready"
+    # Nothing installed: the model's own order decides, and the engine gets built in its venv.
+    assert mgr.choose_engine(plugins.models["only-build"], None) == "needs-build"
+    assert mgr.choose_engine(plugins.models["pref"], "needs-build") == "needs-build"
