@@ -322,7 +322,9 @@ class ModelManager:
             return spec
 
         # The replica sees its slots only; with none, every GPU is hidden so a CPU engine cannot grab one.
-        env = {**self._base_env, **model.environment.env, **model.request.env,
+        # XINFD_MODEL_CACHE: where engines keep converted weights (e.g. GGUF -> safetensors) for fast restarts.
+        env = {**self._base_env, "XINFD_MODEL_CACHE": str(self.home / "cache" / "converted"),
+               **model.environment.env, **model.request.env,
                "CUDA_VISIBLE_DEVICES": cuda_visible_devices(placement.gpu_indices)}
         return Replica(
             model_uid=model.uid,

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest
+from xinfd_engines import gguf_cache
 from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning
 
 log = logging.getLogger(__name__)
@@ -131,16 +132,27 @@ class TransformersTextModel:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        import transformers
+
         path = Path(location)
         kwargs: dict[str, Any] = {}
         source: str = location
+        converted: Path | None = None
         if path.suffix == ".gguf":
             if not path.is_file():
                 raise FileNotFoundError(f"GGUF file {location} does not exist")
-            source, kwargs["gguf_file"] = str(path.parent), path.name
+            converted = gguf_cache.cache_entry(
+                path, transformers_version=transformers.__version__, dtype=str(options.dtype)
+            )
+            if converted is not None and gguf_cache.is_complete(converted):
+                source, converted = str(converted), None  # a previous start converted it already
+            else:
+                source, kwargs["gguf_file"] = str(path.parent), path.name
         dtype = _torch_dtype(torch, options.dtype)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        if converted is not None:
+            gguf_cache.store(converted, model, tokenizer, source=path)
         if torch.cuda.is_available():
             model = model.to("cuda")
         model.eval()
