@@ -120,6 +120,14 @@ class PlacementError(XinfdError):
     error_type = "invalid_request_error"
 
 
+class ImpossiblePlacementError(PlacementError):
+    """A placement that no state of this host could satisfy (unknown GPU index, more GPUs than exist): the
+    request itself is wrong, so it is a 400 (``xinfctl`` exit 2), unlike a busy GPU (409, retry later)."""
+
+    code = "invalid_placement"
+    status = 400
+
+
 class TooManyRequestsError(XinfdError):
     """Every replica of the model is at its concurrency cap and the model's queue is full (HTTP 429)."""
 

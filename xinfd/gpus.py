@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from xinfd.errors import PlacementError
+from xinfd.errors import ImpossiblePlacementError, PlacementError
 from xinfd.types import GpuInfo, Platform
 
 log = logging.getLogger(__name__)
@@ -171,12 +171,12 @@ class SlotTable:
             return self._plan_explicit(replica_indices, tuple(gpu_idx), n_gpu, have)
         per_replica = (1 if self.gpus else 0) if n_gpu == "auto" else n_gpu
         if per_replica < 0:
-            raise PlacementError(f"n_gpu must be 'auto' or an integer >= 0, got {n_gpu!r}")
+            raise ImpossiblePlacementError(f"n_gpu must be 'auto' or an integer >= 0, got {n_gpu!r}")
         if per_replica == 0:
             return [Placement(replica_index=i, gpu_indices=(), reason="no GPU requested (CPU)")
                     for i in replica_indices]
         if per_replica > len(self.gpus):
-            raise PlacementError(
+            raise ImpossiblePlacementError(
                 f"each replica needs {per_replica} GPU(s) but this host has {len(self.gpus)} (GPUs: {have})"
             )
         loads = self._loads()
@@ -217,14 +217,14 @@ class SlotTable:
         self, replica_indices: Sequence[int], gpu_idx: tuple[int, ...], n_gpu: NGpu, have: str
     ) -> list[Placement]:
         if not gpu_idx:
-            raise PlacementError("gpu_idx must name at least one GPU")
+            raise ImpossiblePlacementError("gpu_idx must name at least one GPU")
         if len(set(gpu_idx)) != len(gpu_idx):
-            raise PlacementError(f"gpu_idx names a GPU twice: {list(gpu_idx)}")
+            raise ImpossiblePlacementError(f"gpu_idx names a GPU twice: {list(gpu_idx)}")
         missing = [g for g in gpu_idx if g not in {gpu.index for gpu in self.gpus}]
         if missing:
-            raise PlacementError(f"GPU index {', '.join(map(str, missing))} does not exist (GPUs: {have})")
+            raise ImpossiblePlacementError(f"GPU index {', '.join(map(str, missing))} does not exist (GPUs: {have})")
         if n_gpu not in ("auto", len(gpu_idx)):
-            raise PlacementError(
+            raise ImpossiblePlacementError(
                 f"n_gpu={n_gpu} does not match gpu_idx {list(gpu_idx)} ({len(gpu_idx)} GPUs)")
         if not self.allow_multi:
             busy = [g for g in gpu_idx if self.holders(g)]

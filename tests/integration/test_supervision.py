@@ -82,10 +82,10 @@ def test_placement_cuda_visible_devices_gpus_view_and_rejection(make_daemon: Any
 
     before = daemon.replica_pids()
     refused = daemon.xinfctl("launch", "-n", "echo", "-u", "big", "--gpu-idx", "5", check=False)
-    assert refused.returncode == 1
+    assert refused.returncode == 2  # a GPU that does not exist: a validation error
     assert "GPU index 5 does not exist (GPUs: 0, 1)" in refused.stderr
     refused = daemon.xinfctl("launch", "-n", "echo", "-u", "big", "--n-gpu", "3", check=False)
-    assert "each replica needs 3 GPU(s) but this host has 2" in refused.stderr
+    assert refused.returncode == 2 and "each replica needs 3 GPU(s) but this host has 2" in refused.stderr
     assert daemon.replica_pids() == before and [m["model_uid"] for m in daemon.xinfctl_json("list")] == [
         "echo"
     ]

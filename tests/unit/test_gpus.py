@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xinfd.errors import PlacementError
+from xinfd.errors import ImpossiblePlacementError, PlacementError
 from xinfd.gpus import IDLE_FIRST, PACK_FIRST, Placement, SlotTable, cuda_visible_devices
 from xinfd.types import GpuInfo
 
@@ -96,8 +96,9 @@ def test_no_multi_replica_refuses_the_whole_launch_when_one_replica_does_not_fit
     ],
 )
 def test_impossible_requests_are_refused_with_the_reason(kw: dict[str, object], message: str) -> None:
-    with pytest.raises(PlacementError, match=message):
+    with pytest.raises(ImpossiblePlacementError, match=message) as info:
         SlotTable(gpus(2)).plan(range(1), **kw)  # type: ignore[arg-type]
+    assert info.value.status == 400  # the request is wrong for this host: a validation error, not a conflict
 
 
 def test_cpu_only_host_auto_means_no_gpu_and_explicit_gpus_are_refused() -> None:
