@@ -138,3 +138,11 @@ class TooManyRequestsError(XinfdError):
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class DownloadError(XinfdError):
+    """Weights could not be fetched from the hub (the message names the model, the source, the cause)."""
+
+    code = "download_failed"
+    status = 502
+    error_type = "server_error"

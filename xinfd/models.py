@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xinfd.desired_state import DesiredState
+from xinfd.downloads import Downloader, DownloadSettings
 from xinfd.environments import EnvironmentProvider, ReplicaEnvironment, SystemEnvironment
 from xinfd.errors import (
     EngineUnavailableError,
@@ -70,6 +71,8 @@ class RunningModel:
         self.launch_task: asyncio.Task[None] | None = None
         self.terminating = False
         self.launch_error: str | None = None
+        # Folder fetched from the hub at launch (issue 5, model sources), given to replicas as model_path.
+        self.weights_path: str | None = None
         self.environment = ReplicaEnvironment(python=sys.executable)
         self._changed = asyncio.Condition()
         self.scale_lock = asyncio.Lock()
@@ -147,6 +150,7 @@ class ModelManager:
         desired: DesiredState | None = None,
         max_concurrency: int = 0,
         max_queue: int = 0,
+        downloader: Downloader | None = None,
     ) -> None:
         # Issue 4: placement on the GPUs, health probes of READY replicas, the state restored at start, and
         # the router's admission limits (per-replica cap, per-model queue).
@@ -155,6 +159,7 @@ class ModelManager:
         self._desired = desired
         self._max_concurrency = max_concurrency
         self._max_queue = max_queue
+        self._downloader = downloader
         self._environments: EnvironmentProvider = environments or SystemEnvironment()
         self.plugins = plugins
         self.platform = platform
@@ -264,6 +269,10 @@ class ModelManager:
              f"{model.request.replica} replica(s))"}
         )
         try:
+            # Download before the venv build: an unknown repo then fails in seconds, not after minutes.
+            if self._downloader is not None:
+                model.weights_path = await self._downloader.weights_for(
+                    model.engine, model.spec, model.request.options, model.publish)
             model.environment = await self._environments.prepare(model, model.publish)
             model.replicas = [self._make_replica(model, p) for p in model.placements.values()]
             await asyncio.gather(*(self._start_replica(model, r) for r in model.replicas))
@@ -303,7 +312,10 @@ class ModelManager:
             socket_path=str(self.run_dir / f"{model.uid}-r{index}.sock"),
             python=model.environment.python,
             gpu_indices=placement.gpu_indices,
-            options=dict(model.request.options),
+            # The downloaded folder is not written into the request: the desired state keeps what the user
+            # asked for, so a restart re-checks the cache instead of trusting a path that may be gone.
+            options=({"model_path": model.weights_path} if model.weights_path else {})
+            | dict(model.request.options),
             env=dict(model.request.env),
             log_dir=str(self.log_dir),
             port=port,
@@ -476,6 +488,7 @@ def supervision_options(settings: Settings, platform: Platform) -> dict[str, Any
         "desired": DesiredState(settings.home),
         "max_concurrency": settings.replica_max_concurrency,
         "max_queue": settings.model_queue_size,
+        "downloader": Downloader(settings=DownloadSettings.from_settings(settings)),
     }
 
 
