@@ -80,6 +80,18 @@ class ServerEngine:
 # Availability
 
 
+def reject_unknown_options(engine: str, options: Mapping[str, Any], known: frozenset[str] | set[str]) -> None:
+    """A launch option the engine does not know is a typo to report (400 at launch), not something to ignore.
+
+    :raises ValueError: naming the unknown options and listing the known ones.
+    """
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown launch option(s) for {engine}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+
+
 def is_importable(module: str) -> bool:
     """Whether ``module`` can be found on the daemon's path, without importing it."""
     try:

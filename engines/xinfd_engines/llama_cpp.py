@@ -36,6 +36,7 @@ from xinfd.types import (
     TextModel,
 )
 from xinfd.worker.launch import worker_launch_spec
+from xinfd_engines._common import reject_unknown_options
 from xinfd_engines.transformers import check_local_availability, weights_location
 from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning
 
@@ -172,12 +173,7 @@ def _bool_option(options: Mapping[str, Any], name: str) -> bool | None:
 
 
 def _check_options(options: Mapping[str, Any]) -> None:
-    unknown = sorted(set(options) - KNOWN_OPTIONS)
-    if unknown:
-        raise ValueError(
-            f"unknown launch option(s) for llama.cpp: {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(KNOWN_OPTIONS))})"
-        )
+    reject_unknown_options(NAME, options, KNOWN_OPTIONS)
     for name in ("n_ctx", "n_threads"):
         value = options.get(name)
         if value is not None and (isinstance(value, bool) or not str(value).isdigit() or int(value) < 1):

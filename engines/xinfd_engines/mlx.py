@@ -24,6 +24,7 @@ from xinfd.types import (
     TextModel,
 )
 from xinfd.worker.launch import worker_launch_spec
+from xinfd_engines._common import reject_unknown_options
 from xinfd_engines.transformers import check_local_availability, weights_location
 
 NAME = "mlx"
@@ -97,12 +98,7 @@ def xinfd_engine_availability(engine: str, model: ModelSpec, platform: Platform)
 def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec | None:
     if engine != NAME:
         return None
-    unknown = sorted(set(replica.options) - KNOWN_OPTIONS)
-    if unknown:
-        raise ValueError(
-            f"unknown launch option(s) for mlx: {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(KNOWN_OPTIONS))})"
-        )
+    reject_unknown_options(NAME, replica.options, KNOWN_OPTIONS)
     _enable_thinking(replica.options)
     weights_location(model, replica.options)
     return worker_launch_spec(replica, model)

@@ -35,6 +35,7 @@ from xinfd.types import (
     TextModel,
 )
 from xinfd.worker.launch import worker_launch_spec
+from xinfd_engines._common import reject_unknown_options
 
 NAME = "transformers"
 # What #transformers_dependencies# expands to. torch is a range, not a pin: the venv builder applies the
@@ -150,12 +151,7 @@ def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) 
     """Validate the options here, so a typo is a 400 at launch rather than a replica that fails to start."""
     if engine != NAME:
         return None
-    unknown = sorted(set(replica.options) - KNOWN_OPTIONS)
-    if unknown:
-        raise ValueError(
-            f"unknown launch option(s) for transformers: {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(KNOWN_OPTIONS))})"
-        )
+    reject_unknown_options(NAME, replica.options, KNOWN_OPTIONS)
     from xinfd_engines.transformers_model import TransformersOptions  # stdlib-only at import time
 
     TransformersOptions.from_launch(replica.options, {})

@@ -130,9 +130,8 @@ class TransformersTextModel:
     def load(cls, location: str, options: TransformersOptions) -> TransformersTextModel:
         """Load a model folder, or a ``.gguf`` file through transformers' GGUF loader (dequantised)."""
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = Path(location)
         kwargs: dict[str, Any] = {}
