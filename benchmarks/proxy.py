@@ -43,10 +43,14 @@ class Result:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def load(name: str, session: aiohttp.ClientSession, url: str, *, seconds: float, concurrency: int,
-               stream: bool) -> Result:
-    body = {"model": "echo", "messages": [{"role": "user", "content": "the quick brown fox jumps over the dog"}],
-            "stream": stream}
+async def load(
+    name: str, session: aiohttp.ClientSession, url: str, *, seconds: float, concurrency: int, stream: bool
+) -> Result:
+    body = {
+        "model": "echo",
+        "messages": [{"role": "user", "content": "the quick brown fox jumps over the dog"}],
+        "stream": stream,
+    }
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
@@ -72,10 +76,18 @@ async def load(name: str, session: aiohttp.ClientSession, url: str, *, seconds: 
 
 
 def start_daemon(home: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    env = {**os.environ, "XINFERENCE_HOME": str(home), "XINFERENCE_ENABLE_VIRTUAL_ENV": "0",
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "xinfd.daemon", "--port", "0", "--log-level", "WARNING"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "XINFERENCE_HOME": str(home),
+        "XINFERENCE_ENABLE_VIRTUAL_ENV": "0",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xinfd.daemon", "--port", "0", "--log-level", "WARNING"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(300):
         if (home / "xinfd.sock").exists():
             break
@@ -84,8 +96,13 @@ def start_daemon(home: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
 
 
 def xinfctl(env: dict[str, str], *args: str) -> object:
-    out = subprocess.run([sys.executable, "-m", "xinfd.cli", *args, "--json"], env=env, check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "xinfd.cli", *args, "--json"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -102,7 +119,9 @@ async def run(args: argparse.Namespace) -> None:
             try:
                 kw = {"seconds": args.seconds, "concurrency": args.concurrency, "stream": args.stream}
                 await load("warm-up", daemon, f"{endpoint}/v1/chat/completions", **{**kw, "seconds": 1.0})
-                base = await load("direct to worker socket", direct, "http://worker/v1/chat/completions", **kw)
+                base = await load(
+                    "direct to worker socket", direct, "http://worker/v1/chat/completions", **kw
+                )
                 via = await load("through xinfd", daemon, f"{endpoint}/v1/chat/completions", **kw)
             finally:
                 await direct.close()
@@ -111,15 +130,21 @@ async def run(args: argparse.Namespace) -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
     mode = "streaming" if args.stream else "plain"
-    print(f"\nechoed chat completions ({mode}), {args.concurrency} concurrent clients, {args.seconds:.0f}s each, "
-          f"{os.cpu_count()} cores\n")
+    print(
+        f"\nechoed chat completions ({mode}), {args.concurrency} concurrent clients, {args.seconds:.0f}s each, "
+        f"{os.cpu_count()} cores\n"
+    )
     print(f"{'path':<26}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     for r in (base, via):
         print(f"{r.name:<26}{r.rps:>10.1f}{r.pct(0.5):>10.2f}{r.pct(0.99):>10.2f}{r.errors:>8}")
-    print(f"{'ratio (xinfd / direct)':<26}{via.rps / base.rps:>10.2f}"
-          f"{via.pct(0.5) / base.pct(0.5):>10.2f}{via.pct(0.99) / base.pct(0.99):>10.2f}")
-    print(f"\nmean latency direct {statistics.mean(base.latencies) * 1000:.2f} ms, "
-          f"through xinfd {statistics.mean(via.latencies) * 1000:.2f} ms")
+    print(
+        f"{'ratio (xinfd / direct)':<26}{via.rps / base.rps:>10.2f}"
+        f"{via.pct(0.5) / base.pct(0.5):>10.2f}{via.pct(0.99) / base.pct(0.99):>10.2f}"
+    )
+    print(
+        f"\nmean latency direct {statistics.mean(base.latencies) * 1000:.2f} ms, "
+        f"through xinfd {statistics.mean(via.latencies) * 1000:.2f} ms"
+    )
 
 
 def main() -> None:

@@ -53,12 +53,16 @@ async def _quiet(event: dict[str, Any]) -> None:
     return None
 
 
-async def build_once(root: Path, name: str, packages: list[str], *, skip: bool, uv: Uv,
-                     pip: PipConfig) -> tuple[float, dict[str, Any], VenvProvider, ModelSpec]:
+async def build_once(
+    root: Path, name: str, packages: list[str], *, skip: bool, uv: Uv, pip: PipConfig
+) -> tuple[float, dict[str, Any], VenvProvider, ModelSpec]:
     plugins = make_plugin_manager(load_entrypoints=False, plugins=[_BenchPlugin()], env={})
-    provider = VenvProvider(home=root / name, plugins=plugins, enabled=True, skip_installed=skip, uv=uv,
-                            pip_config=pip)
-    spec = ModelSpec(name="bench", abilities=("generate",), engines=(ENGINE,), virtualenv={"packages": packages})
+    provider = VenvProvider(
+        home=root / name, plugins=plugins, enabled=True, skip_installed=skip, uv=uv, pip_config=pip
+    )
+    spec = ModelSpec(
+        name="bench", abilities=("generate",), engines=(ENGINE,), virtualenv={"packages": packages}
+    )
     started = time.perf_counter()
     path = await provider.create(spec, ENGINE, publish=_quiet)
     seconds = time.perf_counter() - started
@@ -74,10 +78,18 @@ def raw_uv(root: Path, packages: list[str], uv: Uv, index_args: list[str]) -> tu
     target = root / "raw"
     env = uv.env()
     started = time.perf_counter()
-    subprocess.run([uv.binary, "venv", "--quiet", "--system-site-packages", "--python", sys.executable,
-                    str(target)], check=True, env=env)
-    done = subprocess.run([uv.binary, "pip", "install", "--python", str(target / "bin" / "python"), *index_args,
-                           *packages], check=True, env=env, capture_output=True, text=True)
+    subprocess.run(
+        [uv.binary, "venv", "--quiet", "--system-site-packages", "--python", sys.executable, str(target)],
+        check=True,
+        env=env,
+    )
+    done = subprocess.run(
+        [uv.binary, "pip", "install", "--python", str(target / "bin" / "python"), *index_args, *packages],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - started
     summary = next((ln.strip() for ln in done.stderr.splitlines() if ln.strip().startswith("Installed")), "?")
     return seconds, summary
@@ -103,8 +115,12 @@ async def main() -> None:
 
         relaunch: list[float] = []
         for i in range(args.relaunches):
-            model = SimpleNamespace(uid=f"r{i}", spec=spec, engine=ENGINE,
-                                    request=SimpleNamespace(enable_virtual_env=None, virtual_env_packages=()))
+            model = SimpleNamespace(
+                uid=f"r{i}",
+                spec=spec,
+                engine=ENGINE,
+                request=SimpleNamespace(enable_virtual_env=None, virtual_env_packages=()),
+            )
             started = time.perf_counter()
             await provider.prepare(model, _quiet)  # type: ignore[arg-type]
             relaunch.append((time.perf_counter() - started) * 1000)
@@ -113,12 +129,18 @@ async def main() -> None:
     print(f"spec: {' '.join(packages)}   (index: pip config; python {sys.version.split()[0]})")
     print(f"{'case':<34}{'installed':>10}{'skipped':>9}{'seconds':>9}{'install s':>11}")
     for name, secs, meta in (("skip-installed on (default)", on_s, on), ("skip-installed off", off_s, off)):
-        print(f"{name:<34}{len(meta['installed']):>10}{len(meta['skipped']):>9}{secs:>9.2f}"
-              f"{meta['install_seconds']:>11.2f}")
+        print(
+            f"{name:<34}{len(meta['installed']):>10}{len(meta['skipped']):>9}{secs:>9.2f}"
+            f"{meta['install_seconds']:>11.2f}"
+        )
     print(f"{'raw uv venv + uv pip install':<34}{raw_summary:>38}  {raw_s:.2f}s")
-    print(f"ratio xinfd cold build (skip off) / raw uv: {off_s / raw_s:.2f}x;  skip on / raw uv: {on_s / raw_s:.2f}x")
-    print(f"cached relaunch venv step: median {statistics.median(relaunch):.1f} ms, "
-          f"max {max(relaunch):.1f} ms over {len(relaunch)} (target <= 50 ms)")
+    print(
+        f"ratio xinfd cold build (skip off) / raw uv: {off_s / raw_s:.2f}x;  skip on / raw uv: {on_s / raw_s:.2f}x"
+    )
+    print(
+        f"cached relaunch venv step: median {statistics.median(relaunch):.1f} ms, "
+        f"max {max(relaunch):.1f} ms over {len(relaunch)} (target <= 50 ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ from xinfd.logs import configure_logging
 from xinfd.models import LaunchRequest, ModelManager, supervision_options
 from xinfd.orphans import kill_orphans
 from xinfd.plugins import make_plugin_manager
-from xinfd.registry import ModelRegistry
 from xinfd.processes import SubprocessSpawner
+from xinfd.registry import ModelRegistry
 from xinfd.sdnotify import notify, without_notify_env
 from xinfd.venvs.provider import VenvProvider
 
@@ -54,12 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xinfd", description="xinfd: model-serving supervisor daemon (runs in the foreground)."
     )
-    parser.add_argument("--config", metavar="PATH", help="TOML config file (default /etc/xinfd/xinfd.toml if present)")
+    parser.add_argument(
+        "--config", metavar="PATH", help="TOML config file (default /etc/xinfd/xinfd.toml if present)"
+    )
     parser.add_argument("-H", "--host", help="front-end address (default 127.0.0.1)")
     parser.add_argument("-p", "--port", type=int, help="front-end port (default 9997)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
     parser.add_argument(
-        "--launch", action="append", metavar="NAME[:REPLICAS]",
+        "--launch",
+        action="append",
+        metavar="NAME[:REPLICAS]",
         help="launch this model once serving (repeatable), e.g. --launch echo:2",
     )
     parser.add_argument("--print-config", action="store_true", help="print the effective config and exit")
@@ -70,8 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    cli = {"host": args.host, "port": args.port, "log_level": args.log_level,
-           "launch": tuple(args.launch) if args.launch else None}
+    cli = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
+        "launch": tuple(args.launch) if args.launch else None,
+    }
     try:
         settings = load_settings(config_path=args.config, cli=cli)
     except ConfigError as exc:
@@ -80,8 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         print(describe(settings), end="")
         return 0
-    configure_logging(settings.log_level, log_file=settings.home / "logs" / "xinfd.log",
-                      max_bytes=settings.log_max_bytes, backups=settings.log_backups)
+    configure_logging(
+        settings.log_level,
+        log_file=settings.home / "logs" / "xinfd.log",
+        max_bytes=settings.log_max_bytes,
+        backups=settings.log_backups,
+    )
     try:
         asyncio.run(serve(settings, reload=lambda: load_settings(config_path=args.config, cli=cli)))
     except StartupError as exc:
@@ -127,9 +139,13 @@ async def serve(
     kill_orphans(home)
     # Model venvs (issue 3): used even with the global toggle off (a launch may pass --enable-virtual-env);
     # crash leftovers of an earlier run (half-built venvs) are removed before anything launches.
-    venvs = VenvProvider(home=home, plugins=plugins, enabled=settings.enable_virtual_env,
-                         skip_installed=settings.virtual_env_skip_installed,
-                         build_timeout=settings.virtual_env_build_timeout)
+    venvs = VenvProvider(
+        home=home,
+        plugins=plugins,
+        enabled=settings.enable_virtual_env,
+        skip_installed=settings.virtual_env_skip_installed,
+        build_timeout=settings.virtual_env_build_timeout,
+    )
     venvs.startup_cleanup()
     manager = ModelManager(
         **supervision_options(settings, platform),
@@ -143,19 +159,28 @@ async def serve(
         base_env=without_notify_env(os.environ),  # replicas must not talk to systemd as the daemon (issue 6)
     )
     state = DaemonState(settings=settings, manager=manager, metrics=Metrics(), venvs=venvs)
-    state.metrics.watch_manager(manager)  # replica states, restarts, queue, GPU slots at scrape time (issue 6)
+    state.metrics.watch_manager(
+        manager
+    )  # replica states, restarts, queue, GPU slots at scrape time (issue 6)
     venvs.on_build = state.metrics.venv_build
-    api_runner = web.AppRunner(make_api_app(state), handler_cancellation=True, access_log=logging.getLogger("aiohttp.access"))
+    api_runner = web.AppRunner(
+        make_api_app(state), handler_cancellation=True, access_log=logging.getLogger("aiohttp.access")
+    )
     control_runner = web.AppRunner(make_control_app(state), handler_cancellation=True)
     await api_runner.setup()
     await control_runner.setup()
-    lifecycle = Lifecycle(state, reload=reload, apply_log_level=lambda level: logging.getLogger().setLevel(level))
+    lifecycle = Lifecycle(
+        state, reload=reload, apply_log_level=lambda level: logging.getLogger().setLevel(level)
+    )
     lifecycle.install_signal_handlers(asyncio.get_running_loop())
     try:
         await _start_sites(settings, state, api_runner, control_runner)
         log.info(
             "xinfd %s serving on %s, control socket %s, engines: %s",
-            __version__, state.front_end_url, settings.control_socket, ", ".join(sorted(plugins.engines)) or "none",
+            __version__,
+            state.front_end_url,
+            settings.control_socket,
+            ", ".join(sorted(plugins.engines)) or "none",
         )
         notify(f"READY=1\nSTATUS=serving on {state.front_end_url}\nMAINPID={os.getpid()}")
         manager.restore()  # the desired state of the previous run (issue 4)
@@ -198,7 +223,9 @@ async def _start_sites(
         site = web.TCPSite(api_runner, settings.host, settings.port)
         await site.start()
     except OSError as exc:
-        raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from exc
+        raise StartupError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        ) from exc
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     port = settings.port
     server = getattr(site, "_server", None)

@@ -150,8 +150,15 @@ class SlotTable:
                 for s in self._slots.values()
                 if gpu.index in s.gpu_indices
             ]
-            rows.append({"index": gpu.index, "name": gpu.name, "memory_mb": gpu.memory_mb,
-                         "free_mb": self._free_mb(gpu.index), "replicas": replicas})
+            rows.append(
+                {
+                    "index": gpu.index,
+                    "name": gpu.name,
+                    "memory_mb": gpu.memory_mb,
+                    "free_mb": self._free_mb(gpu.index),
+                    "replicas": replicas,
+                }
+            )
         return rows
 
     # -- planning --------------------------------------------------------------------------------------------
@@ -173,8 +180,10 @@ class SlotTable:
         if per_replica < 0:
             raise ImpossiblePlacementError(f"n_gpu must be 'auto' or an integer >= 0, got {n_gpu!r}")
         if per_replica == 0:
-            return [Placement(replica_index=i, gpu_indices=(), reason="no GPU requested (CPU)")
-                    for i in replica_indices]
+            return [
+                Placement(replica_index=i, gpu_indices=(), reason="no GPU requested (CPU)")
+                for i in replica_indices
+            ]
         if per_replica > len(self.gpus):
             raise ImpossiblePlacementError(
                 f"each replica needs {per_replica} GPU(s) but this host has {len(self.gpus)} (GPUs: {have})"
@@ -184,8 +193,11 @@ class SlotTable:
         for i in replica_indices:
             candidates = [g for g in known if self.allow_multi or loads[g] == 0]
             if len(candidates) < per_replica:
-                busy = "; ".join(f"GPU {g} held by {', '.join(self.holders(g)) or 'this launch'}"
-                                 for g in known if loads[g])
+                busy = "; ".join(
+                    f"GPU {g} held by {', '.join(self.holders(g)) or 'this launch'}"
+                    for g in known
+                    if loads[g]
+                )
                 raise PlacementError(
                     f"replica {i} needs {per_replica} idle GPU(s) and only {len(candidates)} "
                     f"{'is' if len(candidates) == 1 else 'are'} idle ({busy}); "
@@ -222,19 +234,27 @@ class SlotTable:
             raise ImpossiblePlacementError(f"gpu_idx names a GPU twice: {list(gpu_idx)}")
         missing = [g for g in gpu_idx if g not in {gpu.index for gpu in self.gpus}]
         if missing:
-            raise ImpossiblePlacementError(f"GPU index {', '.join(map(str, missing))} does not exist (GPUs: {have})")
+            raise ImpossiblePlacementError(
+                f"GPU index {', '.join(map(str, missing))} does not exist (GPUs: {have})"
+            )
         if n_gpu not in ("auto", len(gpu_idx)):
             raise ImpossiblePlacementError(
-                f"n_gpu={n_gpu} does not match gpu_idx {list(gpu_idx)} ({len(gpu_idx)} GPUs)")
+                f"n_gpu={n_gpu} does not match gpu_idx {list(gpu_idx)} ({len(gpu_idx)} GPUs)"
+            )
         if not self.allow_multi:
             busy = [g for g in gpu_idx if self.holders(g)]
             if busy or len(replica_indices) > 1:
-                why = (f"GPU {busy[0]} is held by {', '.join(self.holders(busy[0]))}" if busy
-                       else f"{len(replica_indices)} replicas would share GPU(s) {list(gpu_idx)}")
+                why = (
+                    f"GPU {busy[0]} is held by {', '.join(self.holders(busy[0]))}"
+                    if busy
+                    else f"{len(replica_indices)} replicas would share GPU(s) {list(gpu_idx)}"
+                )
                 raise PlacementError(f"{why}; XINFERENCE_ALLOW_MULTI_REPLICA_PER_GPU=0 forbids sharing a GPU")
         chosen = tuple(sorted(gpu_idx))
-        return [Placement(replica_index=i, gpu_indices=chosen, reason=f"explicit gpu_idx {list(gpu_idx)}")
-                for i in replica_indices]
+        return [
+            Placement(replica_index=i, gpu_indices=chosen, reason=f"explicit gpu_idx {list(gpu_idx)}")
+            for i in replica_indices
+        ]
 
     # -- holding ---------------------------------------------------------------------------------------------
 

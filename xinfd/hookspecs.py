@@ -106,7 +106,9 @@ def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) 
 
 
 @hookspec(firstresult=True)
-def xinfd_engine_load(engine: str, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel | None:
+def xinfd_engine_load(
+    engine: str, model: ModelSpec, replica: ReplicaContext
+) -> TextModel | EmbeddingModel | None:
     """Load the model inside the replica process (only for engines hosted by xinfd's worker).
 
     Heavy imports belong here. The worker host serves the returned object: HTTP, streaming, cancellation and

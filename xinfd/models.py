@@ -49,15 +49,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-__all__ = ["EnvironmentProvider", "LaunchRequest", "ModelManager", "ReplicaEnvironment", "RunningModel",
-           "SystemEnvironment"]
+__all__ = [
+    "EnvironmentProvider",
+    "LaunchRequest",
+    "ModelManager",
+    "ReplicaEnvironment",
+    "RunningModel",
+    "SystemEnvironment",
+]
 
 
 class RunningModel:
     """A launched model: its replicas, its router, and the launch's event log."""
 
-    def __init__(self, *, uid: str, spec: ModelSpec, engine: str, request: LaunchRequest,
-                 router: Router[Replica] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        uid: str,
+        spec: ModelSpec,
+        engine: str,
+        request: LaunchRequest,
+        router: Router[Replica] | None = None,
+    ) -> None:
         self.uid = uid
         self.spec = spec
         self.engine = engine
@@ -233,8 +246,9 @@ class ModelManager:
         spec = self.plugins.models.get(request.model_name)
         if spec is None:
             known = ", ".join(sorted(self.plugins.models)) or "none"
-            raise UnknownModelError(f"unknown model {request.model_name!r} (known: {known})",
-                                    param="model_name")
+            raise UnknownModelError(
+                f"unknown model {request.model_name!r} (known: {known})", param="model_name"
+            )
         uid = request.model_uid or request.model_name
         if uid in self.models:
             raise ModelExistsError(f"model uid {uid!r} is already launched; terminate it or pick another uid")
@@ -264,15 +278,18 @@ class ModelManager:
     async def _launch(self, model: RunningModel) -> None:
         started = time.monotonic()
         await model.publish(
-            {"event": "launching",
-             "message": f"launching {model.uid} ({model.spec.name}, engine {model.engine}, "
-             f"{model.request.replica} replica(s))"}
+            {
+                "event": "launching",
+                "message": f"launching {model.uid} ({model.spec.name}, engine {model.engine}, "
+                f"{model.request.replica} replica(s))",
+            }
         )
         try:
             # Download before the venv build: an unknown repo then fails in seconds, not after minutes.
             if self._downloader is not None:
                 model.weights_path = await self._downloader.weights_for(
-                    model.engine, model.spec, model.request.options, model.publish)
+                    model.engine, model.spec, model.request.options, model.publish
+                )
             model.environment = await self._environments.prepare(model, model.publish)
             model.replicas = [self._make_replica(model, p) for p in model.placements.values()]
             await asyncio.gather(*(self._start_replica(model, r) for r in model.replicas))
@@ -282,8 +299,9 @@ class ModelManager:
             self.models.pop(model.uid, None)
             self._persist()
             log.error("launch of %s failed: %s", model.uid, exc)
-            await model.publish({"event": "error", "code": getattr(exc, "code", "launch_failed"),
-                                 "message": str(exc)})
+            await model.publish(
+                {"event": "error", "code": getattr(exc, "code", "launch_failed"), "message": str(exc)}
+            )
             return
         except asyncio.CancelledError:
             model.launch_error = "launch cancelled"
@@ -291,16 +309,30 @@ class ModelManager:
             await model.publish({"event": "error", "code": "launch_cancelled", "message": "launch cancelled"})
             raise
         await model.publish(
-            {"event": "ready", "message": f"{model.uid} ready in {time.monotonic() - started:.2f}s",
-             "model": model.snapshot()}
+            {
+                "event": "ready",
+                "message": f"{model.uid} ready in {time.monotonic() - started:.2f}s",
+                "model": model.snapshot(),
+            }
         )
 
     async def _start_replica(self, model: RunningModel, replica: Replica) -> None:
-        await model.publish({"event": "replica_starting", "replica": replica.index,
-                             "message": f"starting replica {replica.label}"})
+        await model.publish(
+            {
+                "event": "replica_starting",
+                "replica": replica.index,
+                "message": f"starting replica {replica.label}",
+            }
+        )
         await replica.start()
-        await model.publish({"event": "replica_ready", "replica": replica.index, "pid": replica.pid,
-                             "message": f"replica {replica.label} ready (pid {replica.pid})"})
+        await model.publish(
+            {
+                "event": "replica_ready",
+                "replica": replica.index,
+                "pid": replica.pid,
+                "message": f"replica {replica.label} ready (pid {replica.pid})",
+            }
+        )
 
     def _replica_context(self, model: RunningModel, placement: Placement, *, port: int) -> ReplicaContext:
         index = placement.replica_index
@@ -335,9 +367,13 @@ class ModelManager:
 
         # The replica sees its slots only; with none, every GPU is hidden so a CPU engine cannot grab one.
         # XINFD_MODEL_CACHE: where engines keep converted weights (e.g. GGUF -> safetensors) for fast restarts.
-        env = {**self._base_env, "XINFD_MODEL_CACHE": str(self.home / "cache" / "converted"),
-               **model.environment.env, **model.request.env,
-               "CUDA_VISIBLE_DEVICES": cuda_visible_devices(placement.gpu_indices)}
+        env = {
+            **self._base_env,
+            "XINFD_MODEL_CACHE": str(self.home / "cache" / "converted"),
+            **model.environment.env,
+            **model.request.env,
+            "CUDA_VISIBLE_DEVICES": cuda_visible_devices(placement.gpu_indices),
+        }
         return Replica(
             model_uid=model.uid,
             index=index,
@@ -385,8 +421,10 @@ class ModelManager:
         """
         model = self.get(uid)
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS:
-            raise InvalidRequestError(f"replicas must be an integer 1..{MAX_REPLICAS} (use terminate for 0), "
-                                      f"got {replicas!r}", param="replicas")
+            raise InvalidRequestError(
+                f"replicas must be an integer 1..{MAX_REPLICAS} (use terminate for 0), got {replicas!r}",
+                param="replicas",
+            )
         if model.terminating or (model.launch_task is not None and not model.launch_task.done()):
             raise InvalidRequestError(f"model {uid!r} is {model.state.lower()}; scale it once it is launched")
         async with model.scale_lock:
@@ -406,8 +444,9 @@ class ModelManager:
 
     async def _scale_up(self, model: RunningModel, count: int) -> None:
         first = max((r.index for r in model.replicas), default=-1) + 1
-        placements = self.slots.plan(range(first, first + count), n_gpu=model.request.n_gpu,
-                                     gpu_idx=model.request.gpu_idx)
+        placements = self.slots.plan(
+            range(first, first + count), n_gpu=model.request.n_gpu, gpu_idx=model.request.gpu_idx
+        )
         new = []
         for placement in placements:
             self._reserve(model, placement)
@@ -422,8 +461,10 @@ class ModelManager:
         model.request = replace(model.request, replica=len(model.replicas))
         self._persist()
         if failed:
-            raise LaunchError(f"scale of {model.uid}: {len(failed)} of {count} new replica(s) failed to "
-                              f"start: {failed[0][1]}")
+            raise LaunchError(
+                f"scale of {model.uid}: {len(failed)} of {count} new replica(s) failed to "
+                f"start: {failed[0][1]}"
+            )
         log.info("model %s scaled up to %d replicas", model.uid, len(model.replicas))
 
     def _persist(self) -> None:
@@ -444,8 +485,12 @@ class ModelManager:
         for body in self._desired.load():
             try:
                 started.append(self.start_launch(LaunchRequest.from_json(body)))
-                log.info("restoring model %s (%s, %s replica(s))", body.get("model_uid"),
-                         body.get("model_name"), body.get("replica", 1))
+                log.info(
+                    "restoring model %s (%s, %s replica(s))",
+                    body.get("model_uid"),
+                    body.get("model_name"),
+                    body.get("replica", 1),
+                )
             except XinfdError as exc:
                 log.error("cannot restore model %s: %s", body.get("model_uid"), exc)
         self._persist()  # drop what could not be restored, so the file says what is really wanted now

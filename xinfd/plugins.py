@@ -213,4 +213,6 @@ def _register(result: Plugins, name: str, plugin: object) -> None:
         result.engine_owner[info.name] = name
     for spec in models:
         result.models.setdefault(spec.name, spec)
-    log.debug("plugin %s registered engines=%s models=%s", name, [e.name for e in engines], [m.name for m in models])
+    log.debug(
+        "plugin %s registered engines=%s models=%s", name, [e.name for e in engines], [m.name for m in models]
+    )

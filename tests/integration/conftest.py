@@ -48,9 +48,14 @@ class Daemon:
     endpoint: str = ""
     log_path: Path = field(default_factory=Path)
 
-    def xinfctl(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def xinfctl(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "xinfd.cli", *args], env=self.env, capture_output=True, text=True,
+            [sys.executable, "-m", "xinfd.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
             timeout=timeout,
         )
         if check and result.returncode != 0:
@@ -68,10 +73,13 @@ class Daemon:
         sink = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xinfd.daemon", "--port", "0", *extra],
-            env=self.env, stdout=sink, stderr=subprocess.STDOUT,
+            env=self.env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
         )
         sink.close()
         if wait:
+
             def up() -> bool:
                 if self.proc is not None and self.proc.poll() is not None:
                     raise AssertionError(f"xinfd exited with {self.proc.returncode}:\n{self.log()}")
@@ -93,15 +101,17 @@ class Daemon:
 
 def daemon_env(home: Path, extra: Mapping[str, str] = {}) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XINFERENCE_", "XINFD_"))}
-    env.update({
-        "XINFERENCE_HOME": str(home),
-        "XINFD_STOP_GRACE_PERIOD": "3",
-        "XINFERENCE_ENABLE_VIRTUAL_ENV": "0",
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")])),
-        **extra,
-    })
+    env.update(
+        {
+            "XINFERENCE_HOME": str(home),
+            "XINFD_STOP_GRACE_PERIOD": "3",
+            "XINFERENCE_ENABLE_VIRTUAL_ENV": "0",
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")])),
+            **extra,
+        }
+    )
     return env
 
 

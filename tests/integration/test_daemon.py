@@ -32,7 +32,7 @@ def post(endpoint: str, path: str, body: Any, timeout: float = 30) -> tuple[int,
 
 
 def sse_events(raw: bytes) -> list[str]:
-    return [line[len("data: "):] for line in raw.decode().splitlines() if line.startswith("data: ")]
+    return [line[len("data: ") :] for line in raw.decode().splitlines() if line.startswith("data: ")]
 
 
 def launch_echo(daemon: Daemon, *extra: str, replicas: int = 2) -> dict[str, Any]:
@@ -55,9 +55,14 @@ def test_launch_two_replicas_serve_plain_and_streaming_requests(daemon: Daemon) 
 
     served_by: Counter[str] = Counter()
     for i in range(8):
-        status, headers, body = post(daemon.endpoint, "/v1/chat/completions", {
-            "model": "echo", "messages": [{"role": "user", "content": f"hello number {i}"}],
-        })
+        status, headers, body = post(
+            daemon.endpoint,
+            "/v1/chat/completions",
+            {
+                "model": "echo",
+                "messages": [{"role": "user", "content": f"hello number {i}"}],
+            },
+        )
         assert status == 200, body
         answer = json.loads(body)
         assert answer["choices"][0]["message"]["content"] == f"hello number {i}"
@@ -65,16 +70,24 @@ def test_launch_two_replicas_serve_plain_and_streaming_requests(daemon: Daemon) 
         served_by[headers["X-Xinfd-Replica"]] += 1
     assert set(served_by) == {"echo-r0", "echo-r1"}, served_by
 
-    status, headers, raw = post(daemon.endpoint, "/v1/completions", {
-        "model": "echo", "prompt": "one two three four", "stream": True,
-    })
+    status, headers, raw = post(
+        daemon.endpoint,
+        "/v1/completions",
+        {
+            "model": "echo",
+            "prompt": "one two three four",
+            "stream": True,
+        },
+    )
     assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
     events = sse_events(raw)
     assert events[-1] == "[DONE]"
     text = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1] if json.loads(e).get("choices"))
     assert text == "one two three four"
 
-    status, _, body = post(daemon.endpoint, "/v1/completions", {"model": "echo", "prompt": "a b c d", "max_tokens": 2})
+    status, _, body = post(
+        daemon.endpoint, "/v1/completions", {"model": "echo", "prompt": "a b c d", "max_tokens": 2}
+    )
     assert json.loads(body)["choices"][0]["finish_reason"] == "length"
 
     with urllib.request.urlopen(f"{daemon.endpoint}/v1/models") as response:
@@ -129,8 +142,13 @@ def test_sigterm_exits_zero_with_no_orphans(daemon: Daemon) -> None:
 def test_second_daemon_on_same_socket_refuses(daemon: Daemon, make_daemon: Any) -> None:
     second = make_daemon("second")
     env = {**second.env, "XINFD_CONTROL_SOCKET": str(daemon.socket)}
-    result = subprocess.run([sys.executable, "-m", "xinfd.daemon", "--port", "0"], env=env,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "xinfd.daemon", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 1
     assert f"another xinfd is already running on control socket {daemon.socket}" in result.stderr
     assert daemon.xinfctl("status").returncode == 0  # the first one is unharmed
@@ -154,15 +172,17 @@ def test_stale_socket_from_a_crash_is_replaced(make_daemon: Any) -> None:
         ({}, ["--port", "99999"], "--port"),
     ],
 )
-def test_bad_config_exits_2_naming_the_key(make_daemon: Any, env: dict[str, str], args: list[str],
-                                           needle: str) -> None:
+def test_bad_config_exits_2_naming_the_key(
+    make_daemon: Any, env: dict[str, str], args: list[str], needle: str
+) -> None:
     d: Daemon = make_daemon(env=env)
     if "BADTOML" in args:
         bad = d.home / "bad.toml"
         bad.write_text("helth_check_interval = 3\n")
         args = ["--config", str(bad)]
-    result = subprocess.run([sys.executable, "-m", "xinfd.daemon", *args], env=d.env, capture_output=True,
-                            text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "xinfd.daemon", *args], env=d.env, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], result.stderr
@@ -171,8 +191,13 @@ def test_bad_config_exits_2_naming_the_key(make_daemon: Any, env: dict[str, str]
 
 def test_print_config_shows_sources(make_daemon: Any) -> None:
     d: Daemon = make_daemon(env={"XINFERENCE_MAX_TOKENS": "64"})
-    result = subprocess.run([sys.executable, "-m", "xinfd.daemon", "--print-config", "-p", "8123"], env=d.env,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "xinfd.daemon", "--print-config", "-p", "8123"],
+        env=d.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0
     assert "max_tokens = 64" in result.stdout and "env XINFERENCE_MAX_TOKENS" in result.stdout
     assert "port = 8123" in result.stdout and "flag --port" in result.stdout
@@ -190,15 +215,21 @@ def test_engines_and_status(daemon: Daemon) -> None:
 
 def test_cli_errors(daemon: Daemon, tmp_path: Path) -> None:
     bad = daemon.xinfctl("launch", "-n", "no-such-model", check=False)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown model 'no-such-model'" in bad.stderr
+    assert (
+        bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown model 'no-such-model'" in bad.stderr
+    )
     usage = daemon.xinfctl("launch", check=False)
     assert usage.returncode == 2 and "--model-name" in usage.stderr
     replicas = daemon.xinfctl("launch", "-n", "echo", "-r", "0", check=False)
     assert replicas.returncode == 2 and "--replica" in replicas.stderr
     env = daemon.xinfctl("launch", "-n", "echo", "--env", "CUDA_VISIBLE_DEVICES", "1", check=False)
     assert env.returncode == 2 and "CUDA_VISIBLE_DEVICES" in env.stderr
-    gone = subprocess.run([sys.executable, "-m", "xinfd.cli", "--socket", str(tmp_path / "none.sock"), "status"],
-                          capture_output=True, text=True, env=daemon.env)
+    gone = subprocess.run(
+        [sys.executable, "-m", "xinfd.cli", "--socket", str(tmp_path / "none.sock"), "status"],
+        capture_output=True,
+        text=True,
+        env=daemon.env,
+    )
     assert gone.returncode == 1 and "xinfd is not running" in gone.stderr
 
 
@@ -217,7 +248,8 @@ def test_client_disconnect_cancels_generation_upstream(daemon: Daemon) -> None:
     with socket.create_connection((host, int(port))) as conn:
         conn.sendall(
             b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
         )
         received = b""
         while received.count(b"data: ") < 3:

@@ -16,14 +16,17 @@ from xinfd.config import ENV_VARS, Settings, describe, load_settings, parse_laun
 from xinfd.errors import ConfigError
 from xinfd.types import GpuInfo
 
+
 @pytest.fixture(autouse=True)
 def _no_system_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # A real /etc/xinfd/xinfd.toml on the test machine must not leak into the tests.
     monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", tmp_path / "absent" / "xinfd.toml")
 
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
+
 
 @pytest.fixture
 def write_toml(tmp_path: Path) -> Callable[[str], Path]:
@@ -34,12 +37,14 @@ def write_toml(tmp_path: Path) -> Callable[[str], Path]:
 
     return write
 
+
 def values(settings: Settings, *, without: tuple[str, ...] = ()) -> dict[str, Any]:
     return {
         f.name: getattr(settings, f.name)
         for f in dataclasses.fields(Settings)
         if f.name not in ("sources", *without)
     }
+
 
 def test_defaults(home: Path) -> None:
     settings = load_settings(env={"HOME": str(home)})
@@ -77,6 +82,7 @@ def test_defaults(home: Path) -> None:
     assert set(settings.sources.values()) == {"default"}
     assert set(settings.sources) == {f.name for f in dataclasses.fields(Settings)} - {"sources"}
 
+
 def test_precedence_file_env_cli(home: Path, write_toml: Callable[[str], Path]) -> None:
     path = write_toml("port = 1111\nlog_level = 'debug'\nbatch_size = 7\n")
     env = {"HOME": str(home), "XINFD_PORT": "2222", "XINFD_LOG_LEVEL": "warning"}
@@ -97,6 +103,7 @@ def test_precedence_file_env_cli(home: Path, write_toml: Callable[[str], Path]) 
     assert from_cli.sources["host"] == "flag --host"
     assert from_cli.sources["health_check_interval"] == "default"
 
+
 def test_cli_strings_are_parsed_like_env_and_launch_replaces(home: Path) -> None:
     settings = load_settings(
         env={"HOME": str(home), "XINFD_LAUNCH": "a,b:2"},
@@ -107,12 +114,14 @@ def test_cli_strings_are_parsed_like_env_and_launch_replaces(home: Path) -> None
     assert settings.launch == ("c:3",)
     assert settings.sources["launch"] == "flag --launch"
 
+
 def test_cli_errors_name_the_flag(home: Path) -> None:
     with pytest.raises(ConfigError, match=r"^--port: must be an integer between 0 and 65535, got 70000$"):
         load_settings(env={"HOME": str(home)}, cli={"port": 70000})
 
     with pytest.raises(ConfigError, match=r"^--gpus: "):
         load_settings(env={"HOME": str(home)}, cli={"gpus": []})
+
 
 def test_control_socket_follows_home_unless_set(tmp_path: Path) -> None:
     settings = load_settings(env={"XINFERENCE_HOME": str(tmp_path / "h")})
@@ -123,16 +132,19 @@ def test_control_socket_follows_home_unless_set(tmp_path: Path) -> None:
     )
     assert settings.control_socket == tmp_path / "c.sock"
 
+
 def test_relative_paths_in_file_are_relative_to_the_file(tmp_path: Path) -> None:
     path = tmp_path / "conf" / "xinfd.toml"
     path.parent.mkdir()
     path.write_text('home = "state"\n', encoding="utf-8")
     assert load_settings(config_path=path, env={}).home == tmp_path / "conf" / "state"
 
+
 def test_empty_env_var_is_unset(home: Path) -> None:
     settings = load_settings(env={"HOME": str(home), "XINFERENCE_BATCH_SIZE": "", "XINFD_PORT": "  "})
     assert settings.batch_size == 32
     assert settings.sources["batch_size"] == "default"
+
 
 ENV_CASES: list[tuple[str, str, Any]] = [
     ("XINFERENCE_HOME", "/srv/xinf", Path("/srv/xinf")),
@@ -184,14 +196,17 @@ ENV_CASES: list[tuple[str, str, Any]] = [
     ("XINFD_LAUNCH", "qwen2.5-instruct:2, bge-m3", ("qwen2.5-instruct:2", "bge-m3")),
 ]
 
+
 def test_env_cases_cover_every_variable() -> None:
     assert sorted(var for var, _, _ in ENV_CASES) == sorted(ENV_VARS)
+
 
 @pytest.mark.parametrize(("var", "raw", "expected"), ENV_CASES, ids=[case[0] for case in ENV_CASES])
 def test_env_var_is_parsed(home: Path, var: str, raw: str, expected: Any) -> None:
     settings = load_settings(env={"HOME": str(home), var: raw})
     assert getattr(settings, ENV_VARS[var]) == expected
     assert settings.sources[ENV_VARS[var]] == f"env {var}"
+
 
 BAD_ENV_CASES: list[tuple[str, str]] = [
     ("XINFD_PORT", "http"),
@@ -237,6 +252,7 @@ BAD_ENV_CASES: list[tuple[str, str]] = [
     ("XINFD_LAUNCH", "a,a:2"),
 ]
 
+
 @pytest.mark.parametrize(("var", "raw"), BAD_ENV_CASES, ids=[f"{v}={r}" for v, r in BAD_ENV_CASES])
 def test_bad_env_value_names_the_variable(home: Path, var: str, raw: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -244,6 +260,7 @@ def test_bad_env_value_names_the_variable(home: Path, var: str, raw: str) -> Non
     message = str(info.value)
     assert message.startswith(f"{var}: ")
     assert "\n" not in message
+
 
 def test_error_message_wording(home: Path) -> None:
     with pytest.raises(ConfigError) as info:
@@ -253,9 +270,11 @@ def test_error_message_wording(home: Path) -> None:
         load_settings(env={"HOME": str(home), "XINFERENCE_ALLOWED_IPS": "10.0.0.0/33"})
     assert str(info.value) == "XINFERENCE_ALLOWED_IPS: '10.0.0.0/33' is not an IP address or CIDR block"
 
+
 def test_ip_networks_ipv6_and_host_bits(home: Path) -> None:
     settings = load_settings(env={"HOME": str(home), "XINFERENCE_ALLOWED_IPS": "2001:db8::/32,10.1.2.3/8"})
     assert settings.allowed_ips == (ip_network("2001:db8::/32"), ip_network("10.0.0.0/8"))
+
 
 def test_unknown_toml_key_suggests(write_toml: Callable[[str], Path]) -> None:
     path = write_toml("helth_check_interval = 3\n")
@@ -264,6 +283,7 @@ def test_unknown_toml_key_suggests(write_toml: Callable[[str], Path]) -> None:
     assert str(info.value) == (
         f"{path}: unknown key 'helth_check_interval' (did you mean 'health_check_interval'?)"
     )
+
 
 @pytest.mark.parametrize(
     ("text", "expected"),
@@ -287,17 +307,20 @@ def test_toml_type_errors_name_file_and_key(
         load_settings(config_path=path, env={})
     assert str(info.value).startswith(f"{path}: {expected}")
 
+
 def test_invalid_toml_names_file_and_line(write_toml: Callable[[str], Path]) -> None:
     path = write_toml("port = 1\nhost = = 'x'\n")
     with pytest.raises(ConfigError, match=r"line 2") as info:
         load_settings(config_path=path, env={})
     assert str(info.value).startswith(f"{path}: invalid TOML")
 
+
 def test_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings(config_path=tmp_path / "nope.toml", env={})
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings(env={"XINFD_CONFIG": str(tmp_path / "nope.toml")})
+
 
 def test_config_file_from_env_and_default_location(
     monkeypatch: pytest.MonkeyPatch, write_toml: Callable[[str], Path]
@@ -306,6 +329,7 @@ def test_config_file_from_env_and_default_location(
     assert load_settings(env={"XINFD_CONFIG": str(path)}).batch_size == 5
     monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", path)
     assert load_settings(env={}).batch_size == 5
+
 
 GPUS = """
 [[gpus]]
@@ -319,12 +343,14 @@ name = "A100"
 memory_mb = 81920
 """
 
+
 def test_gpus_tables(write_toml: Callable[[str], Path]) -> None:
     settings = load_settings(config_path=write_toml(GPUS), env={})
     assert settings.gpus == (
         GpuInfo(index=0, name="A100", memory_mb=81920),
         GpuInfo(index=1, name="A100", memory_mb=81920),
     )
+
 
 @pytest.mark.parametrize(
     ("text", "expected"),
@@ -342,6 +368,7 @@ def test_gpus_validation(write_toml: Callable[[str], Path], text: str, expected:
     with pytest.raises(ConfigError) as info:
         load_settings(config_path=path, env={})
     assert str(info.value).startswith(f"{path}: {expected}")
+
 
 def test_describe_round_trips(tmp_path: Path, write_toml: Callable[[str], Path]) -> None:
     path = write_toml(GPUS + "")
@@ -371,11 +398,13 @@ def test_describe_round_trips(tmp_path: Path, write_toml: Callable[[str], Path])
     assert f"# from: file {path}" in text
     assert "# from: default" in text
 
+
 def test_describe_of_defaults_round_trips(home: Path, write_toml: Callable[[str], Path]) -> None:
     original = load_settings(env={"HOME": str(home)})
     text = describe(original)
     reloaded = load_settings(config_path=write_toml(text), env={})
     assert values(reloaded) == values(original)
+
 
 def test_describe_masks_secrets(home: Path) -> None:
     settings = load_settings(
@@ -389,6 +418,7 @@ def test_describe_masks_secrets(home: Path) -> None:
     assert data["api_keys"] == ["***", "***"]
     assert data["csg_token"] == "***"
 
+
 @pytest.mark.parametrize(
     ("item", "expected"),
     [("qwen", ("qwen", 1)), ("qwen:3", ("qwen", 3)), (" bge-m3:01 ", ("bge-m3", 1)), ("a:b:2", ("a:b", 2))],
@@ -396,10 +426,12 @@ def test_describe_masks_secrets(home: Path) -> None:
 def test_parse_launch_item(item: str, expected: tuple[str, int]) -> None:
     assert parse_launch_item(item) == expected
 
+
 @pytest.mark.parametrize("item", ["", ":2", "qwen:0", "qwen:-1", "qwen:x", "a/b", "..", "a..b", "my model"])
 def test_parse_launch_item_rejects(item: str) -> None:
     with pytest.raises(ConfigError, match=r"^launch: "):
         parse_launch_item(item)
+
 
 def test_settings_are_frozen(home: Path) -> None:
     settings = load_settings(env={"HOME": str(home)})

@@ -5,7 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("torch", "transformers", "vllm", "sglang", "mlx", "mlx_lm", "llama_cpp", "sentence_transformers", "numpy")
+HEAVY = (
+    "torch",
+    "transformers",
+    "vllm",
+    "sglang",
+    "mlx",
+    "mlx_lm",
+    "llama_cpp",
+    "sentence_transformers",
+    "numpy",
+)
 
 PROBE = f"""
 import sys

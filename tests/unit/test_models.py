@@ -39,9 +39,22 @@ def test_launch_request_rejects_bad_fields(body: Any, param: str | None) -> None
 
 
 def test_launch_request_accepts_a_full_body() -> None:
-    req = LaunchRequest.from_json({"model_name": "echo", "model_engine": "echo", "replica": 3, "model_uid": "e-1",
-                                   "env": {"A": "1"}, "options": {"delay": "0.1"}})
-    assert (req.replica, req.model_uid, dict(req.env), dict(req.options)) == (3, "e-1", {"A": "1"}, {"delay": "0.1"})
+    req = LaunchRequest.from_json(
+        {
+            "model_name": "echo",
+            "model_engine": "echo",
+            "replica": 3,
+            "model_uid": "e-1",
+            "env": {"A": "1"},
+            "options": {"delay": "0.1"},
+        }
+    )
+    assert (req.replica, req.model_uid, dict(req.env), dict(req.options)) == (
+        3,
+        "e-1",
+        {"A": "1"},
+        {"delay": "0.1"},
+    )
 
 
 class TwoEngines:
@@ -70,15 +83,23 @@ class TwoEngines:
 def manager(tmp_path: Path) -> ModelManager:
     plugins = make_plugin_manager(load_entrypoints=False, plugins=[TwoEngines()], env={})
     platform = Platform(system="Linux", machine="x86_64", python_version="3.11.7")
-    return ModelManager(plugins=plugins, platform=platform, home=tmp_path, spawner=SubprocessSpawner(),
-                        stop_grace=1, launch_timeout=5)
+    return ModelManager(
+        plugins=plugins,
+        platform=platform,
+        home=tmp_path,
+        spawner=SubprocessSpawner(),
+        stop_grace=1,
+        launch_timeout=5,
+    )
 
 
 def test_engine_choice_skips_unavailable_engines(tmp_path: Path) -> None:
     mgr = manager(tmp_path)
     spec = mgr.plugins.models["m"]
     assert mgr.choose_engine(spec, None) == "cpu"
-    with pytest.raises(EngineUnavailableError, match="engine 'gpuonly' is unavailable: needs a GPU; none found"):
+    with pytest.raises(
+        EngineUnavailableError, match="engine 'gpuonly' is unavailable: needs a GPU; none found"
+    ):
         mgr.choose_engine(spec, "gpuonly")
 
 
@@ -100,7 +121,9 @@ class InstalledAndNot:
 
     @hookimpl
     def xinfd_register_engines(self, register):  # type: ignore[no-untyped-def]
-        register(EngineInfo(name="needs-build", abilities=("chat",), probe_module="no_such_module_xinfd_test"))
+        register(
+            EngineInfo(name="needs-build", abilities=("chat",), probe_module="no_such_module_xinfd_test")
+        )
         register(EngineInfo(name="ready", abilities=("chat",), probe_module="json"))
 
     @hookimpl
@@ -116,8 +139,14 @@ class InstalledAndNot:
 def test_engine_choice_prefers_an_installed_engine(tmp_path: Path) -> None:
     plugins = make_plugin_manager(load_entrypoints=False, plugins=[InstalledAndNot()], env={})
     platform = Platform(system="Linux", machine="x86_64", python_version="3.11.7")
-    mgr = ModelManager(plugins=plugins, platform=platform, home=tmp_path, spawner=SubprocessSpawner(),
-                       stop_grace=1, launch_timeout=5)
+    mgr = ModelManager(
+        plugins=plugins,
+        platform=platform,
+        home=tmp_path,
+        spawner=SubprocessSpawner(),
+        stop_grace=1,
+        launch_timeout=5,
+    )
     assert mgr.choose_engine(plugins.models["pref"], None) == "ready"
     # Nothing installed: the model's own order decides, and the engine gets built in its venv.
     assert mgr.choose_engine(plugins.models["only-build"], None) == "needs-build"

@@ -82,8 +82,14 @@ def test_explicit_plugin_registers_engine_and_model() -> None:
     assert plugins.dependencies("fake") == ["fake-pkg>=1"]
     model = plugins.models["fake-model"]
     assert plugins.availability("fake", model, PLATFORM).available
-    replica = ReplicaContext(model_uid="u", model_name="fake-model", engine="fake", replica_index=0,
-                             socket_path="/tmp/x.sock", python=sys.executable)
+    replica = ReplicaContext(
+        model_uid="u",
+        model_name="fake-model",
+        engine="fake",
+        replica_index=0,
+        socket_path="/tmp/x.sock",
+        python=sys.executable,
+    )
     assert plugins.launch_spec("fake", model, replica).argv == ("true",)
 
 
@@ -118,7 +124,9 @@ def test_autoload_can_be_disabled(site_dir: Path) -> None:
     plugins = make_plugin_manager(env={"XINFD_DISABLE_PLUGIN_AUTOLOAD": "1"})
     assert "goodengine" not in plugins.engines
     # XINFD_PLUGINS still loads named modules explicitly, which tests and embedders rely on.
-    plugins = make_plugin_manager(env={"XINFD_DISABLE_PLUGIN_AUTOLOAD": "1", "XINFD_PLUGINS": "xinfdtest_good"})
+    plugins = make_plugin_manager(
+        env={"XINFD_DISABLE_PLUGIN_AUTOLOAD": "1", "XINFD_PLUGINS": "xinfdtest_good"}
+    )
     assert "goodengine" in plugins.engines
 
 
@@ -148,16 +156,27 @@ def test_wrong_return_type_is_a_plugin_error() -> None:
             return {"argv": ["true"]}
 
     plugins = make_plugin_manager(load_entrypoints=False, plugins=[Bad("bad")], env={})
-    replica = ReplicaContext(model_uid="u", model_name="bad-model", engine="bad", replica_index=0,
-                             socket_path="/tmp/x.sock", python=sys.executable)
+    replica = ReplicaContext(
+        model_uid="u",
+        model_name="bad-model",
+        engine="bad",
+        replica_index=0,
+        socket_path="/tmp/x.sock",
+        python=sys.executable,
+    )
     with pytest.raises(PluginError, match="must return a LaunchSpec"):
         plugins.launch_spec("bad", plugins.models["bad-model"], replica)
 
 
 def test_every_hookspec_is_documented() -> None:
     names = hookspecs.hook_names()
-    assert {"xinfd_register_engines", "xinfd_engine_dependencies", "xinfd_engine_availability",
-            "xinfd_engine_launch", "xinfd_engine_load"} <= set(names)
+    assert {
+        "xinfd_register_engines",
+        "xinfd_engine_dependencies",
+        "xinfd_engine_availability",
+        "xinfd_engine_launch",
+        "xinfd_engine_load",
+    } <= set(names)
     for name in names:
         doc = getattr(hookspecs, name).__doc__ or ""
         assert ":return:" in doc, f"{name} must document its return value"

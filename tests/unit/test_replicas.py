@@ -55,8 +55,9 @@ class ScriptedSpawner:
         self.script = list(script)
         self.handles: list[FakeHandle] = []
 
-    async def spawn(self, argv: tuple[str, ...], *, env: Mapping[str, str], cwd: str | None,
-                    log_path: Path) -> FakeHandle:
+    async def spawn(
+        self, argv: tuple[str, ...], *, env: Mapping[str, str], cwd: str | None, log_path: Path
+    ) -> FakeHandle:
         ready, exit_code = self.script.pop(0) if self.script else (True, None)
         handle = FakeHandle(1000 + len(self.handles), ready=ready, exit_code=exit_code)
         self.handles.append(handle)
@@ -69,17 +70,31 @@ class FakeReplica(Replica):
         return isinstance(handle, FakeHandle) and handle.ready and handle.returncode is None
 
 
-def make_replica(tmp_path: Path, spawner: ScriptedSpawner, sleeps: list[float], *, budget: int = 3,
-                 timeout_s: float = 0.2, history: list[str] | None = None) -> FakeReplica:
+def make_replica(
+    tmp_path: Path,
+    spawner: ScriptedSpawner,
+    sleeps: list[float],
+    *,
+    budget: int = 3,
+    timeout_s: float = 0.2,
+    history: list[str] | None = None,
+) -> FakeReplica:
     async def fake_sleep(delay: float) -> None:
         sleeps.append(delay)
         await asyncio.sleep(0)
 
     spec = LaunchSpec(argv=("worker",), readiness=ReadinessProbe(timeout_s=timeout_s, interval_s=0.001))
     return FakeReplica(
-        model_uid="m", index=0, socket_path=tmp_path / "m.sock", log_path=tmp_path / "m.log",
-        make_spec=lambda: spec, env={}, spawner=spawner, stop_grace=0.1,
-        restart=RestartPolicy(initial_delay=0.5, max_delay=4.0, budget=budget), sleep=fake_sleep,
+        model_uid="m",
+        index=0,
+        socket_path=tmp_path / "m.sock",
+        log_path=tmp_path / "m.log",
+        make_spec=lambda: spec,
+        env={},
+        spawner=spawner,
+        stop_grace=0.1,
+        restart=RestartPolicy(initial_delay=0.5, max_delay=4.0, budget=budget),
+        sleep=fake_sleep,
         listener=(lambda r, old, new, why: history.append(new.value)) if history is not None else None,
     )
 
@@ -118,7 +133,9 @@ async def test_readiness_timeout_kills_the_process(tmp_path: Path) -> None:
     assert spawner.handles[0].returncode is not None
 
 
-async def test_crash_loop_backs_off_exponentially_then_fails(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_crash_loop_backs_off_exponentially_then_fails(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="xinfd.replicas")
     sleeps: list[float] = []
     # Starts fine, then crashes; every restart crashes during start.
@@ -129,12 +146,24 @@ async def test_crash_loop_backs_off_exponentially_then_fails(tmp_path: Path, cap
     await replica.start()
     spawner.handles[0].exit(-9)
     await wait_state(replica, ReplicaState.FAILED)
-    assert history == ["STARTING", "READY", "BACKOFF", "STARTING", "BACKOFF", "STARTING", "BACKOFF", "STARTING",
-                       "FAILED"]
+    assert history == [
+        "STARTING",
+        "READY",
+        "BACKOFF",
+        "STARTING",
+        "BACKOFF",
+        "STARTING",
+        "BACKOFF",
+        "STARTING",
+        "FAILED",
+    ]
     assert sleeps == [0.5, 1.0, 2.0]
     assert replica.restarts == 3
     assert replica.failure is not None and "restart budget (3) exhausted" in replica.failure
-    assert "replica m-r0 READY -> BACKOFF (killed by signal 9: pid 1000 says goodbye; restart 1 in 0.5s)" in caplog.text
+    assert (
+        "replica m-r0 READY -> BACKOFF (killed by signal 9: pid 1000 says goodbye; restart 1 in 0.5s)"
+        in caplog.text
+    )
     assert len(spawner.handles) == 4
 
 

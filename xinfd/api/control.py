@@ -38,8 +38,9 @@ def make_control_app(state: Any) -> web.Application:
     """Build the control app; tests call this directly with ``aiohttp_client``."""
     # SO_PEERCRED on every request (issue 6): the socket's mode is the first gate, this is the second.
     access = _AccessHolder(state)
-    app = web.Application(middlewares=[error_middleware, peer_middleware(access.current)],
-                          client_max_size=1024 * 1024)
+    app = web.Application(
+        middlewares=[error_middleware, peer_middleware(access.current)], client_max_size=1024 * 1024
+    )
     app[STATE] = state
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/engines", engines)
@@ -51,7 +52,11 @@ def make_control_app(state: Any) -> web.Application:
     # Feature areas (venvs, gpus, ...) keep their routes in their own modules, each listed here by its
     # ``add_routes(app)`` function.
     route_modules: tuple[Callable[[web.Application], None], ...] = (
-        control_ops.add_routes, control_gpus.add_routes, control_venvs.add_routes, control_registry.add_routes)
+        control_ops.add_routes,
+        control_gpus.add_routes,
+        control_venvs.add_routes,
+        control_registry.add_routes,
+    )
     for add_routes in route_modules:
         add_routes(app)
     return app
@@ -73,7 +78,9 @@ async def status(request: web.Request) -> web.Response:
             "replicas": sum(len(m.replicas) for m in manager.models.values()),
             "engines": sorted(manager.plugins.engines),
             "plugin_failures": [{"name": f.name, "error": f.error} for f in manager.plugins.failures],
-            "gpus": [{"index": g.index, "name": g.name, "memory_mb": g.memory_mb} for g in manager.platform.gpus],
+            "gpus": [
+                {"index": g.index, "name": g.name, "memory_mb": g.memory_mb} for g in manager.platform.gpus
+            ],
         }
     )
 
@@ -104,8 +111,13 @@ async def families(request: web.Request) -> web.Response:
     specs = request.app[STATE].manager.families()
     return web.json_response(
         [
-            {"model_name": s.name, "abilities": list(s.abilities), "engines": list(s.engines),
-             "context_length": s.context_length, "description": s.description}
+            {
+                "model_name": s.name,
+                "abilities": list(s.abilities),
+                "engines": list(s.engines),
+                "context_length": s.context_length,
+                "description": s.description,
+            }
             for s in sorted(specs.values(), key=lambda s: s.name)
         ]
     )

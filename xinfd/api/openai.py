@@ -21,9 +21,10 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from xinfd.api.metrics import StreamStats
 from xinfd.api.middleware import drain_middleware, error_body, error_middleware
 from xinfd.api.security import PolicyHolder, security_middleware
-from xinfd.api.metrics import StreamStats
+from xinfd.api.state import STATE, DaemonState
 from xinfd.api.streaming import (
     STARTED_KEY,
     STREAM_KEY,
@@ -32,7 +33,6 @@ from xinfd.api.streaming import (
     queued_keepalive,
     validate_request,
 )
-from xinfd.api.state import STATE, DaemonState
 from xinfd.errors import (
     InvalidRequestError,
     ModelNotReadyError,
@@ -51,8 +51,13 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 8 * 1024 * 1024
 REPLICA_HEADER = "X-Xinfd-Replica"
 # Connection-level failures that prove the request never reached the replica, so retrying elsewhere is safe.
-_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, FileNotFoundError, ConnectionRefusedError,
-             aiohttp.ClientOSError)  # EPIPE/ECONNRESET before the replica answered anything (issue 4)
+_NOT_SENT = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ServerDisconnectedError,
+    FileNotFoundError,
+    ConnectionRefusedError,
+    aiohttp.ClientOSError,
+)  # EPIPE/ECONNRESET before the replica answered anything (issue 4)
 
 
 def make_api_app(state: DaemonState) -> web.Application:
@@ -60,8 +65,9 @@ def make_api_app(state: DaemonState) -> web.Application:
     # Access checks run inside the error middleware (refusals become JSON envelopes) and before any handler,
     # for every path and method (issue 6); the policy follows state.settings across SIGHUP reloads.
     access = security_middleware(PolicyHolder(lambda: state.settings))
-    app = web.Application(middlewares=[error_middleware, access, drain_middleware(state)],
-                          client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[error_middleware, access, drain_middleware(state)], client_max_size=MAX_BODY_BYTES
+    )
     app[STATE] = state
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", list_models)
@@ -132,12 +138,14 @@ async def _lease(model: RunningModel, exclude: set[int]) -> AsyncIterator[Replic
         if model.state == "LAUNCHING":
             raise ModelNotReadyError(f"model {model.uid!r} is still loading", retry_after=2) from None
         raise ModelNotReadyError(
-            f"model {model.uid!r} has no ready replica (state {model.state})", retry_after=5) from None
+            f"model {model.uid!r} has no ready replica (state {model.state})", retry_after=5
+        ) from None
     except QueueFull:
         raise TooManyRequestsError(
             f"model {model.uid!r} is at capacity ({len(model.replicas)} replica(s) x "
             f"{model.router.max_concurrency} concurrent, {model.router.max_queue} queued); retry later",
-            retry_after=1) from None
+            retry_after=1,
+        ) from None
 
 
 async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
@@ -149,13 +157,17 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     body = _parse_body(raw)
     uid = body.get("model")
     if not isinstance(uid, str) or not uid:
-        raise InvalidRequestError("'model' is required (a launched model uid; see GET /v1/models)", param="model")
+        raise InvalidRequestError(
+            "'model' is required (a launched model uid; see GET /v1/models)", param="model"
+        )
     try:
         model = state.manager.get(uid)
     except UnknownModelError as exc:
         exc.param = "model"
         raise
-    validate_request(request, endpoint, body)  # 400 naming the field, before any replica is involved (issue 6)
+    validate_request(
+        request, endpoint, body
+    )  # 400 naming the field, before any replica is involved (issue 6)
     metrics = state.metrics
     started = time.monotonic()
     status = 500
@@ -163,12 +175,16 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     tried: set[int] = set()
     try:
         while True:
-            async with queued_keepalive(request, _lease(model, tried)) as replica:  # pings while queued (issue 6)
+            async with queued_keepalive(
+                request, _lease(model, tried)
+            ) as replica:  # pings while queued (issue 6)
                 try:
                     response = await _relay(request, replica, endpoint, raw)
                 except _NOT_SENT as exc:
                     # The replica died between picking and sending: nothing was generated, so try another one.
-                    log.warning("replica %s unreachable (%s); retrying on another replica", replica.label, exc)
+                    log.warning(
+                        "replica %s unreachable (%s); retrying on another replica", replica.label, exc
+                    )
                     tried.add(replica.index)
                     if len(tried) >= len(model.replicas):
                         raise UpstreamError(f"no replica of {uid!r} could be reached: {exc}") from exc
@@ -197,18 +213,29 @@ async def _relay(request: web.Request, replica: Replica, endpoint: str, raw: byt
         out_headers = {REPLICA_HEADER: replica.label}
         if request.get(STREAM_KEY, False):
             settings = request.app[STATE].settings
-            relay = SseRelay.for_request(request, headers=out_headers,
-                                         ping_interval=settings.sse_ping_attempts_seconds,
-                                         write_timeout=settings.stream_write_timeout)
+            relay = SseRelay.for_request(
+                request,
+                headers=out_headers,
+                ping_interval=settings.sse_ping_attempts_seconds,
+                write_timeout=settings.stream_write_timeout,
+            )
             # Pings cover the silence before the replica's first byte (prefill); see xinfd.api.streaming.
             async with await relay.wait(replica.session().post(url, data=raw, headers=headers)) as upstream:
                 if relay.prepared or "text/event-stream" in upstream.headers.get("Content-Type", ""):
-                    stats = StreamStats(request.app[STATE].metrics, replica.model_uid, endpoint,
-                                        started=request.get(STARTED_KEY, time.monotonic()))
+                    stats = StreamStats(
+                        request.app[STATE].metrics,
+                        replica.model_uid,
+                        endpoint,
+                        started=request.get(STARTED_KEY, time.monotonic()),
+                    )
                     return await _relay_stream(relay, upstream, replica, stats)
                 data = await upstream.read()
-                return web.Response(status=upstream.status, body=data,
-                                    content_type=upstream.content_type or "application/json", headers=out_headers)
+                return web.Response(
+                    status=upstream.status,
+                    body=data,
+                    content_type=upstream.content_type or "application/json",
+                    headers=out_headers,
+                )
         async with replica.session().post(url, data=raw, headers=headers) as upstream:
             data = await _read_answer(upstream, replica)
             if upstream.status == 200:
@@ -228,7 +255,9 @@ async def _read_answer(upstream: aiohttp.ClientResponse, replica: Replica) -> by
     try:
         return await upstream.read()
     except aiohttp.ClientError as exc:
-        raise UpstreamError(f"replica {replica.label} failed while answering: {exc or type(exc).__name__}") from exc
+        raise UpstreamError(
+            f"replica {replica.label} failed while answering: {exc or type(exc).__name__}"
+        ) from exc
 
 
 async def _relay_stream(
@@ -243,8 +272,11 @@ async def _relay_stream(
             try:
                 envelope = json.loads(detail)
             except ValueError:
-                envelope = error_body(f"replica answered {upstream.status}: {detail[:200]}",
-                                      error_type="server_error", code="upstream_error")
+                envelope = error_body(
+                    f"replica answered {upstream.status}: {detail[:200]}",
+                    error_type="server_error",
+                    code="upstream_error",
+                )
             await relay.error_frame(envelope)
         else:
             while chunk := await relay.read(upstream.content):
@@ -255,8 +287,9 @@ async def _relay_stream(
         # The replica died mid-stream: tell the client in-band and close, never leave it hanging.
         log.warning("replica %s failed mid-stream: %s", replica.label, exc)
         stats.abort("upstream_error")
-        frame = error_body(f"replica {replica.label} failed mid-stream", error_type="server_error",
-                           code="upstream_error")
+        frame = error_body(
+            f"replica {replica.label} failed mid-stream", error_type="server_error", code="upstream_error"
+        )
         with contextlib.suppress(ConnectionError):
             await relay.error_frame(frame)
     except SlowReaderError as exc:

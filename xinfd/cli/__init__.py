@@ -29,10 +29,15 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand's copy of an option must not reset a value given before the subcommand.
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="machine-readable JSON output")
-    common.add_argument("--socket", type=Path, default=argparse.SUPPRESS,
-                        help="control socket (default: $XINFD_CONTROL_SOCKET or $XINFERENCE_HOME/xinfd.sock)")
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable JSON output"
+    )
+    common.add_argument(
+        "--socket",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="control socket (default: $XINFD_CONTROL_SOCKET or $XINFERENCE_HOME/xinfd.sock)",
+    )
     parser = _Parser(prog="xinfctl", description="Control a running xinfd daemon.", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for module in COMMAND_MODULES:

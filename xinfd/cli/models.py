@@ -33,8 +33,12 @@ def cmd_engines(client: ControlClient, args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
         return 0
-    print(table([(r["name"], "yes" if r["available"] else "no", r["reason"]) for r in rows],
-                ("ENGINE", "AVAILABLE", "REASON")))
+    print(
+        table(
+            [(r["name"], "yes" if r["available"] else "no", r["reason"]) for r in rows],
+            ("ENGINE", "AVAILABLE", "REASON"),
+        )
+    )
     return 0
 
 
@@ -43,8 +47,15 @@ def cmd_families(client: ControlClient, args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
         return 0
-    print(table([(r["model_name"], ",".join(r["abilities"]), ",".join(r["engines"]), r["context_length"])
-                 for r in rows], ("MODEL", "ABILITIES", "ENGINES", "CONTEXT")))
+    print(
+        table(
+            [
+                (r["model_name"], ",".join(r["abilities"]), ",".join(r["engines"]), r["context_length"])
+                for r in rows
+            ],
+            ("MODEL", "ABILITIES", "ENGINES", "CONTEXT"),
+        )
+    )
     return 0
 
 
@@ -57,9 +68,24 @@ def cmd_list(client: ControlClient, args: argparse.Namespace) -> int:
     for m in models:
         for r in m["replicas"] or [{}]:
             note = r.get("failure") or r.get("last_exit") or ""
-            rows.append((m["model_uid"], m["model_name"], m["model_engine"], m["state"], r.get("label"),
-                         r.get("state"), r.get("pid"), r.get("restarts"), note))
-    print(table(rows, ("UID", "MODEL", "ENGINE", "STATE", "REPLICA", "REPLICA STATE", "PID", "RESTARTS", "NOTE")))
+            rows.append(
+                (
+                    m["model_uid"],
+                    m["model_name"],
+                    m["model_engine"],
+                    m["state"],
+                    r.get("label"),
+                    r.get("state"),
+                    r.get("pid"),
+                    r.get("restarts"),
+                    note,
+                )
+            )
+    print(
+        table(
+            rows, ("UID", "MODEL", "ENGINE", "STATE", "REPLICA", "REPLICA STATE", "PID", "RESTARTS", "NOTE")
+        )
+    )
     return 0
 
 
@@ -88,8 +114,12 @@ def _parse_options(extra: Sequence[str]) -> dict[str, Any]:
 def cmd_launch(client: ControlClient, args: argparse.Namespace) -> int:
     if args.replica < 1:
         raise CliError(f"--replica must be at least 1, got {args.replica}", EXIT_USAGE)
-    body: dict[str, Any] = {"model_name": args.model_name, "replica": args.replica,
-                            "env": dict(args.env or []), "options": _parse_options(args.extra)}
+    body: dict[str, Any] = {
+        "model_name": args.model_name,
+        "replica": args.replica,
+        "env": dict(args.env or []),
+        "options": _parse_options(args.extra),
+    }
     # Well-known engine options with their own flags (issue 5); they travel as launch options.
     if args.model_path is not None:
         body["options"]["model_path"] = args.model_path
@@ -111,7 +141,10 @@ def cmd_launch(client: ControlClient, args: argparse.Namespace) -> int:
     final: dict[str, Any] | None = None
     for event in client.stream("POST", "/v1/models", body):
         if not args.json:
-            print(f"[{time.monotonic() - started:6.1f}s] {event.get('message', event['event'])}", file=sys.stderr)
+            print(
+                f"[{time.monotonic() - started:6.1f}s] {event.get('message', event['event'])}",
+                file=sys.stderr,
+            )
         if event["event"] in ("ready", "error"):
             final = event
     if final is None:
@@ -137,8 +170,10 @@ def _gpu_flags(args: argparse.Namespace) -> dict[str, Any]:
     if args.gpu_idx is not None:
         parts = [p.strip() for p in args.gpu_idx.split(",")]
         if not parts or not all(p.isdigit() for p in parts):
-            raise CliError(f"--gpu-idx must be GPU indices separated by commas (e.g. 0,1), got {args.gpu_idx!r}",
-                           EXIT_USAGE)
+            raise CliError(
+                f"--gpu-idx must be GPU indices separated by commas (e.g. 0,1), got {args.gpu_idx!r}",
+                EXIT_USAGE,
+            )
         fields["gpu_idx"] = [int(p) for p in parts]
     return fields
 
@@ -156,33 +191,67 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add this module's subcommands to the xinfctl parser."""
     sub.add_parser("status", parents=[common], help="daemon status").set_defaults(func=cmd_status)
     sub.add_parser("engines", parents=[common], help="engines and their availability").set_defaults(
-        func=cmd_engines)
+        func=cmd_engines
+    )
     sub.add_parser("families", parents=[common], help="model families that can be launched").set_defaults(
-        func=cmd_families)
+        func=cmd_families
+    )
     sub.add_parser("list", parents=[common], help="running models and replicas").set_defaults(func=cmd_list)
-    launch = sub.add_parser("launch", parents=[common], help="launch a model (unknown --key value pairs are "
-                            "passed to the engine as options)")
+    launch = sub.add_parser(
+        "launch",
+        parents=[common],
+        help="launch a model (unknown --key value pairs are passed to the engine as options)",
+    )
     launch.add_argument("-n", "--model-name", required=True)
     launch.add_argument("-e", "--model-engine")
     launch.add_argument("-r", "--replica", type=int, default=1)
     launch.add_argument("-u", "--model-uid")
     launch.add_argument("--model-path", help="load the weights from this local folder or file (e.g. a .gguf)")
-    launch.add_argument("--enable-thinking", action=argparse.BooleanOptionalAction, default=None,
-                        help="default of the template's enable_thinking (requests may override it)")
-    launch.add_argument("--n-gpu", metavar="N|auto", help="GPUs per replica (default auto: one each if any; 0: CPU)")
+    launch.add_argument(
+        "--enable-thinking",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default of the template's enable_thinking (requests may override it)",
+    )
+    launch.add_argument(
+        "--n-gpu", metavar="N|auto", help="GPUs per replica (default auto: one each if any; 0: CPU)"
+    )
     launch.add_argument("--gpu-idx", metavar="I[,J...]", help="place every replica on exactly these GPUs")
     toggle = launch.add_mutually_exclusive_group()
-    toggle.add_argument("--enable-virtual-env", dest="virtual_env", action="store_const", const=True,
-                        help="run this model in its own venv (overrides XINFERENCE_ENABLE_VIRTUAL_ENV)")
-    toggle.add_argument("--disable-virtual-env", dest="virtual_env", action="store_const", const=False,
-                        help="run this model in xinfd's environment")
-    launch.add_argument("-vp", "--virtual-env-package", action="append", metavar="SPEC",
-                        help="add a venv package, or replace the model's entry of the same name (repeatable)")
-    launch.add_argument("--python", metavar="VER|PATH",
-                        help="the model venv's Python: a version present on this machine (3.12, 3.12.1) "
-                        "or an absolute interpreter path (default: xinfd's own)")
-    launch.add_argument("--env", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                        help="environment variable for this model's replicas (repeatable)")
+    toggle.add_argument(
+        "--enable-virtual-env",
+        dest="virtual_env",
+        action="store_const",
+        const=True,
+        help="run this model in its own venv (overrides XINFERENCE_ENABLE_VIRTUAL_ENV)",
+    )
+    toggle.add_argument(
+        "--disable-virtual-env",
+        dest="virtual_env",
+        action="store_const",
+        const=False,
+        help="run this model in xinfd's environment",
+    )
+    launch.add_argument(
+        "-vp",
+        "--virtual-env-package",
+        action="append",
+        metavar="SPEC",
+        help="add a venv package, or replace the model's entry of the same name (repeatable)",
+    )
+    launch.add_argument(
+        "--python",
+        metavar="VER|PATH",
+        help="the model venv's Python: a version present on this machine (3.12, 3.12.1) "
+        "or an absolute interpreter path (default: xinfd's own)",
+    )
+    launch.add_argument(
+        "--env",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="environment variable for this model's replicas (repeatable)",
+    )
     launch.set_defaults(func=cmd_launch, accepts_extra=True)
     terminate = sub.add_parser("terminate", parents=[common], help="stop a model and all its replicas")
     terminate.add_argument("model_uid")

@@ -342,7 +342,11 @@ async def _complete(
         text, finish_reason, reasoning = await _drain(request, model.generate(generate), stream)
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the client (the daemon) disconnects; _drain closed the generator.
-        log.info("%s: client disconnected, generation cancelled after %.3fs", request_id, time.monotonic() - started)
+        log.info(
+            "%s: client disconnected, generation cancelled after %.3fs",
+            request_id,
+            time.monotonic() - started,
+        )
         raise
     except Exception as exc:
         if stream is None or not stream.started:

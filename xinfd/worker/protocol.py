@@ -284,7 +284,7 @@ class CompletionFormat:
         return body
 
     def _head(self, *, chunk: bool) -> JsonObject:
-        if self.kind == "text":
+        if self.kind == "text":  # noqa: SIM108 - a nested conditional expression would read worse
             obj = "text_completion"  # OpenAI uses the same object name for text chunks
         else:
             obj = "chat.completion.chunk" if chunk else "chat.completion"

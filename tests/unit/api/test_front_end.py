@@ -30,8 +30,14 @@ def make_state(tmp_path: Path, **env: str) -> DaemonState:
     settings = load_settings(env={"XINFERENCE_HOME": str(tmp_path), **env})
     plugins = make_plugin_manager(load_entrypoints=False, plugins=[TwoEngines()], env={})
     platform = Platform(system="Linux", machine="x86_64", python_version="3.11.7")
-    manager = ModelManager(plugins=plugins, platform=platform, home=tmp_path, spawner=SubprocessSpawner(),
-                           stop_grace=1, launch_timeout=5)
+    manager = ModelManager(
+        plugins=plugins,
+        platform=platform,
+        home=tmp_path,
+        spawner=SubprocessSpawner(),
+        stop_grace=1,
+        launch_timeout=5,
+    )
     return DaemonState(settings=settings, manager=manager, metrics=Metrics())
 
 
@@ -68,8 +74,12 @@ async def test_health(api: TestClient) -> None:  # type: ignore[type-arg]
         (b'{"model": "ghost"}', "model_not_found", "model"),
     ],
 )
-async def test_bad_requests_get_json_errors(api: TestClient, data: bytes, code: str,  # type: ignore[type-arg]
-                                            param: str | None) -> None:
+async def test_bad_requests_get_json_errors(
+    api: TestClient,
+    data: bytes,
+    code: str,  # type: ignore[type-arg]
+    param: str | None,
+) -> None:
     resp = await api.post("/v1/chat/completions", data=data, headers={"Content-Type": "application/json"})
     await assert_error(resp, 404 if code == "model_not_found" else 400, code, param)
 
@@ -85,11 +95,13 @@ async def test_body_too_large_is_413(api: TestClient) -> None:  # type: ignore[t
     assert "error" in await resp.json()
 
 
-async def test_model_still_loading_is_503_with_retry_after(tmp_path: Path,
-                                                          aiohttp_client: ClientFactory) -> None:
+async def test_model_still_loading_is_503_with_retry_after(
+    tmp_path: Path, aiohttp_client: ClientFactory
+) -> None:
     state = make_state(tmp_path)
-    model = RunningModel(uid="m", spec=state.manager.plugins.models["m"], engine="cpu",
-                         request=LaunchRequest(model_name="m"))
+    model = RunningModel(
+        uid="m", spec=state.manager.plugins.models["m"], engine="cpu", request=LaunchRequest(model_name="m")
+    )
     model.launch_task = asyncio.create_task(asyncio.sleep(30))
     state.manager.models["m"] = model
     client = await aiohttp_client(make_api_app(state))
@@ -110,16 +122,28 @@ async def test_metrics_exposed_and_can_be_disabled(tmp_path: Path, aiohttp_clien
     assert (await off.get("/metrics")).status == 404
 
 
-async def test_control_api_engines_status_and_validation(tmp_path: Path, aiohttp_client: ClientFactory) -> None:
+async def test_control_api_engines_status_and_validation(
+    tmp_path: Path, aiohttp_client: ClientFactory
+) -> None:
     client = await aiohttp_client(make_control_app(make_state(tmp_path)))
     engines = {e["name"]: e for e in await (await client.get("/v1/engines")).json()}
-    assert engines["gpuonly"] == {"name": "gpuonly", "available": False, "reason": "needs a GPU; none found",
-                                  "abilities": ["chat"], "description": "", "plugin": "TwoEngines"}
+    assert engines["gpuonly"] == {
+        "name": "gpuonly",
+        "available": False,
+        "reason": "needs a GPU; none found",
+        "abilities": ["chat"],
+        "description": "",
+        "plugin": "TwoEngines",
+    }
     assert engines["cpu"]["available"] is True
     status = await (await client.get("/v1/status")).json()
     assert status["models"] == 0 and status["engines"] == ["cpu", "gpuonly"]
-    await assert_error(await client.post("/v1/models", json={"model_name": "m", "replica": -1}), 400,
-                       "invalid_request", "replica")
+    await assert_error(
+        await client.post("/v1/models", json={"model_name": "m", "replica": -1}),
+        400,
+        "invalid_request",
+        "replica",
+    )
     await assert_error(await client.post("/v1/models", data=b"{"), 400, "invalid_request")
     await assert_error(await client.delete("/v1/models/ghost"), 404, "model_not_found")
     families = await (await client.get("/v1/families")).json()

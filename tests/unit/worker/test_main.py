@@ -214,14 +214,21 @@ def test_load_model_reports_a_missing_engine() -> None:
     replica = ReplicaContext(
         model_uid="m", model_name="m", engine="nope", replica_index=0, socket_path="/x", python=sys.executable
     )
-    with pytest.raises(RuntimeError, match="no plugin provides the engine 'nope' .*no_such_mod"):
+    with pytest.raises(RuntimeError, match=r"no plugin provides the engine 'nope' .*no_such_mod"):
         worker_main.load_model(plugins, replica, ECHO_SPEC)
 
 
 def test_load_model_with_explicit_plugin() -> None:
-    plugins = make_plugin_manager(env={"XINFD_DISABLE_PLUGIN_AUTOLOAD": "1", "XINFD_PLUGINS": "xinfd_echo.plugin"})
+    plugins = make_plugin_manager(
+        env={"XINFD_DISABLE_PLUGIN_AUTOLOAD": "1", "XINFD_PLUGINS": "xinfd_echo.plugin"}
+    )
     replica = ReplicaContext(
-        model_uid="m", model_name="echo", engine="echo", replica_index=0, socket_path="/x", python=sys.executable
+        model_uid="m",
+        model_name="echo",
+        engine="echo",
+        replica_index=0,
+        socket_path="/x",
+        python=sys.executable,
     )
     assert worker_main.load_model(plugins, replica, ECHO_SPEC) is not None
 
