@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from xinfd.cli.client import EXIT_USAGE, CliError, ControlClient
-from xinfd.cli.output import print_json, table
+from xinfd.cli.output import families_table, print_json, table
 
 
 def cmd_status(client: ControlClient, args: argparse.Namespace) -> int:
@@ -47,15 +47,7 @@ def cmd_families(client: ControlClient, args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
         return 0
-    print(
-        table(
-            [
-                (r["model_name"], ",".join(r["abilities"]), ",".join(r["engines"]), r["context_length"])
-                for r in rows
-            ],
-            ("MODEL", "ABILITIES", "ENGINES", "CONTEXT"),
-        )
-    )
+    print(families_table(rows))
     return 0
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -17,3 +17,11 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def families_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Model families (builtin, plugin or registered) as ``xinfctl families`` and ``registrations`` show them."""
+    return table(
+        [(r["model_name"], ",".join(r["abilities"]), ",".join(r["engines"]), r["context_length"]) for r in rows],
+        ("MODEL", "ABILITIES", "ENGINES", "CONTEXT"),
+    )

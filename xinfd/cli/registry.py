@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from xinfd.cli.client import EXIT_USAGE, CliError, ControlClient
-from xinfd.cli.output import print_json, table
+from xinfd.cli.output import families_table, print_json
 
 
 def cmd_register(client: ControlClient, args: argparse.Namespace) -> int:
@@ -41,15 +41,7 @@ def cmd_registrations(client: ControlClient, args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
         return 0
-    print(
-        table(
-            [
-                (r["model_name"], ",".join(r["abilities"]), ",".join(r["engines"]), r["context_length"])
-                for r in rows
-            ],
-            ("MODEL", "ABILITIES", "ENGINES", "CONTEXT"),
-        )
-    )
+    print(families_table(rows))
     return 0
 
 
