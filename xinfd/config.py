@@ -88,6 +88,8 @@ class Settings:
     enable_virtual_env: bool = True
     virtual_env_skip_installed: bool = True
     virtual_env_build_timeout: float = 1800.0
+    # Wheels built from source with an engine's settings (llama-cpp-python), shared by all venvs (issue 5).
+    wheel_cache: Path | None = None
     csg_token: str | None = None
     csg_endpoint: str = "https://hub-stg.opencsg.com/"
     stop_grace_period: float = 10.0
@@ -141,6 +143,7 @@ ENV_VARS: Final[Mapping[str, str]] = MappingProxyType(
         "XINFERENCE_ENABLE_VIRTUAL_ENV": "enable_virtual_env",
         "XINFERENCE_VIRTUAL_ENV_SKIP_INSTALLED": "virtual_env_skip_installed",
         "XINFD_VIRTUAL_ENV_BUILD_TIMEOUT": "virtual_env_build_timeout",
+        "XINFD_WHEEL_CACHE": "wheel_cache",
         "XINFERENCE_CSG_TOKEN": "csg_token",
         "XINFERENCE_CSG_ENDPOINT": "csg_endpoint",
         "XINFD_STOP_GRACE_PERIOD": "stop_grace_period",
@@ -411,6 +414,7 @@ _SPECS: Final[Mapping[str, _Spec]] = MappingProxyType(
         "enable_virtual_env": _Spec("bool", _same),
         "virtual_env_skip_installed": _Spec("bool", _same),
         "virtual_env_build_timeout": _Spec("seconds", _seconds(allow_zero=False)),
+        "wheel_cache": _Spec("path", _path),
         "csg_token": _Spec("str", _non_empty),
         "csg_endpoint": _Spec("str", _url),
         "stop_grace_period": _Spec("seconds", _seconds(allow_zero=False)),
@@ -556,6 +560,8 @@ def load_settings(
         values["home"] = _default_home(env)
     if "control_socket" not in values:
         values["control_socket"] = values["home"] / "xinfd.sock"
+    if "wheel_cache" not in values:
+        values["wheel_cache"] = values["home"] / "cache" / "wheels"
     for f in fields(Settings):
         if f.name != "sources":
             sources.setdefault(f.name, "default")

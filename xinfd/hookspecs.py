@@ -76,6 +76,21 @@ def xinfd_engine_dependencies(engine: str) -> list[str] | None:
 
 
 @hookspec(firstresult=True)
+def xinfd_engine_build_env(engine: str) -> dict[str, dict[str, str]] | None:
+    """How packages of ``engine``'s dependencies must be built when a model venv installs them.
+
+    For a package listed here the venv builder never takes a prebuilt wheel: it builds it from source once,
+    with these environment variables set, and keeps the wheel in the wheel cache (``XINFD_WHEEL_CACHE``) for
+    every later venv. Use it for packages whose default build is not portable, e.g. llama-cpp-python, which
+    compiles for the build machine's CPU unless ``CMAKE_ARGS="-DGGML_NATIVE=OFF"``.
+
+    :param engine: lowercase engine name.
+    :return: distribution name -> environment variables for its build, or ``None`` if ``engine`` is not
+        yours (or it needs nothing special). ``firstresult``.
+    """
+
+
+@hookspec(firstresult=True)
 def xinfd_engine_availability(engine: str, model: ModelSpec, platform: Platform) -> Availability | None:
     """Whether ``engine`` can serve ``model`` on this host.
 
@@ -130,6 +145,7 @@ __all__: list[Any] = [
     "hookimpl",
     "hookspec",
     "xinfd_engine_availability",
+    "xinfd_engine_build_env",
     "xinfd_engine_dependencies",
     "xinfd_engine_launch",
     "xinfd_engine_load",

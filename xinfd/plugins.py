@@ -76,6 +76,20 @@ class Plugins:
             raise PluginError(f"engine {engine!r}: xinfd_engine_dependencies must return a list of strings")
         return list(result)
 
+    def build_env(self, engine: str) -> dict[str, dict[str, str]]:
+        """Distributions of ``engine`` that must be built from source, with their build environment."""
+        self.engine(engine)
+        result = self.pm.hook.xinfd_engine_build_env(engine=engine)
+        if result is None:
+            return {}
+        if not isinstance(result, dict) or not all(
+            isinstance(name, str) and isinstance(env, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+            for name, env in result.items()
+        ):
+            raise PluginError(f"engine {engine!r}: xinfd_engine_build_env must return {{name: {{VAR: value}}}}")
+        return {name: dict(env) for name, env in result.items()}
+
     def availability(self, engine: str, model: ModelSpec, platform: Platform) -> Availability:
         """Whether ``engine`` can serve ``model`` here; a plugin that raises makes the engine unavailable."""
         self.engine(engine)

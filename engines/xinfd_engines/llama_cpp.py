@@ -1,9 +1,9 @@
 """The ``llama.cpp`` engine (llama-cpp-python): GGUF models on CPU, served by xinfd's worker host.
 
-The placeholder is ``#llama_cpp_dependencies#``. PyPI has no wheel, so pip builds it from source; the default
+The placeholder is ``#llama_cpp_dependencies#``. PyPI has no wheel, so it is built from source; the default
 build uses the build machine's native instructions and dies with SIGILL on other CPUs (and on VMs that refuse
-AMX), so the dependency carries no pin that forces a rebuild, and the venv builder must build with
-``CMAKE_ARGS="-DGGML_NATIVE=OFF"`` (portable) and cache the wheel (see ``BUILD_ENV``).
+AMX), so the engine declares its portable build (``xinfd_engine_build_env``: ``BUILD_ENV``) and the venv
+builder builds it that way once and keeps the wheel.
 
 llama-cpp-python serves one sequence at a time per ``Llama`` object (no batching API), so requests are
 served in arrival order, one after the other; an aborted request stops at its next token. The chat template
@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 
 NAME = "llama.cpp"
 REQUIREMENTS = ["llama-cpp-python>=0.3.7", "jinja2>=3.1"]
-# What the venv builder must set when it builds llama-cpp-python from source (portable CPU code).
+# How llama-cpp-python must be built (it has no wheel on PyPI): portable CPU code instead of the build machine's
+# own instructions (SIGILL elsewhere, and on VMs that refuse AMX), without the multimodal library xinfd does not
+# use (halves the build). The venv builder builds it once with these and caches the wheel (xinfd.venvs.wheels).
 BUILD_ENV = {"CMAKE_ARGS": "-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"}
 KNOWN_OPTIONS = frozenset({"model_path", "n_ctx", "n_threads", "enable_thinking"})
 
@@ -196,6 +198,11 @@ def xinfd_register_engines(register: RegisterEngine) -> None:
 @hookimpl
 def xinfd_engine_dependencies(engine: str) -> list[str] | None:
     return list(REQUIREMENTS) if engine == NAME else None
+
+
+@hookimpl
+def xinfd_engine_build_env(engine: str) -> dict[str, dict[str, str]] | None:
+    return {"llama-cpp-python": dict(BUILD_ENV)} if engine == NAME else None
 
 
 @hookimpl

@@ -185,6 +185,7 @@ ENV_CASES: list[tuple[str, str, Any]] = [
     ("XINFERENCE_ENABLE_VIRTUAL_ENV", "0", False),
     ("XINFERENCE_VIRTUAL_ENV_SKIP_INSTALLED", "FALSE", False),
     ("XINFD_VIRTUAL_ENV_BUILD_TIMEOUT", "90", 90.0),
+    ("XINFD_WHEEL_CACHE", "/var/cache/xinfd/wheels", Path("/var/cache/xinfd/wheels")),
     ("XINFERENCE_CSG_TOKEN", "csg-secret", "csg-secret"),
     ("XINFERENCE_CSG_ENDPOINT", "https://hub.opencsg.com/", "https://hub.opencsg.com/"),
     ("XINFD_STOP_GRACE_PERIOD", "3", 3.0),

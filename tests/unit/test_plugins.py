@@ -168,6 +168,31 @@ def test_wrong_return_type_is_a_plugin_error() -> None:
         plugins.launch_spec("bad", plugins.models["bad-model"], replica)
 
 
+def test_build_env_is_checked_and_absent_means_nothing_to_build() -> None:
+    class Builds(FakeEngine):
+        @hookimpl
+        def xinfd_engine_build_env(self, engine):  # type: ignore[no-untyped-def]
+            return {"pkg": {"CMAKE_ARGS": "-DX=OFF"}} if engine == "builds" else None
+
+    class Bad(FakeEngine):
+        @hookimpl
+        def xinfd_engine_build_env(self, engine):  # type: ignore[no-untyped-def]
+            return {"pkg": {"CMAKE_ARGS": 1}} if engine == "bad" else None
+
+    plugins = make_plugin_manager(load_entrypoints=False, plugins=[Builds("builds"), Bad("bad"), FakeEngine("plain")],
+                                  env={})
+    assert plugins.build_env("builds") == {"pkg": {"CMAKE_ARGS": "-DX=OFF"}}
+    assert plugins.build_env("plain") == {}
+    with pytest.raises(PluginError, match="xinfd_engine_build_env must return"):
+        plugins.build_env("bad")
+
+
+def test_llama_cpp_declares_its_portable_build() -> None:
+    plugins = make_plugin_manager(env={})
+    assert plugins.build_env("llama.cpp") == {"llama-cpp-python": {"CMAKE_ARGS": "-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"}}
+    assert plugins.build_env("transformers") == {}
+
+
 def test_every_hookspec_is_documented() -> None:
     names = hookspecs.hook_names()
     assert {

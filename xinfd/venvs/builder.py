@@ -35,6 +35,7 @@ from packaging.utils import canonicalize_name
 from xinfd.venvs.bundle import requirement_lines
 from xinfd.venvs.cache import MANIFEST, METADATA, METADATA_FORMAT, manifest, site_packages, write_json_atomic
 from xinfd.venvs.spec import IndexOptions, VenvError, VenvSpec
+from xinfd.venvs.wheels import WheelCache, declared_build_env, source_builds_for
 
 log = logging.getLogger(__name__)
 
@@ -121,41 +122,53 @@ class Uv:
     async def run(self, args: Sequence[str], *, deadline: float, log: BuildLog | None = None,
                   publish: Publish | None = None) -> str:
         """Run uv; returns stdout; stderr lines go to the log and the progress. Cancel kills uv's group."""
-        argv = [self.binary, *args]
-        if log is not None:
-            log.add("$ " + " ".join(argv))
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=self.env(), preexec_fn=_child_setup,
-        )
+        return await run_logged([self.binary, *args], env=self.env(), deadline=deadline, log=log, publish=publish,
+                                what=f"uv {' '.join(args[:2])}")
 
-        async def pump() -> None:
-            assert proc.stderr is not None
-            while raw := await proc.stderr.readline():
-                line = raw.decode(errors="replace").rstrip()
-                if log is not None:
-                    log.add(line)
-                if publish is not None and line.strip():
-                    await publish({"event": "venv", "message": f"  uv: {line.strip()}"})
 
-        try:
-            remaining = max(0.1, deadline - time.monotonic())
-            assert proc.stdout is not None
-            out, _ = await asyncio.wait_for(asyncio.gather(proc.stdout.read(), pump()), timeout=remaining)
-            code = await proc.wait()
-        except (asyncio.CancelledError, TimeoutError) as exc:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-            if isinstance(exc, TimeoutError):
-                raise VenvError(f"venv build timed out (uv {args[0]} still running at the deadline)"
-                                ) from None
-            raise
-        stdout = out.decode(errors="replace")
-        if code != 0:
-            reason = log.tail() if log is not None else ""
-            raise VenvError(f"uv {' '.join(args[:2])} failed (exit {code}): {reason or 'no output'}")
-        return stdout
+async def run_logged(argv: Sequence[str], *, env: Mapping[str, str], deadline: float, log: BuildLog | None = None,
+                     publish: Publish | None = None, what: str, merge_output: bool = False) -> str:
+    """Run a build tool in its own session; returns stdout. Its stderr (uv's progress) goes to the build log
+    and, line by line, to the launch progress; ``merge_output`` sends stdout there too (pip reports progress
+    on stdout) and returns "". Cancel or the deadline kills its whole group."""
+    if log is not None:
+        log.add("$ " + " ".join(argv))
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merge_output else asyncio.subprocess.PIPE, env=dict(env),
+        preexec_fn=_child_setup,
+    )
+    progress = proc.stdout if merge_output else proc.stderr
+
+    async def collect() -> bytes:
+        assert proc.stdout is not None
+        return b"" if merge_output else await proc.stdout.read()
+
+    async def pump() -> None:
+        assert progress is not None
+        while raw := await progress.readline():
+            line = raw.decode(errors="replace").rstrip()
+            if log is not None:
+                log.add(line)
+            if publish is not None and line.strip():
+                await publish({"event": "venv", "message": f"  {what.split()[0]}: {line.strip()}"})
+
+    try:
+        remaining = max(0.1, deadline - time.monotonic())
+        out, _ = await asyncio.wait_for(asyncio.gather(collect(), pump()), timeout=remaining)
+        code = await proc.wait()
+    except (asyncio.CancelledError, TimeoutError) as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        if isinstance(exc, TimeoutError):
+            raise VenvError(f"venv build timed out ({what} still running at the deadline)") from None
+        raise
+    stdout = out.decode(errors="replace")
+    if code != 0:
+        reason = log.tail() if log is not None else ""
+        raise VenvError(f"{what} failed (exit {code}): {reason or 'no output'}")
+    return stdout
 
 
 def daemon_site_dirs() -> list[str]:
@@ -219,8 +232,12 @@ async def build(
     log: BuildLog,
     publish: Publish,
     deadline: float,
+    wheels: WheelCache | None = None,
 ) -> dict[str, Any]:
-    """Build ``spec`` into the (new, unpublished) directory ``target``; returns the metadata written there."""
+    """Build ``spec`` into the (new, unpublished) directory ``target``; returns the metadata written there.
+
+    Packages the engine wants built from source (``spec.source_builds``) come from ``wheels``, which builds
+    each one once with the engine's settings (``xinfd.venvs.wheels``)."""
     started = time.monotonic()
     common = index.uv_args()
     constraints = [a for c in index.constraints for a in ("--constraint", c)]
@@ -259,10 +276,13 @@ async def build(
     wanted = [n for n, v in resolved.items() if not (spec.skip_installed and base.get(n) == v)]
     skipped = sorted((set(resolved) - set(wanted)) | set(satisfied))
     installed = 0
+    local_wheels = await _source_wheels(spec, {n: resolved[n] for n in wanted}, wheels, index=index, uv=uv,
+                                        log=log, publish=publish, deadline=deadline)
     t0 = time.monotonic()
     if wanted:
         install_file = target / "xinfd-install.txt"
-        install_file.write_text("".join(_pin_line(n, resolved[n]) for n in wanted))
+        install_file.write_text("".join(
+            f"{local_wheels[n]}\n" if n in local_wheels else _pin_line(n, resolved[n]) for n in wanted))
         await uv.run(["pip", "install", "--python", python, "--no-deps", "-r", str(install_file), *common,
                       *constraints], deadline=deadline, log=log, publish=publish)
         installed = count_installed(log) or len(wanted)
@@ -295,6 +315,7 @@ async def build(
         "freeze": freeze,
         "daemon_site_dirs": extra_dirs,
         "bundled": list(spec.bundled),
+        "built_from_source": {n: str(w) for n, w in sorted(local_wheels.items())},
         "uv_version": await uv.version(),
         "created": time.time(),
         "build_seconds": round(time.monotonic() - started, 3),
@@ -303,6 +324,31 @@ async def build(
     write_json_atomic(target / MANIFEST, manifest(target))
     write_json_atomic(target / METADATA, meta)
     return meta
+
+
+async def _source_wheels(spec: VenvSpec, wanted: Mapping[str, str], wheels: WheelCache | None, *,
+                         index: IndexOptions, uv: Uv, log: BuildLog, publish: Publish,
+                         deadline: float) -> dict[str, Path]:
+    """name -> local wheel for the wanted packages the engine wants built from source (built once, cached)."""
+    builds = source_builds_for(wanted, declared_build_env(spec.source_builds), spec.python_version)
+    if not builds:
+        return {}
+    if wheels is None:
+        raise VenvError(f"{', '.join(b.name for b in builds)} must be built from source, but no wheel cache is "
+                        f"configured")
+
+    async def uv_run(args: Sequence[str]) -> str:
+        return await uv.run(args, deadline=deadline, log=log)
+
+    async def run(argv: Sequence[str], *, env: Mapping[str, str]) -> str:
+        return await run_logged(argv, env=env, deadline=deadline, log=log, publish=publish, what="pip wheel",
+                                merge_output=True)
+
+    found: dict[str, Path] = {}
+    for source_build in builds:
+        found[source_build.name] = await wheels.ensure(source_build, python=spec.python, index=index,
+                                                       uv_run=uv_run, run=run, publish=publish)
+    return found
 
 
 def split_satisfied(requirements: Sequence[str], base: Mapping[str, str]) -> tuple[list[str], list[str]]:

@@ -38,6 +38,7 @@ from xinfd.venvs.spec import (
     expand_packages,
     index_options,
 )
+from xinfd.venvs.wheels import WheelCache
 
 if TYPE_CHECKING:
     from xinfd.models import LaunchRequest, RunningModel
@@ -84,8 +85,11 @@ class VenvProvider:
         uv: Uv | None = None,
         pip_config: PipConfig | None = None,
         python: str | None = None,
+        wheel_cache: Path | None = None,
     ) -> None:
         self.home = home
+        # Source-built wheels (llama-cpp-python) outlive venvs: kept apart, shareable between homes (issue 5).
+        self.wheels = WheelCache(wheel_cache or home / "cache" / "wheels")
         self.plugins = plugins
         self.enabled = enabled
         self.skip_installed = skip_installed
@@ -111,7 +115,7 @@ class VenvProvider:
 
     def startup_cleanup(self) -> list[Path]:
         """Remove what a crash left (build and trash dirs whose lock is free); called once at daemon start."""
-        removed = cache.clean_leftovers(self.home)
+        removed = cache.clean_leftovers(self.home) + self.wheels.clean_leftovers()
         for path in removed:
             log.info("removed venv leftover %s", path)
         return removed
@@ -153,6 +157,9 @@ class VenvProvider:
             inherit_pip_config=bool(block.get("inherit_pip_config", True)),
             skip_installed=self.skip_installed,
             bundled=bundled,
+            source_builds=tuple(
+                (name, tuple(sorted(env.items()))) for name, env in sorted(self.plugins.build_env(engine).items())
+            ),
         )
 
     async def resolve_python(self, request: str | None) -> Interpreter | None:
@@ -290,7 +297,7 @@ class VenvProvider:
         probes = [info.probe_module] if info is not None and info.probe_module else []
         try:
             meta = await build(spec, target, uv=self.uv, index=index, probe_modules=probes, log=build_log,
-                               publish=publish, deadline=started + self.build_timeout)
+                               publish=publish, deadline=started + self.build_timeout, wheels=self.wheels)
             os.rename(target, paths.published)
         except BaseException as exc:
             if self.on_build is not None:

@@ -113,6 +113,9 @@ class VenvSpec:
     # ``name==version`` of the daemon's distributions copied in (xinfd, the engine's plugin): set only for an
     # interpreter other than the daemon's, which cannot share its site-packages (``xinfd.venvs.bundle``).
     bundled: tuple[str, ...] = ()
+    # Distributions the engine wants built from source, with the environment of that build (issue 5,
+    # ``xinfd_engine_build_env``): part of the digest, so a changed build flag means another venv.
+    source_builds: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
     @property
     def own_copies(self) -> bool:
@@ -124,6 +127,8 @@ class VenvSpec:
         data["layout"] = LAYOUT_VERSION
         if not self.bundled:
             del data["bundled"]  # venvs on the daemon's interpreter keep the digest they had before the field
+        if not self.source_builds:
+            del data["source_builds"]  # likewise for engines that build nothing from source
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
