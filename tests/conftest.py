@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
-import importlib.util  # noqa: E402  (after the environment defaults above, on purpose)
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +24,7 @@ def llama_cpp_available() -> None:
 
     try:
         problem = ensure_llama_cpp()
-    except Exception as exc:  # noqa: BLE001  (any failure of the build becomes the tests' failure message)
+    except Exception as exc:
         problem = f"{type(exc).__name__}: {exc}"
     if problem is not None:
         pytest.fail(f"could not provide llama-cpp-python: {problem}")

@@ -7,11 +7,17 @@ filled from the hub named by ``XINFERENCE_MODEL_SRC`` with that hub's own client
 - **huggingface**: ``huggingface_hub.snapshot_download(local_dir=..., endpoint=...)``; the endpoint is
   ``HF_ENDPOINT`` if set, else the public hub. Interrupted files resume (the library keeps ``*.incomplete``
   parts under ``<folder>/.cache/huggingface``).
-- **modelscope**: ``modelscope.snapshot_download(local_dir=...)`` (endpoint: the client's own
-  ``MODELSCOPE_ENDPOINT``); **csghub**: ``pycsghub``'s ``snapshot_download(local_dir=...,
-  endpoint=XINFERENCE_CSG_ENDPOINT, token=XINFERENCE_CSG_TOKEN)``. Both are optional packages
-  (``pip install modelscope`` / ``csghub-sdk``, each a few small wheels); without them the launch fails
-  naming the package. The daemon does not depend on them: most installs never use those hubs.
+- **modelscope**: ``modelscope.snapshot_download(local_dir=..., endpoint=...)``; the endpoint is the client's own
+  ``MODELSCOPE_ENDPOINT``, read at each download (the client itself keeps the value of its first use for the
+  whole process), else the client's default (it probes modelscope.cn, then modelscope.ai). Its lock files go to
+  ``<folder>/.cache/modelscope`` (not ``~/.cache/modelscope``), its ``*.incomplete`` parts beside their files.
+- **csghub**: ``pycsghub``'s ``snapshot_download(local_dir=..., endpoint=XINFERENCE_CSG_ENDPOINT,
+  token=XINFERENCE_CSG_TOKEN)``; its file index and temporary parts go to ``<folder>/.cache/csghub`` (not
+  ``~/.cache/csg``), inside the folder so that the progress events see the bytes arrive.
+
+Both are optional packages (extras ``modelscope`` and ``csghub``: ``pip install modelscope`` / ``csghub-sdk``;
+together about 150 MB with their dependencies, no torch); without them the launch fails naming the package.
+The daemon does not depend on them: most installs never use those hubs.
 
 A finished download leaves a marker file, so a later launch (or a daemon restart) uses the folder without
 asking the hub anything — serving must not depend on the hub being up. ``HF_HUB_OFFLINE=1`` means "never ask
@@ -20,8 +26,11 @@ engine's Hugging Face cache), which is what launches did before this module exis
 
 Retries: a 5xx/408/429 answer or a connection error is retried, ``XINFERENCE_DOWNLOAD_MAX_ATTEMPTS`` tries
 in all, with a short exponential backoff; anything else (unknown repo, 401, a bad revision) fails at once,
-because asking again cannot change the answer. The blocking client runs in a worker thread; the daemon imports
-no hub library at module level (``tests/unit/test_daemon_imports.py``).
+because asking again cannot change the answer. The clients also retry on their own below that (modelscope: 4
+tries per listing, 5 per file; pycsghub: 5 per file), so one of xinfd's attempts can take a while. A client that
+reports its failed files together (modelscope's ``failed_files``) is retried when every one of them is
+retryable; the files already done are kept, so the next attempt fetches only the rest. The blocking client runs in
+a worker thread; the daemon imports no hub library at module level (``tests/unit/test_daemon_imports.py``).
 """
 
 from __future__ import annotations
@@ -157,23 +166,35 @@ def fetch_huggingface(settings: DownloadSettings, repo_id: str, dest: Path) -> P
     return Path(path)
 
 
+def modelscope_endpoint() -> str | None:
+    """``MODELSCOPE_ENDPOINT`` read now: the client reads it once per process, into a configuration it keeps."""
+    return os.environ.get("MODELSCOPE_ENDPOINT", "").strip().rstrip("/") or None
+
+
 def fetch_modelscope(settings: DownloadSettings, repo_id: str, dest: Path) -> Path:
     try:
-        from modelscope import snapshot_download  # type: ignore[import-not-found]  # optional package
+        # Optional and untyped: "not found" without it, "untyped" with it; either way Any here.
+        from modelscope import snapshot_download  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError as exc:
         raise DownloadError("XINFERENCE_MODEL_SRC=modelscope needs the modelscope package "
-                            "(pip install modelscope)") from exc
-    return Path(snapshot_download(repo_id, local_dir=str(dest), max_workers=2))
+                            "(pip install modelscope, or the xinfd[modelscope] extra)") from exc
+    # cache_dir: with local_dir set the client keeps only lock files there, by default in ~/.cache/modelscope.
+    path = snapshot_download(repo_id, local_dir=str(dest), cache_dir=str(dest / ".cache" / "modelscope"),
+                             endpoint=modelscope_endpoint(), max_workers=2)
+    return Path(path)
 
 
 def fetch_csghub(settings: DownloadSettings, repo_id: str, dest: Path) -> Path:
     try:
-        from pycsghub.snapshot_download import snapshot_download  # type: ignore[import-not-found]  # optional
+        from pycsghub.snapshot_download import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
+            snapshot_download,  # optional and untyped, as modelscope
+        )
     except ImportError as exc:
         raise DownloadError("XINFERENCE_MODEL_SRC=csghub needs the csghub-sdk package "
-                            "(pip install csghub-sdk)") from exc
-    # CSGHub speaks the Hugging Face API under /csg; pycsghub keeps temporary parts in cache_dir.
-    path = snapshot_download(repo_id, local_dir=str(dest), cache_dir=str(dest.parent / ".csghub-tmp"),
+                            "(pip install csghub-sdk, or the xinfd[csghub] extra)") from exc
+    # CSGHub speaks the Hugging Face API under /csg. pycsghub writes each file under cache_dir/temp, then moves it
+    # into local_dir; inside the folder, _watched counts those bytes (and _folder_size skips .cache).
+    path = snapshot_download(repo_id, local_dir=str(dest), cache_dir=str(dest / ".cache" / "csghub"),
                              endpoint=settings.csg_endpoint.rstrip("/"), token=settings.csg_token,
                              max_workers=2, quiet=True)
     return Path(path)
@@ -202,26 +223,49 @@ def _status(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
+def _failed_files(exc: BaseException) -> dict[str, BaseException]:
+    """The per-file errors of a failure reported for several files at once (modelscope's ``FileDownloadError``
+    has ``failed_files``, path -> error, and no cause); empty for any other exception."""
+    failed = getattr(exc, "failed_files", None)
+    if not isinstance(failed, Mapping):
+        return {}
+    return {str(path): error for path, error in failed.items() if isinstance(error, BaseException)}
+
+
 def is_retryable(exc: BaseException) -> bool:
-    """A 5xx/408/429 or a transport failure anywhere in the chain; a definite 4xx answer wins over it."""
+    """A 5xx/408/429 or a transport failure anywhere in the chain; a definite 4xx answer wins over it.
+
+    Failed files reported together are retryable when each of them is: one "no" means the next attempt fails too.
+    """
     if isinstance(exc, DownloadError):
         return False
     for link in _chain(exc):
         status = _status(link)
         if status is not None:
             return status in RETRY_STATUSES
+        failed = _failed_files(link)
+        if failed:
+            return all(is_retryable(error) for error in failed.values())
         if any(cls.__name__ in _TRANSPORT_ERRORS for cls in type(link).__mro__):
             return True
     return False
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def describe(exc: BaseException) -> str:
-    """One line for the launch error: the HTTP answer if there was one, else the innermost cause."""
+    """One line for the launch error: the HTTP answer if there was one, else the innermost cause; for failed
+    files reported together, the first of them and its own description."""
     chain = _chain(exc)
-    with_status = next((e for e in chain if _status(e) is not None), None)
-    chosen = with_status or chain[-1]
-    text = (str(chosen).strip().splitlines() or [type(chosen).__name__])[0]
-    return f"{type(chosen).__name__}: {text}"
+    chosen = next((e for e in chain if _status(e) is not None or _failed_files(e)), chain[-1])
+    failed = _failed_files(chosen)
+    if failed:
+        path, error = next(iter(failed.items()))
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        return f"{type(chosen).__name__}: {_first_line(chosen)}; {path}{more}: {describe(error)}"
+    return f"{type(chosen).__name__}: {_first_line(chosen)}"
 
 
 @dataclass(slots=True, kw_only=True)

@@ -36,7 +36,8 @@ def test_llama_cpp_venv_installs_the_cached_portable_build(make_daemon: Any, lla
     assert "using cached wheel llama_cpp_python-" in progress, progress
     assert "building llama-cpp-python" not in progress
 
-    [meta_file] = (daemon.home / "virtualenv").rglob("smollm2-135m-instruct/llama.cpp/*/xinfd-venv.json")
+    # The venv directory, also reachable through its "current" link: one real file.
+    [meta_file] = {m.resolve() for m in (daemon.home / "virtualenv").rglob("llama.cpp/*/xinfd-venv.json")}
     meta = json.loads(meta_file.read_text())
     built = Path(meta["built_from_source"]["llama-cpp-python"])
     assert built.parent.parent == wheels and "llama-cpp-python" in meta["installed"]

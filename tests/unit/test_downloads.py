@@ -1,8 +1,20 @@
-"""Model downloads against a loopback Hugging Face hub started by the test (issue 5, model sources).
+"""Model downloads against a loopback hub started by the test (issue 5, model sources).
 
-The fake hub speaks what ``huggingface_hub.snapshot_download`` asks for (read from the installed library):
-``GET /api/models/{repo}/revision/{rev}`` (the commit sha), ``GET /api/models/{repo}/tree/{sha}`` (the file
-list), then ``HEAD``/``GET /{repo}/resolve/{sha}/{file}`` with ``ETag`` and ``X-Repo-Commit``.
+The fake hub speaks what each client library asks for (read from the installed libraries):
+
+- ``huggingface_hub.snapshot_download``: ``GET /api/models/{repo}/revision/{rev}`` (the commit sha),
+  ``GET /api/models/{repo}/tree/{sha}`` (the file list), then ``HEAD``/``GET /{repo}/resolve/{sha}/{file}`` with
+  ``ETag`` and ``X-Repo-Commit``.
+- ``pycsghub`` (package ``csghub-sdk``): the same API under ``/csg`` on ``XINFERENCE_CSG_ENDPOINT``:
+  ``GET /csg/api/models/{repo}/revision/main`` (sha and ``siblings``), then ``GET /csg/{repo}/resolve/main/{file}``,
+  each with ``Authorization: Bearer <XINFERENCE_CSG_TOKEN>``.
+- ``modelscope`` (through ``modelscope_hub``): ``GET /api/v1/models/{repo}/repo/files?Revision=master&Recursive=True``
+  (``Data.Files`` with ``Path``, ``Type``, ``Size``, ``Sha256``, which the client checks), then
+  ``GET /api/v1/models/{repo}/repo?Revision=master&FilePath={file}`` per file, on ``MODELSCOPE_ENDPOINT``. It also
+  probes ``/api/v1/repos/internalAccelerationInfo`` (an Alibaba-cloud region hint); the 404 it gets here is what
+  any host outside that cloud answers.
+
+Both optional clients are in the ``test`` extra; without them their tests skip (``pytest.importorskip``).
 
 Offline mode: ``tests/conftest.py`` sets ``HF_HUB_OFFLINE=1`` for the whole run, and huggingface_hub copies it
 into ``huggingface_hub.constants.HF_HUB_OFFLINE`` when first imported. A test that downloads therefore unsets
@@ -51,6 +63,10 @@ class FakeHub:
     cut_first_body: bool = False  # drop the connection half-way through the first file body sent
     ranges: list[str] = field(default_factory=list)  # Range headers received
     requests: list[str] = field(default_factory=list)
+    fail_file: dict[str, int] = field(default_factory=dict)  # path -> 503s to answer for its body first
+    fetched: list[str] = field(default_factory=list)  # paths whose body was sent
+    auth: list[str | None] = field(default_factory=list)  # the Authorization header of every repo request
+    url: str = ""  # where the test serves it
 
     def app(self, prefix: str = "") -> web.Application:
         """The hub's routes, under ``prefix`` (CSGHub serves the same API under ``/csg``)."""
@@ -62,13 +78,22 @@ class FakeHub:
 
     def _files(self, request: web.Request) -> dict[str, bytes]:
         repo = f"{request.match_info['org']}/{request.match_info['name']}"
-        self.requests.append(f"{request.method} {request.path}")
+        self.requests.append(f"{request.method} {request.path_qs}")
+        self.auth.append(request.headers.get("Authorization"))
         if repo not in self.repos:
             # What the real hub answers: huggingface_hub maps this header to RepositoryNotFoundError.
             raise web.HTTPNotFound(headers={"X-Error-Code": "RepoNotFound"},
                                    text=json.dumps({"error": "Repository not found"}),
                                    content_type="application/json")
         return self.repos[repo]
+
+    def _file_failure(self, request: web.Request, path: str) -> web.Response | None:
+        """A 503 for this file's body while ``fail_file`` still owes some."""
+        if request.method != "GET" or self.fail_file.get(path, 0) <= 0:
+            return None
+        self.fail_file[path] -= 1
+        self.requests.append(f"{request.method} {request.path_qs} -> 503")
+        return web.json_response({"Code": 503, "Message": "overloaded"}, status=503)
 
     def modelscope_app(self) -> web.Application:
         """ModelScope's API as its client asks for it: the file list, then each file by ``FilePath``."""
@@ -80,18 +105,25 @@ class FakeHub:
     async def ms_files(self, request: web.Request) -> web.Response:
         if self.fail_first > 0:
             self.fail_first -= 1
-            self.requests.append(f"{request.method} {request.path} -> 503")
+            self.requests.append(f"{request.method} {request.path_qs} -> 503")
             return web.json_response({"Code": 503, "Message": "overloaded"}, status=503)
         files = self._files(request)
-        return web.json_response({"Code": 200, "Success": True, "Data": {"Files": [
+        if request.query.get("Revision") != "master":  # the client's default branch; a 4xx fails the test at once
+            raise web.HTTPBadRequest(text=f"unexpected revision {request.query.get('Revision')!r}")
+        return web.json_response({"Code": 200, "Success": True, "Message": "success", "Data": {"Files": [
             {"Path": name, "Name": name.rsplit("/", 1)[-1], "Type": "blob", "Size": len(data),
              "Sha256": hashlib.sha256(data).hexdigest(), "Revision": SHA} for name, data in files.items()]}})
 
-    async def ms_file(self, request: web.Request) -> web.Response:
-        data = self._files(request).get(request.query.get("FilePath", ""))
+    async def ms_file(self, request: web.Request) -> web.StreamResponse:
+        path = request.query.get("FilePath", "")
+        data = self._files(request).get(path)
         if data is None:
             raise web.HTTPNotFound()
-        return web.Response(body=data, content_type="application/octet-stream")
+        failure = self._file_failure(request, path)
+        if failure is not None:
+            return failure
+        self.fetched.append(path)
+        return await self._body(request, data, {})
 
     async def revision(self, request: web.Request) -> web.Response:
         if self.fail_first > 0:
@@ -113,6 +145,11 @@ class FakeHub:
         data = files.get(request.match_info["path"])
         if data is None:
             raise web.HTTPNotFound(headers={"X-Error-Code": "EntryNotFound"})
+        failure = self._file_failure(request, request.match_info["path"])
+        if failure is not None:
+            return failure
+        if request.method == "GET":
+            self.fetched.append(request.match_info["path"])
         headers = {"ETag": f'"{_oid(data)}"', "X-Repo-Commit": SHA, "Accept-Ranges": "bytes"}
         if request.method == "GET" and "Range" in request.headers:
             self.ranges.append(request.headers["Range"])
@@ -128,9 +165,16 @@ class FakeHub:
             assert request.transport is not None
             request.transport.close()  # the client sees a body shorter than its Content-Length
             return response
-        if request.method == "HEAD" or not self.slow_body:
+        if request.method == "HEAD":
             return web.Response(body=data, headers=headers, content_type="application/octet-stream")
-        response = web.StreamResponse(headers={**headers, "Content-Length": str(len(data))})
+        return await self._body(request, data, headers)
+
+    async def _body(self, request: web.Request, data: bytes, headers: dict[str, str]) -> web.StreamResponse:
+        """A file body, paused half-way for ``slow_body`` seconds if set."""
+        if not self.slow_body:
+            return web.Response(body=data, headers=headers, content_type="application/octet-stream")
+        response = web.StreamResponse(headers={**headers, "Content-Length": str(len(data)),
+                                               "Content-Type": "application/octet-stream"})
         await response.prepare(request)
         half = len(data) // 2
         await response.write(data[:half])
@@ -171,15 +215,15 @@ async def hub(monkeypatch: pytest.MonkeyPatch, aiohttp_server: ServerFactory) ->
     return fake
 
 
-def downloader(tmp_path: Path, attempts: int = 3) -> tuple[Downloader, list[float]]:
+def downloader(tmp_path: Path, attempts: int = 3, source: str = "huggingface",
+               **settings: Any) -> tuple[Downloader, list[float]]:
     slept: list[float] = []
 
     async def sleep(seconds: float) -> None:  # the backoff is recorded, not waited: tests stay fast
         slept.append(seconds)
 
-    settings = DownloadSettings(source="huggingface", cache_root=tmp_path / "models", max_attempts=attempts,
-                                backoff=0.5)
-    return Downloader(settings=settings, sleep=sleep), slept
+    return Downloader(settings=DownloadSettings(source=source, cache_root=tmp_path / "models", max_attempts=attempts,
+                                                backoff=0.5, **settings), sleep=sleep), slept
 
 
 SPEC = ModelSpec(name="tiny", abilities=("chat",), engines=("transformers",), extra={"model_id": REPO})
@@ -381,32 +425,233 @@ def test_the_source_gets_its_own_name_for_the_repo() -> None:
     assert repo_on_source(spec, "someone/else", "csghub") == "someone/else"  # not listed: the same id
 
 
-async def test_csghub_through_its_sdk(aiohttp_server: ServerFactory, tmp_path: Path) -> None:
-    """CSGHub through ``pycsghub`` (optional: ``pip install csghub-sdk``), against the same fake hub."""
-    pytest.importorskip("pycsghub")
-    fake = FakeHub(fail_first=1)
+# --- CSGHub, through pycsghub (package csghub-sdk) ------------------------------------------------------------------
+
+
+@pytest.fixture
+def client_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """``HOME`` for the hub clients (their default caches and settings live there): nothing lands in the real one."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+@pytest.fixture
+async def csg_hub(monkeypatch: pytest.MonkeyPatch, aiohttp_server: ServerFactory, client_home: Path) -> FakeHub:
+    pytest.importorskip("pycsghub", reason="the optional CSGHub client: pip install csghub-sdk (in the test extra)")
+    import pycsghub.file_download
+
+    fake = FakeHub()
     server = await aiohttp_server(fake.app(prefix="/csg"))
-    settings = DownloadSettings(source="csghub", cache_root=tmp_path / "models", backoff=0.0,
-                                csg_endpoint=f"http://127.0.0.1:{server.port}/", csg_token="t0ken")
+    assert server.host in ("127.0.0.1", "localhost")  # loopback only
+    fake.url = f"http://127.0.0.1:{server.port}/"
+    for name in ("CSGHUB_TOKEN", "CSGHUB_DOMAIN", "CSGHUB_CACHE"):  # the client's own fallbacks stay out of it
+        monkeypatch.delenv(name, raising=False)
+    # The client retries a file body itself, 5 times, 0, 2, 4, 8 and 16 s apart (urllib3's Retry); here once, and
+    # urllib3's first retry does not wait.
+    monkeypatch.setattr(pycsghub.file_download, "API_FILE_DOWNLOAD_RETRY_TIMES", 1)
+    return fake
+
+
+async def test_csghub_lands_in_the_cache_sending_the_token(csg_hub: FakeHub, tmp_path: Path,
+                                                           client_home: Path) -> None:
+    # conftest's HF_HUB_OFFLINE=1 is in force: it is about Hugging Face, not CSGHub (whose client reuses
+    # huggingface_hub's types but not its HTTP session).
+    dl, slept = downloader(tmp_path, source="csghub", csg_endpoint=csg_hub.url, csg_token="t0ken")
     events = Events()
-    path = await Downloader(settings=settings).weights_for("transformers", SPEC, {}, events)
-    assert path is not None and (Path(path) / "config.json").read_bytes() == FILES["config.json"]
-    assert events.names() == ["downloading", "download_retry", "downloading", "downloaded"]
+    path = await dl.weights_for("transformers", SPEC, {}, events)
+    assert path == str(tmp_path / "models" / "csghub" / REPO)
+    for name, data in FILES.items():
+        assert (Path(path) / name).read_bytes() == data
+    assert (Path(path) / MARKER).is_file()
+    assert events.names() == ["downloading", "downloaded"] and slept == []
+    assert csg_hub.requests[0] == f"GET /csg/api/models/{REPO}/revision/main"
+    assert sorted(csg_hub.fetched) == sorted(FILES)
+    assert csg_hub.auth and set(csg_hub.auth) == {"Bearer t0ken"}  # XINFERENCE_CSG_TOKEN, on every request
+    # The client's working files stay in the model's folder, not in ~/.cache/csg.
+    assert list(client_home.rglob("*")) == []
+    assert (Path(path) / ".cache" / "csghub").is_dir()
+    assert "downloaded tiny (tiny-org/tiny-model) from csghub: 2 file(s)" in events.items[-1]["message"]
+
+    asked = len(csg_hub.requests)
+    again = Events()
+    assert await downloader(tmp_path, source="csghub", csg_endpoint=csg_hub.url)[0].weights_for(
+        "transformers", SPEC, {}, again) == path
+    assert len(csg_hub.requests) == asked and again.names() == ["download_cached"]
 
 
-async def test_modelscope_through_its_client(monkeypatch: pytest.MonkeyPatch, aiohttp_server: ServerFactory,
-                                             tmp_path: Path) -> None:
-    """ModelScope through ``modelscope`` (optional: ``pip install modelscope``), against a loopback fake."""
-    pytest.importorskip("modelscope")
-    fake = FakeHub(fail_first=1)
+async def test_csghub_503_is_retried_then_succeeds(csg_hub: FakeHub, tmp_path: Path) -> None:
+    csg_hub.fail_first = 1  # the repo info answers 503 once
+    # ...and one file body twice: the client's own retry, then its give-up, which xinfd retries.
+    csg_hub.fail_file = {"weights/model.safetensors": 2}
+    dl, slept = downloader(tmp_path, source="csghub", csg_endpoint=csg_hub.url, csg_token="t0ken")
+    events = Events()
+    path = await dl.weights_for("transformers", SPEC, {}, events)
+    assert path is not None
+    for name, data in FILES.items():
+        assert (Path(path) / name).read_bytes() == data
+    assert events.names() == ["downloading", "download_retry", "downloading", "download_retry",
+                              "downloading", "downloaded"]
+    assert slept == [0.5, 1.0]
+    assert "503" in events.items[1]["message"] and "503" in events.items[3]["message"]
+    assert "weights/model.safetensors" in events.items[3]["message"]
+    assert csg_hub.fetched.count("config.json") == 1  # a file done by an earlier attempt is not fetched again
+
+
+async def test_csghub_gives_up_after_max_attempts_naming_model_and_source(csg_hub: FakeHub, tmp_path: Path) -> None:
+    csg_hub.fail_first = 10
+    dl, slept = downloader(tmp_path, attempts=2, source="csghub", csg_endpoint=csg_hub.url, csg_token="t0ken")
+    with pytest.raises(DownloadError) as info:
+        await dl.weights_for("transformers", SPEC, {}, Events())
+    message = str(info.value)
+    assert message.startswith(f"cannot download model tiny ({REPO}) from csghub: gave up after 2 attempt(s)")
+    assert "503" in message
+    assert slept == [0.5]
+    assert sum(r.endswith("-> 503") for r in csg_hub.requests) == 2
+    assert not (tmp_path / "models" / "csghub" / REPO / MARKER).exists()
+
+
+async def test_csghub_unknown_repo_fails_at_once(csg_hub: FakeHub, tmp_path: Path) -> None:
+    csg_hub.repos.clear()
+    dl, slept = downloader(tmp_path, source="csghub", csg_endpoint=csg_hub.url, csg_token="t0ken")
+    with pytest.raises(DownloadError) as info:
+        await dl.weights_for("transformers", SPEC, {}, Events())
+    assert f"tiny ({REPO}) from csghub" in str(info.value) and "404" in str(info.value)
+    assert "gave up" not in str(info.value) and slept == []
+    assert len(csg_hub.requests) == 1
+
+
+async def test_csghub_progress_counts_the_clients_partial_file(csg_hub: FakeHub, tmp_path: Path) -> None:
+    """Regression: pycsghub writes a file under its cache_dir first, which must be inside the model's folder."""
+    # The client writes 1 MiB chunks: a 4 MB body paused half-way leaves one on disk meanwhile.
+    csg_hub.repos[REPO]["weights/model.safetensors"] = b"\x01" * 4_000_000
+    csg_hub.slow_body = 0.5
+    dl, _ = downloader(tmp_path, source="csghub", csg_endpoint=csg_hub.url, csg_token="t0ken")
+    dl.progress_interval = 0.05
+    events = Events()
+    assert await dl.weights_for("transformers", SPEC, {}, events) is not None
+    progress = [e["bytes"] for e in events.items if e["event"] == "download_progress"]
+    assert any(0 < size < 4_000_000 for size in progress), progress
+
+
+# --- ModelScope, through modelscope (and its modelscope_hub) ----------------------------------------------------------
+
+
+@pytest.fixture
+async def ms_hub(monkeypatch: pytest.MonkeyPatch, aiohttp_server: ServerFactory, client_home: Path) -> FakeHub:
+    pytest.importorskip("modelscope", reason="the optional ModelScope client: pip install modelscope (in the test "
+                        "extra)")
+    import modelscope_hub._download
+    import modelscope_hub._legacy_api
+    import modelscope_hub.config
+
+    fake = FakeHub()
     server = await aiohttp_server(fake.modelscope_app())
-    monkeypatch.setenv("MODELSCOPE_ENDPOINT", f"http://127.0.0.1:{server.port}")  # the client's own setting
-    settings = DownloadSettings(source="modelscope", cache_root=tmp_path / "models", backoff=0.0)
+    assert server.host in ("127.0.0.1", "localhost")  # loopback only
+    fake.url = f"http://127.0.0.1:{server.port}"
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", fake.url)  # the client's own setting
+    for name in ("MODELSCOPE_DOMAIN", "MODELSCOPE_API_TOKEN", "MODELSCOPE_CACHE", "MODELSCOPE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    # The client builds one process-wide configuration (endpoint, token, cache and settings folders) the first time
+    # it is used; each test starts without it, so that this test's HOME counts, and gets the previous one back.
+    monkeypatch.setattr(modelscope_hub.config, "_default_config", None)
+    # The client retries a listing 4 times and a file 5 times itself; its counts stay, its waits (1 s, 2 s, 4 s...)
+    # go, so that the tests stay fast.
+    monkeypatch.setattr(modelscope_hub._legacy_api, "REPO_TREE_PAGE_RETRY_MAX_DELAY_SECONDS", 0)
+    monkeypatch.setattr(modelscope_hub._download, "DOWNLOAD_RETRY_MAX_DELAY_SECONDS", 0)
+    return fake
+
+
+async def test_modelscope_lands_in_the_cache(ms_hub: FakeHub, tmp_path: Path, client_home: Path) -> None:
+    ms_hub.fail_first = 1  # the listing answers 503 once: the client retries it itself, below xinfd's retries
+    dl, slept = downloader(tmp_path, source="modelscope")
     events = Events()
-    path = await Downloader(settings=settings).weights_for("transformers", SPEC, {}, events)
+    path = await dl.weights_for("transformers", SPEC, {}, events)
     assert path == str(tmp_path / "models" / "modelscope" / REPO)
     for name, data in FILES.items():
         assert (Path(path) / name).read_bytes() == data
-    # The client retries a listing itself (1 s, then more, 4 times): the 503 is absorbed below xinfd's retry.
-    assert events.names() == ["downloading", "downloaded"]
-    assert any(r.endswith("-> 503") for r in fake.requests)
+    assert (Path(path) / MARKER).is_file()
+    assert events.names() == ["downloading", "downloaded"] and slept == []
+    assert [r.endswith("-> 503") for r in ms_hub.requests[:2]] == [True, False]
+    assert sorted(ms_hub.fetched) == sorted(FILES)
+    # Its lock files stay in the model's folder, not in ~/.cache/modelscope (which it creates, empty). Its settings
+    # folder, ~/.modelscope, is the user's (a login lives there); it keeps an install id in it.
+    assert [p for p in (client_home / ".cache").rglob("*") if p.is_file()] == []
+    assert list((Path(path) / ".cache" / "modelscope" / ".lock").iterdir())
+
+    asked = len(ms_hub.requests)
+    again = Events()
+    assert await downloader(tmp_path, source="modelscope")[0].weights_for("transformers", SPEC, {}, again) == path
+    assert len(ms_hub.requests) == asked and again.names() == ["download_cached"]
+
+
+async def test_modelscope_endpoint_is_read_at_each_download(monkeypatch: pytest.MonkeyPatch, ms_hub: FakeHub,
+                                                            aiohttp_server: ServerFactory, tmp_path: Path) -> None:
+    """Regression: the client keeps the MODELSCOPE_ENDPOINT of its first use for the whole process."""
+    assert await downloader(tmp_path, source="modelscope")[0].ensure("tiny", REPO, Events()) is not None
+    other = FakeHub(repos={"other-org/other-model": dict(FILES)})
+    server = await aiohttp_server(other.modelscope_app())
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", f"http://127.0.0.1:{server.port}")
+    assert await downloader(tmp_path, source="modelscope")[0].ensure("other", "other-org/other-model",
+                                                                       Events()) is not None
+    assert sorted(other.fetched) == sorted(FILES)
+
+
+async def test_modelscope_file_5xx_is_retried_past_the_clients_own_retries(ms_hub: FakeHub,
+                                                                            tmp_path: Path) -> None:
+    """Regression: the client reports failed files together (``failed_files``), a 503 among them is retried."""
+    import modelscope_hub._download
+
+    # One more 503 than the client's own retries: its first call gives up on that file, the second gets it.
+    ms_hub.fail_file = {"weights/model.safetensors": modelscope_hub._download.DOWNLOAD_RETRY_TIMES + 1}
+    dl, slept = downloader(tmp_path, source="modelscope")
+    events = Events()
+    path = await dl.weights_for("transformers", SPEC, {}, events)
+    assert path is not None
+    for name, data in FILES.items():
+        assert (Path(path) / name).read_bytes() == data
+    assert events.names() == ["downloading", "download_retry", "downloading", "downloaded"]
+    assert slept == [0.5]
+    retry = events.items[1]["message"]
+    assert "weights/model.safetensors" in retry and "503" in retry
+    assert ms_hub.fetched.count("config.json") == 1  # a file done by the first attempt is kept
+
+
+async def test_modelscope_gives_up_after_max_attempts_naming_model_and_source(ms_hub: FakeHub,
+                                                                               tmp_path: Path) -> None:
+    import modelscope_hub._legacy_api
+
+    ms_hub.fail_first = 100
+    dl, slept = downloader(tmp_path, attempts=2, source="modelscope")
+    with pytest.raises(DownloadError) as info:
+        await dl.weights_for("transformers", SPEC, {}, Events())
+    message = str(info.value)
+    assert message.startswith(f"cannot download model tiny ({REPO}) from modelscope: gave up after 2 attempt(s)")
+    assert "503" in message
+    assert slept == [0.5]
+    # Each of xinfd's attempts is one call of the client, which tries a listing 4 times itself.
+    per_call = modelscope_hub._legacy_api.REPO_TREE_PAGE_MAX_ATTEMPTS
+    assert sum(r.endswith("-> 503") for r in ms_hub.requests) == 2 * per_call
+    assert not (tmp_path / "models" / "modelscope" / REPO / MARKER).exists()
+
+
+async def test_modelscope_unknown_repo_fails_at_once(ms_hub: FakeHub, tmp_path: Path) -> None:
+    ms_hub.repos.clear()
+    dl, slept = downloader(tmp_path, source="modelscope")
+    with pytest.raises(DownloadError) as info:
+        await dl.weights_for("transformers", SPEC, {}, Events())
+    assert f"tiny ({REPO}) from modelscope" in str(info.value) and "404" in str(info.value)
+    assert "gave up" not in str(info.value) and slept == []
+    assert len(ms_hub.requests) == 1
+
+
+async def test_modelscope_progress_counts_the_clients_partial_file(ms_hub: FakeHub, tmp_path: Path) -> None:
+    ms_hub.repos[REPO]["weights/model.safetensors"] = b"\x01" * 4_000_000  # 1 MiB chunks, as pycsghub
+    ms_hub.slow_body = 0.5
+    dl, _ = downloader(tmp_path, source="modelscope")
+    dl.progress_interval = 0.05
+    events = Events()
+    assert await dl.weights_for("transformers", SPEC, {}, events) is not None
+    progress = [e["bytes"] for e in events.items if e["event"] == "download_progress"]
+    assert any(0 < size < 4_000_000 for size in progress), progress
