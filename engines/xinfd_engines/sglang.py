@@ -122,7 +122,7 @@ def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) 
         replica.python,
         "-m",
         SERVER_MODULE,
-        *flag_value("--model-path", weights_location(model, replica)),
+        *flag_value("--model-path", weights_location(model, replica.options)),
         *flag_value("--served-model-name", replica.model_uid),
         "--host",
         LOOPBACK,

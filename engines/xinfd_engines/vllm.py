@@ -114,7 +114,7 @@ def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) 
         replica.python,
         "-m",
         SERVER_MODULE,
-        *flag_value("--model", weights_location(model, replica)),
+        *flag_value("--model", weights_location(model, replica.options)),
         *flag_value("--served-model-name", replica.model_uid),
         "--uds",
         replica.socket_path,

@@ -250,6 +250,27 @@ def test_weights_location_precedence(pm: pluggy.PluginManager, model: Model, rep
     assert "--model-path" not in spec.argv and tail(spec, VLLM_HEAD) == []
 
 
+def test_one_weights_location_rule_for_every_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Server engines and worker engines resolve the weights the same way (one function, one order)."""
+    from xinfd_engines._common import weights_location
+
+    from xinfd.types import ModelSpec
+
+    def spec(**extra: object) -> ModelSpec:
+        return ModelSpec(name="m", abilities=("chat",), engines=("vllm",), extra=dict(extra))
+
+    monkeypatch.setenv("HOME", "/home/op")
+    shipped = {"package": "pytest", "file": "w.gguf"}
+    assert weights_location(spec(model_path="~/w", model_id="org/m"), {}) == "/home/op/w"
+    assert weights_location(spec(package_file=shipped, model_id="org/m"), {}).endswith("pytest/w.gguf")
+    assert weights_location(spec(package_file=shipped), {"model_path": "/x"}) == "/x"
+    assert weights_location(spec(model_id="org/m"), {}) == "org/m"
+    with pytest.raises(ValueError, match="package 'nope' is not installed"):
+        weights_location(spec(package_file={"package": "nope", "file": "w"}), {})
+    with pytest.raises(ValueError, match="extra 'model_id' must be a non-empty string"):
+        weights_location(spec(model_id=""), {})
+
+
 def test_weights_location_must_be_a_string(pm: pluggy.PluginManager, model: Model, replica: Replica) -> None:
     with pytest.raises(ValueError, match="extra 'model_path' must be a non-empty string"):
         launch(pm, "vllm", model(extra={"model_path": 42}), replica())
