@@ -14,10 +14,14 @@ Imported by the daemon: standard library and xinfd types only.
 from __future__ import annotations
 
 import asyncio
+import codecs
+import contextlib
 import logging
 import os
+import random
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from xinfd.hookspecs import hookimpl
@@ -77,16 +81,22 @@ class LlamaCppModel:
             else None
         )
         self.parse_reasoning = "</think>" in str(template or "")
-        self.tokens_generated = 0
+        self.tokens_generated = 0  # tokens sampled, over all requests (tests watch it stop after a close)
 
     @classmethod
     def load(cls, path: str, options: Mapping[str, Any]) -> LlamaCppModel:
+        """Load the GGUF at ``path``. ``n_threads`` (else ``OMP_NUM_THREADS``, else 1) sets the threads of both
+        token generation and prompt processing: llama-cpp-python's default for the latter is every CPU, which
+        ignored the limit, and on a busy machine made even a tiny model's first prompt wait ~0.4 s in ggml's
+        thread barrier."""
         from llama_cpp import Llama  # type: ignore[import-not-found,unused-ignore]
 
+        threads = int(options.get("n_threads") or os.environ.get("OMP_NUM_THREADS") or 1)
         llm = Llama(
             model_path=path,
             n_ctx=int(options.get("n_ctx") or 4096),
-            n_threads=int(options.get("n_threads") or os.environ.get("OMP_NUM_THREADS") or 1),
+            n_threads=threads,
+            n_threads_batch=threads,
             verbose=False,
         )
         return cls(llm, enable_thinking=_bool_option(options, "enable_thinking"))
@@ -111,7 +121,7 @@ class LlamaCppModel:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GeneratedDelta]:
         loop = asyncio.get_running_loop()
-        results: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue()
+        results: asyncio.Queue[_Step] = asyncio.Queue()
         cancel = threading.Event()
         chat = request.extra.get("kind", "chat") == "chat"
         builder = DeltaBuilder(
@@ -120,40 +130,36 @@ class LlamaCppModel:
             starts_in_reasoning=prompt_opens_reasoning(request.prompt),
         )
 
+        def post(step: _Step) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens any more
+                loop.call_soon_threadsafe(results.put_nowait, step)
+
         def run() -> None:
             with self._lock:  # one sequence at a time per Llama object
-                reason: str | None = "length"
+                if cancel.is_set():
+                    return  # closed while waiting for the lock: do not even read the prompt
                 try:
-                    for chunk in self.llm.create_completion(
-                        self._encode(request.prompt),
-                        max_tokens=request.max_tokens,
-                        temperature=request.temperature,
-                        top_p=request.top_p,
-                        seed=request.seed,
-                        stream=True,
-                    ):
-                        if cancel.is_set():
-                            return
-                        self.tokens_generated += 1
-                        choice = chunk["choices"][0]
-                        reason = choice.get("finish_reason")
-                        loop.call_soon_threadsafe(results.put_nowait, (choice.get("text") or "", None))
-                        if reason:
-                            break
-                finally:
-                    loop.call_soon_threadsafe(results.put_nowait, ("", reason or "length"))
+                    reason = self._sample(request, cancel, lambda text: post(_Step(text)))
+                except Exception as exc:
+                    post(_Step(error=exc))
+                    return
+                if reason is not None:
+                    post(_Step(finish_reason=reason))
 
         worker = loop.run_in_executor(None, run)
         text, finished = "", False
         try:
             while True:
-                part, reason = await results.get()
-                text += part
-                done = reason is not None
+                step = await results.get()
+                if step.error is not None:
+                    finished = True
+                    raise step.error
+                text += step.text
+                done = step.finish_reason is not None
                 piece = builder.push(text, final=done)
                 if piece.stopped or done:
                     finished = done
-                    final = "stop" if piece.stopped or reason == "stop" else "length"
+                    final = "stop" if piece.stopped or step.finish_reason == "stop" else "length"
                     yield GeneratedDelta(text=piece.content, reasoning=piece.reasoning, finish_reason=final)
                     return
                 if piece.content or piece.reasoning:
@@ -163,6 +169,57 @@ class LlamaCppModel:
             if not finished:
                 log.info("%s cancelled after %d characters", request.request_id, len(text))
             del worker  # the thread ends at its next token
+
+    def _sample(self, request: GenerateRequest, cancel: threading.Event, emit: Callable[[str], None]) -> str | None:
+        """Generate in the calling thread, token by token; ``emit`` gets the text of each token as it comes.
+
+        Returns the finish reason, or None when ``cancel`` was set. This drives ``Llama.generate`` rather than
+        ``create_completion(stream=True)``: the latter yields nothing while its pending tokens do not decode as
+        UTF-8 (a stray byte token, which small and random models emit), re-decoding every prefix of them at each
+        new token, so a stream could stall to its end in cubic time, and a closed stream (or a stop string) was
+        only noticed at the next chunk, maybe the last; it also dropped bad bytes and counted chunks, not
+        tokens. Here ``cancel`` is checked after every token, ``max_tokens`` is exact, and an incremental decoder
+        holds back only a split multi-byte character (bad bytes become U+FFFD, as transformers decodes them).
+        """
+        from llama_cpp import llama_vocab_is_eog  # type: ignore[import-not-found,unused-ignore]
+
+        prompt = self._encode(request.prompt)
+        # The n_ctx asked for: llama.cpp rounds its context up (to 256), but llama-cpp-python's token buffer
+        # has the size asked for, and a longer sequence fails in numpy (create_completion checks the former).
+        n_ctx = int(self.llm.context_params.n_ctx)
+        if len(prompt) >= n_ctx:
+            raise ValueError(f"the prompt is {len(prompt)} tokens long; the llama.cpp context (n_ctx) is {n_ctx}")
+        budget = min(request.max_tokens, n_ctx - len(prompt))
+        # create_completion's seeding: the request's seed, else a fresh one (Llama keeps the last one set).
+        self.llm.set_seed(request.seed if request.seed is not None else random.getrandbits(32))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        vocab = self.llm._model.vocab
+        reason = "length"
+        # Sampling as create_completion's defaults (top_k=40, min_p=0.05) with the request's temperature/top_p.
+        tokens = self.llm.generate(prompt, temp=request.temperature, top_p=request.top_p)
+        for produced, token in enumerate(tokens, start=1):
+            self.tokens_generated += 1
+            if cancel.is_set():
+                return None
+            if llama_vocab_is_eog(vocab, token):
+                reason = "stop"
+                break
+            if piece := decoder.decode(self.llm.detokenize([token])):
+                emit(piece)
+            if produced >= budget:
+                break
+        if tail := decoder.decode(b"", final=True):
+            emit(tail)
+        return reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """What the generating thread hands to ``generate``: new text, the finish reason, or the error it raised."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    error: Exception | None = None
 
 
 def _bool_option(options: Mapping[str, Any], name: str) -> bool | None:

