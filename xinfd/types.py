@@ -176,7 +176,12 @@ class GeneratedDelta:
 
 @runtime_checkable
 class TextModel(Protocol):
-    """A loaded model that generates text; the worker host owns HTTP, streaming, batching and cancellation."""
+    """A loaded model that generates text; the worker host owns HTTP, streaming, batching and cancellation.
+
+    Optional attribute ``context_window: int``: the context the loaded engine really has when it is smaller
+    than the model family's ``context_length`` (llama.cpp's ``n_ctx``). The host then checks prompts and
+    ``max_tokens`` against it, so a prompt that cannot fit is a 400 naming the limit, not an engine error.
+    """
 
     def render_chat(self, messages: list[ChatMessage], options: Mapping[str, Any]) -> str:
         """Turn chat messages into a prompt (the model's chat template)."""

@@ -81,6 +81,8 @@ class LlamaCppModel:
             else None
         )
         self.parse_reasoning = "</think>" in str(template or "")
+        # What the worker host checks prompts against (TextModel.context_window): the n_ctx asked for.
+        self.context_window = int(llm.context_params.n_ctx)
         self.tokens_generated = 0  # tokens sampled, over all requests (tests watch it stop after a close)
 
     @classmethod

@@ -121,6 +121,9 @@ def make_worker_app(
     embedder = model if isinstance(model, EmbeddingModel) else None
     if text is None and embedder is None:
         raise TypeError(f"{type(model).__name__} implements neither TextModel nor EmbeddingModel")
+    window = getattr(model, "context_window", None)
+    if isinstance(window, int) and not isinstance(window, bool) and 0 < window < context_length:
+        context_length = window  # the engine was loaded with less context than the family allows
     app = web.Application(middlewares=[_request_context], client_max_size=MAX_BODY_BYTES)
     app[CONFIG_KEY] = WorkerConfig(
         model_uid=model_uid,

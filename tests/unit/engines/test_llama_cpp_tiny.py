@@ -169,6 +169,8 @@ async def test_prompt_longer_than_n_ctx_is_an_error(plain: tuple[Path, Path]) ->
     model = load(plain[1], n_ctx="32")
     with pytest.raises(ValueError, match=r"n_ctx\) is 32"):
         await collect(model, "the quick brown fox " * 20)
+    # The worker host checks prompts against this first, so through the API the same prompt is a 400.
+    assert model.context_window == 32
 
 
 async def test_closing_the_stream_stops_generation(plain: tuple[Path, Path]) -> None:

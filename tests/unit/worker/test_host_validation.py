@@ -133,6 +133,22 @@ async def test_prompt_longer_than_context(make_client: ClientFactory) -> None:
     await assert_refused(resp, "prompt")
 
 
+async def test_a_smaller_engine_context_window_is_the_limit(make_client: ClientFactory) -> None:
+    """llama.cpp loaded with n_ctx below the family's context length: prompts are checked against n_ctx."""
+    from xinfd_echo.model import EchoModel, EchoOptions
+
+    model = EchoModel(EchoOptions())
+    model.context_window = 8  # type: ignore[attr-defined]
+    client = await make_client(model, context_length=4096)
+    error = await assert_refused(await client.post("/v1/completions", json={"prompt": "w " * 10}), "prompt")
+    assert "10" in error["message"] and "8" in error["message"]
+    ok = await client.post("/v1/completions", json={"prompt": "w w", "max_tokens": 6})
+    assert ok.status == 200
+    model.context_window = 100_000  # type: ignore[attr-defined]  # larger than the family's: ignored
+    client = await make_client(model, context_length=8)
+    await assert_refused(await client.post("/v1/completions", json={"prompt": "w " * 10}), "prompt")
+
+
 async def test_completion_budget_beyond_context(make_client: ClientFactory) -> None:
     client = await make_client(context_length=8)
     resp = await client.post("/v1/chat/completions", json=chat_body("a b c", max_completion_tokens=6))
