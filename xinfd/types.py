@@ -172,6 +172,10 @@ class GeneratedDelta:
     text: str
     finish_reason: str | None = None
     reasoning: str = ""
+    # Completion tokens generated for this request so far (cumulative, end-of-sequence token excluded). The host
+    # reports the last value as usage.completion_tokens; when an engine leaves it None, the host re-tokenizes
+    # the text instead, which can differ from what was generated (text does not always re-encode to its tokens).
+    tokens: int | None = None
 
 
 @runtime_checkable

@@ -166,10 +166,11 @@ class MlxTextModel:
                 if piece.stopped or done:
                     finished = done
                     final = "stop" if piece.stopped or reason == "stop" else "length"
-                    yield GeneratedDelta(text=piece.content, reasoning=piece.reasoning, finish_reason=final)
+                    yield GeneratedDelta(text=piece.content, reasoning=piece.reasoning, finish_reason=final,
+                                         tokens=len(tokens))
                     return
                 if piece.content or piece.reasoning:
-                    yield GeneratedDelta(text=piece.content, reasoning=piece.reasoning)
+                    yield GeneratedDelta(text=piece.content, reasoning=piece.reasoning, tokens=len(tokens))
         finally:
             if not finished:
                 self._commands.put(("remove", seq))

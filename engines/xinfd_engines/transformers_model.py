@@ -259,13 +259,15 @@ class TransformersTextModel:
                 produced = len(tokens)
                 done = output.is_finished()
                 piece = builder.push(self._decode(tokens), final=done)
+                counted = produced - (1 if _ended_by_eos(tokens, self.eos_ids) else 0)
                 if piece.stopped or done:
                     finished = done
                     reason = "stop" if piece.stopped or _ended_by_eos(tokens, self.eos_ids) else "length"
-                    yield GeneratedDelta(text=piece.content, reasoning=piece.reasoning, finish_reason=reason)
+                    yield GeneratedDelta(text=piece.content, reasoning=piece.reasoning, finish_reason=reason,
+                                         tokens=counted)
                     return
                 if piece.content or piece.reasoning:
-                    yield GeneratedDelta(text=piece.content, reasoning=piece.reasoning)
+                    yield GeneratedDelta(text=piece.content, reasoning=piece.reasoning, tokens=counted)
         finally:
             self._active -= 1
             if not finished:

@@ -342,7 +342,7 @@ async def _complete(
     stream = CompletionStream(request, fmt) if parsed.stream else None
     started = time.monotonic()
     try:
-        text, finish_reason, reasoning = await _drain(request, model.generate(generate), stream)
+        text, finish_reason, reasoning, counted = await _drain(request, model.generate(generate), stream)
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the client (the daemon) disconnects; _drain closed the generator.
         log.info(
@@ -362,7 +362,8 @@ async def _complete(
         if not isinstance(exc, XinfdError):
             exc = XinfdError("the engine failed while generating")
         return await stream.fail(protocol.error_from_exception(exc))
-    generated = sum(model.count_tokens(part) for part in (reasoning, text) if part)
+    generated = counted if counted is not None else sum(
+        model.count_tokens(part) for part in (reasoning, text) if part)
     usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=generated)
     log.info("%s %s %s finish=%s %.3fs", request_id, kind, usage, finish_reason, time.monotonic() - started)
     if stream is None:
@@ -372,9 +373,10 @@ async def _complete(
 
 async def _drain(
     request: web.Request, deltas: AsyncIterator[GeneratedDelta], stream: CompletionStream | None
-) -> tuple[str, str, str]:
-    """Consume the engine's deltas up to the first finish reason; return the text, that reason and the
-    reasoning text (``GeneratedDelta.reasoning``, sent as ``reasoning_content``).
+) -> tuple[str, str, str, int | None]:
+    """Consume the engine's deltas up to the first finish reason; return the text, that reason, the
+    reasoning text (``GeneratedDelta.reasoning``, sent as ``reasoning_content``) and the engine's last token
+    count (``GeneratedDelta.tokens``; None if it reports none).
 
     The iterator is always closed (``aclose``) on the way out, so an engine stops generating when the client
     disconnects, the request is aborted, or sending fails. A cancellation caused only by ``/abort`` is
@@ -388,8 +390,11 @@ async def _drain(
     parts: list[str] = []
     thoughts: list[str] = []
     finish_reason = "stop"  # an engine whose iterator just ends has finished naturally
+    counted: int | None = None
     try:
         async for delta in deltas:
+            if delta.tokens is not None:
+                counted = delta.tokens
             if delta.reasoning:
                 thoughts.append(delta.reasoning)
                 if stream is not None:
@@ -411,4 +416,4 @@ async def _drain(
         aclose = getattr(deltas, "aclose", None)
         if aclose is not None:
             await aclose()
-    return "".join(parts), finish_reason, "".join(thoughts)
+    return "".join(parts), finish_reason, "".join(thoughts), counted

@@ -112,6 +112,9 @@ async def test_chat_matches_transformers_text(plain: tuple[Path, Path], hf: tupl
     assert (text, reasoning, reason) == (expected, "", "length")
     assert "\ufffd" in text  # stray byte tokens decode as U+FFFD, as transformers decodes them
     assert model.tokens_generated == 12  # max_tokens exactly, counted in tokens (not in stream chunks)
+    last = [d async for d in model.generate(GenerateRequest(request_id="u", prompt=prompt, max_tokens=12,
+                                                            temperature=0.0))][-1]
+    assert last.tokens == 12  # what usage.completion_tokens reports (re-tokenizing the text would not give 12)
 
 
 async def test_thinking_split_and_enable_thinking(think: tuple[Path, Path]) -> None:

@@ -74,6 +74,17 @@ async def test_greedy_matches_generate_alone_and_in_a_batch(model: TransformersT
     assert {b[0] for b in batch} == {expected}
 
 
+async def test_last_delta_reports_the_tokens_generated(model: TransformersTextModel) -> None:
+    request = GenerateRequest(request_id="n", prompt="hello", max_tokens=9, temperature=0.0, extra={"kind": "text"})
+    deltas = [d async for d in model.generate(request)]
+    if deltas[-1].finish_reason == "length":
+        assert deltas[-1].tokens == 9
+    else:  # ended by the end-of-sequence token, which is not counted
+        assert deltas[-1].tokens is not None and deltas[-1].tokens < 9
+    counts = [d.tokens for d in deltas if d.tokens is not None]
+    assert counts == sorted(counts)  # cumulative
+
+
 async def test_stop_string_ends_the_request(model: TransformersTextModel) -> None:
     full, _, _ = await collect(model, "hello world", kind="text")
     stop = full[5:8]

@@ -231,3 +231,28 @@ async def test_template_options_reach_render_chat_and_engine_errors_keep_their_s
     body = chat_body("hi", chat_template_kwargs={"enable_thinking": True})
     status, data = await post_json(client, "/v1/chat/completions", body)
     assert data["choices"][0]["message"]["content"] == "thinking hi"
+
+
+class CountingModel(EchoModel):
+    """Reports its own token counts: three tokens whose text would re-encode to eight words."""
+
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GeneratedDelta, None]:
+        yield GeneratedDelta(text="a b c ", tokens=1)
+        yield GeneratedDelta(text="d e f ", tokens=2)
+        yield GeneratedDelta(text="g h", finish_reason="length", tokens=3)
+
+
+async def test_usage_counts_the_tokens_the_engine_generated(make_client: ClientFactory) -> None:
+    """Regression: completion_tokens re-tokenized the answer, which for byte-level or random text is not the
+    number of tokens generated (the batching benchmark reported 2x the real rate)."""
+    client = await make_client(CountingModel())
+    body = await (await client.post("/v1/completions", json={"prompt": "x"})).json()
+    assert body["choices"][0]["text"] == "a b c d e f g h" and body["usage"]["completion_tokens"] == 3
+    resp = await client.post("/v1/chat/completions", json=chat_body(
+        "x", stream=True, stream_options={"include_usage": True}))
+    usage = [e["usage"] for e in decode_events(await resp.read()) if isinstance(e, dict) and e.get("usage")]
+    assert usage[-1]["completion_tokens"] == 3
+    # An engine that reports nothing is counted by re-tokenizing (the echo model: one token per word).
+    plain = await make_client()
+    body = await (await plain.post("/v1/completions", json={"prompt": "one two three", "max_tokens": 3})).json()
+    assert body["usage"]["completion_tokens"] == 3
