@@ -7,8 +7,8 @@ builder builds it that way once and keeps the wheel.
 
 A model family whose abilities include ``chat`` or ``generate`` gets ``/v1/chat/completions`` and
 ``/v1/completions``; an ``embed``-only family gets ``/v1/embeddings`` (``llama_cpp_model``). Launch options:
-``n_ctx``, ``n_threads``, ``enable_thinking``; for embeddings also ``pooling`` (auto, model, mean, cls, last,
-none) and ``normalize``. Imported by the daemon: standard library and xinfd types only.
+``n_ctx``, ``n_threads``, ``enable_thinking``; for embeddings also ``pooling`` (auto, model, mean, cls, last)
+and ``normalize``. Imported by the daemon: standard library and xinfd types only.
 """
 
 from __future__ import annotations

@@ -216,8 +216,9 @@ class _Step:
     tokens: int = 0  # generated so far
 
 
-# llama.cpp's pooling types (llama.h: enum llama_pooling_type), by the names the launch option takes.
-POOLING = {"model": -1, "none": 0, "mean": 1, "cls": 2, "last": 3}
+# llama.cpp's pooling types (llama.h: enum llama_pooling_type), by the names the launch option takes. "none"
+# (one vector per token) is left out: /v1/embeddings returns one vector per input.
+POOLING = {"model": -1, "mean": 1, "cls": 2, "last": 3}
 
 
 class LlamaCppEmbedder:

@@ -198,7 +198,7 @@ def test_tiny_gguf_through_llama_cpp(daemon: Daemon, tmp_path: Path, llama_cpp_a
     message: Any = full.choices[0].message
     assert message.reasoning_content and not message.content
     assert full.choices[0].finish_reason == "length"
-    assert full.usage is not None and full.usage.completion_tokens > 0
+    assert full.usage is not None and full.usage.completion_tokens == 12  # the tokens generated, exactly
     reasoning = ""
     for chunk in api.chat.completions.create(
         model="tiny-gguf", messages=user, max_tokens=12, temperature=0, stream=True
@@ -227,3 +227,23 @@ def test_tiny_gguf_through_llama_cpp(daemon: Daemon, tmp_path: Path, llama_cpp_a
     text = api.completions.create(model="tiny-gguf", prompt="the quick", max_tokens=8, temperature=0)
     assert text.choices[0].text and text.choices[0].finish_reason == "length"
     daemon.xinfctl("terminate", "tiny-gguf")
+
+
+def test_tiny_gguf_embeddings_through_llama_cpp(daemon: Daemon, tmp_path: Path, llama_cpp_available: None) -> None:
+    """An embed-only family on llama.cpp serves /v1/embeddings (OpenAI shape, through the SDK); a prompt longer
+    than the engine's n_ctx is a 400 naming the limit, not an engine failure."""
+    _, gguf_file = tiny_llama_gguf(tmp_path / "tiny-embed")
+    spec = {"name": "tiny-embed", "abilities": ["embed"], "engines": ["llama.cpp"], "context_length": 4096}
+    spec_file = tmp_path / "tiny-embed.json"
+    spec_file.write_text(json.dumps(spec))
+    daemon.xinfctl("register", "--file", str(spec_file))
+    daemon.xinfctl("launch", "-n", "tiny-embed", "-e", "llama.cpp", "--model-path", str(gguf_file), "--n-ctx", "64",
+                   timeout=120)
+    api = client(daemon)
+    result = api.embeddings.create(model="tiny-embed", input=["the quick brown fox", "hello world"])
+    first, second = (item.embedding for item in result.data)
+    assert len(first) == len(second) == 64 and first != second
+    assert abs(sum(x * x for x in first) - 1.0) < 1e-3
+    assert result.usage.prompt_tokens > 0
+    with pytest.raises(openai.BadRequestError, match="64"):
+        api.embeddings.create(model="tiny-embed", input="the quick brown fox " * 40)

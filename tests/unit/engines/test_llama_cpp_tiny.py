@@ -207,3 +207,34 @@ def test_threads_bound_prompt_processing_too(plain: tuple[Path, Path]) -> None:
     ``n_threads_batch`` default) whatever the launch option or OMP_NUM_THREADS said."""
     model = load(plain[1], n_threads="1")
     assert (model.llm.n_threads, model.llm.n_threads_batch) == (1, 1)
+
+
+async def test_embeddings_are_pooled_per_input_and_normalised(plain: tuple[Path, Path]) -> None:
+    """An embed-only family on llama.cpp: one vector per input (mean-pooled: the tiny Llama declares no pooling),
+    L2-normalised unless ``normalize=false``; the same text gives the same vector whatever its batch."""
+    import math
+
+    from xinfd_engines.llama_cpp_model import LlamaCppEmbedder
+
+    embedder = LlamaCppEmbedder.load(str(plain[1]), {"n_ctx": "256"})
+    a, b, again = await embedder.embed(["the quick brown fox", "hello world", "the quick brown fox"])
+    assert len(a) == len(b) == 64  # the tiny model's hidden size
+    assert math.isclose(math.fsum(x * x for x in a), 1.0, rel_tol=1e-4)
+    assert again == pytest.approx(a, abs=1e-5) and a != pytest.approx(b, abs=1e-3)
+    [alone] = await embedder.embed(["the quick brown fox"])
+    assert alone == pytest.approx(a, abs=1e-5)
+    assert embedder.count_tokens("the quick brown fox") >= 2
+    raw = LlamaCppEmbedder.load(str(plain[1]), {"n_ctx": "256", "normalize": "false", "pooling": "last"})
+    [vector] = await raw.embed(["the quick brown fox"])
+    assert not math.isclose(math.fsum(x * x for x in vector), 1.0, rel_tol=1e-3)
+
+
+def test_embedding_options_are_checked_at_launch() -> None:
+    from tests.unit.engines.conftest import make_model, make_replica
+
+    spec = make_model(name="e", abilities=("embed",), engines=("llama.cpp",), extra={"model_path": "/m/e.gguf"})
+    assert engine.embeds_only(spec)
+    with pytest.raises(ValueError, match="'pooling' must be one of"):
+        engine.xinfd_engine_launch("llama.cpp", spec, make_replica(engine="llama.cpp", options={"pooling": "none"}))
+    with pytest.raises(ValueError, match="'normalize' must be true or false"):
+        engine.xinfd_engine_launch("llama.cpp", spec, make_replica(engine="llama.cpp", options={"normalize": "2"}))
