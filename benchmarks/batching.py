@@ -3,7 +3,9 @@ daemon, against sequential requests through the daemon and against in-process ``
 weights.
 
 In-process ``generate()`` of one sequence is the physical limit of one stream (same model, same thread count);
-sequential requests through the daemon are what a server without batching gives. Targets (issue 5): at 16
+the in-process engine row runs the replica's model object (transformers' continuous batching manager) with no
+server, which splits the gap into the engine's share and the serving path's; sequential requests through the
+daemon are what a server without batching gives. Targets (issue 5): at 16
 streams >= 4x the sequential tokens/s; at 1 stream <= 1.1x the in-process time. The model is a random Llama
 written on the spot (sizes by flag), or any folder/GGUF given with ``--model-path``. Run from a checkout:
 
@@ -53,6 +55,36 @@ def in_process(location: str, tokens: int, repeats: int) -> float:
             model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
             best = min(best, time.perf_counter() - started)
     return tokens / best
+
+
+def in_process_batching(location: str, tokens: int, repeats: int) -> float:
+    """Tokens/s of one greedy sequence through the engine's model object (transformers' continuous batching
+    manager, as the replica runs it) without any server: separates the engine's cost from the serving path."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "engines"))
+    from xinfd_engines.transformers_model import TransformersTextModel, env_options
+
+    from xinfd.types import GenerateRequest
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    model = TransformersTextModel.load(location, env_options({}))
+
+    async def one() -> tuple[int, float]:
+        started = time.perf_counter()
+        produced = 0
+        request = GenerateRequest(request_id="b", prompt=PROMPT, max_tokens=tokens, temperature=0.0,
+                                  extra={"kind": "text"})
+        async for delta in model.generate(request):
+            produced = delta.tokens or produced
+        return produced, time.perf_counter() - started
+
+    try:
+        asyncio.run(one())  # warm-up
+        best = max(n / t for n, t in (asyncio.run(one()) for _ in range(repeats)))
+    finally:
+        model.close()
+    return best
 
 
 async def stream_one(session: aiohttp.ClientSession, url: str, tokens: int) -> int:
@@ -116,6 +148,7 @@ def main() -> None:
 
             location = str(build_tiny_llama(Path(tmp) / "model", layers=args.layers, hidden=args.hidden))
         limit = in_process(location, args.tokens, repeats=3)
+        engine_alone = in_process_batching(location, args.tokens, repeats=3)
         env = {**os.environ, "XINFERENCE_HOME": str(home), "XINFERENCE_ENABLE_VIRTUAL_ENV": "0"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
         proc = subprocess.Popen(
@@ -145,7 +178,8 @@ def main() -> None:
             xinfctl(env, "register", "--file", str(spec))
             xinfctl(env, "launch", "-n", "bench", "-e", "transformers")
             url = xinfctl(env, "status")["endpoint"] + "/v1/completions"
-            asyncio.run(through_daemon(url, args.tokens, 2, 1))  # warm-up
+            # Warm-up: the first requests after a launch allocate the cache and warm torch's kernels.
+            asyncio.run(through_daemon(url, args.tokens, 2, 4))
             sequential = asyncio.run(through_daemon(url, args.tokens, 1, 8))
             rows = [
                 (n, asyncio.run(through_daemon(url, args.tokens, n, 2 if n > 1 else 4))) for n in (1, 4, 16)
@@ -160,6 +194,8 @@ def main() -> None:
     )
     print(f"{'run':<34}{'tokens/s':>10}{'x sequential':>14}{'time x in-process':>19}")
     print(f"{'in-process generate(), 1 stream':<34}{limit:>10.1f}{limit / sequential:>14.2f}{1.0:>19.2f}")
+    print(f"{'in-process engine (no server)':<34}{engine_alone:>10.1f}{engine_alone / sequential:>14.2f}"
+          f"{limit / engine_alone:>19.2f}")
     print(f"{'daemon, sequential requests':<34}{sequential:>10.1f}{1.0:>14.2f}{limit / sequential:>19.2f}")
     for n, rate in rows:
         print(

@@ -74,6 +74,13 @@ async def test_greedy_matches_generate_alone_and_in_a_batch(model: TransformersT
     assert {b[0] for b in batch} == {expected}
 
 
+def test_the_running_manager_uses_the_row_wise_top_p(model: TransformersTextModel) -> None:
+    from xinfd_engines.transformers_sampling import _rowwise_top_p_class
+
+    processors = model.manager.logit_processor.logits_processor
+    assert any(isinstance(p, _rowwise_top_p_class()) for p in processors)
+
+
 async def test_last_delta_reports_the_tokens_generated(model: TransformersTextModel) -> None:
     request = GenerateRequest(request_id="n", prompt="hello", max_tokens=9, temperature=0.0, extra={"kind": "text"})
     deltas = [d async for d in model.generate(request)]
