@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest
-from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning
+from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning, to_delta
 
 log = logging.getLogger(__name__)
 
@@ -145,14 +145,12 @@ class LlamaCppModel:
                 counted = step.tokens
                 done = step.finish_reason is not None
                 piece = builder.push(text, final=done)
-                if piece.stopped or done:
-                    finished = done
-                    final = "stop" if piece.stopped or step.finish_reason == "stop" else "length"
-                    yield GeneratedDelta(text=piece.content, reasoning=piece.reasoning, finish_reason=final,
-                                         tokens=counted)
-                    return
-                if piece.content or piece.reasoning:
-                    yield GeneratedDelta(text=piece.content, reasoning=piece.reasoning, tokens=counted)
+                delta = to_delta(piece, done=done, natural_stop=step.finish_reason == "stop", tokens=counted)
+                if delta is not None:
+                    yield delta
+                    if delta.finish_reason is not None:
+                        finished = done
+                        return
         finally:
             cancel.set()
             if not finished:

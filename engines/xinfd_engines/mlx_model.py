@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest
-from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning
+from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning, to_delta
 
 log = logging.getLogger(__name__)
 
@@ -163,14 +163,12 @@ class MlxTextModel:
                     tokens.append(token)
                 done = reason is not None
                 piece = builder.push(self.tokenizer.decode(tokens), final=done)
-                if piece.stopped or done:
-                    finished = done
-                    final = "stop" if piece.stopped or reason == "stop" else "length"
-                    yield GeneratedDelta(text=piece.content, reasoning=piece.reasoning, finish_reason=final,
-                                         tokens=len(tokens))
-                    return
-                if piece.content or piece.reasoning:
-                    yield GeneratedDelta(text=piece.content, reasoning=piece.reasoning, tokens=len(tokens))
+                delta = to_delta(piece, done=done, natural_stop=reason == "stop", tokens=len(tokens))
+                if delta is not None:
+                    yield delta
+                    if delta.finish_reason is not None:
+                        finished = done
+                        return
         finally:
             if not finished:
                 self._commands.put(("remove", seq))

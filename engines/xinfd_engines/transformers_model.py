@@ -36,7 +36,7 @@ from typing import Any
 from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest
 from xinfd_engines import gguf_cache
 from xinfd_engines.transformers_sampling import skip_noop_top_p
-from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning
+from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning, to_delta
 
 log = logging.getLogger(__name__)
 
@@ -264,15 +264,13 @@ class TransformersTextModel:
                 produced = len(tokens)
                 done = output.is_finished()
                 piece = builder.push(self._decode(tokens), final=done)
-                counted = produced - (1 if _ended_by_eos(tokens, self.eos_ids) else 0)
-                if piece.stopped or done:
-                    finished = done
-                    reason = "stop" if piece.stopped or _ended_by_eos(tokens, self.eos_ids) else "length"
-                    yield GeneratedDelta(text=piece.content, reasoning=piece.reasoning, finish_reason=reason,
-                                         tokens=counted)
-                    return
-                if piece.content or piece.reasoning:
-                    yield GeneratedDelta(text=piece.content, reasoning=piece.reasoning, tokens=counted)
+                eos = _ended_by_eos(tokens, self.eos_ids)
+                delta = to_delta(piece, done=done, natural_stop=eos, tokens=produced - (1 if eos else 0))
+                if delta is not None:
+                    yield delta
+                    if delta.finish_reason is not None:
+                        finished = done
+                        return
         finally:
             self._active -= 1
             if not finished:

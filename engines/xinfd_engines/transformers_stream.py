@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xinfd.types import GeneratedDelta
+
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
@@ -52,6 +54,21 @@ class Piece:
     reasoning: str = ""
     content: str = ""
     stopped: bool = False
+
+
+def to_delta(piece: Piece, *, done: bool, natural_stop: bool, tokens: int | None) -> GeneratedDelta | None:
+    """What an engine yields for ``piece``: the last delta (with its finish reason) when a stop string matched
+    or the engine finished (``done``), a plain delta when there is new text, else nothing.
+
+    ``natural_stop`` says the engine ended on an end-of-sequence token ("stop"); otherwise a finished request
+    ran out of tokens ("length"). ``tokens`` is the engine's count so far (``GeneratedDelta.tokens``).
+    """
+    if piece.stopped or done:
+        reason = "stop" if piece.stopped or natural_stop else "length"
+        return GeneratedDelta(text=piece.content, reasoning=piece.reasoning, finish_reason=reason, tokens=tokens)
+    if piece.content or piece.reasoning:
+        return GeneratedDelta(text=piece.content, reasoning=piece.reasoning, tokens=tokens)
+    return None
 
 
 class DeltaBuilder:

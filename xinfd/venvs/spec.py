@@ -85,6 +85,18 @@ class IndexOptions:
             args.append("--no-build-isolation")
         return args
 
+    def pip_args(self) -> list[str]:
+        """The same options for ``pip wheel`` (source builds, ``xinfd.venvs.wheels``): pip's spelling."""
+        args = self.uv_args()
+        renamed = {"--allow-insecure-host": "--trusted-host"}
+        args = [renamed.get(a, a) for a in args]
+        if self.index_strategy:  # a uv-only choice; pip always merges its indexes
+            at = args.index("--index-strategy")
+            del args[at:at + 2]
+        for constraint in self.constraints:
+            args += ["--constraint", constraint]
+        return args
+
     def merged(self, inherited: IndexOptions) -> IndexOptions:
         """The block's options win; lists hold the block's first, then pip's (issue 3: inherit_pip_config)."""
         return IndexOptions(

@@ -60,24 +60,6 @@ class SourceBuild:
         return f"{self.name} {self.version} from source ({flags or 'default build settings'})"
 
 
-def pip_index_args(index: IndexOptions) -> list[str]:
-    """The model's index options for ``pip wheel`` (pip also reads its own config; duplicates are harmless)."""
-    args: list[str] = []
-    if index.index_url:
-        args += ["--index-url", index.index_url]
-    for url in index.extra_index_urls:
-        args += ["--extra-index-url", url]
-    for link in index.find_links:
-        args += ["--find-links", link]
-    for host in index.trusted_hosts:
-        args += ["--trusted-host", host]
-    for constraint in index.constraints:
-        args += ["--constraint", constraint]
-    if index.no_build_isolation:
-        args.append("--no-build-isolation")
-    return args
-
-
 class WheelCache:
     """``root/<name>-<version>-py<XY>-<settings digest>/<wheel>`` plus a ``xinfd-build.json`` record."""
 
@@ -147,7 +129,7 @@ class WheelCache:
             env = {**os.environ, **build.env, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
             env.pop("VIRTUAL_ENV", None)
             await run([str(builder / "bin" / "python"), "-m", "pip", "wheel", "--no-deps", "--no-cache-dir",
-                       "--no-binary", build.name, "--wheel-dir", str(out), *pip_index_args(index),
+                       "--no-binary", build.name, "--wheel-dir", str(out), *index.pip_args(),
                        f"{build.name}=={build.version}"], env=env)
             wheels = sorted(out.glob("*.whl"))
             if len(wheels) != 1:

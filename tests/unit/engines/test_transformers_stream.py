@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xinfd_engines.transformers_stream import DeltaBuilder, Piece, prompt_opens_reasoning
+from xinfd_engines.transformers_stream import DeltaBuilder, Piece, prompt_opens_reasoning, to_delta
 
 
 def feed(builder: DeltaBuilder, chunks: list[str]) -> tuple[str, str, bool]:
@@ -69,3 +69,15 @@ def test_prompt_opens_reasoning() -> None:
     assert prompt_opens_reasoning("<s>assistant:<think>\n")
     assert not prompt_opens_reasoning("<s>assistant:<think>\n\n</think>\n\n")
     assert not prompt_opens_reasoning("<s>assistant:")
+
+
+def test_to_delta_gives_each_engine_the_same_finish_rules() -> None:
+    assert to_delta(Piece(), done=False, natural_stop=False, tokens=1) is None  # nothing new yet
+    middle = to_delta(Piece(content="a"), done=False, natural_stop=False, tokens=2)
+    assert middle is not None and (middle.text, middle.finish_reason, middle.tokens) == ("a", None, 2)
+    stopped = to_delta(Piece(content="b", stopped=True), done=False, natural_stop=False, tokens=3)
+    assert stopped is not None and stopped.finish_reason == "stop"  # a stop string, engine still running
+    eos = to_delta(Piece(), done=True, natural_stop=True, tokens=4)
+    assert eos is not None and eos.finish_reason == "stop"
+    out_of_tokens = to_delta(Piece(reasoning="r"), done=True, natural_stop=False, tokens=5)
+    assert out_of_tokens is not None and (out_of_tokens.reasoning, out_of_tokens.finish_reason) == ("r", "length")

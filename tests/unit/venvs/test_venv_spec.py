@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -103,6 +104,12 @@ def test_index_options_are_validated_and_become_argv_items() -> None:
         "--extra-index-url", "https://b/simple", "--find-links", "/opt/wheels",
         "--allow-insecure-host", "mirror",
         "--index-strategy", "unsafe-best-match", "--no-build-isolation"]
+    # The same options for pip (source builds): pip's names, no uv-only strategy, constraints as files.
+    with_constraints = dataclasses.replace(options, constraints=("/etc/pip/c.txt",))
+    assert with_constraints.pip_args() == [
+        "--index-url", "https://mirror/simple", "--extra-index-url", "https://a/simple",
+        "--extra-index-url", "https://b/simple", "--find-links", "/opt/wheels", "--trusted-host", "mirror",
+        "--no-build-isolation", "--constraint", "/etc/pip/c.txt"]
     for bad in ({"index_url": "--x"}, {"find_links": "a b"}, {"nope": 1}, {"index_strategy": "fastest"}):
         with pytest.raises(VenvSpecError):
             index_options(bad)
