@@ -20,15 +20,13 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
+from _daemon import running_daemon, xinfctl
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -134,18 +132,6 @@ async def through_daemon(url: str, tokens: int, concurrency: int, waves: int) ->
         return total / (time.perf_counter() - started)
 
 
-def xinfctl(env: dict[str, str], *args: str) -> Any:
-    out = subprocess.run(
-        [sys.executable, "-m", "xinfd.cli", *args, "--json"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    return json.loads(out.stdout) if out.stdout.strip() else None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--tokens", type=int, default=64, help="completion tokens per request")
@@ -165,20 +151,7 @@ def main() -> None:
             location = str(build_tiny_llama(Path(tmp) / "model", layers=args.layers, hidden=args.hidden))
         limit = in_process(location, args.tokens, repeats=3)
         engine_alone = in_process_batching(location, args.tokens, repeats=3)
-        env = {**os.environ, "XINFERENCE_HOME": str(home), "XINFERENCE_ENABLE_VIRTUAL_ENV": "0"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "xinfd.daemon", "--port", "0", "--log-level", "WARNING"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            for _ in range(600):
-                if (home / "xinfd.sock").exists():
-                    break
-                time.sleep(0.05)
-            time.sleep(0.5)
+        with running_daemon(home) as env:
             spec = Path(tmp) / "bench.json"
             spec.write_text(
                 json.dumps(
@@ -200,9 +173,6 @@ def main() -> None:
             rows = [
                 (n, asyncio.run(through_daemon(url, args.tokens, n, 2 if n > 1 else 4))) for n in (1, 4, 16)
             ]
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
     print(
         f"\ntransformers engine, {args.tokens} tokens/request, "
         f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _daemon import running_daemon, xinfctl
 
 
 @dataclass
@@ -92,38 +90,6 @@ async def load(
     return result
 
 
-def xinfctl(env: dict[str, str], *args: str) -> Any:
-    out = subprocess.run(
-        [sys.executable, "-m", "xinfd.cli", *args, "--json"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout)
-
-
-def start_daemon(home: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    env = {
-        **os.environ,
-        "XINFERENCE_HOME": str(home),
-        "XINFERENCE_ENABLE_VIRTUAL_ENV": "0",
-        "OMP_NUM_THREADS": "1",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "xinfd.daemon", "--port", "0", "--log-level", "WARNING"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(600):
-        if (home / "xinfd.sock").exists():
-            return proc, env
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("xinfd did not start")
-
-
 async def in_flight(session: aiohttp.ClientSession, endpoint: str) -> float:
     async with session.get(f"{endpoint}/metrics") as resp:
         text = await resp.text()
@@ -135,18 +101,13 @@ async def in_flight(session: aiohttp.ClientSession, endpoint: str) -> float:
 
 
 async def run(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="xinfd-load-") as tmp:
-        proc, env = start_daemon(Path(tmp))
-        sessions: list[aiohttp.ClientSession] = []
+    with tempfile.TemporaryDirectory(prefix="xinfd-load-") as tmp, running_daemon(Path(tmp)) as env:
+        endpoint = xinfctl(env, "status")["endpoint"]
+        model = xinfctl(env, "launch", "-n", "echo", "-r", "2")
+        sockets = [r["socket"] for r in model["replicas"]]
+        direct = [aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=s, limit=0)) for s in sockets]
+        daemon = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         try:
-            endpoint = xinfctl(env, "status")["endpoint"]
-            model = xinfctl(env, "launch", "-n", "echo", "-r", "2")
-            sockets = [r["socket"] for r in model["replicas"]]
-            direct = [
-                aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=s, limit=0)) for s in sockets
-            ]
-            daemon = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-            sessions = [*direct, daemon]
             kw = {"seconds": args.seconds, "concurrency": args.concurrency, "words": args.words}
             url = f"{endpoint}/v1/chat/completions"
             await load("warm-up", [(daemon, url)], **{**kw, "seconds": min(2.0, args.seconds)})
@@ -156,10 +117,8 @@ async def run(args: argparse.Namespace) -> int:
             via = await load("through xinfd", [(daemon, url)], **kw)
             left = await in_flight(daemon, endpoint)
         finally:
-            for session in sessions:
+            for session in [*direct, daemon]:
                 await session.close()
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=90)
     print(
         f"\n{args.concurrency} concurrent streaming chat clients, {args.seconds:.0f}s per path, echo with 2 "
         f"replicas, {args.words} tokens per answer, {os.cpu_count()} cores\n"

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from _daemon import running_daemon, xinfctl
 
 
 @dataclass
@@ -75,60 +72,24 @@ async def load(
     return Result(name, len(latencies), errors, time.perf_counter() - started, latencies)
 
 
-def start_daemon(home: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    env = {
-        **os.environ,
-        "XINFERENCE_HOME": str(home),
-        "XINFERENCE_ENABLE_VIRTUAL_ENV": "0",
-        "OMP_NUM_THREADS": "1",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "xinfd.daemon", "--port", "0", "--log-level", "WARNING"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(300):
-        if (home / "xinfd.sock").exists():
-            break
-        time.sleep(0.05)
-    return proc, env
-
-
-def xinfctl(env: dict[str, str], *args: str) -> object:
-    out = subprocess.run(
-        [sys.executable, "-m", "xinfd.cli", *args, "--json"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout)
-
-
 async def run(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory(prefix="xinfd-bench-") as tmp:
-        proc, env = start_daemon(Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="xinfd-bench-") as tmp, running_daemon(Path(tmp)) as env:
+        status = xinfctl(env, "status")
+        endpoint = status["endpoint"]
+        model = xinfctl(env, "launch", "-n", "echo", "-r", "1")
+        socket_path = model["replicas"][0]["socket"]
+        direct = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket_path, limit=0))
+        daemon = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         try:
-            status = xinfctl(env, "status")
-            endpoint = status["endpoint"]  # type: ignore[index]
-            model = xinfctl(env, "launch", "-n", "echo", "-r", "1")
-            socket_path = model["replicas"][0]["socket"]  # type: ignore[index]
-            direct = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket_path, limit=0))
-            daemon = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-            try:
-                kw = {"seconds": args.seconds, "concurrency": args.concurrency, "stream": args.stream}
-                await load("warm-up", daemon, f"{endpoint}/v1/chat/completions", **{**kw, "seconds": 1.0})
-                base = await load(
-                    "direct to worker socket", direct, "http://worker/v1/chat/completions", **kw
-                )
-                via = await load("through xinfd", daemon, f"{endpoint}/v1/chat/completions", **kw)
-            finally:
-                await direct.close()
-                await daemon.close()
+            kw = {"seconds": args.seconds, "concurrency": args.concurrency, "stream": args.stream}
+            await load("warm-up", daemon, f"{endpoint}/v1/chat/completions", **{**kw, "seconds": 1.0})
+            base = await load(
+                "direct to worker socket", direct, "http://worker/v1/chat/completions", **kw
+            )
+            via = await load("through xinfd", daemon, f"{endpoint}/v1/chat/completions", **kw)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+            await direct.close()
+            await daemon.close()
     mode = "streaming" if args.stream else "plain"
     print(
         f"\nechoed chat completions ({mode}), {args.concurrency} concurrent clients, {args.seconds:.0f}s each, "
