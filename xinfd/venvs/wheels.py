@@ -72,16 +72,6 @@ class WheelCache:
         wheels = sorted(folder.glob("*.whl")) if folder.is_dir() else []
         return wheels[0] if wheels else None
 
-    def entries(self) -> list[dict[str, Any]]:
-        """What the cache holds (for ``xinfctl venv list`` style reports and tests)."""
-        found: list[dict[str, Any]] = []
-        for info in sorted(self.root.glob(f"*/{BUILD_INFO}")):
-            try:
-                found.append(json.loads(info.read_text()))
-            except (OSError, ValueError):
-                continue
-        return found
-
     async def ensure(
         self,
         build: SourceBuild,

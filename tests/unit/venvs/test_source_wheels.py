@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -25,7 +26,7 @@ from xinfd.plugins import Plugins, make_plugin_manager
 from xinfd.types import EngineInfo, ModelSpec, RegisterEngine
 from xinfd.venvs.provider import VenvProvider
 from xinfd.venvs.spec import VenvError
-from xinfd.venvs.wheels import SourceBuild, WheelCache
+from xinfd.venvs.wheels import BUILD_INFO, SourceBuild, WheelCache
 
 BACKEND = '''
 import base64, hashlib, os, zipfile
@@ -160,7 +161,8 @@ async def test_built_once_with_the_engine_flag_and_reused_by_other_venvs(
     second = await provider(tmp_path / "home-b", wheels).create(model(index_url, "b"), "srcbuild")
     assert flag_in(second) == "portable"
     assert build_log.read_text().split() == ["portable"]
-    [entry] = WheelCache(wheels).entries()
+    [record] = wheels.glob(f"*/{BUILD_INFO}")
+    entry = json.loads(record.read_text())
     assert entry["name"] == "needs-flag" and entry["env"] == {"XINFD_TEST_FLAG": "portable"}
     assert not list(wheels.glob(".build-*"))
 
