@@ -80,6 +80,21 @@ class Availability:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaSettings:
+    """The daemon settings a replica consumes, chosen by the daemon and sent in its ``ReplicaContext``.
+
+    Replicas never re-read the daemon's environment: a value set in the TOML file, an environment variable or
+    a flag reaches every engine the same way, through this object.
+    """
+
+    # The operator's cap on completion tokens per request (``XINFERENCE_MAX_TOKENS``); None: no cap.
+    max_tokens: int | None = None
+    # Continuous batching: requests per batch and the gathering window (``XINFERENCE_BATCH_SIZE`` / ``_INTERVAL``).
+    batch_size: int = 32
+    batch_interval: float = 0.003
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReplicaContext:
     """Everything one replica of a model needs to start, chosen by the daemon.
 
@@ -100,6 +115,9 @@ class ReplicaContext:
     # A free loopback TCP port reserved for engines whose server cannot listen on a Unix socket (SGLang);
     # such engines set ``LaunchSpec.listen = "tcp"``.
     port: int = 0
+    # Where engines keep derived weights (e.g. GGUF converted to safetensors) so a restart skips the work.
+    cache_dir: str = ""
+    settings: ReplicaSettings = field(default_factory=ReplicaSettings)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,6 +151,10 @@ class LaunchSpec:
     # Where the replica listens: its Unix socket (preferred: no port clashes, file permissions) or
     # ``127.0.0.1:replica.port`` for servers without Unix-socket support.
     listen: Literal["unix", "tcp"] = "unix"
+    # Chat-template arguments the daemon adds to every chat request it forwards to this replica, unless the
+    # request sets the same key (``enable_thinking`` from a launch's ``--enable-thinking``, for servers such
+    # as vLLM that take it per request, not as a server flag).
+    chat_template_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from xinfd.types import LaunchSpec, ModelSpec, ReadinessProbe, ReplicaContext
+from xinfd.types import LaunchSpec, ModelSpec, ReadinessProbe, ReplicaContext, ReplicaSettings
 
 CONTEXT_ENV = "XINFD_WORKER_CONTEXT"
 
@@ -39,6 +39,7 @@ def decode_context(raw: str) -> tuple[ReplicaContext, ModelSpec]:
     data = json.loads(raw)
     r = dict(data["replica"])
     r["gpu_indices"] = tuple(r.get("gpu_indices", ()))
+    r["settings"] = ReplicaSettings(**r.get("settings", {}))
     m = dict(data["model"])
     m["abilities"] = tuple(m.get("abilities", ()))
     m["engines"] = tuple(m.get("engines", ()))
@@ -49,7 +50,9 @@ def _as_json(obj: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if isinstance(value, Mapping):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = _as_json(value)
+        elif isinstance(value, Mapping):
             value = dict(value)
         elif isinstance(value, tuple):
             value = list(value)
