@@ -32,7 +32,7 @@ from xinfd.errors import ConfigError, XinfdError
 from xinfd.gpus import detect_platform
 from xinfd.lifecycle import Lifecycle
 from xinfd.logs import configure_logging
-from xinfd.models import LaunchRequest, ModelManager, supervision_options
+from xinfd.models import LaunchRequest, ModelManager, replica_settings, supervision_options
 from xinfd.orphans import kill_orphans
 from xinfd.plugins import make_plugin_manager
 from xinfd.processes import SubprocessSpawner
@@ -158,6 +158,7 @@ async def serve(
         launch_timeout=settings.launch_timeout,
         environments=venvs,
         base_env=without_notify_env(os.environ),  # replicas must not talk to systemd as the daemon (issue 6)
+        replica_settings=lambda: replica_settings(state.settings),
     )
     state = DaemonState(settings=settings, manager=manager, metrics=Metrics(), venvs=venvs)
     state.metrics.watch_manager(

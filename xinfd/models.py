@@ -17,7 +17,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +41,7 @@ from xinfd.plugins import Plugins
 from xinfd.processes import Spawner
 from xinfd.replicas import HealthPolicy, Replica, ReplicaState, RestartPolicy
 from xinfd.router import Router
-from xinfd.types import ModelSpec, Platform, ReplicaContext
+from xinfd.types import ModelSpec, Platform, ReplicaContext, ReplicaSettings
 
 if TYPE_CHECKING:
     from xinfd.config import Settings
@@ -164,6 +164,7 @@ class ModelManager:
         max_concurrency: int = 0,
         max_queue: int = 0,
         downloader: Downloader | None = None,
+        replica_settings: Callable[[], ReplicaSettings] = ReplicaSettings,
     ) -> None:
         # Issue 4: placement on the GPUs, health probes of READY replicas, the state restored at start, and
         # the router's admission limits (per-replica cap, per-model queue).
@@ -173,6 +174,8 @@ class ModelManager:
         self._max_concurrency = max_concurrency
         self._max_queue = max_queue
         self._downloader = downloader
+        # Asked at each replica start, so a replica (re)started after a SIGHUP gets the reloaded values.
+        self._replica_settings = replica_settings
         self._environments: EnvironmentProvider = environments or SystemEnvironment()
         self.plugins = plugins
         self.platform = platform
@@ -351,6 +354,8 @@ class ModelManager:
             env=dict(model.request.env),
             log_dir=str(self.log_dir),
             port=port,
+            cache_dir=str(self.home / "cache" / "converted"),
+            settings=self._replica_settings(),
         )
 
     def _make_replica(self, model: RunningModel, placement: Placement) -> Replica:
@@ -366,10 +371,8 @@ class ModelManager:
             return spec
 
         # The replica sees its slots only; with none, every GPU is hidden so a CPU engine cannot grab one.
-        # XINFD_MODEL_CACHE: where engines keep converted weights (e.g. GGUF -> safetensors) for fast restarts.
         env = {
             **self._base_env,
-            "XINFD_MODEL_CACHE": str(self.home / "cache" / "converted"),
             **model.environment.env,
             **model.request.env,
             "CUDA_VISIBLE_DEVICES": cuda_visible_devices(placement.gpu_indices),
@@ -535,6 +538,13 @@ def supervision_options(settings: Settings, platform: Platform) -> dict[str, Any
         "max_queue": settings.model_queue_size,
         "downloader": Downloader(settings=DownloadSettings.from_settings(settings)),
     }
+
+
+def replica_settings(settings: Settings) -> ReplicaSettings:
+    """The part of the daemon's settings that replicas consume, as their context carries it."""
+    return ReplicaSettings(
+        max_tokens=settings.max_tokens, batch_size=settings.batch_size, batch_interval=settings.batch_interval
+    )
 
 
 def free_loopback_port() -> int:
