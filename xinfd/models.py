@@ -190,6 +190,13 @@ class ModelManager:
         self.log_dir = home / "logs"
         self._closing = False
 
+    def set_limits(self, *, max_concurrency: int, max_queue: int) -> None:
+        """New admission limits for every model, running ones included (SIGHUP); waiters re-check at once."""
+        self._max_concurrency, self._max_queue = max_concurrency, max_queue
+        for model in self.models.values():
+            model.router.max_concurrency, model.router.max_queue = max_concurrency, max_queue
+            model.router.notify()
+
     def families(self) -> dict[str, ModelSpec]:
         return dict(self.plugins.models)
 

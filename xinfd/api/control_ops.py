@@ -1,7 +1,7 @@
 """Operations routes of the control API (issue 6): replica logs and the daemon's effective configuration.
 
 ``GET /v1/config`` answers the *running* daemon's settings as ``xinfd --print-config`` prints them (secrets
-masked), so an operator can see what a SIGHUP reload changed.
+masked), so an operator can see what a SIGHUP reload changed, and which reloaded values wait for a restart.
 
 Logs: ``xinfctl logs UID [--replica N] [--lines N] [--follow]``.
 
@@ -33,7 +33,8 @@ def add_routes(app: web.Application) -> None:
 
 
 async def effective_config(request: web.Request) -> web.Response:
-    return web.Response(text=describe(request.app[STATE].settings), content_type="application/toml")
+    state = request.app[STATE]
+    return web.Response(text=describe(state.settings, state.pending), content_type="application/toml")
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -23,6 +23,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from xinfd.api.metrics import StreamStats
 from xinfd.api.middleware import drain_middleware, error_body, error_middleware
+from xinfd.api.request_policy import forwarded_body
 from xinfd.api.security import PolicyHolder, security_middleware
 from xinfd.api.state import STATE, DaemonState
 from xinfd.api.streaming import (
@@ -179,7 +180,14 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
                 request, _lease(model, tried)
             ) as replica:  # pings while queued (issue 6)
                 try:
-                    response = await _relay(request, replica, endpoint, raw)
+                    forwarded = forwarded_body(
+                        raw,
+                        body,
+                        endpoint,
+                        max_tokens=state.settings.max_tokens,  # read per request: SIGHUP applies at once
+                        chat_template_kwargs=replica.spec.chat_template_kwargs if replica.spec else {},
+                    )
+                    response = await _relay(request, replica, endpoint, forwarded)
                 except _NOT_SENT as exc:
                     # The replica died between picking and sending: nothing was generated, so try another one.
                     log.warning(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -27,6 +27,8 @@ class DaemonState:
     front_end_url: str = ""
     # Model venvs (issue 3); None when the daemon was built without them (unit tests of other routes).
     venvs: VenvProvider | None = None
+    # Values the last SIGHUP read that wait for a restart: setting -> (new value, where it came from).
+    pending: dict[str, tuple[Any, str]] = field(default_factory=dict)
     # Front-end requests being served (xinfd.api.middleware.drain_middleware); SIGTERM waits for 0 (issue 6).
     in_flight: int = 0
 
