@@ -549,9 +549,7 @@ def supervision_options(settings: Settings, platform: Platform) -> dict[str, Any
 
 def replica_settings(settings: Settings) -> ReplicaSettings:
     """The part of the daemon's settings that replicas consume, as their context carries it."""
-    return ReplicaSettings(
-        max_tokens=settings.max_tokens, batch_size=settings.batch_size, batch_interval=settings.batch_interval
-    )
+    return ReplicaSettings(batch_size=settings.batch_size, batch_interval=settings.batch_interval)
 
 
 def free_loopback_port() -> int:

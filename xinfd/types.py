@@ -84,11 +84,10 @@ class ReplicaSettings:
     """The daemon settings a replica consumes, chosen by the daemon and sent in its ``ReplicaContext``.
 
     Replicas never re-read the daemon's environment: a value set in the TOML file, an environment variable or
-    a flag reaches every engine the same way, through this object.
+    a flag reaches every engine the same way, through this object. (``XINFERENCE_MAX_TOKENS`` is not here:
+    the daemon applies it to each request it forwards, for every engine, so a SIGHUP changes it at once.)
     """
 
-    # The operator's cap on completion tokens per request (``XINFERENCE_MAX_TOKENS``); None: no cap.
-    max_tokens: int | None = None
     # Continuous batching: requests per batch and the gathering window (``XINFERENCE_BATCH_SIZE`` / ``_INTERVAL``).
     batch_size: int = 32
     batch_interval: float = 0.003
