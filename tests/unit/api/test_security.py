@@ -184,7 +184,12 @@ def test_client_ip_rules() -> None:
         type(
             "S",
             (),
-            {"allowed_ips": (net("::ffff:10.0.0.0/104"),), "trusted_proxies": (), "api_keys": (), "metrics_api_keys": ()},
+            {
+                "allowed_ips": (net("::ffff:10.0.0.0/104"),),
+                "trusted_proxies": (),
+                "api_keys": (),
+                "metrics_api_keys": (),
+            },
         )()
     )
     assert mapped_rule.ip_allowed(ip("10.3.2.1"))
