@@ -26,6 +26,11 @@ def test_reference_config_loads() -> None:
     load_settings(config_path=REFERENCE, env={}, strict=True)
 
 
+def test_settings_table_is_generated_from_the_declarations() -> None:
+    # Regenerate with `xinfd --settings-table > docs/settings.md`.
+    assert (REPO / "docs" / "settings.md").read_text(encoding="utf-8") == config.settings_table()
+
+
 def test_reference_config_is_generated_from_the_declarations() -> None:
     # The file is derived, never kept beside the declarations: regenerate it with `xinfd --print-reference`.
     assert REFERENCE.read_text(encoding="utf-8") == config.reference_toml()

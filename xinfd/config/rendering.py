@@ -157,8 +157,17 @@ def reference_toml() -> str:
 
 
 def settings_table() -> str:
-    """A Markdown table of every setting: key, variable, default, reload rule, consumers."""
-    rows = ["| TOML key | environment variable | default | on SIGHUP | read by |", "|---|---|---|---|---|"]
+    """``docs/settings.md``: a Markdown table of every setting (key, variable, default, reload rule, consumers)."""
+    rows = [
+        "# xinfd settings",
+        "",
+        "Generated from the declarations in `xinfd/config/declarations.py` by `xinfd --settings-table` (a test",
+        "keeps this file equal to its output). Each setting's documentation is in `etc/xinfd.toml`",
+        "(`xinfd --print-reference`). \"read by\": the processes that consume it; replica and engine settings",
+        "travel in the replica's context, never as environment variables the replica re-reads.",
+        "",
+    ]
+    rows += ["| TOML key | environment variable | default | on SIGHUP | read by |", "|---|---|---|---|---|"]
     for name, decl in DECLARATIONS.items():
         default = _default_text(name, decl) if Settings.__dataclass_fields__[name].default is not None else "unset"
         rows.append(
