@@ -16,11 +16,11 @@ import os
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.unit.venvs.wheels import make_index, make_wheel, wheel_from_installed
+from xinfd.events import LaunchEvent
 from xinfd.hookspecs import hookimpl
 from xinfd.plugins import Plugins, make_plugin_manager
 from xinfd.types import EngineInfo, ModelSpec, RegisterEngine
@@ -145,8 +145,8 @@ class Events:
     def __init__(self) -> None:
         self.messages: list[str] = []
 
-    async def __call__(self, event: dict[str, Any]) -> None:
-        self.messages.append(event["message"])
+    async def __call__(self, event: LaunchEvent) -> None:
+        self.messages.append(event.message)
 
 
 async def test_built_once_with_the_engine_flag_and_reused_by_other_venvs(

@@ -14,8 +14,8 @@ import pytest
 
 from tests.integration import venv_plugin
 from xinfd.errors import InvalidRequestError
-from xinfd.models import LaunchRequest
 from xinfd.plugins import Plugins, make_plugin_manager
+from xinfd.supervisor import LaunchRequest
 from xinfd.types import ModelSpec
 from xinfd.venvs import bundle
 from xinfd.venvs.builder import Uv
