@@ -1,4 +1,4 @@
-"""Supervision cost and failover time (issue 4).
+"""Supervision cost and failover time.
 
 1. Daemon CPU while it supervises N idle echo replicas (default 64) with health checks on, as % of one core,
    against the same daemon idle with no replica, measured in the same run (target: < 2 % of a core).

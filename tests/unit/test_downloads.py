@@ -1,4 +1,4 @@
-"""Model downloads against a loopback hub started by the test (issue 5, model sources).
+"""Model downloads against a loopback hub started by the test (the model-sources settings).
 
 The fake hub speaks what each client library asks for (read from the installed libraries):
 

@@ -1,4 +1,4 @@
-"""Building one model venv with uv: create, resolve, skip what the base has, install, probe, record (issue 3).
+"""Building one model venv with uv: create, resolve, skip what the base has, install, probe, record.
 
 uv runs with argv lists (never a shell), in its own session with a parent-death signal (a SIGKILLed daemon
 leaves no uv writing into a build directory), under one deadline for the whole build, and is killed when the
@@ -248,7 +248,7 @@ async def build(
     # Only the daemon's own interpreter may see its site-packages: compiled extensions are ABI-specific.
     extra_dirs = [] if spec.own_copies else daemon_site_dirs()
     if extra_dirs:
-        # Appended after the venv's own site-packages: venv packages shadow the daemon's (issue 3).
+        # Appended after the venv's own site-packages: venv packages shadow the daemon's.
         (sp / PTH_NAME).write_text("".join(f"import site; site.addsitedir({d!r})\n" for d in extra_dirs))
     base = json.loads(await _run_python(python, ["-c", _BASE_DISTS], deadline, log))
     todo, satisfied = split_satisfied(spec.requirements, base) if spec.skip_installed else (

@@ -1,4 +1,4 @@
-"""Wheels that must be built from source with engine-declared settings, built once and kept (issue 5).
+"""Wheels that must be built from source with engine-declared settings, built once and kept.
 
 llama-cpp-python has no wheel on PyPI, and its default build compiles for the build machine's own CPU
 (``GGML_NATIVE=ON``): on a VM that refuses some of those instructions (AMX) the result dies with SIGILL, and

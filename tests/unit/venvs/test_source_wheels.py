@@ -1,5 +1,5 @@
 """Packages an engine wants built from source (``xinfd_engine_build_env``), built once into the wheel cache
-(issue 5: llama-cpp-python with ``CMAKE_ARGS=-DGGML_NATIVE=OFF``).
+(llama-cpp-python with ``CMAKE_ARGS=-DGGML_NATIVE=OFF``).
 
 The package here is a real sdist with an in-tree PEP 517 backend (no build requirements, so pip's isolated
 build needs no network): it records the ``XINFD_TEST_FLAG`` it was built with in the module it ships, appends

@@ -1,4 +1,4 @@
-"""VenvProvider with the real uv against a test index (issue 3 fault tests): one build for concurrent
+"""VenvProvider with the real uv against a test index (fault tests): one build for concurrent
 launches, damaged venvs detected, unreachable index named, cancellation kills uv, in-use venvs kept."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Choosing a venv's interpreter and copying xinfd into venvs on another Python (issue 3: several Python
+"""Choosing a venv's interpreter and copying xinfd into venvs on another Python (several Python
 versions per model): request validation, uv's search past pyenv shims, repacked distributions, the spec."""
 
 from __future__ import annotations
