@@ -32,12 +32,12 @@ from xinfd.errors import ConfigError, XinfdError
 from xinfd.gpus import detect_platform
 from xinfd.lifecycle import Lifecycle
 from xinfd.logs import configure_logging
-from xinfd.models import LaunchRequest, ModelManager, replica_settings, supervision_options
 from xinfd.orphans import kill_orphans
 from xinfd.plugins import make_plugin_manager
 from xinfd.processes import SubprocessSpawner
 from xinfd.registry import ModelRegistry
 from xinfd.sdnotify import notify, without_notify_env
+from xinfd.supervisor import LaunchRequest, ModelManager, replica_settings, supervision_options
 from xinfd.venvs.provider import VenvProvider
 
 log = logging.getLogger("xinfd")

@@ -93,6 +93,15 @@ class ReplicaSettings:
     batch_interval: float = 0.003
 
 
+def replica_label(model_uid: str, replica_index: int) -> str:
+    """``<model_uid>-r<index>``: how a replica is named everywhere (logs, files, slot table, ``X-Xinfd-Replica``).
+
+    The one rule, here because both the daemon's supervisor (``xinfd.supervisor.identity``) and the replica
+    process (``ReplicaContext.label``) need it and the replica must not import the supervisor.
+    """
+    return f"{model_uid}-r{replica_index}"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReplicaContext:
     """Everything one replica of a model needs to start, chosen by the daemon.
@@ -117,6 +126,11 @@ class ReplicaContext:
     # Where engines keep derived weights (e.g. GGUF converted to safetensors) so a restart skips the work.
     cache_dir: str = ""
     settings: ReplicaSettings = field(default_factory=ReplicaSettings)
+
+    @property
+    def label(self) -> str:
+        """This replica's name, the same the daemon uses for it (``replica_label``)."""
+        return replica_label(self.model_uid, self.replica_index)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

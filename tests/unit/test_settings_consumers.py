@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from xinfd.config import DECLARATIONS, load_settings
-from xinfd.models import replica_settings
+from xinfd.supervisor import replica_settings
 from xinfd.types import ReplicaSettings
 
 REPO = Path(__file__).resolve().parents[2]

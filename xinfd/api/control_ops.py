@@ -1,4 +1,4 @@
-"""Operations routes of the control API (issue 6): replica logs and the daemon's effective configuration.
+"""Operations routes of the control API: replica logs and the daemon's effective configuration.
 
 ``GET /v1/config`` answers the *running* daemon's settings as ``xinfd --print-config`` prints them (secrets
 masked), so an operator can see what a SIGHUP reload changed, and which reloaded values wait for a restart.
@@ -54,7 +54,7 @@ async def replica_logs(request: web.Request) -> web.StreamResponse:
     lines = _int_param(request, "lines", 200, 0, MAX_LINES)
     following = request.query.get("follow", "0") in ("1", "true", "yes")
     manager = request.app[STATE].manager
-    path = manager.log_dir / f"{uid}-r{replica}.log"
+    path = manager.layout.replica(uid, replica).log_path
     model = manager.models.get(uid)
     if model is not None and replica >= len(model.replicas) and model.replicas:
         raise InvalidRequestError(f"model {uid!r} has replicas 0..{len(model.replicas) - 1}", param="replica")

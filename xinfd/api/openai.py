@@ -43,9 +43,9 @@ from xinfd.errors import (
     UpstreamError,
     XinfdError,
 )
-from xinfd.models import RunningModel
 from xinfd.replicas import Replica
 from xinfd.router import NoReadyReplica, QueueFull
+from xinfd.supervisor import RunningModel
 
 log = logging.getLogger(__name__)
 

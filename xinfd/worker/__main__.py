@@ -105,8 +105,8 @@ async def run(replica: ReplicaContext, model: ModelSpec, env: Mapping[str, str])
 
 
 def replica_label(replica: ReplicaContext) -> str:
-    """``<model_uid>-<replica_index>``: the ``X-Xinfd-Replica`` header value and the log-line tag."""
-    return f"{replica.model_uid}-{replica.replica_index}"
+    """The replica's label as the daemon names it: the ``X-Xinfd-Replica`` header value and the log-line tag."""
+    return replica.label
 
 
 def main(env: Mapping[str, str] | None = None) -> int:

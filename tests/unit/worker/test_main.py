@@ -127,13 +127,13 @@ async def test_worker_serves_then_stops_on_sigterm(start_worker: Any) -> None:
         ) as resp,
     ):
         assert resp.status == 200
-        assert resp.headers["X-Xinfd-Replica"] == "echo-1-0"
+        assert resp.headers["X-Xinfd-Replica"] == "echo-1-r0"
         data = await resp.json()
     assert data["choices"][0]["message"]["content"] == "ping from the daemon"
     worker.proc.send_signal(signal.SIGTERM)
     assert await worker.wait_exit(5) == 0
     assert not worker.socket.exists()
-    assert "[echo-1-0]" in worker.stderr  # every log line names the replica
+    assert "[echo-1-r0]" in worker.stderr  # every log line names the replica
 
 
 async def test_sigterm_aborts_a_running_stream_and_exits_promptly(start_worker: Any) -> None:

@@ -1,4 +1,4 @@
-"""The desired state: which models should run, with their launch options and uids (issue 4).
+"""The desired state: which models should run, with their launch options and uids.
 
 Written to ``$XINFERENCE_HOME/state.json`` on every launch, scale and terminate, and read when the
 daemon starts, so ``systemctl restart`` (or a crash) brings the models back as they were. It records what the

@@ -39,7 +39,7 @@ class LaunchRequest:
     virtual_env_packages: tuple[str, ...] = ()
     # --python: the model venv's interpreter (a version like 3.12 or an absolute path); None: the daemon's.
     python: str | None = None
-    # GPUs per replica ("auto": one each when the host has GPUs, else none) and explicit placement (issue 4).
+    # GPUs per replica ("auto": one each when the host has GPUs, else none) and explicit placement (gpu_idx).
     n_gpu: NGpu = "auto"
     gpu_idx: tuple[int, ...] | None = None
 
@@ -87,7 +87,7 @@ class LaunchRequest:
         if not isinstance(packages, list) or not all(isinstance(p, str) and p.strip() for p in packages):
             raise InvalidRequestError("virtual_env_packages must be a list of requirement strings",
                                       param="virtual_env_packages")
-        for package in packages:  # PEP 508 or a documented placeholder, never an installer option (issue 3)
+        for package in packages:  # PEP 508 or a documented placeholder, never an installer option
             check_package(package)
         python = None if body.get("python") is None else check_python_request(body["python"])
         n_gpu = body.get("n_gpu", "auto")
@@ -107,7 +107,7 @@ class LaunchRequest:
                    gpu_idx=tuple(gpu_idx) if gpu_idx is not None else None)
 
     def to_json(self) -> dict[str, Any]:
-        """The body ``from_json`` accepts back: what the desired state file stores (issue 4)."""
+        """The body ``from_json`` accepts back: what the desired state file stores."""
         body: dict[str, Any] = {
             "model_name": self.model_name, "model_engine": self.model_engine, "replica": self.replica,
             "model_uid": self.model_uid, "env": dict(self.env), "options": dict(self.options),
