@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Mapping, MutableMapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from xinfd.atomic import PRIVATE, write_atomic
 from xinfd.errors import InvalidRequestError, UnknownModelError
 from xinfd.types import ModelSpec
 
@@ -137,7 +136,8 @@ class ModelRegistry:
                 param="name",
             )
         self.user_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.user_dir / f"{spec.name}.json", json.dumps(spec_to_json(spec), indent=2) + "\n")
+        text = json.dumps(spec_to_json(spec), indent=2) + "\n"
+        write_atomic(self.user_dir / f"{spec.name}.json", text, mode=PRIVATE)
         families[spec.name] = spec
         log.info("model family %s registered", spec.name)
         return spec
@@ -151,17 +151,6 @@ class ModelRegistry:
         (self.user_dir / f"{name}.json").unlink()
         families.pop(name, None)
         log.info("model family %s unregistered", name)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def describe(spec: ModelSpec, source: str) -> Mapping[str, Any]:
