@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from xinfd import atomic
 from xinfd.atomic import DEFAULT, PRIVATE, write_atomic
 
 
@@ -30,7 +29,7 @@ def test_replace_failing_keeps_the_old_content_and_no_temp_file(
     def crash(src: object, dst: object) -> None:
         raise OSError("simulated crash between write and replace")
 
-    monkeypatch.setattr(atomic.os, "replace", crash)
+    monkeypatch.setattr("xinfd.atomic.os.replace", crash)
     with pytest.raises(OSError, match="simulated crash"):
         write_atomic(target, "new")
     assert target.read_text() == "old"
@@ -46,7 +45,7 @@ def test_write_failing_keeps_the_old_content_and_no_temp_file(
     def full(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(atomic.os, "fsync", full)
+    monkeypatch.setattr("xinfd.atomic.os.fsync", full)
     with pytest.raises(OSError, match="No space left"):
         write_atomic(target, "new")
     assert target.read_text() == "old"
@@ -60,7 +59,7 @@ def test_interrupt_also_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     def interrupted(src: object, dst: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(atomic.os, "replace", interrupted)
+    monkeypatch.setattr("xinfd.atomic.os.replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write_atomic(target, "new")
     assert os.listdir(tmp_path) == []
@@ -78,8 +77,8 @@ def test_file_and_directory_are_fsynced_in_order(tmp_path: Path, monkeypatch: py
         events.append("replace")
         real_replace(src, dst)
 
-    monkeypatch.setattr(atomic.os, "fsync", fsync)
-    monkeypatch.setattr(atomic.os, "replace", replace)
+    monkeypatch.setattr("xinfd.atomic.os.fsync", fsync)
+    monkeypatch.setattr("xinfd.atomic.os.replace", replace)
     write_atomic(tmp_path / "f", "x")
     assert events == ["fsync file", "replace", "fsync dir"]
 
@@ -93,7 +92,7 @@ def test_directory_fsync_failure_is_not_an_error(tmp_path: Path, monkeypatch: py
             raise OSError(22, "Invalid argument")
         real_fsync(fd)
 
-    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr("xinfd.atomic.os.fsync", fsync)
     write_atomic(tmp_path / "f", "x")
     assert (tmp_path / "f").read_text() == "x"
 
@@ -131,7 +130,7 @@ def test_temp_names_never_match_the_globs_of_real_files(tmp_path: Path, monkeypa
         seen.append(Path(src).name)
         real_replace(src, dst)
 
-    monkeypatch.setattr(atomic.os, "replace", replace)
+    monkeypatch.setattr("xinfd.atomic.os.replace", replace)
     write_atomic(tmp_path / "echo-r0.pid", "{}")
     write_atomic(tmp_path / "family.json", "{}")
     assert all(name.startswith(".") and name.endswith(".tmp") for name in seen), seen
@@ -189,7 +188,7 @@ def test_state_writers_are_atomic_and_fsynced(
         synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
         real_fsync(fd)
 
-    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr("xinfd.atomic.os.fsync", fsync)
     path = write(tmp_path)
     assert isinstance(path, Path) and path.is_file()
     assert synced == [False, True]  # the file, then its directory
@@ -198,7 +197,7 @@ def test_state_writers_are_atomic_and_fsynced(
     def crash(src: object, dst: object) -> None:
         raise OSError("simulated crash")
 
-    monkeypatch.setattr(atomic.os, "replace", crash)
+    monkeypatch.setattr("xinfd.atomic.os.replace", crash)
     with pytest.raises(OSError, match="simulated crash"):
         write(tmp_path)
     assert path.read_bytes() == before
