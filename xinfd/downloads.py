@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xinfd.atomic import DEFAULT, write_atomic
 from xinfd.errors import DownloadError
 from xinfd.events import (
     DownloadCached,
@@ -397,7 +398,5 @@ def _read_marker(dest: Path) -> str | None:
 
 def _write_marker(dest: Path, path: Path, *, source: str, repo_id: str) -> None:
     """Written last and atomically: its presence means every file of the snapshot is in place."""
-    tmp = dest / f"{MARKER}.tmp"
-    tmp.write_text(json.dumps({"source": source, "repo_id": repo_id, "path": str(path),
-                               "time": round(time.time(), 3)}) + "\n")
-    os.replace(tmp, dest / MARKER)
+    record = {"source": source, "repo_id": repo_id, "path": str(path), "time": round(time.time(), 3)}
+    write_atomic(dest / MARKER, json.dumps(record) + "\n", mode=DEFAULT)

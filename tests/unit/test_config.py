@@ -472,13 +472,17 @@ def test_describe_masks_secrets(home: Path) -> None:
 
 @pytest.mark.parametrize(
     ("item", "expected"),
-    [("qwen", ("qwen", 1)), ("qwen:3", ("qwen", 3)), (" bge-m3:01 ", ("bge-m3", 1)), ("a:b:2", ("a:b", 2))],
+    [("qwen", ("qwen", 1)), ("qwen:3", ("qwen", 3)), (" bge-m3:01 ", ("bge-m3", 1)),
+     ("qwen2.5-instruct:2", ("qwen2.5-instruct", 2))],
 )
 def test_parse_launch_item(item: str, expected: tuple[str, int]) -> None:
     assert parse_launch_item(item) == expected
 
 
-@pytest.mark.parametrize("item", ["", ":2", "qwen:0", "qwen:-1", "qwen:x", "a/b", "..", "a..b", "my model"])
+# "a:b:2": the name would be "a:b", which no family can have (names are checked by xinfd.names).
+@pytest.mark.parametrize(
+    "item", ["", ":2", "qwen:0", "qwen:-1", "qwen:x", "a/b", "..", "a..b", "my model", "a:b:2", "qwen\u0435"]
+)
 def test_parse_launch_item_rejects(item: str) -> None:
     with pytest.raises(ConfigError, match=r"^launch: "):
         parse_launch_item(item)

@@ -27,7 +27,7 @@ from xinfd.api import control_gpus, control_ops, control_registry, control_venvs
 from xinfd.api.middleware import error_middleware
 from xinfd.api.peers import ControlAccess, peer_middleware, request_peer
 from xinfd.api.state import STATE
-from xinfd.errors import InvalidRequestError
+from xinfd.http_errors import parse_json
 from xinfd.supervisor import LaunchRequest
 from xinfd.types import ModelSpec
 
@@ -133,10 +133,7 @@ async def get_model(request: web.Request) -> web.Response:
 
 async def launch(request: web.Request) -> web.StreamResponse:
     """Start a launch, then stream its events; the launch continues if this client goes away."""
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
+    body = parse_json(await request.read())
     launch_request = LaunchRequest.from_json(body)
     venvs = request.app[STATE].venvs
     if venvs is not None:  # a --python that is not on this machine is a 400, before anything starts

@@ -14,16 +14,14 @@ directory.
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
 from xinfd.api.state import STATE
 from xinfd.config import describe
 from xinfd.errors import InvalidRequestError, UnknownModelError
 from xinfd.logs import follow, tail
+from xinfd.names import MODEL_UID, check_name
 
-_UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_LINES = 100_000
 
 
@@ -47,9 +45,7 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 
 
 async def replica_logs(request: web.Request) -> web.StreamResponse:
-    uid = request.match_info["uid"]
-    if not _UID_RE.match(uid):
-        raise InvalidRequestError(f"invalid model uid {uid!r}", param="uid")
+    uid = check_name(request.match_info["uid"], MODEL_UID, param="uid")  # it becomes a file name
     replica = _int_param(request, "replica", 0, 0, 1 << 16)
     lines = _int_param(request, "lines", 200, 0, MAX_LINES)
     following = request.query.get("follow", "0") in ("1", "true", "yes")

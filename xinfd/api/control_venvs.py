@@ -21,6 +21,7 @@ from aiohttp import web
 from xinfd.api.state import STATE
 from xinfd.errors import InvalidRequestError, UnknownModelError, XinfdError
 from xinfd.events import TERMINAL_EVENTS, Failed, LaunchEvent, Ready
+from xinfd.http_errors import parse_json
 from xinfd.venvs.provider import VenvProvider
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,7 @@ async def list_venvs(request: web.Request) -> web.Response:
 
 async def create_venv(request: web.Request) -> web.StreamResponse:
     provider = _provider(request)
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
+    body = parse_json(await request.read())
     if not isinstance(body, dict) or not isinstance(body.get("model_name"), str):
         raise InvalidRequestError("body must be an object with model_name", param="model_name")
     unknown = set(body) - {"model_name", "model_engine", "virtual_env_packages", "python"}

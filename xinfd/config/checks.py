@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
+from xinfd.names import MODEL_NAME, is_valid_name
+
 IPNetwork = IPv4Network | IPv6Network
 Kind = Literal["int", "seconds", "bool", "str", "path", "list"]
 Check = Callable[[Any], Any]
@@ -209,14 +211,8 @@ def launch_item(item: str) -> tuple[str, int]:
     if not re.fullmatch(r"[0-9]+", count) or int(count) < 1:
         raise Invalid(f"{item!r}: replicas must be an integer >= 1")
     # The name becomes a directory name under XINFERENCE_HOME, so nothing that could escape it.
-    if (
-        not name
-        or name == "."
-        or ".." in name
-        or any(ch in name for ch in "/\\\0")
-        or any(ch.isspace() for ch in name)
-    ):
-        raise Invalid(f"{item!r}: expected NAME or NAME:REPLICAS with a model name without '/', '..' or spaces")
+    if not is_valid_name(name, MODEL_NAME):
+        raise Invalid(f"{item!r}: expected NAME or NAME:REPLICAS with a model name of {MODEL_NAME.rule}")
     return name, int(count)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from urllib.parse import urlsplit
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from xinfd.childproc import child_setup
 from xinfd.events import Publish, VenvProgress
 from xinfd.venvs.bundle import requirement_lines
 from xinfd.venvs.cache import MANIFEST, METADATA, METADATA_FORMAT, manifest, site_packages, write_json_atomic
@@ -41,7 +41,6 @@ from xinfd.venvs.wheels import WheelCache, declared_build_env, source_builds_for
 log = logging.getLogger(__name__)
 
 PTH_NAME = "_xinfd_daemon_env.pth"
-_PR_SET_PDEATHSIG = 1
 _INSTALLED_RE = re.compile(r"Installed (\d+) packages? in ([\d.]+)(ms|s)")
 # Lists every distribution the new (still empty) venv's interpreter sees: the daemon's and the base's.
 # The first distribution of a name on sys.path wins, as it does for imports.
@@ -63,13 +62,6 @@ _ENGINE_PROBE = (
     "    failed = '; '.join(f'{f.name}: {f.error}' for f in plugins.failures) or 'none'\n"
     "    sys.exit(f'not registered (registered: {sorted(plugins.engines)}; plugin failures: {failed})')\n"
 )
-
-
-def _child_setup() -> None:
-    os.setsid()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass(slots=True)
@@ -136,7 +128,7 @@ async def run_logged(argv: Sequence[str], *, env: Mapping[str, str], deadline: f
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT if merge_output else asyncio.subprocess.PIPE, env=dict(env),
-        preexec_fn=_child_setup,
+        preexec_fn=child_setup,
     )
     progress = proc.stdout if merge_output else proc.stderr
 
@@ -381,7 +373,7 @@ async def _run_python(python: str, args: Sequence[str], deadline: float, log: Bu
                       what: str = "the venv's interpreter failed") -> str:
     proc = await asyncio.create_subprocess_exec(
         python, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, preexec_fn=_child_setup, env=_probe_env(),
+        stderr=asyncio.subprocess.PIPE, preexec_fn=child_setup, env=_probe_env(),
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout=max(0.1, deadline - time.monotonic()))
