@@ -94,6 +94,8 @@ def test_readme_first_command_serves_smollm2_from_a_fresh_clone(installed: objec
 
 
 def _daemon_pid(shell: int) -> int:
-    """bash runs the last command of the && chain as its child (or execs it): the xinfd process."""
-    children = Path(f"/proc/{shell}/task/{shell}/children").read_text().split()
-    return int(children[0]) if children else shell
+    """bash execs the last command of the ``&&`` chain (then ``shell`` is xinfd) or runs it as its child."""
+    if Path(f"/proc/{shell}/comm").read_text().strip() != "bash":
+        return shell
+    (child,) = Path(f"/proc/{shell}/task/{shell}/children").read_text().split()
+    return int(child)

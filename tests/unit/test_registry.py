@@ -45,7 +45,7 @@ def test_builtin_families_are_package_data() -> None:
     # installed, and an installed daemon would list only the plugins' families.
     package = Path(xinfd.__file__).resolve().parent
     assert BUILTIN_DIR.resolve().is_relative_to(package), BUILTIN_DIR
-    assert BUILTIN_DIR == package / "data" / "models"
+    assert package / "data" / "models" == BUILTIN_DIR
     assert ModelRegistry(Path("/nonexistent")).builtin_dir == BUILTIN_DIR
     assert {p.stem for p in BUILTIN_DIR.glob("*.json")} >= REQUIRED
 

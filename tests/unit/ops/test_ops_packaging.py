@@ -133,3 +133,14 @@ def test_wheel_and_sdist_carry_the_runtime_data(tmp_path: Path) -> None:
         assert "transformers = xinfd_engines.transformers" in groups and "xinfd = xinfd.daemon:main" in groups
         (reference,) = (n for n in names if n.endswith(".data/data/share/xinfd/xinfd.toml"))
         assert archive.read(reference).decode() == (REPO / "etc" / "xinfd.toml").read_text()
+
+
+def test_ci_runs_the_readme_test_command_first_then_the_installed_lane() -> None:
+    blocks = re.findall(r"```sh\n(.+?)\n```", (REPO / "README.md").read_text(), re.S)
+    readme_test_command = blocks[1].strip()
+    assert readme_test_command.endswith(".venv/bin/python -m pytest -q"), readme_test_command
+    commands = [
+        line for line in (REPO / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.startswith("#") and not line.startswith(("set ", "cd "))
+    ]
+    assert commands == [readme_test_command, ".venv/bin/python -m pytest -q -m installed tests/installed"]
