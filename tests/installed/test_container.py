@@ -189,10 +189,10 @@ def test_container_runs_as_pid1_non_root_configured_by_env_and_stops_cleanly(
         config = container.xinfctl("config")
         assert "# from: file" not in config and "# from: env XINFD_PORT" in config, config
         assert all(Path(p).stat().st_uid == image.user[0] for p in (volume / "xinfd.sock", volume / "logs"))
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=60)
-        answer = client.completions.create(model="echo", prompt="hello from the container")
-        assert answer.choices[0].text == "hello from the container"
-        _stop_while_streaming(container, client, image)
+        with OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=60) as client:
+            answer = client.completions.create(model="echo", prompt="hello from the container")
+            assert answer.choices[0].text == "hello from the container"
+            _stop_while_streaming(container, client, image)
     finally:
         container.daemon.kill()
 
