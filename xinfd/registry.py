@@ -1,4 +1,4 @@
-"""Model families as data: builtin ones from ``etc/models/*.json``, user registrations under
+"""Model families as data: builtin ones from the package's ``xinfd/data/models/*.json``, user registrations under
 ``$XINFERENCE_HOME/models/*.json`` (``xinfctl register --file spec.json``).
 
 A family file is one JSON object whose keys are ``ModelSpec`` fields (``name``, ``abilities``, ``engines``,
@@ -17,6 +17,7 @@ import json
 import logging
 from collections.abc import Mapping, MutableMapping
 from dataclasses import fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,18 @@ from xinfd.types import ModelSpec
 
 log = logging.getLogger(__name__)
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "etc" / "models"
+
+def _builtin_dir() -> Path:
+    """The builtin families, package data of ``xinfd`` so that a wheel carries them (a path beside the package,
+    such as the source tree's ``etc/``, exists only in a checkout). The registry globs and re-reads the files,
+    so it needs a real directory: pip and uv install wheels unpacked, never as a zip."""
+    found = resources.files("xinfd") / "data" / "models"
+    if not isinstance(found, Path):
+        raise RuntimeError(f"xinfd is imported from an archive ({found}); install it unpacked")
+    return found
+
+
+BUILTIN_DIR = _builtin_dir()
 _ABILITIES = ("chat", "generate", "embed")
 _FIELDS = frozenset(f.name for f in fields(ModelSpec))
 

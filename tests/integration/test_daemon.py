@@ -168,7 +168,8 @@ def test_stale_socket_from_a_crash_is_replaced(make_daemon: Any) -> None:
     [
         ({"XINFERENCE_HEALTH_CHECK_INTERVAL": "abc"}, [], "XINFERENCE_HEALTH_CHECK_INTERVAL"),
         ({"XINFERENCE_ALLOWED_IPS": "10.0.0.0/33"}, [], "XINFERENCE_ALLOWED_IPS"),
-        ({}, ["--config", "BADTOML"], "helth_check_interval"),
+        ({}, ["--config", "BADTOML"], "health_check_interval"),
+        ({}, ["--strict", "--config", "UNKNOWNKEY"], "helth_check_interval"),
         ({}, ["--port", "99999"], "--port"),
     ],
 )
@@ -176,10 +177,11 @@ def test_bad_config_exits_2_naming_the_key(
     make_daemon: Any, env: dict[str, str], args: list[str], needle: str
 ) -> None:
     d: Daemon = make_daemon(env=env)
-    if "BADTOML" in args:
+    if "BADTOML" in args or "UNKNOWNKEY" in args:
         bad = d.home / "bad.toml"
-        bad.write_text("helth_check_interval = 3\n")
-        args = ["--config", str(bad)]
+        # A bad value is always fatal; a key that is not a setting only with --strict (else a warning).
+        bad.write_text('health_check_interval = "soon"\n' if "BADTOML" in args else "helth_check_interval = 3\n")
+        args = [str(bad) if a in ("BADTOML", "UNKNOWNKEY") else a for a in args]
     result = subprocess.run(
         [sys.executable, "-m", "xinfd.daemon", *args], env=d.env, capture_output=True, text=True, timeout=30
     )

@@ -1,5 +1,5 @@
-"""The model registry: builtin families from etc/models, user registrations under the home, their validation,
-and the control routes that xinfctl register / unregister / registrations use."""
+"""The model registry: builtin families from the package data xinfd/data/models, user registrations under the home,
+their validation, and the control routes that xinfctl register / unregister / registrations use."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import xinfd
 from xinfd.errors import InvalidRequestError, UnknownModelError
 from xinfd.registry import BUILTIN_DIR, ModelRegistry, spec_from_json
 from xinfd.types import ModelSpec
@@ -37,6 +38,16 @@ def test_builtin_families_load_and_follow_the_virtualenv_rule() -> None:
     for spec in builtin.values():
         markers = {m for p in spec.virtualenv["packages"] for m in _MARKER.findall(p)}
         assert set(spec.engines) <= markers, spec.name
+
+
+def test_builtin_families_are_package_data() -> None:
+    # Inside the package, so a wheel carries them: a directory beside the package (the checkout's etc/) is not
+    # installed, and an installed daemon would list only the plugins' families.
+    package = Path(xinfd.__file__).resolve().parent
+    assert BUILTIN_DIR.resolve().is_relative_to(package), BUILTIN_DIR
+    assert package / "data" / "models" == BUILTIN_DIR
+    assert ModelRegistry(Path("/nonexistent")).builtin_dir == BUILTIN_DIR
+    assert {p.stem for p in BUILTIN_DIR.glob("*.json")} >= REQUIRED
 
 
 def test_registry_facts_engines_rely_on() -> None:

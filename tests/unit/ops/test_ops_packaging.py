@@ -1,4 +1,7 @@
-"""The systemd unit, sysusers/tmpfiles snippets and the Containerfile, checked by real tools (issue 6)."""
+"""The systemd unit, sysusers/tmpfiles snippets, the Containerfile and the wheel, checked by real tools.
+
+The Containerfile's runtime behaviour (non-root PID 1, volume, HEALTHCHECK, stop) is reproduced by
+tests/installed/test_container.py; here only its shape, and what a wheel built from the tree carries."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from tests.unit.ops.tools import ensure_tool
@@ -95,8 +99,11 @@ def test_containerfile_shape() -> None:
     assert re.search(r"^FROM docker\.io/library/python:3\.\d+-slim", final.strip(), re.M)
     assert re.search(r"^USER (?!root|0\b)\S+", final, re.M), "the runtime stage must not run as root"
     assert "EXPOSE 9997" in final and 'VOLUME ["/data"]' in final and "XINFERENCE_HOME=/data" in final
-    assert re.search(r"HEALTHCHECK .*\n?.*127\.0\.0\.1:9997/health", final)
-    assert "uv pip install" in text
+    # The health check asks the daemon's own port: 9997 unless -e XINFD_PORT moves the front end.
+    assert re.search(r"HEALTHCHECK .*\n?.*127\.0\.0\.1:%s/health.*XINFD_PORT', '9997'", final)
+    # Installed as the installed-wheel lane installs it: wheels, a fresh venv, no -e.
+    assert "pip wheel --no-cache-dir --no-deps -w /wheels" in text and "python -m venv /opt/xinfd" in text
+    assert "pip install -e" not in text and "COPY etc ./etc" in text
     # Configured only through environment variables: no config file is baked in.
     env_names = re.findall(
         r"\b([A-Z][A-Z0-9_]+)=",
@@ -106,3 +113,34 @@ def test_containerfile_shape() -> None:
         n.startswith(("XINFERENCE_", "XINFD_")) or n in ("PATH", "PYTHONUNBUFFERED") for n in env_names
     ), env_names
     assert "xinfd.toml" not in text
+
+
+def test_wheel_and_sdist_carry_the_runtime_data(tmp_path: Path) -> None:
+    """``python -m build`` (sdist, then the wheel built from that sdist): the builtin families inside the
+    package, the engines package with its entry points, and the reference config as shared data."""
+    subprocess.run(
+        [sys.executable, "-m", "build", "-q", "-o", str(tmp_path), str(REPO)],
+        check=True, timeout=600, capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("xinfd-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        families = {n.removeprefix("xinfd/data/models/") for n in names if n.startswith("xinfd/data/models/")}
+        assert families == {p.name for p in (REPO / "xinfd" / "data" / "models").glob("*.json")}
+        assert "xinfd_engines/transformers.py" in names and "xinfd/worker/__main__.py" in names
+        (entry_points,) = (n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        groups = archive.read(entry_points).decode()
+        assert "transformers = xinfd_engines.transformers" in groups and "xinfd = xinfd.daemon:main" in groups
+        (reference,) = (n for n in names if n.endswith(".data/data/share/xinfd/xinfd.toml"))
+        assert archive.read(reference).decode() == (REPO / "etc" / "xinfd.toml").read_text()
+
+
+def test_ci_runs_the_readme_test_command_first_then_the_installed_lane() -> None:
+    blocks = re.findall(r"```sh\n(.+?)\n```", (REPO / "README.md").read_text(), re.S)
+    readme_test_command = blocks[1].strip()
+    assert readme_test_command.endswith(".venv/bin/python -m pytest -q"), readme_test_command
+    commands = [
+        line for line in (REPO / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.startswith("#") and not line.startswith(("set ", "cd "))
+    ]
+    assert commands == [readme_test_command, ".venv/bin/python -m pytest -q -m installed tests/installed"]
