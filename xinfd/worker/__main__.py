@@ -1,17 +1,17 @@
 """``python -m xinfd.worker``: one replica process, started by the daemon with the model venv's interpreter.
 
 It reads its ``ReplicaContext`` and ``ModelSpec`` from ``XINFD_WORKER_CONTEXT`` (``xinfd.worker.launch``),
-loads the engine through the plugin hook ``xinfd_engine_load``, and serves the model on
-``replica.socket_path``. The socket only starts listening after the load, so the daemon's readiness probe
-(``GET /health``) means "loaded".
+loads the model through its engine's ``load`` (``xinfd.hookspecs.Engine``), and serves it on
+``replica.socket_path``. The daemon's settings for the replica (the max-tokens cap, batching) come in
+``replica.settings``; nothing here re-reads the daemon's ``XINFERENCE_*`` variables. The socket only starts
+listening after the load, so the daemon's readiness probe (``GET /health``) means "loaded".
 
 Exit codes: 0 stopped by SIGTERM/SIGINT; 1 serving failed; 2 bad environment (context, settings);
 3 the model could not be loaded (the last line on stderr says why, for the daemon's launch error).
 
 Environment (plugins are loaded exactly as in the daemon, by ``xinfd.plugins.make_plugin_manager``):
   ``XINFD_DISABLE_PLUGIN_AUTOLOAD=1``  skip the ``xinfd`` entry-point group (cf. pytest's equivalent);
-  ``XINFD_PLUGINS``                    comma-separated ``module`` or ``module:attr`` plugins to register;
-  ``XINFERENCE_MAX_TOKENS``            the operator's cap on completion tokens per request.
+  ``XINFD_PLUGINS``                    comma-separated ``module`` or ``module:attr`` plugins to register.
 """
 
 from __future__ import annotations
@@ -34,20 +34,15 @@ log = logging.getLogger("xinfd.worker")
 EXIT_SERVE_FAILED = 1
 EXIT_BAD_ENVIRONMENT = 2
 EXIT_LOAD_FAILED = 3
-MAX_TOKENS_ENV = "XINFERENCE_MAX_TOKENS"
 
 
-def parse_max_tokens_cap(raw: str | None) -> int | None:
-    """``XINFERENCE_MAX_TOKENS``: empty or unset means no cap; otherwise a positive integer."""
-    if raw is None or not raw.strip():
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{MAX_TOKENS_ENV} must be a positive integer, got {raw!r}")
-    return value
+def max_tokens_cap(replica: ReplicaContext) -> int | None:
+    """The operator's cap on completion tokens, from the context (the daemon validated it; checked again
+    because a cap below 1 would make every request fail with a confusing context error)."""
+    cap = replica.settings.max_tokens
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ValueError(f"replica settings: max_tokens must be a positive integer or None, got {cap!r}")
+    return cap
 
 
 def configure_logging(label: str, env: Mapping[str, str]) -> None:
@@ -71,7 +66,7 @@ def load_model(plugins: Plugins, replica: ReplicaContext, model: ModelSpec) -> T
 async def run(replica: ReplicaContext, model: ModelSpec, env: Mapping[str, str]) -> int:
     """Load and serve; return the exit code. Loading runs inside the loop, for engines that need one."""
     try:
-        cap = parse_max_tokens_cap(env.get(MAX_TOKENS_ENV))
+        cap = max_tokens_cap(replica)
         plugins = make_plugin_manager(env=env)
     except Exception as exc:
         print(f"xinfd.worker: {type(exc).__name__}: {exc}", file=sys.stderr)

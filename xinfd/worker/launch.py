@@ -1,6 +1,7 @@
 """How the daemon starts xinfd's own worker host for an engine (daemon side; standard library only).
 
-Engines hosted by the worker return ``worker_launch_spec(replica, model)`` from ``xinfd_engine_launch``. The
+Engines hosted by the worker return ``worker_launch_spec(replica, model)`` from ``Engine.launch`` (the base
+class ``xinfd.hookspecs.WorkerEngine`` does). The
 replica context and the model spec travel to the worker as JSON in one environment variable, so the worker
 needs no access to the daemon's registry (user-registered models included).
 """
