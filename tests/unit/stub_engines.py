@@ -35,7 +35,7 @@ def _true(model: ModelSpec, replica: ReplicaContext) -> LaunchSpec:
 class StubEngine:
     name: str
     abilities: tuple[Ability, ...] = ("chat",)
-    description: str = "test engine"
+    description: str = ""
     probe_module: str | None = None
     loads_weights_folder: bool = False
     # None: the stub checks option names itself (any option passes unless ``on_launch`` refuses it).
@@ -64,10 +64,11 @@ class StubEngine:
 class StubPlugin:
     """A plugin object registering ``engines`` and ``models``."""
 
-    def __init__(self, engines: Iterable[StubEngine], models: Iterable[ModelSpec] = ()) -> None:
+    def __init__(self, engines: Iterable[StubEngine], models: Iterable[ModelSpec] = (), *, name: str = "") -> None:
         self.engines = list(engines)
         self.models = list(models)
-        self.__name__ = f"stub-{'-'.join(e.name for e in self.engines)}-{id(self)}"
+        if name:  # pluggy's plugin name; without one it is the class name, as for any plugin object
+            self.__name__ = name
 
     @hookimpl
     def xinfd_register_engines(self, register: RegisterEngine) -> None:
