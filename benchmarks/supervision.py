@@ -1,4 +1,4 @@
-"""Supervision cost and failover time (issue 4).
+"""Supervision cost and failover time.
 
 1. Daemon CPU while it supervises N idle echo replicas (default 64) with health checks on, as % of one core,
    against the same daemon idle with no replica, measured in the same run (target: < 2 % of a core).
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from xinfd.cli.client import ControlClient
+from xinfd.types import replica_label
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -107,7 +108,7 @@ def failover(daemon: Daemon, kills: int) -> tuple[list[float], int, int]:
     times: list[float] = []
     served = failed = 0
     for n in range(1, kills + 1):
-        label = f"echo-r{n}"
+        label = replica_label("echo", n)
         victim = replica(daemon, label)
         killed = time.monotonic()
         os.kill(victim["pid"], signal.SIGKILL)

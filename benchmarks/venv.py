@@ -25,11 +25,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
+from xinfd.environments import EnvironmentRequest
+from xinfd.events import discard
 from xinfd.hookspecs import RegisterEngine, WorkerEngine, hookimpl
 from xinfd.plugins import make_plugin_manager
+from xinfd.supervisor import LaunchRequest
 from xinfd.types import Ability, Availability, EmbeddingModel, ModelSpec, Platform, ReplicaContext, TextModel
 from xinfd.venvs.builder import Uv
 from xinfd.venvs.pipconfig import PipConfig
@@ -57,10 +59,6 @@ class _BenchPlugin:
         register(_BenchEngine())
 
 
-async def _quiet(event: dict[str, Any]) -> None:
-    return None
-
-
 async def build_once(
     root: Path, name: str, packages: list[str], *, skip: bool, uv: Uv, pip: PipConfig
 ) -> tuple[float, dict[str, Any], VenvProvider, ModelSpec]:
@@ -72,7 +70,7 @@ async def build_once(
         name="bench", abilities=("generate",), engines=(ENGINE,), virtualenv={"packages": packages}
     )
     started = time.perf_counter()
-    path = await provider.create(spec, ENGINE, publish=_quiet)
+    path = await provider.create(spec, ENGINE, publish=discard)
     seconds = time.perf_counter() - started
     meta = next(r for r in provider.entries() if r["path"] == str(path))
     import json
@@ -123,16 +121,13 @@ async def main() -> None:
 
         relaunch: list[float] = []
         for i in range(args.relaunches):
-            model = SimpleNamespace(
-                uid=f"r{i}",
-                spec=spec,
-                engine=ENGINE,
-                request=SimpleNamespace(enable_virtual_env=None, virtual_env_packages=()),
+            request = EnvironmentRequest(
+                model_uid=f"r{i}", spec=spec, engine=ENGINE, options=LaunchRequest(model_name=spec.name)
             )
             started = time.perf_counter()
-            await provider.prepare(model, _quiet)  # type: ignore[arg-type]
+            await provider.prepare(request, discard)
             relaunch.append((time.perf_counter() - started) * 1000)
-            provider.release(model)  # type: ignore[arg-type]
+            provider.release(request.model_uid)
 
     print(f"spec: {' '.join(packages)}   (index: pip config; python {sys.version.split()[0]})")
     print(f"{'case':<34}{'installed':>10}{'skipped':>9}{'seconds':>9}{'install s':>11}")

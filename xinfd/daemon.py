@@ -27,17 +27,17 @@ from xinfd.api.metrics import Metrics
 from xinfd.api.openai import make_api_app
 from xinfd.api.peers import secure_socket
 from xinfd.api.state import DaemonState
-from xinfd.config import Settings, describe, load_settings, parse_launch_item
+from xinfd.config import Settings, describe, load_settings, parse_launch_item, reference_toml, settings_table
 from xinfd.errors import ConfigError, XinfdError
 from xinfd.gpus import detect_platform
 from xinfd.lifecycle import Lifecycle
 from xinfd.logs import configure_logging
-from xinfd.models import LaunchRequest, ModelManager, replica_settings, supervision_options
 from xinfd.orphans import kill_orphans
 from xinfd.plugins import make_plugin_manager
 from xinfd.processes import SubprocessSpawner
 from xinfd.registry import ModelRegistry
 from xinfd.sdnotify import notify, without_notify_env
+from xinfd.supervisor import LaunchRequest, ModelManager, replica_settings, supervision_options
 from xinfd.venvs.provider import VenvProvider
 
 log = logging.getLogger("xinfd")
@@ -67,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="launch this model once serving (repeatable), e.g. --launch echo:2",
     )
     parser.add_argument("--print-config", action="store_true", help="print the effective config and exit")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse config keys and XINFERENCE_*/XINFD_* variables that are not settings (exit 2)",
+    )
+    parser.add_argument(
+        "--print-reference", action="store_true", help="print the reference config (etc/xinfd.toml) and exit"
+    )
+    parser.add_argument(
+        "--settings-table", action="store_true", help="print every setting as a Markdown table and exit"
+    )
     parser.add_argument("--version", action="version", version=f"xinfd {__version__}")
     return parser
 
@@ -80,12 +91,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "log_level": args.log_level,
         "launch": tuple(args.launch) if args.launch else None,
     }
+    if args.print_reference or args.settings_table:
+        print(reference_toml() if args.print_reference else settings_table(), end="")
+        return 0
     try:
-        settings = load_settings(config_path=args.config, cli=cli)
+        settings = load_settings(config_path=args.config, cli=cli, strict=args.strict)
     except ConfigError as exc:
         print(f"xinfd: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.print_config:
+        for warning in settings.warnings:
+            print(f"xinfd: warning: {warning}", file=sys.stderr)
         print(describe(settings), end="")
         return 0
     configure_logging(
@@ -94,7 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_bytes=settings.log_max_bytes,
         backups=settings.log_backups,
     )
+    for warning in settings.warnings:
+        log.warning("%s", warning)
     try:
+        # A reload is never strict: a SIGHUP must not stop a serving daemon; unknown names are logged.
         asyncio.run(serve(settings, reload=lambda: load_settings(config_path=args.config, cli=cli)))
     except StartupError as exc:
         log.error("%s", exc)
@@ -172,7 +191,12 @@ async def serve(
     await api_runner.setup()
     await control_runner.setup()
     lifecycle = Lifecycle(
-        state, reload=reload, apply_log_level=lambda level: logging.getLogger().setLevel(level)
+        state,
+        reload=reload,
+        apply_log_level=lambda level: logging.getLogger().setLevel(level),
+        apply=lambda new, changed: manager.set_limits(
+            max_concurrency=new.replica_max_concurrency, max_queue=new.model_queue_size
+        ),
     )
     lifecycle.install_signal_handlers(asyncio.get_running_loop())
     try:

@@ -47,7 +47,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xinfd.atomic import DEFAULT, write_atomic
 from xinfd.errors import DownloadError
+from xinfd.events import (
+    DownloadCached,
+    Downloaded,
+    Downloading,
+    DownloadProgress,
+    DownloadRetry,
+    DownloadSkipped,
+    Publish,
+)
 from xinfd.types import ModelSpec
 
 if TYPE_CHECKING:
@@ -68,7 +78,6 @@ _TRANSPORT_ERRORS = frozenset({
     "ProtocolError", "TimeoutError",
 })
 
-Publish = Callable[[dict[str, Any]], Awaitable[None]]
 # A blocking download of one repo into a folder; returns the folder holding the files.
 Fetcher = Callable[["DownloadSettings", str, Path], Path]
 
@@ -292,13 +301,11 @@ class Downloader:
         async with self._locks.setdefault(dest, asyncio.Lock()):
             done = _read_marker(dest)
             if done is not None:
-                await publish({"event": "download_cached",
-                               "message": f"{repo_id} ({source}) cached at {done}"})
+                await publish(DownloadCached(message=f"{repo_id} ({source}) cached at {done}"))
                 return done
             if source == "huggingface" and hf_offline():
-                await publish({"event": "download_skipped",
-                               "message": f"HF_HUB_OFFLINE is set: {repo_id} is not downloaded; the engine "
-                               "looks for it in its own Hugging Face cache"})
+                await publish(DownloadSkipped(message=f"HF_HUB_OFFLINE is set: {repo_id} is not downloaded; "
+                                              "the engine looks for it in its own Hugging Face cache"))
                 return None
             return await self._download(model_name, repo_id, dest, publish)
 
@@ -311,8 +318,8 @@ class Downloader:
         attempts = self.settings.max_attempts
         where = f"{model_name} ({repo_id}) from {source}"
         for attempt in range(1, attempts + 1):
-            await publish({"event": "downloading", "attempt": attempt,
-                           "message": f"downloading {where} into {dest} (attempt {attempt}/{attempts})"})
+            await publish(Downloading(attempt=attempt,
+                                      message=f"downloading {where} into {dest} (attempt {attempt}/{attempts})"))
             started = time.monotonic()
             dest.mkdir(parents=True, exist_ok=True)
             try:
@@ -332,15 +339,14 @@ class Downloader:
                 delay = self.settings.backoff * 2 ** (attempt - 1)
                 log.warning("download of %s failed (attempt %d/%d, retry in %.1fs): %s",
                             where, attempt, attempts, delay, reason)
-                await publish({"event": "download_retry", "attempt": attempt,
-                               "message": f"download of {where} failed ({reason}); retrying in {delay:.1f}s"})
+                await publish(DownloadRetry(attempt=attempt,
+                                            message=f"download of {where} failed ({reason}); retrying in {delay:.1f}s"))
                 await self.sleep(delay)
                 continue
             size, count = _folder_size(path)
             _write_marker(dest, path, source=source, repo_id=repo_id)
-            await publish({"event": "downloaded",
-                           "message": f"downloaded {where}: {count} file(s), {size / 1e6:.1f} MB "
-                           f"in {time.monotonic() - started:.1f}s"})
+            await publish(Downloaded(message=f"downloaded {where}: {count} file(s), {size / 1e6:.1f} MB "
+                                     f"in {time.monotonic() - started:.1f}s"))
             return str(path)
         raise AssertionError("unreachable: the loop returns or raises")  # max_attempts >= 1 (config check)
 
@@ -363,8 +369,8 @@ class Downloader:
             now = _bytes_under(dest)
             if now != last:
                 last = now
-                await publish({"event": "download_progress", "bytes": now,
-                               "message": f"downloading {where}: {now / 1e6:.1f} MB so far"})
+                await publish(DownloadProgress(bytes=now,
+                                               message=f"downloading {where}: {now / 1e6:.1f} MB so far"))
 
 
 def _bytes_under(path: Path) -> int:
@@ -391,7 +397,5 @@ def _read_marker(dest: Path) -> str | None:
 
 def _write_marker(dest: Path, path: Path, *, source: str, repo_id: str) -> None:
     """Written last and atomically: its presence means every file of the snapshot is in place."""
-    tmp = dest / f"{MARKER}.tmp"
-    tmp.write_text(json.dumps({"source": source, "repo_id": repo_id, "path": str(path),
-                               "time": round(time.time(), 3)}) + "\n")
-    os.replace(tmp, dest / MARKER)
+    record = {"source": source, "repo_id": repo_id, "path": str(path), "time": round(time.time(), 3)}
+    write_atomic(dest / MARKER, json.dumps(record) + "\n", mode=DEFAULT)

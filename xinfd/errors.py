@@ -1,7 +1,8 @@
 """The one error tree of xinfd.
 
 Every error the daemon reports has a stable ``code`` (for scripts and the control API) and an HTTP status (for
-the front end and the control socket). Handlers convert them to JSON in one place (``xinfd.api.middleware``).
+the front end and the control socket). Handlers convert them to JSON in one place (``xinfd.http_errors``), for
+the daemon and the worker alike.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ class UnknownEngineError(XinfdError):
     """No engine of that name is registered."""
 
     code = "engine_not_found"
+    status = 404
+    error_type = "invalid_request_error"
+
+
+class UnsupportedEndpointError(XinfdError):
+    """The model cannot serve this route (embeddings on a text model, chat on an embedding model)."""
+
+    code = "unsupported_endpoint"
     status = 404
     error_type = "invalid_request_error"
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from xinfd.errors import ImpossiblePlacementError, PlacementError
-from xinfd.types import GpuInfo, Platform
+from xinfd.types import GpuInfo, Platform, replica_label
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def detect_platform(
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The slot table (issue 4; spec model-launching.txt: Replica, Hybrid GPU Allocation, GPU Allocation Strategy).
+# The slot table (spec model-launching.txt: Replica, Hybrid GPU Allocation, GPU Allocation Strategy).
 
 IDLE_FIRST = "IDLE_FIRST_LAUNCH_STRATEGY"
 PACK_FIRST = "PACK_FIRST_LAUNCH_STRATEGY"
@@ -98,15 +98,25 @@ class Placement:
     reason: str
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Slot:
-    label: str
-    gpu_indices: tuple[int, ...]
-    reason: str
+    model_uid: str
+    placement: Placement
+
+    @property
+    def label(self) -> str:
+        return replica_label(self.model_uid, self.placement.replica_index)
+
+    @property
+    def gpu_indices(self) -> tuple[int, ...]:
+        return self.placement.gpu_indices
 
 
 class SlotTable:
     """Which replica holds which GPU. Plans placements without side effects; ``reserve`` records them.
+
+    The table is the one owner of placements: every reserved replica is recorded here, CPU-only ones too, and
+    a model asks ``placements(uid)`` for its own instead of keeping a copy.
 
     Load is the number of replicas holding a GPU: xinfd does not know what a model will allocate, but it
     knows who it put where, which is what "idle first" means in the spec. Free memory, when NVML reports it
@@ -127,12 +137,20 @@ class SlotTable:
         self.strategy = strategy
         self.allow_multi = allow_multi_replica_per_gpu
         self._free_mb = free_mb or (lambda index: None)
-        self._slots: dict[str, _Slot] = {}
+        self._slots: dict[tuple[str, int], _Slot] = {}
 
     # -- reading ---------------------------------------------------------------------------------------------
 
     def holders(self, index: int) -> list[str]:
+        """Labels of the replicas holding GPU ``index``."""
         return [s.label for s in self._slots.values() if index in s.gpu_indices]
+
+    def placements(self, model_uid: str) -> list[Placement]:
+        """The reserved placements of ``model_uid``'s replicas, by replica index."""
+        return sorted(
+            (s.placement for s in self._slots.values() if s.model_uid == model_uid),
+            key=lambda p: p.replica_index,
+        )
 
     def _loads(self) -> dict[int, int]:
         loads = {g.index: 0 for g in self.gpus}
@@ -146,7 +164,7 @@ class SlotTable:
         rows = []
         for gpu in self.gpus:
             replicas = [
-                {"label": s.label, "gpu_indices": list(s.gpu_indices), "reason": s.reason}
+                {"label": s.label, "gpu_indices": list(s.gpu_indices), "reason": s.placement.reason}
                 for s in self._slots.values()
                 if gpu.index in s.gpu_indices
             ]
@@ -258,13 +276,16 @@ class SlotTable:
 
     # -- holding ---------------------------------------------------------------------------------------------
 
-    def reserve(self, label: str, placement: Placement) -> None:
-        if placement.gpu_indices:
-            self._slots[label] = _Slot(label, placement.gpu_indices, placement.reason)
+    def reserve(self, model_uid: str, placement: Placement) -> None:
+        """Record a planned placement for replica ``placement.replica_index`` of ``model_uid``."""
+        key = (model_uid, placement.replica_index)
+        if key in self._slots:
+            raise ValueError(f"replica {replica_label(*key)} already holds a placement")
+        self._slots[key] = _Slot(model_uid, placement)
 
-    def release(self, label: str) -> None:
-        """Free a replica's GPUs; call only once its whole process group is gone."""
-        self._slots.pop(label, None)
+    def release(self, model_uid: str, replica_index: int) -> None:
+        """Free a replica's GPUs; call only once its whole process group is gone. Idempotent."""
+        self._slots.pop((model_uid, replica_index), None)
 
 
 def cuda_visible_devices(gpu_indices: Sequence[int]) -> str:

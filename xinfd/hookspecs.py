@@ -20,7 +20,7 @@ Rules of the contract:
   ``Engine.load``, which runs in the replica process, never in the daemon.
 * A plugin that fails to import, registers an object that lacks part of ``Engine``, or implements a hook
   this file does not define is logged with its name and skipped; the daemon keeps running.
-* Settings the daemon hands to replicas (the max-tokens cap, batching) arrive in ``ReplicaContext.settings``;
+* Settings the daemon hands to replicas (batching) arrive in ``ReplicaContext.settings``;
   engines never read the daemon's ``XINFERENCE_*`` variables from their environment.
 
 Every placeholder name in the virtualenv spec is derived from the engine name: ``#llama_cpp_dependencies#``
@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import pluggy
 
+from xinfd.replica_launch import worker_launch_spec
 from xinfd.types import (
     Ability,
     Availability,
@@ -45,7 +46,6 @@ from xinfd.types import (
     ReplicaContext,
     TextModel,
 )
-from xinfd.worker.launch import worker_launch_spec
 
 PROJECT_NAME = "xinfd"
 

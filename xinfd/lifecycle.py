@@ -21,48 +21,34 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from xinfd.config import SECRET_FIELDS, Settings
+from xinfd.config import DECLARATIONS, RELOADABLE, SECRET_FIELDS, Settings
 from xinfd.logs import rotate_forever
 from xinfd.sdnotify import notify, status_loop, watchdog_loop
 
 log = logging.getLogger(__name__)
 
-# What a SIGHUP may change in a running daemon; everything else is fixed at start.
-RELOADABLE: frozenset[str] = frozenset(
-    {
-        "log_level",
-        "allowed_ips",
-        "trusted_proxies",
-        "api_keys",
-        "metrics_api_keys",
-        "control_allowed_users",
-        "control_allowed_groups",
-        "sse_ping_attempts_seconds",
-        "max_tokens",
-        "stream_write_timeout",
-        "drain_timeout",
-    }
-)
 DRAIN_POLL_SECONDS = 0.05
 
 
 def merge_reload(old: Settings, new: Settings) -> tuple[Settings, list[str], list[str]]:
-    """``old`` with the reloadable fields of ``new``; returns (merged, changed, ignored-needing-restart)."""
+    """``old`` with the reloadable settings of ``new``; returns (merged, changed, ignored-needing-restart).
+
+    Which settings a SIGHUP may change is each setting's declaration (``reload``); the [[gpus]] inventory
+    always needs a restart.
+    """
     changed, ignored, updates = [], [], {}
-    for f in dataclasses.fields(Settings):
-        if f.name == "sources":
-            continue
-        before, after = getattr(old, f.name), getattr(new, f.name)
+    for name in [*DECLARATIONS, "gpus"]:
+        before, after = getattr(old, name), getattr(new, name)
         if before == after:
             continue
-        if f.name in RELOADABLE:
-            updates[f.name] = after
-            changed.append(f.name)
+        if name in RELOADABLE:
+            updates[name] = after
+            changed.append(name)
         else:
-            ignored.append(f.name)
+            ignored.append(name)
     sources = dict(old.sources)
     sources.update({name: new.sources.get(name, "default") for name in changed})
-    merged = dataclasses.replace(old, **updates, sources=sources)
+    merged = dataclasses.replace(old, **updates, sources=sources, warnings=new.warnings)
     return merged, changed, ignored
 
 
@@ -96,10 +82,13 @@ class Lifecycle:
         *,
         reload: Callable[[], Settings] | None = None,
         apply_log_level: Callable[[str], None] | None = None,
+        apply: Callable[[Settings, list[str]], None] | None = None,
     ) -> None:
         self.state = state
         self._reload = reload
         self._apply_log_level = apply_log_level
+        # Pushes reloaded values into the running parts that copied them at start (routers' limits).
+        self._apply = apply
         self._stop = asyncio.Event()
         self._hup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -155,12 +144,18 @@ class Lifecycle:
             return
         merged, changed, ignored = merge_reload(self.state.settings, new)
         self.state.settings = merged
+        # What waits for a restart is what the files and environment say now, not an accumulation of reloads.
+        self.state.pending = {name: (getattr(new, name), new.sources.get(name, "default")) for name in ignored}
         for name in changed:
             log.info("SIGHUP: %s = %s (%s)", name, _shown(merged, name), merged.sources.get(name))
         for name in ignored:
             log.warning("SIGHUP: %s changed but needs a restart; keeping %s", name, _shown(merged, name))
+        for warning in new.warnings:
+            log.warning("SIGHUP: %s", warning)
         if "log_level" in changed and self._apply_log_level is not None:
             self._apply_log_level(merged.log_level)
+        if changed and self._apply is not None:
+            self._apply(merged, changed)
         log.info(
             "SIGHUP: configuration reloaded (%d change(s), %d needing a restart)", len(changed), len(ignored)
         )

@@ -1,4 +1,4 @@
-"""Pid files of replica process groups, and killing the orphans of a previous daemon at start (issue 4).
+"""Pid files of replica process groups, and killing the orphans of a previous daemon at start.
 
 Replicas die with the daemon through PDEATHSIG, but only the group leader has it: a grandchild the engine
 forked (a vLLM engine core, a compile helper) survives a ``kill -9`` of the daemon and keeps its GPU memory.
@@ -19,6 +19,8 @@ import os
 import signal
 import time
 from pathlib import Path
+
+from xinfd.atomic import DEFAULT, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +45,10 @@ def process_start_time(pid: int) -> int | None:
 
 
 def write_pid_file(path: Path, pid: int) -> None:
-    """Record a replica group atomically (temp + rename: a crash never leaves half a pid file)."""
+    """Record a replica group atomically (``write_atomic``: a crash never leaves half a pid file)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     record = {"pgid": pid, "start_time": process_start_time(pid), "daemon_pid": os.getpid()}
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(record), mode=DEFAULT)
 
 
 def remove_pid_file(path: Path) -> None:

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
+from xinfd.childproc import child_setup
+
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 STDERR_TAIL_LINES = 20
 
 
@@ -57,15 +56,6 @@ class Spawner(Protocol):
     async def spawn(
         self, argv: tuple[str, ...], *, env: Mapping[str, str], cwd: str | None, log_path: Path
     ) -> ProcessHandle: ...
-
-
-def _child_setup() -> None:
-    """Runs in the child between fork and exec: new session, and die with the daemon (Linux)."""
-    os.setsid()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class SubprocessHandle:
@@ -135,7 +125,7 @@ class SubprocessSpawner:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=sink,
                 stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_child_setup,  # setsid + PDEATHSIG; the daemon forks only from its loop thread
+                preexec_fn=child_setup,  # setsid + PDEATHSIG (xinfd.childproc)
             )
         return SubprocessHandle(proc, log_path)
 

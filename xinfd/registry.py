@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
-import tempfile
 from collections.abc import Mapping, MutableMapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from xinfd.atomic import PRIVATE, write_atomic
 from xinfd.errors import InvalidRequestError, UnknownModelError
+from xinfd.names import MODEL_NAME, check_name
 from xinfd.types import ModelSpec
 
 log = logging.getLogger(__name__)
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "etc" / "models"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ABILITIES = ("chat", "generate", "embed")
 _FIELDS = frozenset(f.name for f in fields(ModelSpec))
 
@@ -38,11 +36,7 @@ def spec_from_json(data: Any, where: str) -> ModelSpec:
     """Validate one family object; every problem names ``where`` and the field."""
     if not isinstance(data, dict):
         raise InvalidRequestError(f"{where}: a model spec must be a JSON object")
-    name = data.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise InvalidRequestError(
-            f"{where}: 'name' must match {_NAME_RE.pattern}, got {name!r}", param="name"
-        )
+    name = check_name(data.get("name"), MODEL_NAME, param="name", context=where)
     abilities = data.get("abilities")
     if not isinstance(abilities, list) or not abilities or any(a not in _ABILITIES for a in abilities):
         raise InvalidRequestError(
@@ -137,7 +131,8 @@ class ModelRegistry:
                 param="name",
             )
         self.user_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.user_dir / f"{spec.name}.json", json.dumps(spec_to_json(spec), indent=2) + "\n")
+        text = json.dumps(spec_to_json(spec), indent=2) + "\n"
+        write_atomic(self.user_dir / f"{spec.name}.json", text, mode=PRIVATE)
         families[spec.name] = spec
         log.info("model family %s registered", spec.name)
         return spec
@@ -151,17 +146,6 @@ class ModelRegistry:
         (self.user_dir / f"{name}.json").unlink()
         families.pop(name, None)
         log.info("model family %s unregistered", name)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def describe(spec: ModelSpec, source: str) -> Mapping[str, Any]:

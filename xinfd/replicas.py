@@ -24,7 +24,7 @@ import aiohttp
 from xinfd.errors import LaunchError
 from xinfd.orphans import remove_pid_file, write_pid_file
 from xinfd.processes import ProcessHandle, Spawner, stop_group
-from xinfd.types import LaunchSpec
+from xinfd.types import LaunchSpec, replica_label
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class RestartPolicy:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HealthPolicy:
-    """Health probes of a READY replica (XINFERENCE_HEALTH_CHECK_* variables; issue 4).
+    """Health probes of a READY replica (the XINFERENCE_HEALTH_CHECK_* settings).
 
     A probe is ``GET /health`` through the replica's serving path (its socket and its HTTP server loop), so a
     replica whose loop is stuck, or that was SIGSTOPped, fails probes even though its process still exists.
@@ -158,7 +158,7 @@ class Replica:
 
     @property
     def label(self) -> str:
-        return f"{self.model_uid}-r{self.index}"
+        return replica_label(self.model_uid, self.index)
 
     @property
     def pid(self) -> int | None:

@@ -74,14 +74,22 @@ class ReplicaSettings:
     """The daemon settings a replica consumes, chosen by the daemon and sent in its ``ReplicaContext``.
 
     Replicas never re-read the daemon's environment: a value set in the TOML file, an environment variable or
-    a flag reaches every engine the same way, through this object.
+    a flag reaches every engine the same way, through this object. (``XINFERENCE_MAX_TOKENS`` is not here:
+    the daemon applies it to each request it forwards, for every engine, so a SIGHUP changes it at once.)
     """
 
-    # The operator's cap on completion tokens per request (``XINFERENCE_MAX_TOKENS``); None: no cap.
-    max_tokens: int | None = None
     # Continuous batching: requests per batch and the gathering window (``XINFERENCE_BATCH_SIZE`` / ``_INTERVAL``).
     batch_size: int = 32
     batch_interval: float = 0.003
+
+
+def replica_label(model_uid: str, replica_index: int) -> str:
+    """``<model_uid>-r<index>``: how a replica is named everywhere (logs, files, slot table, ``X-Xinfd-Replica``).
+
+    The one rule, here because both the daemon's supervisor (``xinfd.supervisor.identity``) and the replica
+    process (``ReplicaContext.label``) need it and the replica must not import the supervisor.
+    """
+    return f"{model_uid}-r{replica_index}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,6 +116,11 @@ class ReplicaContext:
     # Where engines keep derived weights (e.g. GGUF converted to safetensors) so a restart skips the work.
     cache_dir: str = ""
     settings: ReplicaSettings = field(default_factory=ReplicaSettings)
+
+    @property
+    def label(self) -> str:
+        """This replica's name, the same the daemon uses for it (``replica_label``)."""
+        return replica_label(self.model_uid, self.replica_index)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -80,7 +80,7 @@ def test_defaults(home: Path) -> None:
     assert settings.gpus == ()
     assert settings.launch == ()
     assert set(settings.sources.values()) == {"default"}
-    assert set(settings.sources) == {f.name for f in dataclasses.fields(Settings)} - {"sources"}
+    assert set(settings.sources) == {f.name for f in dataclasses.fields(Settings)} - {"sources", "warnings"}
 
 
 def test_precedence_file_env_cli(home: Path, write_toml: Callable[[str], Path]) -> None:
@@ -277,13 +277,64 @@ def test_ip_networks_ipv6_and_host_bits(home: Path) -> None:
     assert settings.allowed_ips == (ip_network("2001:db8::/32"), ip_network("10.0.0.0/8"))
 
 
-def test_unknown_toml_key_suggests(write_toml: Callable[[str], Path]) -> None:
+def test_unknown_toml_key_warns_with_the_closest_key(write_toml: Callable[[str], Path]) -> None:
+    path = write_toml("helth_check_interval = 3\n")
+    settings = load_settings(config_path=path, env={})
+    assert settings.warnings == (
+        f"{path}: key 'helth_check_interval' is not an xinfd setting, ignored; did you mean health_check_interval?",
+    )
+    assert settings.health_check_interval == 5.0
+
+
+def test_unknown_toml_key_is_an_error_when_strict(write_toml: Callable[[str], Path]) -> None:
     path = write_toml("helth_check_interval = 3\n")
     with pytest.raises(ConfigError) as info:
-        load_settings(config_path=path, env={})
+        load_settings(config_path=path, env={}, strict=True)
     assert str(info.value) == (
-        f"{path}: unknown key 'helth_check_interval' (did you mean 'health_check_interval'?)"
+        f"{path}: key 'helth_check_interval' is not an xinfd setting; did you mean health_check_interval? (--strict)"
     )
+
+
+def test_a_table_in_place_of_keys_warns(write_toml: Callable[[str], Path]) -> None:
+    path = write_toml("[server]\nport = 1\n")
+    settings = load_settings(config_path=path, env={})
+    assert settings.port == 9997
+    assert settings.warnings == (f"{path}: key 'server' is not an xinfd setting, ignored",)
+
+
+@pytest.mark.parametrize(
+    ("var", "closest"),
+    [
+        ("XINFERENCE_ALLOWED_IP", "XINFERENCE_ALLOWED_IPS"),
+        ("XINFD_ALLOWED_IPS", "XINFERENCE_ALLOWED_IPS"),  # the right name in the wrong namespace
+        ("XINFERENCE_BATCHSIZE", "XINFERENCE_BATCH_SIZE"),
+        ("XINFD_COLOUR_SCHEME", None),
+    ],
+)
+def test_unknown_variables_warn_with_the_closest_variable(var: str, closest: str | None) -> None:
+    settings = load_settings(env={var: "10.0.0.0/8"})
+    (warning,) = settings.warnings
+    assert warning.startswith(f"environment variable {var} is not an xinfd setting, ignored")
+    if closest is None:
+        assert "did you mean" not in warning
+    else:
+        assert f"did you mean {closest}?" in warning
+
+
+def test_a_misspelled_access_setting_says_access_is_not_restricted() -> None:
+    settings = load_settings(env={"XINFERENCE_ALLOWED_IP": "10.0.0.0/8"})
+    assert settings.allowed_ips == ()
+    assert "allowed_ips is NOT set by it" in settings.warnings[0]
+
+
+def test_unknown_variables_are_errors_when_strict() -> None:
+    with pytest.raises(ConfigError, match="XINFERENCE_ALLOWED_IP is not an xinfd setting; did you mean"):
+        load_settings(env={"XINFERENCE_ALLOWED_IP": "10.0.0.0/8"}, strict=True)
+
+
+def test_variables_read_on_purpose_and_other_namespaces_are_not_reported() -> None:
+    env = {"XINFD_CONFIG": "", "XINFD_PLUGINS": "", "XINFD_API_KEY": "k", "PATH": "/bin", "XINFERENCEX": "1"}
+    assert load_settings(env=env).warnings == ()
 
 
 @pytest.mark.parametrize(
@@ -297,7 +348,6 @@ def test_unknown_toml_key_suggests(write_toml: Callable[[str], Path]) -> None:
         ("launch = [1]\n", "launch: expected a list of strings"),
         ('csg_token = ""\n', "csg_token: must not be empty"),
         ("health_check_interval = nan\n", "health_check_interval: must be a number of seconds > 0"),
-        ("[server]\nport = 1\n", "unknown key 'server'"),
     ],
 )
 def test_toml_type_errors_name_file_and_key(
@@ -422,13 +472,17 @@ def test_describe_masks_secrets(home: Path) -> None:
 
 @pytest.mark.parametrize(
     ("item", "expected"),
-    [("qwen", ("qwen", 1)), ("qwen:3", ("qwen", 3)), (" bge-m3:01 ", ("bge-m3", 1)), ("a:b:2", ("a:b", 2))],
+    [("qwen", ("qwen", 1)), ("qwen:3", ("qwen", 3)), (" bge-m3:01 ", ("bge-m3", 1)),
+     ("qwen2.5-instruct:2", ("qwen2.5-instruct", 2))],
 )
 def test_parse_launch_item(item: str, expected: tuple[str, int]) -> None:
     assert parse_launch_item(item) == expected
 
 
-@pytest.mark.parametrize("item", ["", ":2", "qwen:0", "qwen:-1", "qwen:x", "a/b", "..", "a..b", "my model"])
+# "a:b:2": the name would be "a:b", which no family can have (names are checked by xinfd.names).
+@pytest.mark.parametrize(
+    "item", ["", ":2", "qwen:0", "qwen:-1", "qwen:x", "a/b", "..", "a..b", "my model", "a:b:2", "qwen\u0435"]
+)
 def test_parse_launch_item_rejects(item: str) -> None:
     with pytest.raises(ConfigError, match=r"^launch: "):
         parse_launch_item(item)

@@ -1,4 +1,4 @@
-"""Model downloads against a loopback hub started by the test (issue 5, model sources).
+"""Model downloads against a loopback hub started by the test (the model-sources settings).
 
 The fake hub speaks what each client library asks for (read from the installed libraries):
 
@@ -40,12 +40,12 @@ from xinfd_engines import transformers as transformers_engine
 
 from tests.unit.stub_engines import StubEngine, StubPlugin
 from tests.unit.test_models_supervision import RecordingSpawner
-from tests.unit.test_replicas import FakeReplica
-from xinfd import models as models_module
+from tests.unit.test_replicas import FakeReplicas
 from xinfd.downloads import MARKER, Downloader, DownloadSettings, repo_on_source, repo_to_download
 from xinfd.errors import DownloadError, LaunchError
-from xinfd.models import LaunchRequest, ModelManager
+from xinfd.events import LaunchEvent
 from xinfd.plugins import make_plugin_manager
+from xinfd.supervisor import LaunchRequest, ModelManager
 from xinfd.types import LaunchSpec, ModelSpec, Platform, ReadinessProbe, ReplicaContext
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -196,8 +196,8 @@ class Events:
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
 
-    async def __call__(self, event: dict[str, Any]) -> None:
-        self.items.append(event)
+    async def __call__(self, event: LaunchEvent) -> None:
+        self.items.append(event.to_json())
 
     def names(self) -> list[str]:
         return [e["event"] for e in self.items]
@@ -378,17 +378,15 @@ class HubOnlyEngine(StubPlugin):
         return LaunchSpec(argv=("worker",), readiness=ReadinessProbe(timeout_s=2, interval_s=0.001))
 
 
-async def test_launch_downloads_before_replicas_and_passes_model_path(
-    monkeypatch: pytest.MonkeyPatch, hub: FakeHub, tmp_path: Path
-) -> None:
-    monkeypatch.setattr(models_module, "Replica", FakeReplica)
+async def test_launch_downloads_before_replicas_and_passes_model_path(hub: FakeHub, tmp_path: Path) -> None:
     engine = HubOnlyEngine()
     plugins = make_plugin_manager(load_entrypoints=False, plugins=[engine], env={})
     dl, _ = downloader(tmp_path)
+    spawner = RecordingSpawner()
     mgr = ModelManager(plugins=plugins, platform=Platform(system="Linux", machine="x86_64",
                                                           python_version="3.11.7"),
-                       home=tmp_path, spawner=RecordingSpawner(), stop_grace=0.1, launch_timeout=5,
-                       base_env={"PATH": "/bin"}, downloader=dl)
+                       home=tmp_path, spawner=spawner, stop_grace=0.1, launch_timeout=5,
+                       base_env={"PATH": "/bin"}, downloader=dl, replica_factory=FakeReplicas(spawner))
     model = await mgr.wait_until_launched(mgr.start_launch(LaunchRequest(model_name="tiny")))
     folder = str(tmp_path / "models" / "huggingface" / REPO)
     assert engine.options[0] == {}  # start_launch's early check: the request as the user sent it

@@ -16,7 +16,7 @@ def gpus(n: int) -> list[GpuInfo]:
 def place(table: SlotTable, uid: str, replicas: int, **kw: object) -> list[tuple[int, ...]]:
     plan = table.plan(range(replicas), **kw)  # type: ignore[arg-type]
     for p in plan:
-        table.reserve(f"{uid}-r{p.replica_index}", p)
+        table.reserve(uid, p)
     return [p.gpu_indices for p in plan]
 
 
@@ -132,7 +132,7 @@ def test_release_frees_the_slot_and_snapshot_explains_placements() -> None:
     assert (row["index"], row["name"], row["memory_mb"]) == (0, "GPU-0", 24000)
     assert row["replicas"][0]["label"] == "m-r0"
     assert "idle first" in row["replicas"][0]["reason"]
-    table.release("m-r0")
+    table.release("m", 0)
     assert counts(table) == [0, 1]
     assert place(table, "n", 1) == [(0,)]
 
@@ -142,3 +142,17 @@ def test_unknown_strategy_is_a_programming_error() -> None:
         SlotTable(gpus(1), strategy="RANDOM")
     assert IDLE_FIRST == "IDLE_FIRST_LAUNCH_STRATEGY"
     assert Placement(replica_index=0, gpu_indices=(), reason="x").gpu_indices == ()
+
+
+def test_the_table_owns_every_placement_cpu_ones_included() -> None:
+    table = SlotTable(gpus(1))
+    place(table, "g", 2)
+    place(table, "c", 2, n_gpu=0)
+    assert [(p.replica_index, p.gpu_indices) for p in table.placements("g")] == [(0, (0,)), (1, (0,))]
+    assert [(p.replica_index, p.gpu_indices) for p in table.placements("c")] == [(0, ()), (1, ())]
+    assert counts(table) == [2] and table.holders(0) == ["g-r0", "g-r1"]  # CPU replicas hold no GPU
+    with pytest.raises(ValueError, match="c-r1 already holds a placement"):
+        table.reserve("c", table.placements("c")[1])
+    table.release("c", 1)
+    table.release("c", 1)  # idempotent
+    assert [p.replica_index for p in table.placements("c")] == [0]

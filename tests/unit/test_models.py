@@ -9,9 +9,9 @@ import pytest
 
 from tests.unit.stub_engines import StubEngine, StubPlugin
 from xinfd.errors import EngineUnavailableError, InvalidRequestError, UnknownModelError
-from xinfd.models import LaunchRequest, ModelManager
 from xinfd.plugins import make_plugin_manager
 from xinfd.processes import SubprocessSpawner
+from xinfd.supervisor import LaunchRequest, ModelManager
 from xinfd.types import Availability, LaunchSpec, ModelSpec, Platform, ReplicaContext
 
 

@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 
 from tests.unit.test_models import TwoEngines
-from tests.unit.test_replicas import FakeHandle, FakeReplica, ScriptedSpawner
-from xinfd import models as models_module
-from xinfd.desired_state import DesiredState
+from tests.unit.test_replicas import FakeHandle, FakeReplicas, ScriptedSpawner
 from xinfd.errors import InvalidRequestError, PlacementError
 from xinfd.gpus import SlotTable
-from xinfd.models import LaunchRequest, ModelManager
 from xinfd.plugins import make_plugin_manager
+from xinfd.supervisor import LaunchRequest, ModelManager
+from xinfd.supervisor.desired_state import DesiredState
 from xinfd.types import GpuInfo, Platform
 
 
@@ -32,11 +31,6 @@ class RecordingSpawner(ScriptedSpawner):
     ) -> FakeHandle:
         self.envs.append(dict(env))
         return await super().spawn(argv, env=env, cwd=cwd, log_path=log_path)
-
-
-@pytest.fixture(autouse=True)
-def _fake_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models_module, "Replica", FakeReplica)
 
 
 def make_manager(
@@ -62,6 +56,7 @@ def make_manager(
         desired=DesiredState(tmp_path) if desired else None,
         max_concurrency=2,
         max_queue=3,
+        replica_factory=FakeReplicas(spawner),
     )
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from xinfd.desired_state import DesiredState
 from xinfd.orphans import kill_orphans, pid_dir, process_start_time, remove_pid_file, write_pid_file
+from xinfd.supervisor.desired_state import DesiredState
 
 
 def alive(pid: int) -> bool:

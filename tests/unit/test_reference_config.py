@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 
 from xinfd import config
-from xinfd.config import ENV_VARS, Settings, load_settings
+from xinfd.config import ENV_VARS, load_settings
 from xinfd.types import GpuInfo
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "etc" / "xinfd.toml"
 SPEC = REPO.parent / "shared" / "spec" / "environment-variables.txt"
-FIELDS = [f.name for f in dataclasses.fields(Settings) if f.name != "sources"]
+FIELDS = [*config.DECLARATIONS, "gpus"]
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +23,17 @@ def _no_system_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_reference_config_loads() -> None:
-    load_settings(config_path=REFERENCE, env={})
+    load_settings(config_path=REFERENCE, env={}, strict=True)
+
+
+def test_settings_table_is_generated_from_the_declarations() -> None:
+    # Regenerate with `xinfd --settings-table > docs/settings.md`.
+    assert (REPO / "docs" / "settings.md").read_text(encoding="utf-8") == config.settings_table()
+
+
+def test_reference_config_is_generated_from_the_declarations() -> None:
+    # The file is derived, never kept beside the declarations: regenerate it with `xinfd --print-reference`.
+    assert REFERENCE.read_text(encoding="utf-8") == config.reference_toml()
 
 
 @pytest.mark.parametrize("name", FIELDS)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from xinfd.errors import LaunchError
+from xinfd.processes import Spawner
 from xinfd.replicas import Replica, ReplicaState, RestartPolicy
+from xinfd.supervisor import ReplicaBlueprint
 from xinfd.types import LaunchSpec, ReadinessProbe
 
 
@@ -68,6 +71,19 @@ class FakeReplica(Replica):
     async def probe(self, *, timeout: float, path: str = "/health") -> bool:
         handle = self.handle
         return isinstance(handle, FakeHandle) and handle.ready and handle.returncode is None
+
+
+@dataclass
+class FakeReplicas:
+    """A ``ReplicaFactory`` for ModelManager tests: scripted replicas on ``spawner``, each blueprint kept."""
+
+    spawner: Spawner
+    stop_grace: float = 0.1
+    built: list[ReplicaBlueprint] = field(default_factory=list)
+
+    def __call__(self, blueprint: ReplicaBlueprint) -> Replica:
+        self.built.append(blueprint)
+        return FakeReplica(**blueprint.replica_args(), spawner=self.spawner, stop_grace=self.stop_grace)
 
 
 def make_replica(

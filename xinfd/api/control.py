@@ -27,8 +27,8 @@ from xinfd.api import control_gpus, control_ops, control_registry, control_venvs
 from xinfd.api.middleware import error_middleware
 from xinfd.api.peers import ControlAccess, peer_middleware, request_peer
 from xinfd.api.state import STATE
-from xinfd.errors import InvalidRequestError
-from xinfd.models import LaunchRequest
+from xinfd.http_errors import parse_json
+from xinfd.supervisor import LaunchRequest
 from xinfd.types import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def make_control_app(state: Any) -> web.Application:
     """Build the control app; tests call this directly with ``aiohttp_client``."""
-    # SO_PEERCRED on every request (issue 6): the socket's mode is the first gate, this is the second.
+    # SO_PEERCRED on every request: the socket's mode is the first gate, this is the second.
     access = _AccessHolder(state)
     app = web.Application(
         middlewares=[error_middleware, peer_middleware(access.current)], client_max_size=1024 * 1024
@@ -133,13 +133,10 @@ async def get_model(request: web.Request) -> web.Response:
 
 async def launch(request: web.Request) -> web.StreamResponse:
     """Start a launch, then stream its events; the launch continues if this client goes away."""
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
+    body = parse_json(await request.read())
     launch_request = LaunchRequest.from_json(body)
     venvs = request.app[STATE].venvs
-    if venvs is not None:  # issue 3: a --python that is not on this machine is a 400, before anything starts
+    if venvs is not None:  # a --python that is not on this machine is a 400, before anything starts
         await venvs.check_launch(launch_request)
     model = request.app[STATE].manager.start_launch(launch_request)
     log.info("launch of %s requested over the control socket (peer %s)", model.uid, _peer(request))

@@ -1,4 +1,4 @@
-"""Control routes of the GPU slot table and live scaling (issue 4), added to the control app by
+"""Control routes of the GPU slot table and live scaling, added to the control app by
 ``make_control_app`` through its ``route_modules``.
 
 * ``GET  /v1/gpus``                    each GPU with what holds it and why (``xinfctl gpus``)
@@ -7,13 +7,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from aiohttp import web
 
 from xinfd.api.state import STATE
 from xinfd.errors import InvalidRequestError
+from xinfd.http_errors import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,7 @@ async def list_gpus(request: web.Request) -> web.Response:
 
 async def scale(request: web.Request) -> web.Response:
     uid = request.match_info["uid"]
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
+    body = parse_json(await request.read())
     if not isinstance(body, dict) or set(body) != {"replicas"}:
         raise InvalidRequestError('expected {"replicas": N}', param="replicas")
     log.info("scale of %s to %r replicas requested over the control socket", uid, body["replicas"])

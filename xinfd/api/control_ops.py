@@ -1,7 +1,7 @@
-"""Operations routes of the control API (issue 6): replica logs and the daemon's effective configuration.
+"""Operations routes of the control API: replica logs and the daemon's effective configuration.
 
 ``GET /v1/config`` answers the *running* daemon's settings as ``xinfd --print-config`` prints them (secrets
-masked), so an operator can see what a SIGHUP reload changed.
+masked), so an operator can see what a SIGHUP reload changed, and which reloaded values wait for a restart.
 
 Logs: ``xinfctl logs UID [--replica N] [--lines N] [--follow]``.
 
@@ -14,16 +14,14 @@ directory.
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
 from xinfd.api.state import STATE
 from xinfd.config import describe
 from xinfd.errors import InvalidRequestError, UnknownModelError
 from xinfd.logs import follow, tail
+from xinfd.names import MODEL_UID, check_name
 
-_UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_LINES = 100_000
 
 
@@ -33,7 +31,8 @@ def add_routes(app: web.Application) -> None:
 
 
 async def effective_config(request: web.Request) -> web.Response:
-    return web.Response(text=describe(request.app[STATE].settings), content_type="application/toml")
+    state = request.app[STATE]
+    return web.Response(text=describe(state.settings, state.pending), content_type="application/toml")
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -46,14 +45,12 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 
 
 async def replica_logs(request: web.Request) -> web.StreamResponse:
-    uid = request.match_info["uid"]
-    if not _UID_RE.match(uid):
-        raise InvalidRequestError(f"invalid model uid {uid!r}", param="uid")
+    uid = check_name(request.match_info["uid"], MODEL_UID, param="uid")  # it becomes a file name
     replica = _int_param(request, "replica", 0, 0, 1 << 16)
     lines = _int_param(request, "lines", 200, 0, MAX_LINES)
     following = request.query.get("follow", "0") in ("1", "true", "yes")
     manager = request.app[STATE].manager
-    path = manager.log_dir / f"{uid}-r{replica}.log"
+    path = manager.layout.replica(uid, replica).log_path
     model = manager.models.get(uid)
     if model is not None and replica >= len(model.replicas) and model.replicas:
         raise InvalidRequestError(f"model {uid!r} has replicas 0..{len(model.replicas) - 1}", param="replica")

@@ -1,4 +1,4 @@
-"""Control routes of the model registry (issue 5), added by ``make_control_app`` through ``route_modules``.
+"""Control routes of the model registry, added by ``make_control_app`` through ``route_modules``.
 
 * ``GET    /v1/registrations``          user-registered families (``xinfctl registrations``)
 * ``POST   /v1/registrations``          register a family: the body is the spec JSON (``xinfctl register``)
@@ -10,13 +10,12 @@ The registry is the files under ``$XINFERENCE_HOME``; these routes update them a
 
 from __future__ import annotations
 
-import json
 import logging
 
 from aiohttp import web
 
 from xinfd.api.state import STATE
-from xinfd.errors import InvalidRequestError
+from xinfd.http_errors import parse_json
 from xinfd.registry import ModelRegistry, describe
 
 log = logging.getLogger(__name__)
@@ -38,10 +37,7 @@ async def list_registrations(request: web.Request) -> web.Response:
 
 
 async def register(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
+    body = parse_json(await request.read())
     spec = _registry(request).register(body, request.app[STATE].manager.plugins.models)
     return web.json_response(describe(spec, "user"))
 

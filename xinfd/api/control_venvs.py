@@ -1,4 +1,4 @@
-"""Control-API routes for model venvs (issue 3; spec "Manage Virtual Environments").
+"""Control-API routes for model venvs (spec "Manage Virtual Environments").
 
 * ``GET    /v1/venvs[?model=NAME]``                  list (model, engine, python, size, packages, in use by)
 * ``POST   /v1/venvs``                               build ahead of a launch; NDJSON progress, last line
@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any
 
 from aiohttp import web
 
 from xinfd.api.state import STATE
 from xinfd.errors import InvalidRequestError, UnknownModelError, XinfdError
+from xinfd.events import TERMINAL_EVENTS, Failed, LaunchEvent, Ready
+from xinfd.http_errors import parse_json
 from xinfd.venvs.provider import VenvProvider
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,7 @@ async def list_venvs(request: web.Request) -> web.Response:
 
 async def create_venv(request: web.Request) -> web.StreamResponse:
     provider = _provider(request)
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
+    body = parse_json(await request.read())
     if not isinstance(body, dict) or not isinstance(body.get("model_name"), str):
         raise InvalidRequestError("body must be an object with model_name", param="model_name")
     unknown = set(body) - {"model_name", "model_engine", "virtual_env_packages", "python"}
@@ -69,22 +67,19 @@ async def create_venv(request: web.Request) -> web.StreamResponse:
     interpreter = await provider.resolve_python(body.get("python"))
     provider.make_spec(spec, engine, packages, interpreter)
 
-    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def publish(event: dict[str, Any]) -> None:
-        await events.put(event)
+    events: asyncio.Queue[LaunchEvent] = asyncio.Queue()
 
     async def run() -> None:
         try:
-            path = await provider.create(spec, engine, packages, publish, interpreter)
+            path = await provider.create(spec, engine, packages, events.put, interpreter)
             rows = await asyncio.to_thread(provider.entries, spec.name)
             row = next((r for r in rows if r["path"] == str(path)), {"path": str(path)})
-            await events.put({"event": "ready", "message": f"venv ready: {path}", "venv": row})
+            await events.put(Ready(message=f"venv ready: {path}", venv=row))
         except XinfdError as exc:
-            await events.put({"event": "error", "code": exc.code, "message": str(exc)})
+            await events.put(Failed(code=exc.code, message=str(exc)))
         except Exception as exc:  # top of a task: log and report, never leave the client hanging
             log.exception("venv create for %s failed", spec.name)
-            await events.put({"event": "error", "code": "venv_failed", "message": str(exc)})
+            await events.put(Failed(code="venv_failed", message=str(exc)))
 
     task = asyncio.create_task(run(), name=f"venv create {spec.name}")
     response = web.StreamResponse(status=200, headers={"Content-Type": "application/x-ndjson"})
@@ -92,8 +87,8 @@ async def create_venv(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         while True:
             event = await events.get()
-            await response.write(json.dumps(event).encode() + b"\n")
-            if event["event"] in ("ready", "error"):
+            await response.write(json.dumps(event.to_json()).encode() + b"\n")
+            if event.kind in TERMINAL_EVENTS:
                 break
     finally:
         if not task.done():  # the client went away: cancelling kills uv and removes the build directory

@@ -22,7 +22,8 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from xinfd.api.metrics import StreamStats
-from xinfd.api.middleware import drain_middleware, error_body, error_middleware
+from xinfd.api.middleware import drain_middleware, error_middleware
+from xinfd.api.request_policy import forwarded_body
 from xinfd.api.security import PolicyHolder, security_middleware
 from xinfd.api.state import STATE, DaemonState
 from xinfd.api.streaming import (
@@ -42,9 +43,10 @@ from xinfd.errors import (
     UpstreamError,
     XinfdError,
 )
-from xinfd.models import RunningModel
+from xinfd.http_errors import error_body, parse_json_object
 from xinfd.replicas import Replica
 from xinfd.router import NoReadyReplica, QueueFull
+from xinfd.supervisor import RunningModel
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +120,6 @@ def _proxy_route(endpoint: str) -> Any:
     return handler
 
 
-def _parse_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequestError("request body must be a JSON object")
-    return body
-
-
 @contextlib.asynccontextmanager
 async def _lease(model: RunningModel, exclude: set[int]) -> AsyncIterator[Replica]:
     """A request slot on the least busy READY replica (issue 4): 503 while loading, 429 when the queue is full."""
@@ -154,7 +146,7 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     if state.draining:
         raise ShuttingDownError("xinfd is shutting down; retry on another instance")
     raw = await request.read()
-    body = _parse_body(raw)
+    body = parse_json_object(raw)
     uid = body.get("model")
     if not isinstance(uid, str) or not uid:
         raise InvalidRequestError(
@@ -179,7 +171,14 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
                 request, _lease(model, tried)
             ) as replica:  # pings while queued (issue 6)
                 try:
-                    response = await _relay(request, replica, endpoint, raw)
+                    forwarded = forwarded_body(
+                        raw,
+                        body,
+                        endpoint,
+                        max_tokens=state.settings.max_tokens,  # read per request: SIGHUP applies at once
+                        chat_template_kwargs=replica.spec.chat_template_kwargs if replica.spec else {},
+                    )
+                    response = await _relay(request, replica, endpoint, forwarded)
                 except _NOT_SENT as exc:
                     # The replica died between picking and sending: nothing was generated, so try another one.
                     log.warning(

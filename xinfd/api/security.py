@@ -107,7 +107,7 @@ class SecurityPolicy:
     def from_settings(cls, settings: Any) -> SecurityPolicy:
         """``api_keys`` get every scope; ``metrics_api_keys`` (for scrapers) only the metrics scope."""
         keys: dict[str, frozenset[Scope]] = {}
-        for key in getattr(settings, "metrics_api_keys", ()):
+        for key in settings.metrics_api_keys:
             keys[key] = frozenset({Scope.METRICS})
         for key in settings.api_keys:
             keys[key] = frozenset(Scope)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 if TYPE_CHECKING:
     from xinfd.api.metrics import Metrics
     from xinfd.config import Settings
-    from xinfd.models import ModelManager
+    from xinfd.supervisor import ModelManager
     from xinfd.venvs.provider import VenvProvider
 
 
@@ -25,9 +25,11 @@ class DaemonState:
     started: float = field(default_factory=time.time)
     draining: bool = False
     front_end_url: str = ""
-    # Model venvs (issue 3); None when the daemon was built without them (unit tests of other routes).
+    # Model venvs (xinfd.venvs); None when the daemon was built without them (unit tests of other routes).
     venvs: VenvProvider | None = None
-    # Front-end requests being served (xinfd.api.middleware.drain_middleware); SIGTERM waits for 0 (issue 6).
+    # Values the last SIGHUP read that wait for a restart: setting -> (new value, where it came from).
+    pending: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    # Front-end requests being served (xinfd.api.middleware.drain_middleware); SIGTERM drains until it is 0.
     in_flight: int = 0
 
 

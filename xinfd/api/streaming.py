@@ -1,6 +1,6 @@
-"""Front-end request checks and the SSE relay's keepalive and write deadline (issue 6).
+"""Front-end request checks and the SSE relay's keepalive and write deadline.
 
-Validation: the daemon runs the worker's own validators (``xinfd.worker.protocol``) before it proxies, so a
+Validation: the daemon runs the worker's own validators (``xinfd.openai_protocol``) before it proxies, so a
 bad field is a 400 naming it (``max_tokens``, ``messages[1].role``) without a replica round trip, and a bad
 request never takes a queue slot. Checks that need the model's tokenizer (prompt longer than the context,
 with the token counts) stay in the worker, which answers them the same way.
@@ -32,7 +32,7 @@ import aiohttp
 from aiohttp import web
 
 from xinfd.api.state import STATE
-from xinfd.worker.protocol import parse_chat_request, parse_completion_request, parse_embedding_request
+from xinfd.openai_protocol import parse_chat_request, parse_completion_request, parse_embedding_request
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ RELAY_KEY = web.RequestKey("xinfd_relay", SseRelay)
 @contextlib.asynccontextmanager
 async def queued_keepalive(request: web.Request, lease: AbstractAsyncContextManager[T]) -> AsyncIterator[T]:
     """Enter ``lease`` (a replica slot, which may wait in the model's queue), pinging a streaming client
-    while it waits: the queue is silence too (issue 6). Non-streaming requests enter it plainly.
+    while it waits: the queue is silence too. Non-streaming requests enter it plainly.
 
     A refusal after pings went out (say every replica died while the request was queued) cannot change the
     status any more; ``error_middleware`` turns it into an error frame on the relay (see ``late_error``).

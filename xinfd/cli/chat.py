@@ -1,8 +1,10 @@
 """``xinfctl chat UID "prompt"``: a quick try of a model from the terminal, streamed as it is generated.
 
 It talks to the front end (not the control socket), like any OpenAI client would: the endpoint is
-``--endpoint``, else ``XINFERENCE_ENDPOINT``, else the configured ``endpoint`` setting; the key is
-``--api-key`` or ``XINFD_API_KEY``. Standard library only, so ``xinfctl`` stays quick to start.
+``--endpoint``, else ``XINFERENCE_ENDPOINT``, else the ``endpoint`` key of the daemon's config file
+(``$XINFD_CONFIG``, else ``/etc/xinfd/xinfd.toml``), else the daemon's default; the key is ``--api-key`` or
+``XINFD_API_KEY``. Standard library only, so ``xinfctl`` stays quick to start; it reads these few names itself
+rather than importing the daemon's settings module (a test checks they match the daemon's).
 """
 
 from __future__ import annotations
@@ -11,22 +13,63 @@ import argparse
 import json
 import os
 import sys
+import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from xinfd.cli.client import EXIT_FAILURE, EXIT_USAGE, CliError, ControlClient
-from xinfd.config import load_settings
-from xinfd.errors import ConfigError
+
+# The daemon's names for the same things (``xinfd.config``); tests/unit/cli/test_chat_endpoint.py keeps them equal.
+ENDPOINT_ENV_VAR = "XINFERENCE_ENDPOINT"
+CONFIG_ENV_VAR = "XINFD_CONFIG"
+DEFAULT_CONFIG_PATH = Path("/etc/xinfd/xinfd.toml")
+DEFAULT_ENDPOINT = "http://127.0.0.1:9997"
 
 
 def _endpoint(args: argparse.Namespace) -> str:
     if args.endpoint:
         return str(args.endpoint).rstrip("/")
+    return front_end_url(os.environ)
+
+
+def front_end_url(env: Mapping[str, str], default_config: Path = DEFAULT_CONFIG_PATH) -> str:
+    """The front end's URL: ``XINFERENCE_ENDPOINT``, else the config file's ``endpoint``, else the default.
+
+    A bad value is a ``CliError`` (exit 2) naming where it came from, as the daemon would refuse it.
+    """
+    raw = env.get(ENDPOINT_ENV_VAR, "").strip()
+    if raw:
+        return _check_url(raw, ENDPOINT_ENV_VAR)
+    named = env.get(CONFIG_ENV_VAR, "").strip()
+    path = Path(named).expanduser() if named else default_config
+    if not named and not path.is_file():
+        return DEFAULT_ENDPOINT
     try:
-        return load_settings().endpoint.rstrip("/")  # XINFERENCE_ENDPOINT, or the config file's endpoint
-    except ConfigError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CliError(f"{path}: cannot read the config file: {exc}", EXIT_USAGE) from None
+    value = data.get("endpoint")
+    if value is None:
+        return DEFAULT_ENDPOINT
+    if not isinstance(value, str):
+        raise CliError(f"{path}: endpoint: expected an http:// or https:// URL, got {value!r}", EXIT_USAGE)
+    return _check_url(value, f"{path}: endpoint")
+
+
+def _check_url(value: str, where: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018  # raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CliError(f"{where}: expected an http:// or https:// URL, got {value!r}", EXIT_USAGE)
+    return value.rstrip("/")
 
 
 def _error_message(raw: bytes, status: int) -> str:

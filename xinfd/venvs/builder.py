@@ -1,4 +1,4 @@
-"""Building one model venv with uv: create, resolve, skip what the base has, install, probe, record (issue 3).
+"""Building one model venv with uv: create, resolve, skip what the base has, install, probe, record.
 
 uv runs with argv lists (never a shell), in its own session with a parent-death signal (a SIGKILLed daemon
 leaves no uv writing into a build directory), under one deadline for the whole build, and is killed when the
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import signal
 import site
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ from urllib.parse import urlsplit
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from xinfd.childproc import child_setup
+from xinfd.events import Publish, VenvProgress
 from xinfd.venvs.bundle import requirement_lines
 from xinfd.venvs.cache import MANIFEST, METADATA, METADATA_FORMAT, manifest, site_packages, write_json_atomic
 from xinfd.venvs.spec import IndexOptions, VenvError, VenvSpec
@@ -39,9 +40,7 @@ from xinfd.venvs.wheels import WheelCache, declared_build_env, source_builds_for
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[dict[str, Any]], Awaitable[None]]
 PTH_NAME = "_xinfd_daemon_env.pth"
-_PR_SET_PDEATHSIG = 1
 _INSTALLED_RE = re.compile(r"Installed (\d+) packages? in ([\d.]+)(ms|s)")
 # Lists every distribution the new (still empty) venv's interpreter sees: the daemon's and the base's.
 # The first distribution of a name on sys.path wins, as it does for imports.
@@ -63,13 +62,6 @@ _ENGINE_PROBE = (
     "    failed = '; '.join(f'{f.name}: {f.error}' for f in plugins.failures) or 'none'\n"
     "    sys.exit(f'not registered (registered: {sorted(plugins.engines)}; plugin failures: {failed})')\n"
 )
-
-
-def _child_setup() -> None:
-    os.setsid()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass(slots=True)
@@ -136,7 +128,7 @@ async def run_logged(argv: Sequence[str], *, env: Mapping[str, str], deadline: f
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT if merge_output else asyncio.subprocess.PIPE, env=dict(env),
-        preexec_fn=_child_setup,
+        preexec_fn=child_setup,
     )
     progress = proc.stdout if merge_output else proc.stderr
 
@@ -151,7 +143,7 @@ async def run_logged(argv: Sequence[str], *, env: Mapping[str, str], deadline: f
             if log is not None:
                 log.add(line)
             if publish is not None and line.strip():
-                await publish({"event": "venv", "message": f"  {what.split()[0]}: {line.strip()}"})
+                await publish(VenvProgress(message=f"  {what.split()[0]}: {line.strip()}"))
 
     try:
         remaining = max(0.1, deadline - time.monotonic())
@@ -248,7 +240,7 @@ async def build(
     # Only the daemon's own interpreter may see its site-packages: compiled extensions are ABI-specific.
     extra_dirs = [] if spec.own_copies else daemon_site_dirs()
     if extra_dirs:
-        # Appended after the venv's own site-packages: venv packages shadow the daemon's (issue 3).
+        # Appended after the venv's own site-packages: venv packages shadow the daemon's.
         (sp / PTH_NAME).write_text("".join(f"import site; site.addsitedir({d!r})\n" for d in extra_dirs))
     base = json.loads(await _run_python(python, ["-c", _BASE_DISTS], deadline, log))
     todo, satisfied = split_satisfied(spec.requirements, base) if spec.skip_installed else (
@@ -257,8 +249,8 @@ async def build(
     if spec.own_copies:
         # Another Python: xinfd and the engine's plugin come in as distributions, their dependencies resolved
         # for this interpreter together with the model's packages (xinfd.venvs.bundle).
-        await publish({"event": "venv", "message": f"Python {spec.python_version} is not xinfd's: copying "
-                       f"{', '.join(spec.bundled)} into the venv"})
+        await publish(VenvProgress(message=f"Python {spec.python_version} is not xinfd's: copying "
+                                   f"{', '.join(spec.bundled)} into the venv"))
         todo = [*await asyncio.to_thread(requirement_lines, spec.bundled, target / "xinfd-wheels"), *todo]
     requirements = target / "xinfd-requirements.in"
     requirements.write_text("".join(r + "\n" for r in todo))
@@ -268,8 +260,8 @@ async def build(
         lock.write_text("".join(f"{n}=={v}\n" for n, v in sorted(base.items())))
     resolved: dict[str, str] = {}
     if todo:
-        await publish({"event": "venv", "message": f"resolving {len(todo)} requirement(s) "
-                       f"({len(satisfied)} already satisfied by {base_name})"})
+        await publish(VenvProgress(message=f"resolving {len(todo)} requirement(s) "
+                                   f"({len(satisfied)} already satisfied by {base_name})"))
         await uv.run(["pip", "compile", str(requirements), "--python", python, "--no-header", "--no-annotate",
                       "--quiet", "-o", str(lock), *common, *constraints], deadline=deadline, log=log)
         resolved = parse_pins(lock.read_text())
@@ -287,8 +279,8 @@ async def build(
                       *constraints], deadline=deadline, log=log, publish=publish)
         installed = count_installed(log) or len(wanted)
     install_s = time.monotonic() - t0
-    await publish({"event": "venv", "message": f"installed {installed} package(s) in {install_s:.2f}s "
-                   f"({len(skipped)} already provided by {base_name})"})
+    await publish(VenvProgress(message=f"installed {installed} package(s) in {install_s:.2f}s "
+                               f"({len(skipped)} already provided by {base_name})"))
     for module in ["xinfd.worker", *probe_modules]:
         await _run_python(python, ["-c", f"import {module}"], deadline, log,
                           what=f"probe: {module} does not import in the new venv")
@@ -381,7 +373,7 @@ async def _run_python(python: str, args: Sequence[str], deadline: float, log: Bu
                       what: str = "the venv's interpreter failed") -> str:
     proc = await asyncio.create_subprocess_exec(
         python, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, preexec_fn=_child_setup, env=_probe_env(),
+        stderr=asyncio.subprocess.PIPE, preexec_fn=child_setup, env=_probe_env(),
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout=max(0.1, deadline - time.monotonic()))

@@ -1,4 +1,4 @@
-"""Where model venvs live, how they are locked, verified, listed and removed (issue 3).
+"""Where model venvs live, how they are locked, verified, listed and removed.
 
 Layout under ``$XINFERENCE_HOME/virtualenv/v4/{model_name}/{model_engine}/`` (the spec's documented path)::
 
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xinfd.atomic import DEFAULT, write_atomic
 from xinfd.venvs.spec import VenvSpec
 
 METADATA = "xinfd-venv.json"
@@ -107,13 +108,12 @@ class FileLock:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Temp file + fsync + ``os.replace``: readers see the old or the new content, never a torn one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``data`` as JSON through ``write_atomic``: readers see the old or the new content, never a torn one.
+
+    The file is readable as ``open()`` would create it (``DEFAULT``, narrowed by the umask): venv metadata
+    and build records are not secrets.
+    """
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True), mode=DEFAULT)
 
 
 def read_metadata(venv: Path) -> dict[str, Any] | None:

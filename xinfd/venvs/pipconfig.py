@@ -1,4 +1,4 @@
-"""pip's effective configuration, translated for uv (issue 3: ``inherit_pip_config``, default true).
+"""pip's effective configuration, translated for uv (``inherit_pip_config``, default true).
 
 uv does not read ``pip.conf``. Behind a mirror, or with a local wheel folder (this machine's CPU torch), a
 venv built without pip's settings installs the wrong thing or nothing. We ask pip itself (``pip config list``:
@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 
+from xinfd.childproc import child_setup
 from xinfd.venvs.spec import IndexOptions
 
 log = logging.getLogger(__name__)
@@ -100,8 +103,15 @@ class PipConfig:
             proc = await asyncio.create_subprocess_exec(
                 *command, "config", "list", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.DEVNULL, env={**env, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+                preexec_fn=child_setup,
             )
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+            except (asyncio.CancelledError, TimeoutError):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # a hung pip must not outlive the question
+                await proc.wait()
+                raise
         except (OSError, TimeoutError) as exc:
             log.warning("pip config list failed (%s); inheriting only PIP_* variables", exc)
             return from_environment(env)

@@ -1,4 +1,4 @@
-"""``VenvProvider``: the ``EnvironmentProvider`` that gives each model its venv (issue 3).
+"""``VenvProvider``: the ``EnvironmentProvider`` that gives each model its venv.
 
 It decides whether a launch uses a venv (global toggle, per-launch override, non-empty package list), makes
 sure the spec's venv is published (building it under its lock if not), records which models use which venv
@@ -18,11 +18,12 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from xinfd.models import ReplicaEnvironment, SystemEnvironment
+from xinfd.environments import EnvironmentOptions, EnvironmentRequest, ReplicaEnvironment, SystemEnvironment
+from xinfd.events import Publish, VenvProgress, discard
 from xinfd.plugins import Plugins
 from xinfd.types import ModelSpec
 from xinfd.venvs import bundle, cache
@@ -40,17 +41,9 @@ from xinfd.venvs.spec import (
 )
 from xinfd.venvs.wheels import WheelCache
 
-if TYPE_CHECKING:
-    from xinfd.models import LaunchRequest, RunningModel
-
 log = logging.getLogger(__name__)
 
-Publish = Callable[[dict[str, Any]], Awaitable[None]]
 _VERSION_FILTER_RE = re.compile(r"^\d{1,2}(?:\.\d{1,3}){0,2}$")
-
-
-async def _discard(event: dict[str, Any]) -> None:
-    return None
 
 
 def system_version(name: str) -> str | None:
@@ -88,7 +81,7 @@ class VenvProvider:
         wheel_cache: Path | None = None,
     ) -> None:
         self.home = home
-        # Source-built wheels (llama-cpp-python) outlive venvs: kept apart, shareable between homes (issue 5).
+        # Source-built wheels (llama-cpp-python) outlive venvs: kept apart, shareable between homes.
         self.wheels = WheelCache(wheel_cache or home / "cache" / "wheels")
         self.plugins = plugins
         self.enabled = enabled
@@ -102,7 +95,7 @@ class VenvProvider:
         # venv path -> uids of the models whose replicas run from it.
         self.in_use: dict[str, set[str]] = {}
         self._by_model: dict[str, str] = {}
-        # Metrics hook (issue 6): called with (seconds, ok) after every build; the daemon sets it.
+        # Metrics hook: called with (seconds, ok) after every build; the daemon sets it (venv build histogram).
         self.on_build: Callable[[float, bool], None] | None = None
         self._system = SystemEnvironment()
         self._interpreters: dict[str, Interpreter] = {}
@@ -179,7 +172,7 @@ class VenvProvider:
         self._interpreters[request] = found
         return found
 
-    async def check_launch(self, request: LaunchRequest) -> None:
+    async def check_launch(self, request: EnvironmentOptions) -> None:
         """Refuse, before a launch starts, a ``python`` the launch cannot honour (a 400 with one line)."""
         if request.python is None:
             return
@@ -189,31 +182,31 @@ class VenvProvider:
                                 "--enable-virtual-env)", param="python")
         await self.resolve_python(request.python)
 
-    def _wants_venv(self, request: LaunchRequest) -> bool:
+    def _wants_venv(self, request: EnvironmentOptions) -> bool:
         return self.enabled if request.enable_virtual_env is None else request.enable_virtual_env
 
     # ---- EnvironmentProvider -----------------------------------------------------------------------------
 
-    async def prepare(self, model: RunningModel, publish: Publish) -> ReplicaEnvironment:
-        request = model.request
-        await self.check_launch(request)
-        if not self._wants_venv(request):
-            return await self._system.prepare(model, publish)
-        interpreter = await self.resolve_python(request.python)
-        spec = self.make_spec(model.spec, model.engine, request.virtual_env_packages, interpreter)
+    async def prepare(self, request: EnvironmentRequest, publish: Publish) -> ReplicaEnvironment:
+        options = request.options
+        await self.check_launch(options)
+        if not self._wants_venv(options):
+            return await self._system.prepare(request, publish)
+        interpreter = await self.resolve_python(options.python)
+        spec = self.make_spec(request.spec, request.engine, options.virtual_env_packages, interpreter)
         # Another interpreter always needs a venv (its own xinfd), even with no model packages.
         if not spec.requirements and not spec.own_copies:
-            await publish({"event": "venv", "message": "no virtualenv packages for this model and engine; "
-                           "replicas use xinfd's environment"})
-            return await self._system.prepare(model, publish)
-        venv = await self.ensure(spec, publish, on_ready=lambda path: self._use(model.uid, path))
+            await publish(VenvProgress(message="no virtualenv packages for this model and engine; "
+                                       "replicas use xinfd's environment"))
+            return await self._system.prepare(request, publish)
+        venv = await self.ensure(spec, publish, on_ready=lambda path: self._use(request.model_uid, path))
         return self.environment(venv)
 
-    def release(self, model: RunningModel) -> None:
-        path = self._by_model.pop(model.uid, None)
+    def release(self, model_uid: str) -> None:
+        path = self._by_model.pop(model_uid, None)
         if path is not None:
             users = self.in_use.get(path, set())
-            users.discard(model.uid)
+            users.discard(model_uid)
             if not users:
                 self.in_use.pop(path, None)
 
@@ -233,7 +226,7 @@ class VenvProvider:
 
     # ---- build or reuse ----------------------------------------------------------------------------------
 
-    async def ensure(self, spec: VenvSpec, publish: Publish = _discard,
+    async def ensure(self, spec: VenvSpec, publish: Publish = discard,
                      on_ready: Callable[[Path], None] | None = None) -> Path:
         """The published venv of ``spec``: reused when intact, else built once (the others wait for it)."""
         paths = cache.paths_for(self.home, spec)
@@ -245,12 +238,12 @@ class VenvProvider:
                 cache.touch(paths.published)
                 if on_ready is not None:
                     on_ready(paths.published)
-                await publish({"event": "venv", "message": f"reusing venv {paths.published} "
-                               f"({(time.monotonic() - started) * 1000:.0f} ms)"})
+                await publish(VenvProgress(message=f"reusing venv {paths.published} "
+                                           f"({(time.monotonic() - started) * 1000:.0f} ms)"))
                 return paths.published
             file_lock = cache.FileLock(paths.lock)
             if not file_lock.try_acquire():
-                await publish({"event": "venv", "message": f"waiting for another build of {paths.published}"})
+                await publish(VenvProgress(message=f"waiting for another build of {paths.published}"))
                 await file_lock.acquire()
             try:
                 # Re-check under the file lock: another process may have published it meanwhile.
@@ -260,7 +253,7 @@ class VenvProvider:
                         raise VenvError(f"venv {paths.published} is damaged ({problem}) and in use by "
                                         f"{', '.join(sorted(self.in_use[str(paths.published)]))}; terminate "
                                         f"them, then launch again to rebuild it")
-                    await publish({"event": "venv", "message": f"venv is damaged ({problem}); rebuilding"})
+                    await publish(VenvProgress(message=f"venv is damaged ({problem}); rebuilding"))
                     log.warning("venv %s is damaged (%s); rebuilding", paths.published, problem)
                     cache.remove_tree(paths.published)
                 if problem is not None:
@@ -290,8 +283,8 @@ class VenvProvider:
         log_dir.mkdir(parents=True, exist_ok=True)
         build_log = BuildLog(log_dir / f"venv-{spec.model_name}-{spec.engine}-{paths.name}.log")
         build_log.path.write_text("")
-        await publish({"event": "venv", "message": f"building venv {paths.published} "
-                       f"({len(spec.requirements)} requirement(s), log {build_log.path})"})
+        await publish(VenvProgress(message=f"building venv {paths.published} "
+                                   f"({len(spec.requirements)} requirement(s), log {build_log.path})"))
         started = time.monotonic()
         info = self.plugins.engines.get(spec.engine)
         probes = [info.probe_module] if info is not None and info.probe_module else []
@@ -309,9 +302,9 @@ class VenvProvider:
             raise
         if self.on_build is not None:
             self.on_build(time.monotonic() - started, True)
-        await publish({"event": "venv", "message": f"venv ready in {time.monotonic() - started:.2f}s: "
-                       f"{len(meta['installed'])} package(s) installed, {len(meta['skipped'])} from "
-                       f"{'the base interpreter' if spec.own_copies else 'xinfd'}'s environment"})
+        await publish(VenvProgress(message=f"venv ready in {time.monotonic() - started:.2f}s: "
+                                   f"{len(meta['installed'])} package(s) installed, {len(meta['skipped'])} from "
+                                   f"{'the base interpreter' if spec.own_copies else 'xinfd'}'s environment"))
 
     # ---- management --------------------------------------------------------------------------------------
 
@@ -328,7 +321,7 @@ class VenvProvider:
         return rows
 
     async def create(self, model: ModelSpec, engine: str, overrides: Sequence[str] = (),
-                     publish: Publish = _discard, interpreter: Interpreter | None = None) -> Path:
+                     publish: Publish = discard, interpreter: Interpreter | None = None) -> Path:
         """Build (or reuse) a venv ahead of a launch (``xinfctl venv create``)."""
         spec = self.make_spec(model, engine, overrides, interpreter)
         if not spec.requirements and not spec.own_copies:

@@ -1,5 +1,5 @@
-"""Choosing the interpreter of a model venv (issue 3: "Several Python versions per model (choose an
-interpreter present on the machine at launch; default: the daemon's)").
+"""Choosing the interpreter of a model venv: several Python versions per model, an interpreter present on
+the machine chosen at launch (default: the daemon's).
 
 A request is a version (``3.12``, ``3.12.1``) or an absolute interpreter path. uv finds it
 (``uv python find --system``), never downloads one (``--no-python-downloads``), and the interpreter itself
@@ -21,12 +21,14 @@ import json
 import os
 import platform
 import re
+import signal
 import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from xinfd.childproc import child_setup
 from xinfd.venvs.spec import VenvSpecError
 
 if TYPE_CHECKING:
@@ -111,13 +113,13 @@ def search_path(env: dict[str, str]) -> str:
 async def _run(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env,
+        stderr=asyncio.subprocess.PIPE, env=env, preexec_fn=child_setup,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout=_FIND_TIMEOUT_S)
     except (asyncio.CancelledError, TimeoutError):
         with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # its own group (child_setup): what it started goes too
         await proc.wait()
         raise
     return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")

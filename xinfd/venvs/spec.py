@@ -1,4 +1,4 @@
-"""From a model's ``virtualenv`` block to the exact package list of its venv (issue 3, spec "Model Virtual
+"""From a model's ``virtualenv`` block to the exact package list of its venv (spec "Model Virtual
 Environments": engine placeholders, markers, ``#system_x#``, ``--virtual-env-package`` overrides).
 
 Everything here is pure: the plugins' dependency hook and the daemon's installed versions are passed in as
@@ -20,6 +20,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from xinfd.errors import InvalidRequestError, XinfdError
+from xinfd.names import DIRECTORY_NAME, is_valid_name
 
 # Bumped when the venv layout or build recipe changes, so old venvs are not reused by a new recipe.
 LAYOUT_VERSION = 1
@@ -29,7 +30,6 @@ _ENGINE_TOKEN_RE = re.compile(r"#(?:model_)?engine#")
 # PEP 508 has no "literal == literal" comparison, so #engine# becomes a marker *variable* whose value we set.
 # platform_release is the variable a model spec is least likely to test; a marker using both is refused.
 _ENGINE_VARIABLE = "platform_release"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 BLOCK_KEYS = frozenset({"packages", "inherit_pip_config", "index_url", "extra_index_url", "find_links",
                         "trusted_host", "index_strategy", "no_build_isolation"})
 INDEX_STRATEGIES = frozenset({"first-index", "unsafe-first-match", "unsafe-best-match"})
@@ -98,7 +98,7 @@ class IndexOptions:
         return args
 
     def merged(self, inherited: IndexOptions) -> IndexOptions:
-        """The block's options win; lists hold the block's first, then pip's (issue 3: inherit_pip_config)."""
+        """The block's options win; lists hold the block's first, then pip's (``inherit_pip_config``)."""
         return IndexOptions(
             index_url=self.index_url or inherited.index_url,
             extra_index_urls=_unique(self.extra_index_urls + inherited.extra_index_urls),
@@ -125,8 +125,8 @@ class VenvSpec:
     # ``name==version`` of the daemon's distributions copied in (xinfd, the engine's plugin): set only for an
     # interpreter other than the daemon's, which cannot share its site-packages (``xinfd.venvs.bundle``).
     bundled: tuple[str, ...] = ()
-    # Distributions the engine wants built from source, with the environment of that build (issue 5,
-    # ``Engine.build_env``): part of the digest, so a changed build flag means another venv.
+    # Distributions the engine wants built from source, with the environment of that build
+    # (``Engine.build_env``): part of the digest, so a changed build flag means another venv.
     source_builds: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
     @property
@@ -150,8 +150,8 @@ def _unique(items: Sequence[str]) -> tuple[str, ...]:
 
 def check_name(value: str, what: str) -> str:
     """Model and engine names become directory names: no separators, no ``..``, nothing hidden."""
-    if not _NAME_RE.match(value) or value in (".", "..") or ".." in value:
-        raise VenvSpecError(f"{what} {value!r} cannot name a venv directory (letters, digits, '.', '_', '-')")
+    if not is_valid_name(value, DIRECTORY_NAME):
+        raise VenvSpecError(f"{what} {value!r} cannot name a venv directory: expected {DIRECTORY_NAME.rule}")
     return value
 
 

@@ -1,4 +1,4 @@
-"""Wheels that must be built from source with engine-declared settings, built once and kept (issue 5).
+"""Wheels that must be built from source with engine-declared settings, built once and kept.
 
 llama-cpp-python has no wheel on PyPI, and its default build compiles for the build machine's own CPU
 (``GGML_NATIVE=ON``): on a VM that refuses some of those instructions (AMX) the result dies with SIGILL, and
@@ -25,16 +25,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from xinfd.events import Publish, VenvProgress
 from xinfd.venvs.cache import FileLock, write_json_atomic
 from xinfd.venvs.spec import IndexOptions, VenvError
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[dict[str, Any]], Awaitable[None]]
 Runner = Callable[..., Awaitable[str]]
 BUILD_INFO = "xinfd-build.json"
 
@@ -88,11 +87,11 @@ class WheelCache:
         the caller's deadline and raise ``VenvError`` on failure (``xinfd.venvs.builder``).
         """
         if (wheel := self.cached(build)) is not None:
-            await publish({"event": "venv", "message": f"using cached wheel {wheel.name} ({build.describe()})"})
+            await publish(VenvProgress(message=f"using cached wheel {wheel.name} ({build.describe()})"))
             return wheel
         lock = FileLock(self.root / f".{build.key}.lock")
         if not lock.try_acquire():
-            await publish({"event": "venv", "message": f"waiting for another build of {build.describe()}"})
+            await publish(VenvProgress(message=f"waiting for another build of {build.describe()}"))
             await lock.acquire()
         try:
             if (wheel := self.cached(build)) is not None:
@@ -107,8 +106,8 @@ class WheelCache:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         started = time.monotonic()
-        await publish({"event": "venv", "message": f"building {build.describe()}; this can take minutes, "
-                       f"once (cached in {self.root})"})
+        await publish(VenvProgress(message=f"building {build.describe()}; this can take minutes, "
+                                   f"once (cached in {self.root})"))
         try:
             builder = work / "builder"
             await uv_run(["venv", "--python", python, "--quiet", str(builder)])
@@ -140,7 +139,7 @@ class WheelCache:
             os.rename(staged, final)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        await publish({"event": "venv", "message": f"built {build.name} {build.version} in {seconds:.0f}s"})
+        await publish(VenvProgress(message=f"built {build.name} {build.version} in {seconds:.0f}s"))
         log.info("built %s in %.1fs into %s", build.describe(), seconds, final)
         return final / wheels[0].name
 

@@ -2,9 +2,10 @@
 
 It reads its ``ReplicaContext`` and ``ModelSpec`` from ``XINFD_WORKER_CONTEXT`` (``xinfd.worker.launch``),
 loads the model through its engine's ``load`` (``xinfd.hookspecs.Engine``), and serves it on
-``replica.socket_path``. The daemon's settings for the replica (the max-tokens cap, batching) come in
-``replica.settings``; nothing here re-reads the daemon's ``XINFERENCE_*`` variables. The socket only starts
-listening after the load, so the daemon's readiness probe (``GET /health``) means "loaded".
+``replica.socket_path``. The daemon's settings for the replica (batching) come in ``replica.settings`` (the
+max-tokens cap is applied by the daemon to each request it forwards); nothing here re-reads the daemon's
+``XINFERENCE_*`` variables. The socket only starts listening after the load, so the daemon's readiness probe
+(``GET /health``) means "loaded".
 
 Exit codes: 0 stopped by SIGTERM/SIGINT; 1 serving failed; 2 bad environment (context, settings);
 3 the model could not be loaded (the last line on stderr says why, for the daemon's launch error).
@@ -36,15 +37,6 @@ EXIT_BAD_ENVIRONMENT = 2
 EXIT_LOAD_FAILED = 3
 
 
-def max_tokens_cap(replica: ReplicaContext) -> int | None:
-    """The operator's cap on completion tokens, from the context (the daemon validated it; checked again
-    because a cap below 1 would make every request fail with a confusing context error)."""
-    cap = replica.settings.max_tokens
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-        raise ValueError(f"replica settings: max_tokens must be a positive integer or None, got {cap!r}")
-    return cap
-
-
 def configure_logging(label: str, env: Mapping[str, str]) -> None:
     """Log to stderr with the replica in every line; under systemd (``JOURNAL_STREAM``) without timestamps."""
     tag = label.replace("%", "%%")
@@ -66,7 +58,6 @@ def load_model(plugins: Plugins, replica: ReplicaContext, model: ModelSpec) -> T
 async def run(replica: ReplicaContext, model: ModelSpec, env: Mapping[str, str]) -> int:
     """Load and serve; return the exit code. Loading runs inside the loop, for engines that need one."""
     try:
-        cap = max_tokens_cap(replica)
         plugins = make_plugin_manager(env=env)
     except Exception as exc:
         print(f"xinfd.worker: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -88,7 +79,9 @@ async def run(replica: ReplicaContext, model: ModelSpec, env: Mapping[str, str])
         model_uid=replica.model_uid,
         model_name=model.name,
         context_length=model.context_length,
-        max_tokens_cap=cap,
+        # The operator's cap (XINFERENCE_MAX_TOKENS) is applied by the daemon to every request it forwards, for
+        # every engine, so a SIGHUP changes it at once; the replica neither knows nor re-reads it.
+        max_tokens_cap=None,
         replica_label=replica_label(replica),
     )
     try:
@@ -100,8 +93,8 @@ async def run(replica: ReplicaContext, model: ModelSpec, env: Mapping[str, str])
 
 
 def replica_label(replica: ReplicaContext) -> str:
-    """``<model_uid>-<replica_index>``: the ``X-Xinfd-Replica`` header value and the log-line tag."""
-    return f"{replica.model_uid}-{replica.replica_index}"
+    """The replica's label as the daemon names it: the ``X-Xinfd-Replica`` header value and the log-line tag."""
+    return replica.label
 
 
 def main(env: Mapping[str, str] | None = None) -> int:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from xinfd.errors import InvalidRequestError, PluginError, XinfdError
+from xinfd.errors import InvalidRequestError, PluginError, UnsupportedEndpointError, XinfdError
+from xinfd.http_errors import exception_body, make_error_middleware, parse_json_object
 from xinfd.types import EmbeddingModel, GeneratedDelta, GenerateRequest, TextModel
 from xinfd.worker import protocol
 from xinfd.worker.protocol import CompletionFormat, CompletionKind, GenerationRequest, Usage
@@ -130,7 +131,7 @@ def make_worker_app(
         # The engine was loaded with less context than the family allows; a larger window changes nothing,
         # since prompts beyond the family's context_length are not the model's to take.
         context_length = min(context_length, window)
-    app = web.Application(middlewares=[_request_context], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[_request_context, _error_middleware], client_max_size=MAX_BODY_BYTES)
     app[CONFIG_KEY] = WorkerConfig(
         model_uid=model_uid,
         model_name=model_name,
@@ -211,32 +212,22 @@ def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:
 
 @web.middleware
 async def _request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give each request an id and turn every error into OpenAI's error envelope."""
+    """Give each request an id (outside the error middleware, so its log lines and headers carry it)."""
     # The daemon passes its own id so that it can abort the request on this replica by that id.
     supplied = request.headers.get(REQUEST_ID_HEADER, "")
     request[REQUEST_ID_KEY] = (
         supplied if protocol.is_valid_request_id(supplied) else protocol.new_request_id()
     )
-    try:
-        return await handler(request)
-    except XinfdError as exc:
-        if exc.status >= 500:
-            log.error("%s %s failed: %s", request[REQUEST_ID_KEY], request.path, exc.message)
-        return web.json_response(protocol.error_from_exception(exc), status=exc.status)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = exc.reason.lower().replace(" ", "_")
-        body = protocol.error_envelope(f"{exc.reason}: {request.method} {request.path}", code=code)
-        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        return web.json_response(body, status=exc.status, headers=headers)
-    except Exception:
-        # The top of a request task: log with the traceback, answer 500, keep serving.
-        log.exception("%s %s failed", request[REQUEST_ID_KEY], request.path)
-        body = protocol.error_envelope(
-            "internal error in the model worker", type_="server_error", code="internal_error"
-        )
-        return web.json_response(body, status=500)
+    return await handler(request)
+
+
+def _describe(request: web.Request) -> str:
+    return f"{request.get(REQUEST_ID_KEY, '-')} {request.method} {request.path}"
+
+
+# Every error in OpenAI's envelope, the same as the daemon's (xinfd.http_errors). No ``late`` handler: a
+# stream that started reports its failure itself (``CompletionStream.fail`` in ``_complete``).
+_error_middleware = make_error_middleware(internal_message="internal error in the model worker", describe=_describe)
 
 
 async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -276,31 +267,28 @@ async def _abort(request: web.Request) -> web.Response:
 def _unsupported(ability: str) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         uid = request.app[CONFIG_KEY].model_uid
-        body = protocol.error_envelope(
-            f"model {uid!r} does not support {ability} ({request.path})", code="unsupported_endpoint"
-        )
-        return web.json_response(body, status=404)
+        raise UnsupportedEndpointError(f"model {uid!r} does not support {ability} ({request.path})")
 
     return handler
 
 
 async def _chat_completions(request: web.Request) -> web.StreamResponse:
     model = request.app[TEXT_MODEL_KEY]
-    chat = protocol.parse_chat_request(protocol.parse_json_object(await request.read()))
+    chat = protocol.parse_chat_request(parse_json_object(await request.read()))
     prompt = model.render_chat(list(chat.messages), chat.template_options)
     return await _complete(request, model, "chat", prompt, chat)
 
 
 async def _completions(request: web.Request) -> web.StreamResponse:
     model = request.app[TEXT_MODEL_KEY]
-    completion = protocol.parse_completion_request(protocol.parse_json_object(await request.read()))
+    completion = protocol.parse_completion_request(parse_json_object(await request.read()))
     return await _complete(request, model, "completion", completion.prompt, completion)
 
 
 async def _embeddings(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG_KEY]
     model = request.app[EMBEDDING_MODEL_KEY]
-    req = protocol.parse_embedding_request(protocol.parse_json_object(await request.read()))
+    req = protocol.parse_embedding_request(parse_json_object(await request.read()))
     counts = [model.count_tokens(text) for text in req.texts]
     protocol.check_context(counts, context_length=cfg.context_length, param="input")
     vectors = await model.embed(list(req.texts))
@@ -367,7 +355,7 @@ async def _complete(
         log.exception("%s: generation failed mid-stream", request_id)
         if not isinstance(exc, XinfdError):
             exc = XinfdError("the engine failed while generating")
-        return await stream.fail(protocol.error_from_exception(exc))
+        return await stream.fail(exception_body(exc))
     generated = counted if counted is not None else sum(
         model.count_tokens(part) for part in (reasoning, text) if part)
     usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=generated)

@@ -71,7 +71,7 @@ class EchoEngine(WorkerEngine):
         """Runs inside the replica process: the place for heavy imports and for loading weights.
 
         Raising fails the replica's start; the message reaches the user through the daemon's launch error.
-        Settings the daemon gives replicas (``replica.settings``: max-tokens cap, batching) and the cache for
+        Settings the daemon gives replicas (``replica.settings``: batching) and the cache for
         derived weights (``replica.cache_dir``) are in the context, never in environment variables.
         """
         from xinfd_echo.model import EchoModel  # deferred: the daemon never needs it

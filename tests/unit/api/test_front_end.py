@@ -18,9 +18,9 @@ from xinfd.api.metrics import Metrics
 from xinfd.api.openai import make_api_app
 from xinfd.api.state import STATE, DaemonState
 from xinfd.config import load_settings
-from xinfd.models import LaunchRequest, ModelManager, RunningModel
 from xinfd.plugins import make_plugin_manager
 from xinfd.processes import SubprocessSpawner
+from xinfd.supervisor import LaunchRequest, ModelManager, RunningModel
 from xinfd.types import Platform
 
 ClientFactory = Callable[[web.Application], Any]

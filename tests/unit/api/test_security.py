@@ -181,7 +181,16 @@ def test_client_ip_rules() -> None:
     assert policy.ip_allowed(ip("2001:db8::5")) and policy.ip_allowed(ip("10.255.0.1"))
     assert not policy.ip_allowed(ip("11.0.0.1")) and not policy.ip_allowed(None)
     mapped_rule = SecurityPolicy.from_settings(
-        type("S", (), {"allowed_ips": (net("::ffff:10.0.0.0/104"),), "trusted_proxies": (), "api_keys": ()})()
+        type(
+            "S",
+            (),
+            {
+                "allowed_ips": (net("::ffff:10.0.0.0/104"),),
+                "trusted_proxies": (),
+                "api_keys": (),
+                "metrics_api_keys": (),
+            },
+        )()
     )
     assert mapped_rule.ip_allowed(ip("10.3.2.1"))
 

@@ -1,5 +1,5 @@
 """Packages an engine wants built from source (``Engine.build_env``), built once into the wheel cache
-(issue 5: llama-cpp-python with ``CMAKE_ARGS=-DGGML_NATIVE=OFF``).
+(llama-cpp-python with ``CMAKE_ARGS=-DGGML_NATIVE=OFF``).
 
 The package here is a real sdist with an in-tree PEP 517 backend (no build requirements, so pip's isolated
 build needs no network): it records the ``XINFD_TEST_FLAG`` it was built with in the module it ships, appends
@@ -16,12 +16,12 @@ import os
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.unit.stub_engines import StubEngine, StubPlugin
 from tests.unit.venvs.wheels import make_index, make_wheel, wheel_from_installed
+from xinfd.events import LaunchEvent
 from xinfd.plugins import Plugins, make_plugin_manager
 from xinfd.types import ModelSpec
 from xinfd.venvs.provider import VenvProvider
@@ -133,8 +133,8 @@ class Events:
     def __init__(self) -> None:
         self.messages: list[str] = []
 
-    async def __call__(self, event: dict[str, Any]) -> None:
-        self.messages.append(event["message"])
+    async def __call__(self, event: LaunchEvent) -> None:
+        self.messages.append(event.message)
 
 
 async def test_built_once_with_the_engine_flag_and_reused_by_other_venvs(

@@ -1,4 +1,4 @@
-"""VenvProvider with the real uv against a test index (issue 3 fault tests): one build for concurrent
+"""VenvProvider with the real uv against a test index (fault tests): one build for concurrent
 launches, damaged venvs detected, unreachable index named, cancellation kills uv, in-use venvs kept."""
 
 from __future__ import annotations
@@ -8,14 +8,16 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from tests.integration import venv_plugin
 from tests.unit.venvs.wheels import closed_port, serve_index, standard_index, uv_children
+from xinfd.environments import EnvironmentRequest
+from xinfd.events import LaunchEvent
 from xinfd.plugins import Plugins, make_plugin_manager
+from xinfd.supervisor import LaunchRequest
 from xinfd.types import ModelSpec
 from xinfd.venvs import cache
 from xinfd.venvs.provider import VenvProvider
@@ -45,17 +47,16 @@ class Events:
     def __init__(self) -> None:
         self.messages: list[str] = []
 
-    async def __call__(self, event: dict[str, Any]) -> None:
-        self.messages.append(event["message"])
+    async def __call__(self, event: LaunchEvent) -> None:
+        self.messages.append(event.message)
 
     def count(self, text: str) -> int:
         return sum(text in m for m in self.messages)
 
 
-def running(uid: str, spec: ModelSpec, **request: Any) -> Any:
-    fields: dict[str, Any] = {"enable_virtual_env": None, "virtual_env_packages": (), "python": None}
-    req = SimpleNamespace(**{**fields, **request})
-    return SimpleNamespace(uid=uid, spec=spec, engine="pkgver", request=req)
+def running(uid: str, spec: ModelSpec, **request: Any) -> EnvironmentRequest:
+    options = LaunchRequest(model_name=spec.name, **request)
+    return EnvironmentRequest(model_uid=uid, spec=spec, engine="pkgver", options=options)
 
 
 async def test_concurrent_launches_of_one_cold_spec_build_once(
@@ -148,7 +149,7 @@ async def test_remove_and_gc_keep_in_use_venvs(tmp_path: Path, plugins: Plugins,
         await p.remove("m")
     assert await p.gc() == [str(idle)]
     assert Path(used.venv_path or "").is_dir()
-    p.release(running("busy", model(index_url)))
+    p.release("busy")
     assert await p.remove("m") == [used.venv_path]
 
 

@@ -1,4 +1,4 @@
-"""Choosing a venv's interpreter and copying xinfd into venvs on another Python (issue 3: several Python
+"""Choosing a venv's interpreter and copying xinfd into venvs on another Python (several Python
 versions per model): request validation, uv's search past pyenv shims, repacked distributions, the spec."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 
 from tests.integration import venv_plugin
 from xinfd.errors import InvalidRequestError
-from xinfd.models import LaunchRequest
 from xinfd.plugins import Plugins, make_plugin_manager
+from xinfd.supervisor import LaunchRequest
 from xinfd.types import ModelSpec
 from xinfd.venvs import bundle
 from xinfd.venvs.builder import Uv

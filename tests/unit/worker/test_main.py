@@ -136,13 +136,13 @@ async def test_worker_serves_then_stops_on_sigterm(start_worker: Any) -> None:
         ) as resp,
     ):
         assert resp.status == 200
-        assert resp.headers["X-Xinfd-Replica"] == "echo-1-0"
+        assert resp.headers["X-Xinfd-Replica"] == "echo-1-r0"
         data = await resp.json()
     assert data["choices"][0]["message"]["content"] == "ping from the daemon"
     worker.proc.send_signal(signal.SIGTERM)
     assert await worker.wait_exit(5) == 0
     assert not worker.socket.exists()
-    assert "[echo-1-0]" in worker.stderr  # every log line names the replica
+    assert "[echo-1-r0]" in worker.stderr  # every log line names the replica
 
 
 async def test_sigterm_aborts_a_running_stream_and_exits_promptly(start_worker: Any) -> None:
@@ -242,31 +242,16 @@ def test_load_model_with_explicit_plugin() -> None:
     assert worker_main.load_model(plugins, replica, ECHO_SPEC) is not None
 
 
-async def test_the_cap_comes_from_the_context_not_the_environment(start_worker: Any) -> None:
-    """``replica.settings.max_tokens`` caps completions; an ``XINFERENCE_MAX_TOKENS`` the replica happens to
-    inherit is not read (the daemon's settings reach replicas through the context only)."""
-    worker = start_worker(settings=ReplicaSettings(max_tokens=2), extra_env={"XINFERENCE_MAX_TOKENS": "5"})
+async def test_the_replica_reads_no_cap_from_its_environment(start_worker: Any) -> None:
+    """An ``XINFERENCE_MAX_TOKENS`` the replica happens to inherit is not read: the daemon applies the operator's
+    cap to every request it forwards (settings reach replicas through the context, never the environment)."""
+    worker = start_worker(extra_env={"XINFERENCE_MAX_TOKENS": "2"})
     await worker.wait_ready()
     async with (
         worker.session() as session,
         session.post("http://replica/v1/completions", json={"prompt": "a b c d e f g", "max_tokens": 6}) as resp,
     ):
         data = await resp.json()
-    assert data["choices"][0]["text"] == "a b "
-    assert (data["choices"][0]["finish_reason"], data["usage"]["completion_tokens"]) == ("length", 2)
+    assert data["choices"][0]["text"] == "a b c d e f "
+    assert (data["choices"][0]["finish_reason"], data["usage"]["completion_tokens"]) == ("length", 6)
 
-
-def _replica(settings: ReplicaSettings) -> ReplicaContext:
-    return ReplicaContext(model_uid="m", model_name="m", engine="echo", replica_index=0, socket_path="/x",
-                          python=sys.executable, settings=settings)
-
-
-def test_max_tokens_cap_reads_the_settings() -> None:
-    assert worker_main.max_tokens_cap(_replica(ReplicaSettings())) is None
-    assert worker_main.max_tokens_cap(_replica(ReplicaSettings(max_tokens=512))) == 512
-
-
-@pytest.mark.parametrize("bad", [0, -1, True])
-def test_an_insane_cap_is_refused(bad: int) -> None:
-    with pytest.raises(ValueError, match="max_tokens must be a positive integer"):
-        worker_main.max_tokens_cap(_replica(ReplicaSettings(max_tokens=bad)))

@@ -6,18 +6,16 @@ Every field is checked here, so the rest of the daemon handles only valid reques
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from xinfd.errors import InvalidRequestError
 from xinfd.gpus import NGpu
+from xinfd.names import ENV_NAME, MODEL_NAME, MODEL_UID, check_name
 from xinfd.venvs.python import check_python_request
 from xinfd.venvs.spec import check_package
 
-_UID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Variables the daemon owns for each replica; a user --env must not silently undo the slot table.
 _RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "XINFD_WORKER_CONTEXT"})
 MAX_REPLICAS = 256
@@ -39,7 +37,7 @@ class LaunchRequest:
     virtual_env_packages: tuple[str, ...] = ()
     # --python: the model venv's interpreter (a version like 3.12 or an absolute path); None: the daemon's.
     python: str | None = None
-    # GPUs per replica ("auto": one each when the host has GPUs, else none) and explicit placement (issue 4).
+    # GPUs per replica ("auto": one each when the host has GPUs, else none) and explicit placement.
     n_gpu: NGpu = "auto"
     gpu_idx: tuple[int, ...] | None = None
 
@@ -52,9 +50,7 @@ class LaunchRequest:
                                "enable_virtual_env", "virtual_env_packages", "n_gpu", "gpu_idx", "python"}
         if unknown:
             raise InvalidRequestError(f"unknown field(s): {', '.join(sorted(unknown))}", param=min(unknown))
-        name = body.get("model_name")
-        if not isinstance(name, str) or not _UID_RE.match(name):
-            raise InvalidRequestError(f"model_name must be a simple name, got {name!r}", param="model_name")
+        name = check_name(body.get("model_name"), MODEL_NAME, param="model_name")
         engine = body.get("model_engine")
         if engine is not None and (not isinstance(engine, str) or not engine):
             raise InvalidRequestError(f"model_engine must be a string, got {engine!r}", param="model_engine")
@@ -63,15 +59,14 @@ class LaunchRequest:
             raise InvalidRequestError(f"replica must be an integer 1..{MAX_REPLICAS}, got {replica!r}",
                                       param="replica")
         uid = body.get("model_uid")
-        if uid is not None and (not isinstance(uid, str) or not _UID_RE.match(uid)):
-            raise InvalidRequestError(
-                f"model_uid must match {_UID_RE.pattern} (it names files), got {uid!r}", param="model_uid"
-            )
+        if uid is not None:
+            uid = check_name(uid, MODEL_UID, param="model_uid")  # it names files and response headers
         env = {} if body.get("env") is None else body["env"]
         if not isinstance(env, dict):
             raise InvalidRequestError("env must be an object of NAME: value", param="env")
         for key, value in env.items():
-            if not _ENV_NAME_RE.match(key) or not isinstance(value, str) or "\0" in value:
+            check_name(key, ENV_NAME, param="env")
+            if not isinstance(value, str) or "\0" in value:
                 raise InvalidRequestError(f"invalid environment variable {key!r}={value!r}", param="env")
             if key in _RESERVED_ENV:
                 raise InvalidRequestError(f"{key} is set by xinfd for each replica; it cannot be overridden",
@@ -87,7 +82,7 @@ class LaunchRequest:
         if not isinstance(packages, list) or not all(isinstance(p, str) and p.strip() for p in packages):
             raise InvalidRequestError("virtual_env_packages must be a list of requirement strings",
                                       param="virtual_env_packages")
-        for package in packages:  # PEP 508 or a documented placeholder, never an installer option (issue 3)
+        for package in packages:  # PEP 508 or a documented placeholder, never an installer option
             check_package(package)
         python = None if body.get("python") is None else check_python_request(body["python"])
         n_gpu = body.get("n_gpu", "auto")
@@ -107,7 +102,7 @@ class LaunchRequest:
                    gpu_idx=tuple(gpu_idx) if gpu_idx is not None else None)
 
     def to_json(self) -> dict[str, Any]:
-        """The body ``from_json`` accepts back: what the desired state file stores (issue 4)."""
+        """The body ``from_json`` accepts back: what the desired state file stores."""
         body: dict[str, Any] = {
             "model_name": self.model_name, "model_engine": self.model_engine, "replica": self.replica,
             "model_uid": self.model_uid, "env": dict(self.env), "options": dict(self.options),

@@ -1,13 +1,14 @@
-"""The desired state: which models should run, with their launch options and uids (issue 4).
+"""The desired state: which models should run, with their launch options and uids, across restarts.
 
 Written to ``$XINFERENCE_HOME/state.json`` on every launch, scale and terminate, and read when the
 daemon starts, so ``systemctl restart`` (or a crash) brings the models back as they were. It records what the
 operator asked for, not what happens to be running: a replica in BACKOFF is still wanted, and a daemon
 shutdown does not empty the file.
 
-Writes are atomic (temp file in the same directory, fsync, ``os.replace``): a crash mid-write leaves the old
-file or the new one, never half of one. An unreadable file is moved aside (``state.json.corrupt``) and the
-daemon starts empty rather than refusing to start.
+Writes go through ``xinfd.atomic.write_atomic`` (temp file in the same directory, fsync, ``os.replace``,
+fsync of the directory): a crash mid-write leaves the old file or the new one, never half of one. An
+unreadable file is moved aside (``state.json.corrupt``) and the daemon starts empty rather than refusing to
+start.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from xinfd.atomic import PRIVATE, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +71,4 @@ class DesiredState:
         """Replace the file atomically with ``models`` (launch-request bodies)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = json.dumps({"version": VERSION, "models": list(models)}, indent=2, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(payload + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        # The rename is durable only once the directory entry is on disk.
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        write_atomic(self.path, payload + "\n", mode=PRIVATE)

@@ -1,0 +1,228 @@
+"""How one setting's value is parsed and checked: value kinds and the per-setting checks.
+
+A value arrives either as text (an environment variable, or a string flag) or typed (TOML, or a typed flag).
+``from_text`` turns text into the typed form, ``typed`` checks a typed value, and a setting's own check
+validates and normalises it. A problem is raised as ``Invalid`` with a message that says what is wrong but
+not where; the loader prefixes the file and key, the variable or the flag.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Callable
+from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+from xinfd.names import MODEL_NAME, is_valid_name
+
+IPNetwork = IPv4Network | IPv6Network
+Kind = Literal["int", "seconds", "bool", "str", "path", "list"]
+Check = Callable[[Any], Any]
+
+
+class Invalid(ValueError):
+    """A value is wrong; the message says why, without saying where (the caller adds that)."""
+
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+EXPECTS: Final[dict[str, str]] = {
+    "int": "an integer",
+    "seconds": "a number of seconds",
+    "bool": "a boolean (1/0, true/false, yes/no, on/off)",
+    "str": "a string",
+    "path": "a path",
+    "list": "a list of strings",
+}
+
+
+def from_text(kind: Kind, raw: str) -> object:
+    """The typed form of a textual value (environment variables, string flags); lists are comma-separated."""
+    text = raw.strip()
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "seconds":
+            return float(text)
+    except ValueError:
+        raise Invalid(f"expected {EXPECTS[kind]}, got {raw!r}") from None
+    if kind == "bool":
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise Invalid(f"expected {EXPECTS[kind]}, got {raw!r}")
+    if kind == "list":
+        return [item.strip() for item in text.split(",")]
+    return text
+
+
+def typed(kind: Kind, value: object) -> object:
+    """Check the type of a TOML (or typed flag) value."""
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "seconds": isinstance(value, int | float) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "path": isinstance(value, str | Path),
+        "list": isinstance(value, list | tuple) and all(isinstance(v, str) for v in value),
+    }[kind]
+    if not ok:
+        raise Invalid(f"expected {EXPECTS[kind]}, got {type(value).__name__} {value!r}")
+    if kind == "seconds":
+        return float(value)  # type: ignore[arg-type]  # checked just above
+    if kind == "list":
+        return list(value)  # type: ignore[call-overload]  # checked just above
+    return value
+
+
+def same(value: Any) -> Any:
+    return value
+
+
+def at_least(minimum: int, maximum: int | None = None) -> Callable[[int], int]:
+    def check(value: int) -> int:
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise Invalid(f"must be an integer {bound}, got {value}")
+        return value
+
+    return check
+
+
+def seconds(*, allow_zero: bool) -> Callable[[float], float]:
+    def check(value: float) -> float:
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            raise Invalid(f"must be a number of seconds {'>= 0' if allow_zero else '> 0'}, got {value}")
+        return value
+
+    return check
+
+
+def non_empty(value: str) -> str:
+    if not value:
+        raise Invalid("must not be empty (leave the setting out to unset it)")
+    return value
+
+
+def host(value: str) -> str:
+    if not value or any(ch.isspace() for ch in value):
+        raise Invalid(f"expected a host name or IP address, got {value!r}")
+    return value
+
+
+def path(value: str | Path) -> Path:
+    if not str(value):
+        raise Invalid("expected a path, got ''")
+    return Path(value).expanduser()
+
+
+def choice(options: tuple[str, ...], *, upper: bool) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        normal = value.strip().upper() if upper else value.strip().lower()
+        if normal not in options:
+            raise Invalid(f"expected one of {', '.join(options)}, got {value!r}")
+        return normal
+
+    return check
+
+
+def url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  # raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def image_size(value: str) -> str:
+    match = re.fullmatch(r"\s*([0-9]+)\s*\*\s*([0-9]+)\s*", value)
+    if match is None or int(match[1]) == 0 or int(match[2]) == 0:
+        raise Invalid(f"expected WIDTH*HEIGHT with positive integers (e.g. 1024*1024), got {value!r}")
+    return f"{int(match[1])}*{int(match[2])}"
+
+
+def networks(items: list[str]) -> tuple[IPNetwork, ...]:
+    result = []
+    for item in items:
+        try:
+            # strict=False: "10.0.0.1/24" means the network 10.0.0.0/24, as people write it in firewall rules.
+            result.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise Invalid(f"{item!r} is not an IP address or CIDR block") from None
+    return tuple(result)
+
+
+def keys(items: list[str]) -> tuple[str, ...]:
+    # An empty item is refused rather than skipped: "XINFD_API_KEYS=," must not silently mean "no keys".
+    if any(not item.strip() for item in items):
+        raise Invalid("empty API key in the list")
+    return tuple(item.strip() for item in items)
+
+
+def _lookup(kind: str, name: str) -> int | None:
+    import grp
+    import pwd
+
+    try:
+        if kind == "user":
+            return pwd.getpwnam(name).pw_uid
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+def group_name(value: str) -> str:
+    # Resolved when the socket is created (a missing group stops the daemon there with one line), not here,
+    # so a config file can be checked on a machine without the group.
+    value = value.strip()
+    if not value or any(ch.isspace() or ch in ":/," for ch in value):
+        raise Invalid(f"expected a group name or numeric gid, got {value!r}")
+    return value
+
+
+def principals(kind: str) -> Callable[[list[str]], tuple[str, ...]]:
+    """Users or groups named by name or numeric id (for SO_PEERCRED checks on the control socket)."""
+
+    def check(items: list[str]) -> tuple[str, ...]:
+        result = []
+        for item in (i.strip() for i in items):
+            if not item or (not item.isdigit() and _lookup(kind, item) is None):
+                raise Invalid(f"no {kind} named {item!r}")
+            result.append(item)
+        return tuple(result)
+
+    return check
+
+
+def launch_item(item: str) -> tuple[str, int]:
+    """``"NAME"`` or ``"NAME:REPLICAS"`` -> (name, replicas)."""
+    text = item.strip()
+    name, colon, count = text.rpartition(":")
+    if not colon:
+        name, count = text, "1"
+    if not re.fullmatch(r"[0-9]+", count) or int(count) < 1:
+        raise Invalid(f"{item!r}: replicas must be an integer >= 1")
+    # The name becomes a directory name under XINFERENCE_HOME, so nothing that could escape it.
+    if not is_valid_name(name, MODEL_NAME):
+        raise Invalid(f"{item!r}: expected NAME or NAME:REPLICAS with a model name of {MODEL_NAME.rule}")
+    return name, int(count)
+
+
+def launch_list(items: list[str]) -> tuple[str, ...]:
+    result: list[str] = []
+    seen: set[str] = set()
+    for item in items:
+        name, replicas = launch_item(item)
+        if name in seen:
+            raise Invalid(f"model {name!r} is listed twice")
+        seen.add(name)
+        result.append(f"{name}:{replicas}" if ":" in item else name)
+    return tuple(result)

@@ -1,0 +1,76 @@
+"""One replica identity: its label and the paths of its socket, log and pid file, derived in one place.
+
+A replica is ``<model_uid>-r<index>`` everywhere: the log line tag, ``X-Xinfd-Replica``, ``xinfctl gpus``, and
+the names of its files under the daemon home. The label rule itself is ``xinfd.types.replica_label``, shared
+with the replica process (``ReplicaContext.label``), which must not import this package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from xinfd.orphans import pid_dir
+from xinfd.types import replica_label
+
+# Longest ``<label>.sock`` name we allow for: a 64-character uid, "-r", a 3-digit index, ".sock", with margin.
+_SOCKET_NAME_ROOM = 80
+# sun_path is 108 bytes on Linux, 104 on macOS: stay under the smaller.
+_SUN_PATH_MAX = 104
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaIdentity:
+    """Who a replica is and where its files live."""
+
+    model_uid: str
+    index: int
+    label: str
+    socket_path: Path
+    log_path: Path
+    pid_file: Path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeLayout:
+    """The directories of one daemon home that replicas use."""
+
+    home: Path
+    run_dir: Path  # replica sockets
+    log_dir: Path  # replica logs (and the daemon's)
+    pid_dir: Path  # one pid file per replica group, for orphan cleanup after a daemon crash
+    cache_dir: Path  # weights engines derive (e.g. GGUF converted), kept across restarts
+
+    @classmethod
+    def for_home(cls, home: Path) -> RuntimeLayout:
+        return cls(
+            home=home,
+            run_dir=runtime_dir(home),
+            log_dir=home / "logs",
+            pid_dir=pid_dir(home),
+            cache_dir=home / "cache" / "converted",
+        )
+
+    def replica(self, model_uid: str, index: int) -> ReplicaIdentity:
+        label = replica_label(model_uid, index)
+        return ReplicaIdentity(
+            model_uid=model_uid,
+            index=index,
+            label=label,
+            socket_path=self.run_dir / f"{label}.sock",
+            log_path=self.log_dir / f"{label}.log",
+            pid_file=self.pid_dir / f"{label}.pid",
+        )
+
+
+def runtime_dir(home: Path) -> Path:
+    """Where replica sockets live: under the home, unless that is too long for a Unix socket path."""
+    candidate = home / "run"
+    if len(str(candidate)) + _SOCKET_NAME_ROOM > _SUN_PATH_MAX:
+        digest = hashlib.sha256(str(home).encode()).hexdigest()[:12]
+        candidate = Path(tempfile.gettempdir()) / f"xinfd-{os.getuid()}-{digest}"
+    candidate.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return candidate
