@@ -85,7 +85,7 @@ def in_process_batching(location: str, tokens: int, repeats: int) -> float:
         started = time.perf_counter()
         produced = 0
         request = GenerateRequest(request_id="b", prompt=PROMPT, max_tokens=tokens, temperature=0.0,
-                                  extra={"kind": "text"})
+                                  kind="completion")
         async for delta in model.generate(request):
             produced = delta.tokens or produced
         return produced, time.perf_counter() - started

@@ -29,9 +29,10 @@ from typing import Any
 
 from xinfd.environments import EnvironmentRequest
 from xinfd.events import discard
+from xinfd.hookspecs import RegisterEngine, WorkerEngine, hookimpl
 from xinfd.plugins import make_plugin_manager
 from xinfd.supervisor import LaunchRequest
-from xinfd.types import ModelSpec
+from xinfd.types import Ability, Availability, EmbeddingModel, ModelSpec, Platform, ReplicaContext, TextModel
 from xinfd.venvs.builder import Uv
 from xinfd.venvs.pipconfig import PipConfig
 from xinfd.venvs.provider import VenvProvider
@@ -39,16 +40,23 @@ from xinfd.venvs.provider import VenvProvider
 ENGINE = "bench"
 
 
-class _BenchPlugin:
+class _BenchEngine(WorkerEngine):
     """One engine with no dependencies of its own, so the spec is exactly ``--package``."""
 
-    from xinfd.hookspecs import hookimpl
+    name = ENGINE
+    abilities: tuple[Ability, ...] = ("generate",)
 
+    def availability(self, model: ModelSpec, platform: Platform) -> Availability:
+        return Availability(available=True)
+
+    def load(self, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel:
+        raise RuntimeError("the venv benchmark builds venvs; it never loads a model")
+
+
+class _BenchPlugin:
     @hookimpl
-    def xinfd_register_engines(self, register: Any) -> None:
-        from xinfd.types import EngineInfo
-
-        register(EngineInfo(name=ENGINE, abilities=("generate",)))
+    def xinfd_register_engines(self, register: RegisterEngine) -> None:
+        register(_BenchEngine())
 
 
 async def build_once(

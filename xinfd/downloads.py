@@ -1,8 +1,9 @@
 """Model downloads at launch: a family that names only a hub repo (``extra.model_id``) gets a local folder.
 
-Issue 5, "Model sources": engines that load a folder (transformers, sentence-transformers, vLLM, SGLang,
-mlx) are handed ``$XINFERENCE_HOME/models/<source>/<repo id>`` through the launch option ``model_path``,
-filled from the hub named by ``XINFERENCE_MODEL_SRC`` with that hub's own client library:
+"Model sources": engines that load a folder (``Engine.loads_weights_folder``: transformers,
+sentence-transformers, vLLM, SGLang, mlx) are handed ``$XINFERENCE_HOME/models/<source>/<repo id>`` through
+the launch option ``model_path``, filled from the hub named by ``XINFERENCE_MODEL_SRC`` with that hub's own
+client library:
 
 - **huggingface**: ``huggingface_hub.snapshot_download(local_dir=..., endpoint=...)``; the endpoint is
   ``HF_ENDPOINT`` if set, else the public hub. Interrupted files resume (the library keeps ``*.incomplete``
@@ -61,16 +62,12 @@ from xinfd.types import ModelSpec
 
 if TYPE_CHECKING:
     from xinfd.config import Settings
+    from xinfd.hookspecs import Engine
 
 log = logging.getLogger(__name__)
 
 HF_PUBLIC_ENDPOINT = "https://huggingface.co"
 MARKER = ".xinfd-download.json"
-# Engines whose ``model_path`` is a folder of weights. llama.cpp is absent on purpose: it needs one ``.gguf``
-# file, and a repo snapshot may hold a dozen quantizations; picking one is the user's call (``model_path``).
-# A table here rather than an EngineInfo field because types.py is the plugin contract; a third-party folder
-# engine can still get a download by naming its engine in this set until the contract grows such a field.
-FOLDER_ENGINES = frozenset({"transformers", "sentence_transformers", "vllm", "sglang", "mlx"})
 # HTTP statuses that say "try again later" rather than "no".
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Exception class names (anywhere in the MRO) of transport failures: requests, httpx and httpx2 name them the
@@ -110,13 +107,15 @@ class DownloadSettings:
         return self.cache_root / self.source / repo_id
 
 
-def repo_to_download(engine: str, spec: ModelSpec, options: Mapping[str, Any]) -> str | None:
+def repo_to_download(engine: Engine, spec: ModelSpec, options: Mapping[str, Any]) -> str | None:
     """The hub repo to fetch for this launch, or None when the engine already knows where the weights are.
 
-    Same precedence as the engines' ``weights_location``: a launch option or spec path, or a file shipped in a
-    package, wins over the hub id, so a download happens only when the hub id is all there is.
+    Only engines that load a folder of weights (``Engine.loads_weights_folder``) get one: llama.cpp needs one
+    ``.gguf`` file, and a repo snapshot may hold a dozen quantizations; picking one is the user's call
+    (``model_path``). Same precedence as the engines' ``weights_location``: a launch option or spec path, or a
+    file shipped in a package, wins over the hub id, so a download happens only when the hub id is all there is.
     """
-    if engine not in FOLDER_ENGINES:
+    if not engine.loads_weights_folder:
         return None
     if any(v is not None for v in (options.get("model_path"), spec.extra.get("model_path"),
                                     spec.extra.get("package_file"))):
@@ -287,7 +286,7 @@ class Downloader:
     progress_interval: float = 5.0  # seconds between "download_progress" events while bytes arrive
     _locks: dict[Path, asyncio.Lock] = field(default_factory=dict)
 
-    async def weights_for(self, engine: str, spec: ModelSpec, options: Mapping[str, Any],
+    async def weights_for(self, engine: Engine, spec: ModelSpec, options: Mapping[str, Any],
                           publish: Publish) -> str | None:
         """The folder to pass as ``model_path``, or None to leave the weights to the engine as before."""
         repo_id = repo_to_download(engine, spec, options)

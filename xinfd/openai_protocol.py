@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from xinfd.errors import InvalidRequestError, XinfdError
-from xinfd.types import ChatMessage
+from xinfd.template_kwargs import validate_chat_template_kwargs
+from xinfd.types import ChatMessage, RequestKind
 
 JsonObject = dict[str, Any]
-CompletionKind = Literal["chat", "text"]
+# The kind of a generation (shared with ``GenerateRequest.kind``): which endpoint asked.
+CompletionKind = RequestKind
 EncodingFormat = Literal["float", "base64"]
 
 # "developer" is OpenAI's newer name for the system role (o1 and later); templates only know "system".
@@ -65,7 +67,7 @@ class ChatRequest(GenerationRequest):
     """A validated ``POST /v1/chat/completions`` body."""
 
     messages: tuple[ChatMessage, ...]
-    # ``chat_template_kwargs``: passed to the model's ``render_chat`` as its options.
+    # ``chat_template_kwargs`` (checked by ``xinfd.template_kwargs``): the model's ``render_chat`` options.
     template_options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -113,9 +115,7 @@ def parse_chat_request(body: Mapping[str, Any]) -> ChatRequest:
         raise _invalid("messages", "'messages' must be a list of message objects")
     if not messages:
         raise _invalid("messages", "'messages' must contain at least one message")
-    options = {} if body.get("chat_template_kwargs") is None else body["chat_template_kwargs"]
-    if not isinstance(options, dict):
-        raise _invalid("chat_template_kwargs", "'chat_template_kwargs' must be an object")
+    options = validate_chat_template_kwargs(body)
     stream, include_usage = _parse_stream(body)
     return ChatRequest(
         messages=tuple(_parse_message(m, i) for i, m in enumerate(messages)),
@@ -264,7 +264,7 @@ class CompletionFormat:
         return self._chunk({"role": "assistant", "content": ""}, None) if self.kind == "chat" else None
 
     def delta_chunk(self, text: str, *, reasoning: str = "") -> JsonObject:
-        if self.kind == "text":
+        if self.kind == "completion":
             return self._chunk(reasoning + text, None)
         return self._chunk({"reasoning_content": reasoning} if reasoning else {"content": text}, None)
 
@@ -284,7 +284,7 @@ class CompletionFormat:
         return body
 
     def _head(self, *, chunk: bool) -> JsonObject:
-        if self.kind == "text":  # noqa: SIM108 - a nested conditional expression would read worse
+        if self.kind == "completion":
             obj = "text_completion"  # OpenAI uses the same object name for text chunks
         else:
             obj = "chat.completion.chunk" if chunk else "chat.completion"

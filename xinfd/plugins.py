@@ -1,9 +1,11 @@
 """Plugin loading and the typed facade over ``pm.hook``.
 
 Builtin engines and third-party packages are found the same way, through the entry-point group ``xinfd``, so
-the public path is the tested path. A plugin that fails to import, or registers an engine name that is already
-taken, is logged with its name and skipped: one broken package never stops the daemon. Call sites use
-``Plugins`` (typed), never ``pm.hook`` directly.
+the public path is the tested path. pluggy only discovers: the plugins hand over engine objects
+(``xinfd.hookspecs.Engine``) and ``Plugins`` keeps them by name. A plugin that fails to import, registers an
+engine name that is already taken or an object that is not an ``Engine``, or still implements a removed hook,
+is logged with its name and skipped: one broken package never stops the daemon. Call sites go through
+``Plugins`` (typed, with every result checked), never through ``pm.hook``.
 """
 
 from __future__ import annotations
@@ -15,16 +17,17 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, get_args
 
 import pluggy
 
 from xinfd import hookspecs
-from xinfd.errors import EngineUnavailableError, InvalidRequestError, PluginError, UnknownEngineError
+from xinfd.errors import InvalidRequestError, PluginError, UnknownEngineError
+from xinfd.hookspecs import Engine
 from xinfd.types import (
+    Ability,
     Availability,
     EmbeddingModel,
-    EngineInfo,
     LaunchSpec,
     ModelSpec,
     Platform,
@@ -49,16 +52,20 @@ class PluginFailure:
 
 @dataclass(slots=True)
 class Plugins:
-    """Typed access to the hooks of a loaded plugin manager, plus the engines and models the plugins declared."""
+    """The engines and models the plugins declared, with typed, checked calls into the engines.
+
+    Every call into an engine goes through here: its result is type-checked (a wrong type is a ``PluginError``
+    naming the engine), so the rest of the daemon can trust what it gets.
+    """
 
     pm: pluggy.PluginManager
-    engines: dict[str, EngineInfo] = field(default_factory=dict)
+    engines: dict[str, Engine] = field(default_factory=dict)
     models: dict[str, ModelSpec] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
     # Which plugin registered each engine (for messages and ``xinfctl engines``).
     engine_owner: dict[str, str] = field(default_factory=dict)
 
-    def engine(self, name: str) -> EngineInfo:
+    def engine(self, name: str) -> Engine:
         """The registered engine called ``name``, or ``UnknownEngineError`` listing the known ones."""
         try:
             return self.engines[name]
@@ -68,63 +75,104 @@ class Plugins:
 
     def dependencies(self, engine: str) -> list[str]:
         """What ``#<engine>_dependencies#`` expands to."""
-        self.engine(engine)
-        result = self.pm.hook.xinfd_engine_dependencies(engine=engine)
-        if result is None:
-            return []
+        result = self.engine(engine).dependencies()
         if not isinstance(result, list) or not all(isinstance(r, str) for r in result):
-            raise PluginError(f"engine {engine!r}: xinfd_engine_dependencies must return a list of strings")
+            raise PluginError(f"engine {engine!r}: dependencies() must return a list of strings")
         return list(result)
 
     def build_env(self, engine: str) -> dict[str, dict[str, str]]:
         """Distributions of ``engine`` that must be built from source, with their build environment."""
-        self.engine(engine)
-        result = self.pm.hook.xinfd_engine_build_env(engine=engine)
-        if result is None:
-            return {}
+        result = self.engine(engine).build_env()
         if not isinstance(result, dict) or not all(
             isinstance(name, str) and isinstance(env, dict)
             and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
             for name, env in result.items()
         ):
-            raise PluginError(f"engine {engine!r}: xinfd_engine_build_env must return {{name: {{VAR: value}}}}")
+            raise PluginError(f"engine {engine!r}: build_env() must return {{name: {{VAR: value}}}}")
         return {name: dict(env) for name, env in result.items()}
 
     def availability(self, engine: str, model: ModelSpec, platform: Platform) -> Availability:
-        """Whether ``engine`` can serve ``model`` here; a plugin that raises makes the engine unavailable."""
-        self.engine(engine)
+        """Whether ``engine`` can serve ``model`` here; an engine that raises is unavailable."""
+        found = self.engine(engine)
         try:
-            result = self.pm.hook.xinfd_engine_availability(engine=engine, model=model, platform=platform)
+            result = found.availability(model, platform)
         except Exception as exc:  # a buggy plugin must not break `xinfctl engines`
             log.exception("availability check of engine %s failed", engine)
             return Availability(available=False, reason=f"availability check failed: {exc}")
-        if result is None:
-            return Availability(available=False, reason=f"no plugin answers availability for {engine!r}")
         if not isinstance(result, Availability):
-            raise PluginError(f"engine {engine!r}: xinfd_engine_availability must return an Availability")
+            raise PluginError(f"engine {engine!r}: availability() must return an Availability")
         return result
 
     def launch_spec(self, engine: str, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec:
-        """The process to spawn for one replica."""
-        self.engine(engine)
+        """The process to spawn for one replica; unknown or invalid launch options are a 400 naming them."""
+        found = self.engine(engine)
+        check_launch_options(found, replica.options)
         try:
-            result = self.pm.hook.xinfd_engine_launch(engine=engine, model=model, replica=replica)
+            result = found.launch(model, replica)
         except ValueError as exc:  # the contract: a bad launch option is a ValueError naming it
             raise InvalidRequestError(f"engine {engine!r}: {exc}", param="options") from exc
-        if result is None:
-            raise EngineUnavailableError(f"engine {engine!r} has no launch implementation")
         if not isinstance(result, LaunchSpec):
-            raise PluginError(f"engine {engine!r}: xinfd_engine_launch must return a LaunchSpec")
+            raise PluginError(f"engine {engine!r}: launch() must return a LaunchSpec")
         return result
 
     def load(self, engine: str, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel:
         """Load the model object inside the worker process."""
-        result = self.pm.hook.xinfd_engine_load(engine=engine, model=model, replica=replica)
-        if result is None:
-            raise EngineUnavailableError(f"no plugin loads models for engine {engine!r}")
+        result = self.engine(engine).load(model, replica)
         if not isinstance(result, TextModel | EmbeddingModel):
-            raise PluginError(f"engine {engine!r}: xinfd_engine_load returned {type(result).__name__}")
+            raise PluginError(
+                f"engine {engine!r}: load() returned {type(result).__name__}, which implements neither "
+                "TextModel nor EmbeddingModel (xinfd.types)"
+            )
         return result
+
+
+def check_launch_options(engine: Engine, options: Mapping[str, Any]) -> None:
+    """Refuse launch options the engine does not declare in ``launch_options`` (a typo, not something to ignore).
+
+    :raises InvalidRequestError: naming the unknown options and listing the known ones.
+    """
+    known = engine.launch_options
+    if known is None:
+        return  # the engine checks option names itself
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        listed = ", ".join(sorted(known)) or "none"
+        raise InvalidRequestError(
+            f"unknown launch option(s) for {engine.name}: {', '.join(unknown)} (known: {listed})", param="options"
+        )
+
+
+def contract_violations(engine: object) -> list[str]:
+    """What ``engine`` lacks or has wrong against the ``Engine`` protocol (empty: it implements it)."""
+    problems = [f"missing attribute {name!r}" for name in hookspecs.ENGINE_ATTRIBUTES if not hasattr(engine, name)]
+    problems += [
+        f"missing method {name}()" for name in hookspecs.ENGINE_METHODS if not callable(getattr(engine, name, None))
+    ]
+    if problems:
+        return problems
+    attrs: dict[str, Any] = {name: getattr(engine, name) for name in hookspecs.ENGINE_ATTRIBUTES}
+    options = attrs["launch_options"]
+    checks = (
+        ("name", isinstance(attrs["name"], str) and bool(attrs["name"]), "a non-empty string"),
+        (
+            "abilities",
+            isinstance(attrs["abilities"], tuple) and all(a in _ABILITIES for a in attrs["abilities"]),
+            f"a tuple of {', '.join(sorted(_ABILITIES))}",
+        ),
+        ("description", isinstance(attrs["description"], str), "a string"),
+        ("probe_module", attrs["probe_module"] is None or isinstance(attrs["probe_module"], str), "a str or None"),
+        ("loads_weights_folder", isinstance(attrs["loads_weights_folder"], bool), "a bool"),
+        (
+            "launch_options",
+            attrs["launch_options"] is None
+            or (isinstance(options, frozenset) and all(isinstance(o, str) for o in options)),
+            "a frozenset of option names or None",
+        ),
+    )
+    return [f"{name} must be {what}, got {attrs[name]!r}" for name, ok, what in checks if not ok]
+
+
+_ABILITIES = frozenset(get_args(Ability))
 
 
 def make_plugin_manager(
@@ -189,13 +237,24 @@ def _register(result: Plugins, name: str, plugin: object) -> None:
     pm = result.pm
     if pm.is_registered(plugin):
         return
+    removed = [hook for hook in hookspecs.REMOVED_HOOKS if callable(getattr(plugin, hook, None))]
+    if removed:
+        error = (
+            f"hook {removed[0]} was removed: register an engine object with xinfd_register_engines "
+            "(see xinfd.hookspecs)"
+        )
+        if len(removed) > 1:
+            error += f"; also remove {', '.join(removed[1:])}"
+        log.error("plugin %s skipped: %s", name, error)
+        result.failures.append(PluginFailure(name=name, error=error))
+        return
     try:
         pm.register(plugin, name=name)
     except Exception as exc:  # e.g. a hookimpl with an unknown argument name
         log.error("plugin %s rejected: %s", name, exc)
         result.failures.append(PluginFailure(name=name, error=str(exc)))
         return
-    engines: list[EngineInfo] = []
+    engines: list[Engine] = []
     models: list[ModelSpec] = []
     try:
         # A hookimpl whose name matches no hookspec (a typo) is caught here, per plugin, so only that plugin
@@ -207,13 +266,21 @@ def _register(result: Plugins, name: str, plugin: object) -> None:
         only_this(register=engines.append)
         only_models: Any = caller("xinfd_register_models", remove_plugins=others)
         only_models(register=models.append)
-        for info in engines:
-            if not isinstance(info, EngineInfo):
-                raise PluginError(f"registered {type(info).__name__}, not EngineInfo")
-            if info.name in result.engines:
+        seen: set[str] = set()
+        for engine in engines:
+            problems = contract_violations(engine)
+            if problems:
+                what = getattr(engine, "name", None) or type(engine).__name__
                 raise PluginError(
-                    f"engine {info.name!r} is already registered by {result.engine_owner[info.name]}"
+                    f"engine {what!r} does not implement xinfd.hookspecs.Engine: {'; '.join(problems)}"
                 )
+            if engine.name in result.engines:
+                raise PluginError(
+                    f"engine {engine.name!r} is already registered by {result.engine_owner[engine.name]}"
+                )
+            if engine.name in seen:
+                raise PluginError(f"engine {engine.name!r} is registered twice by this plugin")
+            seen.add(engine.name)
         for spec in models:
             if not isinstance(spec, ModelSpec):
                 raise PluginError(f"registered {type(spec).__name__}, not ModelSpec")
@@ -222,9 +289,9 @@ def _register(result: Plugins, name: str, plugin: object) -> None:
         result.failures.append(PluginFailure(name=name, error=str(exc)))
         pm.unregister(plugin)
         return
-    for info in engines:
-        result.engines[info.name] = info
-        result.engine_owner[info.name] = name
+    for engine in engines:
+        result.engines[engine.name] = engine
+        result.engine_owner[engine.name] = name
     for spec in models:
         result.models.setdefault(spec.name, spec)
     log.debug(

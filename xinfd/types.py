@@ -1,8 +1,8 @@
 """Public, plugin-facing data types of xinfd.
 
-Everything a plugin author touches is defined here and in ``xinfd.hookspecs``. The types are frozen dataclasses
-so that hooks *return data* and the core performs every side effect (spawning, waiting, killing): a plugin can
-never leave a half-started process behind.
+Everything a plugin author touches is defined here and in ``xinfd.hookspecs`` (the hooks and the ``Engine``
+protocol). The types are frozen dataclasses so that engines *return data* and the core performs every side
+effect (spawning, waiting, killing): a plugin can never leave a half-started process behind.
 
 This module imports only the standard library: hookimpl modules import it in the daemon, which must stay free
 of torch and engine libraries.
@@ -15,22 +15,12 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+# What an engine can serve: ``chat`` is ``/v1/chat/completions``, ``generate`` ``/v1/completions``, ``embed``
+# ``/v1/embeddings``.
 Ability = Literal["chat", "generate", "embed"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EngineInfo:
-    """An engine a plugin provides, as listed by ``xinfd_register_engines``.
-
-    ``name`` is the lowercase engine name used in launch requests, placeholders (``#<name>_dependencies#``,
-    with ``.`` and ``-`` turned into ``_``) and venv markers (``#engine# == "<name>"``).
-    """
-
-    name: str
-    abilities: tuple[Ability, ...]
-    description: str = ""
-    # Import name probed inside a model venv to prove the engine's packages are usable there.
-    probe_module: str | None = None
+# Which endpoint a generation came from: engines split ``<think>`` reasoning out of chat answers only, and
+# text completions keep it in the text.
+RequestKind = Literal["chat", "completion"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,7 +137,7 @@ class ReadinessProbe:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LaunchSpec:
-    """The process the daemon spawns for one replica. Returned by ``xinfd_engine_launch``.
+    """The process the daemon spawns for one replica. Returned by ``Engine.launch``.
 
     The daemon spawns ``argv`` in its own session (process group) with ``env`` layered over the daemon's
     environment, waits for ``readiness`` on the replica's socket, proxies requests there, and on stop sends
@@ -171,7 +161,7 @@ class LaunchSpec:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Worker-side model objects (returned by ``xinfd_engine_load`` inside the replica process).
+# Worker-side model objects (returned by ``Engine.load`` inside the replica process).
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,16 +174,21 @@ class ChatMessage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GenerateRequest:
-    """A generation request as the worker host hands it to an engine's model object."""
+    """A generation request as the worker host hands it to an engine's model object.
+
+    ``prompt`` is already rendered (``TextModel.render_chat`` for a chat); ``max_tokens`` already fits the
+    context and the operator's cap. ``kind`` says which endpoint asked: split ``<think>`` reasoning into
+    ``GeneratedDelta.reasoning`` only for ``"chat"``.
+    """
 
     request_id: str
     prompt: str
     max_tokens: int
+    kind: RequestKind
     temperature: float = 1.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,10 +212,16 @@ class GeneratedDelta:
 class TextModel(Protocol):
     """A loaded model that generates text; the worker host owns HTTP, streaming, batching and cancellation.
 
-    Optional attribute ``context_window: int``: the context the loaded engine really has when it is smaller
-    than the model family's ``context_length`` (llama.cpp's ``n_ctx``). The host then checks prompts and
-    ``max_tokens`` against it, so a prompt that cannot fit is a 400 naming the limit, not an engine error.
+    ``context_window`` is the context the loaded engine really has, when it is smaller than the model family's
+    ``context_length`` (llama.cpp's ``n_ctx``); ``None`` means the family's ``context_length``. The host
+    checks prompts and ``max_tokens`` against it, so a prompt that cannot fit is a 400 naming the limit, not
+    an engine error. A plain attribute (``context_window = None``) implements it.
     """
+
+    @property
+    def context_window(self) -> int | None:
+        """The loaded engine's context in tokens, or ``None`` for the model family's ``context_length``."""
+        ...
 
     def render_chat(self, messages: list[ChatMessage], options: Mapping[str, Any]) -> str:
         """Turn chat messages into a prompt (the model's chat template)."""
@@ -237,7 +238,16 @@ class TextModel(Protocol):
 
 @runtime_checkable
 class EmbeddingModel(Protocol):
-    """A loaded model that embeds texts."""
+    """A loaded model that embeds texts.
+
+    ``context_window`` as for ``TextModel``: the longest input the loaded engine takes, when smaller than the
+    family's ``context_length``; ``None`` for the family's. Longer inputs are refused with a 400.
+    """
+
+    @property
+    def context_window(self) -> int | None:
+        """The longest input in tokens, or ``None`` for the model family's ``context_length``."""
+        ...
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens ``text`` encodes to (for usage)."""
@@ -248,5 +258,4 @@ class EmbeddingModel(Protocol):
         ...
 
 
-RegisterEngine = Callable[[EngineInfo], None]
 RegisterModel = Callable[[ModelSpec], None]

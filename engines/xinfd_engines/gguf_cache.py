@@ -2,10 +2,11 @@
 
 transformers reads a GGUF file by rebuilding the tokenizer from its vocabulary and de-quantising every tensor:
 ~22 s for SmolLM2-135M on one CPU thread, paid again at every start. The converted folder loads in ~0.35 s with
-the same weights (measured: identical logits and greedy tokens). The daemon points ``XINFD_MODEL_CACHE`` at
-``$XINFERENCE_HOME/cache/converted``; without it nothing is cached. Entries are keyed by the file's path, size,
-modification time, the dtype and the transformers version, and published atomically (temp folder + rename), so a replica
-killed mid-conversion never leaves a half-written entry that a later start would use.
+the same weights (measured: identical logits and greedy tokens). The daemon hands each replica
+``ReplicaContext.cache_dir`` (``$XINFERENCE_HOME/cache/converted``); when it is empty nothing is cached.
+Entries are keyed by the file's path, size, modification time, the dtype and the transformers version, and
+published atomically (temp folder + rename), so a replica killed mid-conversion never leaves a half-written
+entry that a later start would use.
 
 Runs inside the replica process only (imports torch/transformers lazily through its caller).
 """
@@ -18,24 +19,19 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "XINFD_MODEL_CACHE"
 _COMPLETE = "xinfd-converted.json"
 
 
-def cache_entry(
-    gguf: Path, *, transformers_version: str, dtype: str, env: Mapping[str, str] | None = None
-) -> Path | None:
-    """Where the converted copy of ``gguf`` lives (or would), or None when caching is off.
+def cache_entry(gguf: Path, *, transformers_version: str, dtype: str, root: str) -> Path | None:
+    """Where the converted copy of ``gguf`` lives (or would) under ``root``, or None when ``root`` is "" (off).
 
     The dtype is part of the key: a copy stored in bfloat16 must not be served to a float32 launch.
     """
-    root = (os.environ if env is None else env).get(CACHE_ENV)
     if not root:
         return None
     stat = gguf.stat()

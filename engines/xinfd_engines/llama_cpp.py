@@ -2,7 +2,7 @@
 
 The placeholder is ``#llama_cpp_dependencies#``. PyPI has no wheel, so it is built from source; the default
 build uses the build machine's native instructions and dies with SIGILL on other CPUs (and on VMs that refuse
-AMX), so the engine declares its portable build (``xinfd_engine_build_env``: ``BUILD_ENV``) and the venv
+AMX), so the engine declares its portable build (``LlamaCppEngine.build_env``: ``BUILD_ENV``) and the venv
 builder builds it that way once and keeps the wheel.
 
 A model family whose abilities include ``chat`` or ``generate`` gets ``/v1/chat/completions`` and
@@ -16,22 +16,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from xinfd.hookspecs import hookimpl
-from xinfd.types import (
-    Availability,
-    EmbeddingModel,
-    EngineInfo,
-    LaunchSpec,
-    ModelSpec,
-    Platform,
-    RegisterEngine,
-    ReplicaContext,
-    TextModel,
-)
-from xinfd.worker.launch import worker_launch_spec
-from xinfd_engines._common import reject_unknown_options, weights_location
+from xinfd.hookspecs import RegisterEngine, hookimpl
+from xinfd.types import Ability, EmbeddingModel, ModelSpec, ReplicaContext, TextModel
+from xinfd_engines._common import weights_location
+from xinfd_engines._local import LocalEngine
 from xinfd_engines.llama_cpp_model import POOLING, LlamaCppEmbedder, LlamaCppModel, bool_option
-from xinfd_engines.transformers import check_local_availability
 
 NAME = "llama.cpp"
 REQUIREMENTS = ["llama-cpp-python>=0.3.7", "jinja2>=3.1"]
@@ -39,8 +28,7 @@ REQUIREMENTS = ["llama-cpp-python>=0.3.7", "jinja2>=3.1"]
 # own instructions (SIGILL elsewhere, and on VMs that refuse AMX), without the multimodal library xinfd does not
 # use (halves the build). The venv builder builds it once with these and caches the wheel (xinfd.venvs.wheels).
 BUILD_ENV = {"CMAKE_ARGS": "-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF"}
-KNOWN_OPTIONS = frozenset({"model_path", "n_ctx", "n_threads", "enable_thinking", "pooling", "normalize"})
-__all__ = ["LlamaCppEmbedder", "LlamaCppModel"]
+__all__ = ["ENGINE", "LlamaCppEmbedder", "LlamaCppEngine", "LlamaCppModel"]
 
 
 def embeds_only(model: ModelSpec) -> bool:
@@ -49,7 +37,6 @@ def embeds_only(model: ModelSpec) -> bool:
 
 
 def _check_options(options: Mapping[str, Any]) -> None:
-    reject_unknown_options(NAME, options, KNOWN_OPTIONS)
     for name in ("n_ctx", "n_threads"):
         value = options.get(name)
         if value is not None and (isinstance(value, bool) or not str(value).isdigit() or int(value) < 1):
@@ -61,53 +48,42 @@ def _check_options(options: Mapping[str, Any]) -> None:
         raise ValueError(f"launch option 'pooling' must be one of auto, {', '.join(POOLING)}; got {pooling!r}")
 
 
+class LlamaCppEngine(LocalEngine):
+    """``llama.cpp``: one ``.gguf`` file through llama-cpp-python, in xinfd's worker host.
+
+    ``loads_weights_folder`` stays False: a hub repo may hold a dozen quantizations, and picking one is the
+    user's call (``model_path``), so the daemon downloads nothing for this engine.
+    """
+
+    name = NAME
+    abilities: tuple[Ability, ...] = ("chat", "generate", "embed")
+    description = "GGUF models via llama-cpp-python"
+    probe_module = "llama_cpp"
+    launch_options = frozenset({"model_path", "n_ctx", "n_threads", "enable_thinking", "pooling", "normalize"})
+    modules = ("llama_cpp",)
+
+    def dependencies(self) -> list[str]:
+        return list(REQUIREMENTS)
+
+    def build_env(self) -> dict[str, dict[str, str]]:
+        return {"llama-cpp-python": dict(BUILD_ENV)}
+
+    def check_launch(self, model: ModelSpec, replica: ReplicaContext) -> None:
+        _check_options(replica.options)
+        location = weights_location(model, replica.options)
+        if not location.endswith(".gguf"):
+            raise ValueError(f"llama.cpp loads .gguf files; {location!r} is not one (use model_path=<file.gguf>)")
+
+    def load(self, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel:
+        location = weights_location(model, replica.options)
+        if embeds_only(model):
+            return LlamaCppEmbedder.load(location, replica.options)
+        return LlamaCppModel.load(location, replica.options)
+
+
+ENGINE = LlamaCppEngine()
+
+
 @hookimpl
 def xinfd_register_engines(register: RegisterEngine) -> None:
-    register(
-        EngineInfo(
-            name=NAME,
-            abilities=("chat", "generate", "embed"),
-            description="GGUF models via llama-cpp-python",
-            probe_module="llama_cpp",
-        )
-    )
-
-
-@hookimpl
-def xinfd_engine_dependencies(engine: str) -> list[str] | None:
-    return list(REQUIREMENTS) if engine == NAME else None
-
-
-@hookimpl
-def xinfd_engine_build_env(engine: str) -> dict[str, dict[str, str]] | None:
-    return {"llama-cpp-python": dict(BUILD_ENV)} if engine == NAME else None
-
-
-@hookimpl
-def xinfd_engine_availability(engine: str, model: ModelSpec, platform: Platform) -> Availability | None:
-    if engine != NAME:
-        return None
-    return check_local_availability(NAME, ("llama_cpp",), model, platform)
-
-
-@hookimpl
-def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec | None:
-    if engine != NAME:
-        return None
-    _check_options(replica.options)
-    location = weights_location(model, replica.options)
-    if not location.endswith(".gguf"):
-        raise ValueError(f"llama.cpp loads .gguf files; {location!r} is not one (use model_path=<file.gguf>)")
-    return worker_launch_spec(replica, model)
-
-
-@hookimpl
-def xinfd_engine_load(
-    engine: str, model: ModelSpec, replica: ReplicaContext
-) -> TextModel | EmbeddingModel | None:
-    if engine != NAME:
-        return None
-    location = weights_location(model, replica.options)
-    if embeds_only(model):
-        return LlamaCppEmbedder.load(location, replica.options)
-    return LlamaCppModel.load(location, replica.options)
+    register(ENGINE)

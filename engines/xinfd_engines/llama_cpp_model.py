@@ -67,7 +67,7 @@ class LlamaCppModel:
         )
         self.parse_reasoning = "</think>" in str(template or "")
         # What the worker host checks prompts against (TextModel.context_window): the n_ctx asked for.
-        self.context_window = int(llm.context_params.n_ctx)
+        self.context_window: int | None = int(llm.context_params.n_ctx)
         self.tokens_generated = 0  # tokens sampled, over all requests (tests watch it stop after a close)
 
     @classmethod
@@ -110,7 +110,7 @@ class LlamaCppModel:
         loop = asyncio.get_running_loop()
         results: asyncio.Queue[_Step] = asyncio.Queue()
         cancel = threading.Event()
-        chat = request.extra.get("kind", "chat") == "chat"
+        chat = request.kind == "chat"
         builder = DeltaBuilder(
             stop=request.stop,
             parse_reasoning=self.parse_reasoning and chat,
@@ -231,7 +231,7 @@ class LlamaCppEmbedder:
     def __init__(self, llm: Any, *, normalize: bool) -> None:
         self.llm = llm
         self.normalize = normalize
-        self.context_window = int(llm.context_params.n_ctx)
+        self.context_window: int | None = int(llm.context_params.n_ctx)
         self._lock = threading.Lock()
 
     @classmethod

@@ -9,27 +9,14 @@ Imported by the daemon: standard library and xinfd types only.
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Any
 
-from xinfd.hookspecs import hookimpl
-from xinfd.types import (
-    Availability,
-    EmbeddingModel,
-    EngineInfo,
-    LaunchSpec,
-    ModelSpec,
-    Platform,
-    RegisterEngine,
-    ReplicaContext,
-    TextModel,
-)
-from xinfd.worker.launch import worker_launch_spec
-from xinfd_engines._common import reject_unknown_options
-from xinfd_engines.transformers import check_local_availability, weights_location
+from xinfd.hookspecs import RegisterEngine, hookimpl
+from xinfd.types import Ability, Availability, EmbeddingModel, ModelSpec, Platform, ReplicaContext, TextModel
+from xinfd_engines._common import weights_location
+from xinfd_engines._local import LocalEngine, bool_option
 
 NAME = "mlx"
 REQUIREMENTS = ['mlx-lm>=0.28 ; sys_platform == "darwin"', 'mlx-lm[cpu]>=0.28 ; sys_platform == "linux"']
-KNOWN_OPTIONS = frozenset({"model_path", "enable_thinking"})
 
 
 def _installed(dist: str) -> bool:
@@ -51,69 +38,50 @@ def platform_reason(platform: Platform) -> str | None:
     )
 
 
-def _enable_thinking(options: Any) -> bool | None:
-    value = options.get("enable_thinking")
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-        return value.lower() in ("true", "1")
-    raise ValueError(f"launch option 'enable_thinking' must be true or false, got {value!r}")
+class MlxEngine(LocalEngine):
+    """``mlx``: mlx-lm with its continuous batching, in xinfd's worker host."""
+
+    name = NAME
+    abilities: tuple[Ability, ...] = ("chat", "generate")
+    description = "mlx-lm with continuous batching (Apple silicon; Linux CPU with mlx-lm[cpu])"
+    probe_module = "mlx_lm"
+    loads_weights_folder = True
+    launch_options = frozenset({"model_path", "enable_thinking"})
+    modules = ("mlx_lm",)
+
+    def dependencies(self) -> list[str]:
+        return list(REQUIREMENTS)
+
+    def availability(self, model: ModelSpec, platform: Platform) -> Availability:
+        reason = platform_reason(platform)
+        if reason is not None:
+            return Availability(available=False, reason=reason)
+        missing_backend = platform.system == "Linux" and not _installed("mlx-cpu")
+        # Plain mlx-lm on Linux installs, but `import mlx.core` fails without the cpu extra's backend.
+        if not platform.venv_enabled and missing_backend and _installed("mlx-lm"):
+            return Availability(
+                available=False,
+                reason="mlx-lm is installed without its CPU backend on Linux: pip install 'mlx-lm[cpu]'",
+            )
+        return super().availability(model, platform)
+
+    def check_launch(self, model: ModelSpec, replica: ReplicaContext) -> None:
+        bool_option(replica.options, "enable_thinking")
+        weights_location(model, replica.options)
+
+    def load(self, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel:
+        from xinfd_engines.mlx_model import MlxTextModel
+
+        return MlxTextModel(
+            weights_location(model, replica.options),
+            batch_size=replica.settings.batch_size,
+            enable_thinking=bool_option(replica.options, "enable_thinking"),
+        )
+
+
+ENGINE = MlxEngine()
 
 
 @hookimpl
 def xinfd_register_engines(register: RegisterEngine) -> None:
-    register(
-        EngineInfo(
-            name=NAME,
-            abilities=("chat", "generate"),
-            description="mlx-lm with continuous batching (Apple silicon; Linux CPU with mlx-lm[cpu])",
-            probe_module="mlx_lm",
-        )
-    )
-
-
-@hookimpl
-def xinfd_engine_dependencies(engine: str) -> list[str] | None:
-    return list(REQUIREMENTS) if engine == NAME else None
-
-
-@hookimpl
-def xinfd_engine_availability(engine: str, model: ModelSpec, platform: Platform) -> Availability | None:
-    if engine != NAME:
-        return None
-    reason = platform_reason(platform)
-    if reason is not None:
-        return Availability(available=False, reason=reason)
-    missing_backend = platform.system == "Linux" and not _installed("mlx-cpu")
-    # Plain mlx-lm on Linux installs, but `import mlx.core` fails without the cpu extra's backend.
-    if not platform.venv_enabled and missing_backend and _installed("mlx-lm"):
-        return Availability(
-            available=False,
-            reason="mlx-lm is installed without its CPU backend on Linux: pip install 'mlx-lm[cpu]'",
-        )
-    return check_local_availability(NAME, ("mlx_lm",), model, platform)
-
-
-@hookimpl
-def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec | None:
-    if engine != NAME:
-        return None
-    reject_unknown_options(NAME, replica.options, KNOWN_OPTIONS)
-    _enable_thinking(replica.options)
-    weights_location(model, replica.options)
-    return worker_launch_spec(replica, model)
-
-
-@hookimpl
-def xinfd_engine_load(
-    engine: str, model: ModelSpec, replica: ReplicaContext
-) -> TextModel | EmbeddingModel | None:
-    if engine != NAME:
-        return None
-    from xinfd_engines.mlx_model import MlxTextModel, batch_size
-
-    return MlxTextModel(
-        weights_location(model, replica.options),
-        batch_size=batch_size(),
-        enable_thinking=_enable_thinking(replica.options),
-    )
+    register(ENGINE)

@@ -4,15 +4,15 @@ mlx-lm ships continuous batching (``BatchGenerator``: ``insert`` prompts, ``next
 step for every sequence in the batch, ``remove`` drops sequences). MLX streams belong to the thread that made
 them, so one thread owns the model and the generator: it loads them, takes commands (add, remove) between
 steps from a queue, runs a step while anything is in flight, and hands each token to the asyncio loop with
-``call_soon_threadsafe``. The batch is capped by ``XINFERENCE_BATCH_SIZE``; an aborted request is removed
-before the next step. Per-request sampling uses mlx-lm's ``make_sampler(temp, top_p)``.
+``call_soon_threadsafe``. The batch is capped by the replica's ``settings.batch_size`` (the daemon's
+``XINFERENCE_BATCH_SIZE``); an aborted request is removed before the next step. Per-request sampling uses
+mlx-lm's ``make_sampler(temp, top_p)``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -41,7 +41,11 @@ class _Sequence:
 class MlxTextModel:
     """A ``TextModel`` over mlx-lm; all MLX work happens on ``self._thread``."""
 
+    context_window: int | None = None  # mlx-lm serves the family's whole context_length
+
     def __init__(self, location: str, *, batch_size: int, enable_thinking: bool | None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"replica settings: batch_size must be at least 1, got {batch_size}")
         self.location = location
         self.batch_size = batch_size
         self.enable_thinking = enable_thinking
@@ -146,7 +150,7 @@ class MlxTextModel:
             top_p=request.top_p,
             deliver=deliver,
         )
-        chat = request.extra.get("kind", "chat") == "chat"
+        chat = request.kind == "chat"
         builder = DeltaBuilder(
             stop=request.stop,
             parse_reasoning=self.parse_reasoning and chat,
@@ -173,10 +177,3 @@ class MlxTextModel:
             if not finished:
                 self._commands.put(("remove", seq))
                 log.info("%s removed from the batch after %d token(s)", request.request_id, len(tokens))
-
-
-def batch_size(env: Mapping[str, str] = os.environ) -> int:
-    raw = env.get("XINFERENCE_BATCH_SIZE", "").strip() or "32"
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"XINFERENCE_BATCH_SIZE must be a positive integer, got {raw!r}")
-    return int(raw)

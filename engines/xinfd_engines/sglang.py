@@ -6,31 +6,18 @@ was closed without one; PR #26006, which added ``--uds``, was closed unmerged). 
 says ``listen="tcp"`` so the daemon probes and proxies there instead of the Unix socket. The port is the
 daemon's decision like the socket is for vLLM: a ``port`` (or ``host``) launch option is refused.
 
-This module is imported by the daemon: standard library and ``xinfd`` public types only.
+``--enable-thinking`` is not an SGLang flag either: it becomes the replica's default ``chat_template_kwargs``
+(``OpenAIServerEngine.launch``). This module is imported by the daemon: standard library and ``xinfd``
+public types only.
 """
 
 from __future__ import annotations
 
-from xinfd.hookspecs import hookimpl
-from xinfd.types import (
-    Availability,
-    EngineInfo,
-    LaunchSpec,
-    ModelSpec,
-    Platform,
-    RegisterEngine,
-    ReplicaContext,
-)
-from xinfd_engines._common import (
-    READINESS,
-    Flag,
-    ServerEngine,
-    check_availability,
-    flag_value,
-    options_argv,
-    tensor_parallel_size,
-    weights_location,
-)
+from typing import Literal
+
+from xinfd.hookspecs import RegisterEngine, hookimpl
+from xinfd.types import Ability, ModelSpec, ReplicaContext
+from xinfd_engines._common import Flag, OpenAIServerEngine, ServerCli, flag_value, tensor_parallel_size
 
 NAME = "sglang"
 
@@ -40,7 +27,7 @@ REQUIREMENTS = ('sglang[all]>=0.4 ; sys_platform == "linux"',)
 
 LOOPBACK = "127.0.0.1"
 
-ENGINE = ServerEngine(
+CLI = ServerCli(
     name=NAME,
     module="sglang",
     # Same option names as vLLM, so a launch command works with either engine.
@@ -72,64 +59,39 @@ ENGINE = ServerEngine(
             "--pipeline-parallel-size",
         }
     ),
-    consumed=frozenset({"model_path"}),
 )
 
-SERVER_MODULE = "sglang.launch_server"
+
+
+class SglangEngine(OpenAIServerEngine):
+    """``sglang``: SGLang's server on ``127.0.0.1:<replica.port>`` (it has no Unix-socket option)."""
+
+    name = NAME
+    abilities: tuple[Ability, ...] = ("chat", "generate")
+    description = "SGLang's OpenAI-compatible server (NVIDIA GPUs, Linux), proxied over loopback TCP"
+    cli = CLI
+    requirements = REQUIREMENTS
+    server_module = "sglang.launch_server"
+    listen: Literal["unix", "tcp"] = "tcp"
+
+    def placement_argv(self, model: ModelSpec, replica: ReplicaContext, weights: str) -> list[str]:
+        """``replica.port`` is 0 when the daemon only validates the launch options before anything starts; the
+        command line is built all the same (with ``--port 0``) and never run."""
+        return [
+            *flag_value("--model-path", weights),
+            *flag_value("--served-model-name", replica.model_uid),
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(replica.port),
+            "--tp-size",
+            str(tensor_parallel_size(replica)),
+        ]
+
+
+ENGINE = SglangEngine()
 
 
 @hookimpl
 def xinfd_register_engines(register: RegisterEngine) -> None:
-    """Declare the ``sglang`` engine."""
-    register(
-        EngineInfo(
-            name=NAME,
-            abilities=("chat", "generate"),
-            description="SGLang's OpenAI-compatible server (NVIDIA GPUs, Linux), proxied over loopback TCP",
-            probe_module="sglang",
-        )
-    )
-
-
-@hookimpl
-def xinfd_engine_dependencies(engine: str) -> list[str] | None:
-    """What ``#sglang_dependencies#`` expands to; ``None`` for other engines."""
-    if engine != NAME:
-        return None
-    return list(REQUIREMENTS)
-
-
-@hookimpl
-def xinfd_engine_availability(engine: str, model: ModelSpec, platform: Platform) -> Availability | None:
-    """Linux, an NVIDIA GPU, SGLang installable or installed, and a model that lists the engine."""
-    if engine != NAME:
-        return None
-    return check_availability(ENGINE, model, platform)
-
-
-@hookimpl
-def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec | None:
-    """The SGLang server command line for one replica, on ``127.0.0.1:<replica.port>``.
-
-    ``replica.port`` is 0 when the daemon only validates the launch options before anything starts; the
-    command line is built all the same (with ``--port 0``) and never run.
-
-    :raises ValueError: no weights location, or an invalid launch option (the message names it).
-    """
-    if engine != NAME:
-        return None
-    argv = [
-        replica.python,
-        "-m",
-        SERVER_MODULE,
-        *flag_value("--model-path", weights_location(model, replica.options)),
-        *flag_value("--served-model-name", replica.model_uid),
-        "--host",
-        LOOPBACK,
-        "--port",
-        str(replica.port),
-        "--tp-size",
-        str(tensor_parallel_size(replica)),
-        *options_argv(ENGINE, replica.options),
-    ]
-    return LaunchSpec(argv=tuple(argv), env={}, readiness=READINESS, api_prefix="/v1", listen="tcp")
+    register(ENGINE)

@@ -7,9 +7,10 @@ added between steps and ``cancel_request`` drops one at the next step. Results r
 hand-written scheduler because it already does what one would have to write (paged cache, chunked prefill,
 joining between steps); what xinfd adds is what it lacks:
 
-* ``XINFERENCE_BATCH_SIZE`` maps to ``max_requests_per_batch``; ``XINFERENCE_BATCH_INTERVAL`` is a gathering
-  window: a request that arrives while the model is idle waits that long, so requests arriving together are
-  prefilled together;
+* the batch size (``ReplicaSettings.batch_size``, the daemon's ``XINFERENCE_BATCH_SIZE``) maps to
+  ``max_requests_per_batch``; the batch interval (``XINFERENCE_BATCH_INTERVAL``) is a gathering window: a
+  request that arrives while the model is idle waits that long, so requests arriving together are prefilled
+  together;
 * stop strings, the ``<think>`` split and incremental detokenisation (``transformers_stream``);
 * aborts: closing the iterator (client gone, ``/abort``) cancels the request in the batch;
 * top-p only for the rows that ask for it (``transformers_sampling``): transformers sorts every row's vocabulary
@@ -26,14 +27,13 @@ import asyncio
 import itertools
 import logging
 import math
-import os
 import threading
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest
+from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest, ReplicaSettings
 from xinfd_engines import gguf_cache
 from xinfd_engines.transformers_sampling import skip_noop_top_p
 from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning, to_delta
@@ -41,16 +41,6 @@ from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoni
 log = logging.getLogger(__name__)
 
 GREEDY_TEMPERATURE = 1e-5
-
-
-def _env_number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
 
 
 def _as_bool(name: str, value: Any) -> bool:
@@ -72,24 +62,30 @@ def _as_bool(name: str, value: Any) -> bool:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TransformersOptions:
-    """Launch options and environment settings the engine understands (validated in the daemon too)."""
+    """Launch options and the replica's batching settings (options are validated in the daemon too)."""
 
     batch_size: int = 32
     batch_interval: float = 0.003
+    # Where converted GGUF weights are kept for fast restarts (``ReplicaContext.cache_dir``); "" keeps none.
+    cache_dir: str = ""
     enable_thinking: bool | None = None  # None: leave the template's own default
     reasoning: bool | None = None  # None: parse <think> when the chat template mentions it
     kv_cache_tokens: int = 16384
     dtype: str = "auto"
 
     @classmethod
-    def from_launch(cls, options: Mapping[str, Any], env: Mapping[str, str]) -> TransformersOptions:
-        batch_size = int(_env_number(env, "XINFERENCE_BATCH_SIZE", 32))
-        interval = _env_number(env, "XINFERENCE_BATCH_INTERVAL", 0.003)
+    def from_launch(
+        cls, options: Mapping[str, Any], settings: ReplicaSettings | None = None, *, cache_dir: str = ""
+    ) -> TransformersOptions:
+        """Check the launch options; batching comes from the daemon's ``settings`` (validated by the daemon's
+        config; asserted here, since a batch of 0 would hang every request)."""
+        settings = ReplicaSettings() if settings is None else settings
+        batch_size, interval = settings.batch_size, settings.batch_interval
         if batch_size < 1:
-            raise ValueError(f"XINFERENCE_BATCH_SIZE must be at least 1, got {batch_size}")
+            raise ValueError(f"replica settings: batch_size must be at least 1, got {batch_size}")
         if not (interval >= 0 and math.isfinite(interval)):
-            raise ValueError(f"XINFERENCE_BATCH_INTERVAL must be a non-negative number, got {interval}")
-        values: dict[str, Any] = {"batch_size": batch_size, "batch_interval": interval}
+            raise ValueError(f"replica settings: batch_interval must be a non-negative number, got {interval}")
+        values: dict[str, Any] = {"batch_size": batch_size, "batch_interval": interval, "cache_dir": cache_dir}
         for name in ("enable_thinking", "reasoning"):
             if options.get(name) is not None:
                 values[name] = _as_bool(name, options[name])
@@ -110,6 +106,8 @@ class TransformersOptions:
 
 class TransformersTextModel:
     """A causal LM with its tokenizer and a running continuous-batching manager."""
+
+    context_window: int | None = None  # the family's context_length is the limit
 
     def __init__(self, *, model: Any, tokenizer: Any, options: TransformersOptions) -> None:
         self.model = model
@@ -144,7 +142,8 @@ class TransformersTextModel:
             if not path.is_file():
                 raise FileNotFoundError(f"GGUF file {location} does not exist")
             converted = gguf_cache.cache_entry(
-                path, transformers_version=transformers.__version__, dtype=str(options.dtype)
+                path, transformers_version=transformers.__version__, dtype=str(options.dtype),
+                root=options.cache_dir,
             )
             if converted is not None and gguf_cache.is_complete(converted):
                 source, converted = str(converted), None  # a previous start converted it already
@@ -233,7 +232,7 @@ class TransformersTextModel:
         ids = self._encode(request.prompt)
         rid = f"{request.request_id}-{next(self._ids)}"
         results: asyncio.Queue[Any] = asyncio.Queue()
-        chat = request.extra.get("kind", "chat") == "chat"  # text completions keep <think> in the text
+        chat = request.kind == "chat"  # text completions keep <think> in the text
         builder = DeltaBuilder(
             stop=request.stop,
             parse_reasoning=self.parse_reasoning and chat,
@@ -321,8 +320,3 @@ def _torch_dtype(torch: Any, name: str) -> Any:
         # float32 on CPU: bfloat16 matmuls are slow on most CPUs and float16 ones are missing.
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
     return getattr(torch, name)
-
-
-def env_options(options: Mapping[str, Any]) -> TransformersOptions:
-    """The options of this replica: launch options plus the batching environment variables."""
-    return TransformersOptions.from_launch(options, os.environ)

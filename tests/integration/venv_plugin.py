@@ -1,4 +1,4 @@
-"""A test plugin for the model-venv tests (issue 3), loaded through ``XINFD_PLUGINS``.
+"""A test plugin for the model-venv tests, loaded through ``XINFD_PLUGINS``.
 
 It registers the engine ``pkgver`` (hosted by xinfd's worker) whose model answers every request with what the
 replica actually imports: the version and file of ``xinfdtestpkg`` and friends, ``sys.prefix`` and the
@@ -17,22 +17,20 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from xinfd.hookspecs import hookimpl
+from xinfd.hookspecs import RegisterEngine, WorkerEngine, hookimpl
 from xinfd.types import (
+    Ability,
     Availability,
     ChatMessage,
-    EngineInfo,
+    EmbeddingModel,
     GeneratedDelta,
     GenerateRequest,
-    LaunchSpec,
     ModelSpec,
     Platform,
-    RegisterEngine,
     RegisterModel,
     ReplicaContext,
     TextModel,
 )
-from xinfd.worker.launch import worker_launch_spec
 
 ENGINE = "pkgver"
 INDEX_ENV = "XINFD_TEST_VENV_INDEX"
@@ -58,10 +56,27 @@ MODELS = {
 }
 
 
+class PkgverEngine(WorkerEngine):
+    """Hosted by xinfd's worker; its model reports what the replica imports."""
+
+    name = ENGINE
+    abilities: tuple[Ability, ...] = ("chat", "generate")
+    description = "reports the package versions its replica imports (venv tests)"
+    probe_module = "xinfdtestpkg"
+
+    def dependencies(self) -> list[str]:
+        return ["xinfdtestdep==1.0"]
+
+    def availability(self, model: ModelSpec, platform: Platform) -> Availability:
+        return Availability(available=True)
+
+    def load(self, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel:
+        return VersionModel()
+
+
 @hookimpl
 def xinfd_register_engines(register: RegisterEngine) -> None:
-    register(EngineInfo(name=ENGINE, abilities=("chat", "generate"), probe_module="xinfdtestpkg",
-                        description="reports the package versions its replica imports (venv tests)"))
+    register(PkgverEngine())
 
 
 @hookimpl
@@ -70,26 +85,6 @@ def xinfd_register_models(register: RegisterModel) -> None:
         register(ModelSpec(name=name, abilities=("chat", "generate"), engines=(ENGINE,), virtualenv=block))
     register(ModelSpec(name="echo-venv", abilities=("chat", "generate"), engines=("echo",),
                        virtualenv=_block("xinfdtestpkg==2.0")))
-
-
-@hookimpl
-def xinfd_engine_dependencies(engine: str) -> list[str] | None:
-    return ["xinfdtestdep==1.0"] if engine == ENGINE else None
-
-
-@hookimpl
-def xinfd_engine_availability(engine: str, model: ModelSpec, platform: Platform) -> Availability | None:
-    return Availability(available=True) if engine == ENGINE else None
-
-
-@hookimpl
-def xinfd_engine_launch(engine: str, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec | None:
-    return worker_launch_spec(replica, model) if engine == ENGINE else None
-
-
-@hookimpl
-def xinfd_engine_load(engine: str, model: ModelSpec, replica: ReplicaContext) -> TextModel | None:
-    return VersionModel() if engine == ENGINE else None
 
 
 def imported_versions() -> dict[str, Any]:
@@ -107,6 +102,8 @@ def imported_versions() -> dict[str, Any]:
 
 class VersionModel:
     """Answers any prompt with ``imported_versions()`` as JSON."""
+
+    context_window: int | None = None
 
     def render_chat(self, messages: list[ChatMessage], options: Mapping[str, Any]) -> str:
         return messages[-1].content if messages else ""

@@ -35,18 +35,22 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from xinfd_engines import llama_cpp as llama_cpp_engine
+from xinfd_engines import transformers as transformers_engine
 
+from tests.unit.stub_engines import StubEngine, StubPlugin
 from tests.unit.test_models_supervision import RecordingSpawner
 from tests.unit.test_replicas import FakeReplicas
 from xinfd.downloads import MARKER, Downloader, DownloadSettings, repo_on_source, repo_to_download
 from xinfd.errors import DownloadError, LaunchError
 from xinfd.events import LaunchEvent
-from xinfd.hookspecs import hookimpl
 from xinfd.plugins import make_plugin_manager
 from xinfd.supervisor import LaunchRequest, ModelManager
-from xinfd.types import Availability, EngineInfo, LaunchSpec, ModelSpec, Platform, ReadinessProbe
+from xinfd.types import LaunchSpec, ModelSpec, Platform, ReadinessProbe, ReplicaContext
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
+FOLDER_ENGINE = StubEngine(name="transformers", loads_weights_folder=True)
+BUILTIN = {"transformers": transformers_engine.ENGINE, "llama.cpp": llama_cpp_engine.ENGINE}
 REPO = "tiny-org/tiny-model"
 FILES = {"config.json": b'{"model_type": "llama"}\n', "weights/model.safetensors": b"\x00" * 4096}
 
@@ -232,7 +236,7 @@ SPEC = ModelSpec(name="tiny", abilities=("chat",), engines=("transformers",), ex
 async def test_download_lands_in_the_cache_and_a_later_launch_reuses_it(hub: FakeHub, tmp_path: Path) -> None:
     dl, slept = downloader(tmp_path)
     events = Events()
-    path = await dl.weights_for("transformers", SPEC, {}, events)
+    path = await dl.weights_for(FOLDER_ENGINE, SPEC, {}, events)
     assert path == str(tmp_path / "models" / "huggingface" / REPO)
     for name, data in FILES.items():
         assert (Path(path) / name).read_bytes() == data
@@ -243,7 +247,7 @@ async def test_download_lands_in_the_cache_and_a_later_launch_reuses_it(hub: Fak
     assert asked >= 3
 
     again = Events()
-    assert await downloader(tmp_path)[0].weights_for("transformers", SPEC, {}, again) == path
+    assert await downloader(tmp_path)[0].weights_for(FOLDER_ENGINE, SPEC, {}, again) == path
     assert len(hub.requests) == asked  # the hub was not asked anything
     assert again.names() == ["download_cached"]
 
@@ -254,7 +258,7 @@ async def test_progress_is_published_while_bytes_arrive(hub: FakeHub, tmp_path: 
     dl, _ = downloader(tmp_path)
     dl.progress_interval = 0.05
     events = Events()
-    assert await dl.weights_for("transformers", SPEC, {}, events) is not None
+    assert await dl.weights_for(FOLDER_ENGINE, SPEC, {}, events) is not None
     progress = [e for e in events.items if e["event"] == "download_progress"]
     assert progress and 0 < progress[0]["bytes"] < 2_000_000  # a partial file was seen on disk
     assert events.names()[0] == "downloading" and events.names()[-1] == "downloaded"
@@ -269,7 +273,7 @@ async def test_an_interrupted_file_resumes_where_it_stopped(monkeypatch: pytest.
     data = bytes(range(256)) * 4000
     hub.repos[REPO] = {"model.safetensors": data}
     hub.cut_first_body = True
-    path = await downloader(tmp_path)[0].weights_for("transformers", SPEC, {}, Events())
+    path = await downloader(tmp_path)[0].weights_for(FOLDER_ENGINE, SPEC, {}, Events())
     assert path is not None
     assert (Path(path) / "model.safetensors").read_bytes() == data
     assert len(hub.ranges) == 1  # asked again only for what was missing
@@ -281,7 +285,7 @@ async def test_503_is_retried_with_backoff_then_succeeds(hub: FakeHub, tmp_path:
     hub.fail_first = 2
     dl, slept = downloader(tmp_path, attempts=3)
     events = Events()
-    path = await dl.weights_for("transformers", SPEC, {}, events)
+    path = await dl.weights_for(FOLDER_ENGINE, SPEC, {}, events)
     assert path is not None and (Path(path) / "config.json").is_file()
     assert events.names() == ["downloading", "download_retry", "downloading", "download_retry",
                               "downloading", "downloaded"]
@@ -294,7 +298,7 @@ async def test_gives_up_after_max_attempts_naming_model_source_error(hub: FakeHu
     dl, slept = downloader(tmp_path, attempts=2)
     events = Events()
     with pytest.raises(DownloadError) as info:
-        await dl.weights_for("transformers", SPEC, {}, events)
+        await dl.weights_for(FOLDER_ENGINE, SPEC, {}, events)
     message = str(info.value)
     assert "tiny" in message and REPO in message and "huggingface" in message
     assert "gave up after 2 attempt(s)" in message and "503" in message
@@ -309,7 +313,7 @@ async def test_unknown_repo_fails_at_once_without_retrying(hub: FakeHub, tmp_pat
                      extra={"model_id": "nobody/no-such-model"})
     dl, slept = downloader(tmp_path, attempts=3)
     with pytest.raises(DownloadError) as info:
-        await dl.weights_for("transformers", spec, {}, Events())
+        await dl.weights_for(FOLDER_ENGINE, spec, {}, Events())
     message = str(info.value)
     assert "ghost" in message and "nobody/no-such-model" in message and "huggingface" in message
     assert "RepositoryNotFoundError" in message
@@ -322,7 +326,7 @@ async def test_connection_refused_is_retried(monkeypatch: pytest.MonkeyPatch, hu
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{unused_tcp_port}")  # nothing listens there
     dl, slept = downloader(tmp_path, attempts=2)
     with pytest.raises(DownloadError) as info:
-        await dl.weights_for("transformers", SPEC, {}, Events())
+        await dl.weights_for(FOLDER_ENGINE, SPEC, {}, Events())
     assert "gave up after 2 attempt(s)" in str(info.value)
     assert "Connect" in str(info.value)
     assert slept == [0.5]
@@ -331,7 +335,7 @@ async def test_connection_refused_is_retried(monkeypatch: pytest.MonkeyPatch, hu
 async def test_offline_leaves_an_uncached_model_to_the_engine(tmp_path: Path) -> None:
     # conftest's HF_HUB_OFFLINE=1 is in force here: no hub is asked, the launch goes on as before.
     events = Events()
-    assert await downloader(tmp_path)[0].weights_for("transformers", SPEC, {}, events) is None
+    assert await downloader(tmp_path)[0].weights_for(FOLDER_ENGINE, SPEC, {}, events) is None
     assert events.names() == ["download_skipped"]
 
 
@@ -350,29 +354,26 @@ async def test_offline_leaves_an_uncached_model_to_the_engine(tmp_path: Path) ->
 def test_download_only_when_the_hub_id_is_all_there_is(engine: str, options: dict[str, Any],
                                                        extra: dict[str, Any], expected: str | None) -> None:
     spec = ModelSpec(name="m", abilities=("chat",), engines=(engine,), extra=extra)
-    assert repo_to_download(engine, spec, options) == expected
+    assert repo_to_download(BUILTIN[engine], spec, options) == expected
 
 
-class HubOnlyEngine:
-    """An engine named like a folder engine, serving a family that names only a hub repo."""
+def test_the_engine_says_whether_it_loads_a_folder() -> None:
+    """A third-party engine gets downloads by declaring ``loads_weights_folder``, not by its name."""
+    spec = ModelSpec(name="m", abilities=("chat",), engines=("mine",), extra={"model_id": REPO})
+    assert repo_to_download(StubEngine(name="mine", loads_weights_folder=True), spec, {}) == REPO
+    assert repo_to_download(StubEngine(name="transformers", loads_weights_folder=False), spec, {}) is None
+
+
+class HubOnlyEngine(StubPlugin):
+    """A folder engine serving a family that names only a hub repo; records the options it launched with."""
 
     def __init__(self) -> None:
         self.options: list[dict[str, Any]] = []
+        super().__init__(
+            [StubEngine(name="transformers", loads_weights_folder=True, on_launch=self._launch)], [SPEC]
+        )
 
-    @hookimpl
-    def xinfd_register_engines(self, register):  # type: ignore[no-untyped-def]
-        register(EngineInfo(name="transformers", abilities=("chat",)))
-
-    @hookimpl
-    def xinfd_register_models(self, register):  # type: ignore[no-untyped-def]
-        register(SPEC)
-
-    @hookimpl
-    def xinfd_engine_availability(self, engine, model, platform):  # type: ignore[no-untyped-def]
-        return Availability(available=True, reason="ok")
-
-    @hookimpl
-    def xinfd_engine_launch(self, engine, model, replica):  # type: ignore[no-untyped-def]
+    def _launch(self, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec:
         self.options.append(dict(replica.options))
         return LaunchSpec(argv=("worker",), readiness=ReadinessProbe(timeout_s=2, interval_s=0.001))
 
@@ -458,7 +459,7 @@ async def test_csghub_lands_in_the_cache_sending_the_token(csg_hub: FakeHub, tmp
     # huggingface_hub's types but not its HTTP session).
     dl, slept = downloader(tmp_path, source="csghub", csg_endpoint=csg_hub.url, csg_token="t0ken")
     events = Events()
-    path = await dl.weights_for("transformers", SPEC, {}, events)
+    path = await dl.weights_for(FOLDER_ENGINE, SPEC, {}, events)
     assert path == str(tmp_path / "models" / "csghub" / REPO)
     for name, data in FILES.items():
         assert (Path(path) / name).read_bytes() == data
@@ -474,8 +475,8 @@ async def test_csghub_lands_in_the_cache_sending_the_token(csg_hub: FakeHub, tmp
 
     asked = len(csg_hub.requests)
     again = Events()
-    assert await downloader(tmp_path, source="csghub", csg_endpoint=csg_hub.url)[0].weights_for(
-        "transformers", SPEC, {}, again) == path
+    csg = downloader(tmp_path, source="csghub", csg_endpoint=csg_hub.url)[0]
+    assert await csg.weights_for(FOLDER_ENGINE, SPEC, {}, again) == path
     assert len(csg_hub.requests) == asked and again.names() == ["download_cached"]
 
 
@@ -485,7 +486,7 @@ async def test_csghub_503_is_retried_then_succeeds(csg_hub: FakeHub, tmp_path: P
     csg_hub.fail_file = {"weights/model.safetensors": 2}
     dl, slept = downloader(tmp_path, source="csghub", csg_endpoint=csg_hub.url, csg_token="t0ken")
     events = Events()
-    path = await dl.weights_for("transformers", SPEC, {}, events)
+    path = await dl.weights_for(FOLDER_ENGINE, SPEC, {}, events)
     assert path is not None
     for name, data in FILES.items():
         assert (Path(path) / name).read_bytes() == data
@@ -501,7 +502,7 @@ async def test_csghub_gives_up_after_max_attempts_naming_model_and_source(csg_hu
     csg_hub.fail_first = 10
     dl, slept = downloader(tmp_path, attempts=2, source="csghub", csg_endpoint=csg_hub.url, csg_token="t0ken")
     with pytest.raises(DownloadError) as info:
-        await dl.weights_for("transformers", SPEC, {}, Events())
+        await dl.weights_for(FOLDER_ENGINE, SPEC, {}, Events())
     message = str(info.value)
     assert message.startswith(f"cannot download model tiny ({REPO}) from csghub: gave up after 2 attempt(s)")
     assert "503" in message
@@ -514,7 +515,7 @@ async def test_csghub_unknown_repo_fails_at_once(csg_hub: FakeHub, tmp_path: Pat
     csg_hub.repos.clear()
     dl, slept = downloader(tmp_path, source="csghub", csg_endpoint=csg_hub.url, csg_token="t0ken")
     with pytest.raises(DownloadError) as info:
-        await dl.weights_for("transformers", SPEC, {}, Events())
+        await dl.weights_for(FOLDER_ENGINE, SPEC, {}, Events())
     assert f"tiny ({REPO}) from csghub" in str(info.value) and "404" in str(info.value)
     assert "gave up" not in str(info.value) and slept == []
     assert len(csg_hub.requests) == 1
@@ -528,7 +529,7 @@ async def test_csghub_progress_counts_the_clients_partial_file(csg_hub: FakeHub,
     dl, _ = downloader(tmp_path, source="csghub", csg_endpoint=csg_hub.url, csg_token="t0ken")
     dl.progress_interval = 0.05
     events = Events()
-    assert await dl.weights_for("transformers", SPEC, {}, events) is not None
+    assert await dl.weights_for(FOLDER_ENGINE, SPEC, {}, events) is not None
     progress = [e["bytes"] for e in events.items if e["event"] == "download_progress"]
     assert any(0 < size < 4_000_000 for size in progress), progress
 
@@ -565,7 +566,7 @@ async def test_modelscope_lands_in_the_cache(ms_hub: FakeHub, tmp_path: Path, cl
     ms_hub.fail_first = 1  # the listing answers 503 once: the client retries it itself, below xinfd's retries
     dl, slept = downloader(tmp_path, source="modelscope")
     events = Events()
-    path = await dl.weights_for("transformers", SPEC, {}, events)
+    path = await dl.weights_for(FOLDER_ENGINE, SPEC, {}, events)
     assert path == str(tmp_path / "models" / "modelscope" / REPO)
     for name, data in FILES.items():
         assert (Path(path) / name).read_bytes() == data
@@ -580,7 +581,7 @@ async def test_modelscope_lands_in_the_cache(ms_hub: FakeHub, tmp_path: Path, cl
 
     asked = len(ms_hub.requests)
     again = Events()
-    assert await downloader(tmp_path, source="modelscope")[0].weights_for("transformers", SPEC, {}, again) == path
+    assert await downloader(tmp_path, source="modelscope")[0].weights_for(FOLDER_ENGINE, SPEC, {}, again) == path
     assert len(ms_hub.requests) == asked and again.names() == ["download_cached"]
 
 
@@ -605,7 +606,7 @@ async def test_modelscope_file_5xx_is_retried_past_the_clients_own_retries(ms_hu
     ms_hub.fail_file = {"weights/model.safetensors": modelscope_hub._download.DOWNLOAD_RETRY_TIMES + 1}
     dl, slept = downloader(tmp_path, source="modelscope")
     events = Events()
-    path = await dl.weights_for("transformers", SPEC, {}, events)
+    path = await dl.weights_for(FOLDER_ENGINE, SPEC, {}, events)
     assert path is not None
     for name, data in FILES.items():
         assert (Path(path) / name).read_bytes() == data
@@ -623,7 +624,7 @@ async def test_modelscope_gives_up_after_max_attempts_naming_model_and_source(ms
     ms_hub.fail_first = 100
     dl, slept = downloader(tmp_path, attempts=2, source="modelscope")
     with pytest.raises(DownloadError) as info:
-        await dl.weights_for("transformers", SPEC, {}, Events())
+        await dl.weights_for(FOLDER_ENGINE, SPEC, {}, Events())
     message = str(info.value)
     assert message.startswith(f"cannot download model tiny ({REPO}) from modelscope: gave up after 2 attempt(s)")
     assert "503" in message
@@ -638,7 +639,7 @@ async def test_modelscope_unknown_repo_fails_at_once(ms_hub: FakeHub, tmp_path: 
     ms_hub.repos.clear()
     dl, slept = downloader(tmp_path, source="modelscope")
     with pytest.raises(DownloadError) as info:
-        await dl.weights_for("transformers", SPEC, {}, Events())
+        await dl.weights_for(FOLDER_ENGINE, SPEC, {}, Events())
     assert f"tiny ({REPO}) from modelscope" in str(info.value) and "404" in str(info.value)
     assert "gave up" not in str(info.value) and slept == []
     assert len(ms_hub.requests) == 1
@@ -650,6 +651,6 @@ async def test_modelscope_progress_counts_the_clients_partial_file(ms_hub: FakeH
     dl, _ = downloader(tmp_path, source="modelscope")
     dl.progress_interval = 0.05
     events = Events()
-    assert await dl.weights_for("transformers", SPEC, {}, events) is not None
+    assert await dl.weights_for(FOLDER_ENGINE, SPEC, {}, events) is not None
     progress = [e["bytes"] for e in events.items if e["event"] == "download_progress"]
     assert any(0 < size < 4_000_000 for size in progress), progress

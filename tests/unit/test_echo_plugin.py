@@ -10,15 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pluggy
 import pytest
 import xinfd_echo.plugin as echo_plugin
 from xinfd_echo.model import EchoModel, EchoOptions, tokenize
 
-import xinfd.hookspecs
+from xinfd.errors import InvalidRequestError
+from xinfd.plugins import Plugins, make_plugin_manager
 from xinfd.types import (
     ChatMessage,
-    EngineInfo,
     GenerateRequest,
     ModelSpec,
     Platform,
@@ -45,47 +44,44 @@ def replica(**options: Any) -> ReplicaContext:
 
 
 @pytest.fixture
-def pm() -> pluggy.PluginManager:
-    manager = pluggy.PluginManager(xinfd.hookspecs.PROJECT_NAME)
-    manager.add_hookspecs(xinfd.hookspecs)
-    manager.register(echo_plugin, name="echo")
-    manager.check_pending()
-    return manager
+def plugins() -> Plugins:
+    return make_plugin_manager(load_entrypoints=False, plugins=[echo_plugin], env={})
 
 
-def test_registration(pm: pluggy.PluginManager) -> None:
-    engines: list[EngineInfo] = []
-    models: list[ModelSpec] = []
-    pm.hook.xinfd_register_engines(register=engines.append)
-    pm.hook.xinfd_register_models(register=models.append)
-    [engine] = engines
-    assert (engine.name, engine.abilities, engine.probe_module) == (
+def test_registration(plugins: Plugins) -> None:
+    assert not plugins.failures
+    engine = plugins.engine("echo")
+    assert engine is echo_plugin.ENGINE
+    assert (engine.name, engine.abilities, engine.probe_module, engine.loads_weights_folder) == (
         "echo",
         ("chat", "generate"),
         "xinfd_echo",
+        False,
     )
-    [model] = models
+    assert engine.launch_options == frozenset(
+        {"delay", "prefill_delay", "crash_after", "fail_load", "ignore_sigterm", "fork_grandchild"}
+    )
+    model = plugins.models["echo"]
     assert (model.name, model.engines, model.context_length) == ("echo", ("echo",), 4096)
     assert model.virtualenv == {"packages": []}
 
 
-def test_hooks_answer_none_for_other_engines(pm: pluggy.PluginManager) -> None:
-    other = {"engine": "vllm"}
-    assert pm.hook.xinfd_engine_dependencies(**other) is None
-    assert pm.hook.xinfd_engine_availability(**other, model=SPEC, platform=PLATFORM) is None
-    assert pm.hook.xinfd_engine_launch(**other, model=SPEC, replica=replica()) is None
-    assert pm.hook.xinfd_engine_load(**other, model=SPEC, replica=replica()) is None
+def test_the_hooks_take_no_engine_name() -> None:
+    """The plugin module has only the two registry hooks; the engine object answers everything else."""
+    hooks = {name for name in vars(echo_plugin) if name.startswith("xinfd_")}
+    assert hooks == {"xinfd_register_engines", "xinfd_register_models"}
 
 
-def test_dependencies_and_availability(pm: pluggy.PluginManager) -> None:
-    assert pm.hook.xinfd_engine_dependencies(engine="echo") == []
-    availability = pm.hook.xinfd_engine_availability(engine="echo", model=SPEC, platform=PLATFORM)
+def test_dependencies_and_availability(plugins: Plugins) -> None:
+    assert plugins.dependencies("echo") == []
+    assert plugins.build_env("echo") == {}
+    availability = plugins.availability("echo", SPEC, PLATFORM)
     assert availability.available
     assert "no accelerator" in availability.reason
 
 
-def test_launch_spec_runs_the_worker_host(pm: pluggy.PluginManager) -> None:
-    spec = pm.hook.xinfd_engine_launch(engine="echo", model=SPEC, replica=replica(delay="0.1"))
+def test_launch_spec_runs_the_worker_host(plugins: Plugins) -> None:
+    spec = plugins.launch_spec("echo", SPEC, replica(delay="0.1"))
     assert spec.argv == ("/venvs/echo/bin/python", "-m", "xinfd.worker")
     assert spec.readiness.path == "/health"
     assert spec.api_prefix == "/v1"
@@ -95,12 +91,18 @@ def test_launch_spec_runs_the_worker_host(pm: pluggy.PluginManager) -> None:
     assert got_model == SPEC
 
 
-def test_load_returns_a_text_model(pm: pluggy.PluginManager) -> None:
-    model = pm.hook.xinfd_engine_load(
-        engine="echo", model=SPEC, replica=replica(delay="0.25", crash_after="3")
-    )
+def test_launch_checks_option_names_and_values_in_the_daemon(plugins: Plugins) -> None:
+    with pytest.raises(InvalidRequestError, match=r"unknown launch option\(s\) for echo: n_ctx"):
+        plugins.launch_spec("echo", SPEC, replica(n_ctx="8"))
+    with pytest.raises(InvalidRequestError, match="delay"):
+        plugins.launch_spec("echo", SPEC, replica(delay="soon"))
+
+
+def test_load_returns_a_text_model(plugins: Plugins) -> None:
+    model = plugins.load("echo", SPEC, replica(delay="0.25", crash_after="3"))
     assert isinstance(model, EchoModel) and isinstance(model, TextModel)
     assert model.options == EchoOptions(delay=0.25, crash_after=3)
+    assert model.context_window is None
 
 
 def test_plugin_module_imports_only_stdlib_and_xinfd_at_top_level() -> None:
@@ -111,8 +113,17 @@ def test_plugin_module_imports_only_stdlib_and_xinfd_at_top_level() -> None:
             roots.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             roots.add(node.module.split(".")[0])
-    assert roots - {"__future__", "xinfd"} <= set(sys.stdlib_module_names)
-    assert "xinfd_echo" not in roots  # the model module loads only inside the replica
+    modules = {node.module for node in tree.body if isinstance(node, ast.ImportFrom)}
+    assert roots - {"__future__", "xinfd", "xinfd_echo"} <= set(sys.stdlib_module_names)
+    assert "xinfd_echo.model" not in modules  # the model module loads only inside the replica
+    # What the plugin does import of its own package is standard library only, too.
+    options = ast.parse((PLUGIN_DIR / "xinfd_echo" / "options.py").read_text())
+    option_roots = {
+        (node.module or "").split(".")[0] if isinstance(node, ast.ImportFrom) else node.names[0].name.split(".")[0]
+        for node in options.body
+        if isinstance(node, ast.Import | ast.ImportFrom)
+    }
+    assert option_roots - {"__future__"} <= set(sys.stdlib_module_names)
 
 
 def test_entry_point_is_declared() -> None:
@@ -155,7 +166,7 @@ def test_render_chat_takes_the_last_user_message() -> None:
 async def collect(
     model: EchoModel, prompt: str, max_tokens: int = 100, stop: tuple[str, ...] = ()
 ) -> list[Any]:
-    request = GenerateRequest(request_id="r", prompt=prompt, max_tokens=max_tokens, stop=stop)
+    request = GenerateRequest(request_id="r", prompt=prompt, max_tokens=max_tokens, stop=stop, kind="completion")
     return [(d.text, d.finish_reason) async for d in model.generate(request)]
 
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from tests.unit.stub_engines import StubEngine, StubPlugin
 from xinfd.errors import EngineUnavailableError, InvalidRequestError, UnknownModelError
-from xinfd.hookspecs import hookimpl
 from xinfd.plugins import make_plugin_manager
 from xinfd.processes import SubprocessSpawner
 from xinfd.supervisor import LaunchRequest, ModelManager
-from xinfd.types import Availability, EngineInfo, LaunchSpec, ModelSpec, Platform
+from xinfd.types import Availability, LaunchSpec, ModelSpec, Platform, ReplicaContext
 
 
 @pytest.mark.parametrize(
@@ -57,27 +57,27 @@ def test_launch_request_accepts_a_full_body() -> None:
     )
 
 
-class TwoEngines:
-    @hookimpl
-    def xinfd_register_engines(self, register):  # type: ignore[no-untyped-def]
-        register(EngineInfo(name="gpuonly", abilities=("chat",)))
-        register(EngineInfo(name="cpu", abilities=("chat",)))
+def _gpu_only(model: ModelSpec, platform: Platform) -> Availability:
+    return Availability(available=bool(platform.gpus), reason="needs a GPU; none found")
 
-    @hookimpl
-    def xinfd_register_models(self, register):  # type: ignore[no-untyped-def]
-        register(ModelSpec(name="m", abilities=("chat",), engines=("gpuonly", "cpu", "missing")))
 
-    @hookimpl
-    def xinfd_engine_availability(self, engine, model, platform):  # type: ignore[no-untyped-def]
-        if engine == "gpuonly":
-            return Availability(available=bool(platform.gpus), reason="needs a GPU; none found")
-        return Availability(available=True, reason="ok")
+def _launch(model: ModelSpec, replica: ReplicaContext) -> LaunchSpec:
+    if replica.options.get("bad"):
+        raise ValueError("launch option 'bad' is not understood")
+    return LaunchSpec(argv=("true",))
 
-    @hookimpl
-    def xinfd_engine_launch(self, engine, model, replica):  # type: ignore[no-untyped-def]
-        if replica.options.get("bad"):
-            raise ValueError("launch option 'bad' is not understood")
-        return LaunchSpec(argv=("true",))
+
+class TwoEngines(StubPlugin):
+    """``gpuonly`` (available with a GPU) and ``cpu``, both serving the family ``m``."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            [
+                StubEngine(name="gpuonly", on_availability=_gpu_only, on_launch=_launch),
+                StubEngine(name="cpu", on_launch=_launch),
+            ],
+            [ModelSpec(name="m", abilities=("chat",), engines=("gpuonly", "cpu", "missing"))],
+        )
 
 
 def manager(tmp_path: Path) -> ModelManager:
@@ -116,24 +116,22 @@ async def test_bad_engine_option_is_refused_before_anything_starts(tmp_path: Pat
     assert mgr.models == {}
 
 
-class InstalledAndNot:
+def _installable(model: ModelSpec, platform: Platform) -> Availability:
+    return Availability(available=True, reason="installable")
+
+
+def InstalledAndNot() -> StubPlugin:
     """Two available engines: the first listed needs installing, the second's packages are importable."""
-
-    @hookimpl
-    def xinfd_register_engines(self, register):  # type: ignore[no-untyped-def]
-        register(
-            EngineInfo(name="needs-build", abilities=("chat",), probe_module="no_such_module_xinfd_test")
-        )
-        register(EngineInfo(name="ready", abilities=("chat",), probe_module="json"))
-
-    @hookimpl
-    def xinfd_register_models(self, register):  # type: ignore[no-untyped-def]
-        register(ModelSpec(name="pref", abilities=("chat",), engines=("needs-build", "ready")))
-        register(ModelSpec(name="only-build", abilities=("chat",), engines=("needs-build",)))
-
-    @hookimpl
-    def xinfd_engine_availability(self, engine, model, platform):  # type: ignore[no-untyped-def]
-        return Availability(available=True, reason="installable")
+    return StubPlugin(
+        [
+            StubEngine(name="needs-build", probe_module="no_such_module_xinfd_test", on_availability=_installable),
+            StubEngine(name="ready", probe_module="json", on_availability=_installable),
+        ],
+        [
+            ModelSpec(name="pref", abilities=("chat",), engines=("needs-build", "ready")),
+            ModelSpec(name="only-build", abilities=("chat",), engines=("needs-build",)),
+        ],
+    )
 
 
 def test_engine_choice_prefers_an_installed_engine(tmp_path: Path) -> None:

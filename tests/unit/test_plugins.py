@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -10,39 +11,80 @@ from pathlib import Path
 import pytest
 
 from xinfd import hookspecs
-from xinfd.errors import PluginError, UnknownEngineError
-from xinfd.hookspecs import hookimpl
-from xinfd.plugins import make_plugin_manager
-from xinfd.types import Availability, EngineInfo, LaunchSpec, ModelSpec, Platform, ReplicaContext
+from xinfd.errors import InvalidRequestError, PluginError, UnknownEngineError
+from xinfd.hookspecs import RegisterEngine, WorkerEngine, hookimpl
+from xinfd.plugins import contract_violations, make_plugin_manager
+from xinfd.types import (
+    Ability,
+    Availability,
+    EmbeddingModel,
+    LaunchSpec,
+    ModelSpec,
+    Platform,
+    RegisterModel,
+    ReplicaContext,
+    TextModel,
+)
 
 PLATFORM = Platform(system="Linux", machine="x86_64", python_version="3.11.7")
 
 
 class FakeEngine:
-    """An explicit plugin object, as a test or an embedding application would register."""
+    """An engine object implementing the protocol directly (no base class), as a third party may write one."""
 
-    def __init__(self, name: str = "fake") -> None:
+    abilities: tuple[Ability, ...] = ("chat",)
+    description = ""
+    probe_module: str | None = None
+    loads_weights_folder = False
+    launch_options: frozenset[str] | None = frozenset({"known"})
+
+    def __init__(self, name: str) -> None:
         self.name = name
 
-    @hookimpl
-    def xinfd_register_engines(self, register):  # type: ignore[no-untyped-def]
-        register(EngineInfo(name=self.name, abilities=("chat",)))
+    def dependencies(self) -> list[str]:
+        return [f"{self.name}-pkg>=1"]
+
+    def build_env(self) -> dict[str, dict[str, str]]:
+        return {}
+
+    def availability(self, model: ModelSpec, platform: Platform) -> Availability:
+        return Availability(available=True, reason="ok")
+
+    def launch(self, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec:
+        if replica.options.get("known") == "bad":
+            raise ValueError("launch option 'known' must not be 'bad'")
+        return LaunchSpec(argv=("true",))
+
+    def load(self, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel:
+        raise RuntimeError("not loaded in these tests")
+
+
+class FakePlugin:
+    """An explicit plugin object, as a test or an embedding application would register."""
+
+    def __init__(self, engine: object) -> None:
+        self.engine = engine
+        self.name = str(getattr(engine, "name", "x"))
+        self.__name__ = f"{self.name}-plugin-{id(self)}"  # pluggy's plugin name: unique per instance
 
     @hookimpl
-    def xinfd_register_models(self, register):  # type: ignore[no-untyped-def]
+    def xinfd_register_engines(self, register: RegisterEngine) -> None:
+        register(self.engine)  # type: ignore[arg-type]  # some tests register objects that are not engines
+
+    @hookimpl
+    def xinfd_register_models(self, register: RegisterModel) -> None:
         register(ModelSpec(name=f"{self.name}-model", abilities=("chat",), engines=(self.name,)))
 
-    @hookimpl
-    def xinfd_engine_dependencies(self, engine):  # type: ignore[no-untyped-def]
-        return [f"{self.name}-pkg>=1"] if engine == self.name else None
 
-    @hookimpl
-    def xinfd_engine_availability(self, engine, model, platform):  # type: ignore[no-untyped-def]
-        return Availability(available=True, reason="ok") if engine == self.name else None
+def plugin(name: str = "fake") -> FakePlugin:
+    return FakePlugin(FakeEngine(name))
 
-    @hookimpl
-    def xinfd_engine_launch(self, engine, model, replica):  # type: ignore[no-untyped-def]
-        return LaunchSpec(argv=("true",)) if engine == self.name else None
+
+def replica(engine: str, **options: str) -> ReplicaContext:
+    return ReplicaContext(
+        model_uid="u", model_name=f"{engine}-model", engine=engine, replica_index=0, socket_path="/tmp/x.sock",
+        python=sys.executable, options=options,
+    )
 
 
 @pytest.fixture
@@ -65,38 +107,70 @@ def write_distribution(site: Path, dist: str, entry_points: dict[str, str]) -> N
 
 GOOD_PLUGIN = textwrap.dedent(
     """
-    from xinfd.hookspecs import hookimpl
-    from xinfd.types import EngineInfo
+    from xinfd.hookspecs import WorkerEngine, hookimpl
+    from xinfd.types import Availability
+
+    class Good(WorkerEngine):
+        name = "goodengine"
+        abilities = ("chat",)
+
+        def availability(self, model, platform):
+            return Availability(available=True)
+
+        def load(self, model, replica):
+            raise RuntimeError("unused")
 
     @hookimpl
     def xinfd_register_engines(register):
-        register(EngineInfo(name="goodengine", abilities=("chat",)))
+        register(Good())
     """
 )
 
 
 def test_explicit_plugin_registers_engine_and_model() -> None:
-    plugins = make_plugin_manager(load_entrypoints=False, plugins=[FakeEngine()], env={})
-    assert "fake" in plugins.engines
+    plugins = make_plugin_manager(load_entrypoints=False, plugins=[plugin()], env={})
+    assert isinstance(plugins.engine("fake"), FakeEngine)
     assert "fake-model" in plugins.models
     assert plugins.dependencies("fake") == ["fake-pkg>=1"]
     model = plugins.models["fake-model"]
     assert plugins.availability("fake", model, PLATFORM).available
-    replica = ReplicaContext(
-        model_uid="u",
-        model_name="fake-model",
-        engine="fake",
-        replica_index=0,
-        socket_path="/tmp/x.sock",
-        python=sys.executable,
-    )
-    assert plugins.launch_spec("fake", model, replica).argv == ("true",)
+    assert plugins.launch_spec("fake", model, replica("fake")).argv == ("true",)
 
 
 def test_unknown_engine_names_the_known_ones() -> None:
-    plugins = make_plugin_manager(load_entrypoints=False, plugins=[FakeEngine()], env={})
+    plugins = make_plugin_manager(load_entrypoints=False, plugins=[plugin()], env={})
     with pytest.raises(UnknownEngineError, match=r"unknown engine 'nope' \(registered: fake\)"):
         plugins.dependencies("nope")
+
+
+def test_unknown_launch_options_are_refused_before_launch_by_every_engine() -> None:
+    plugins = make_plugin_manager(load_entrypoints=False, plugins=[plugin()], env={})
+    model = plugins.models["fake-model"]
+    with pytest.raises(InvalidRequestError, match=r"unknown launch option\(s\) for fake: typo \(known: known\)"):
+        plugins.launch_spec("fake", model, replica("fake", typo="1"))
+    # A ValueError from launch is the engine naming a bad value: a 400 on "options".
+    with pytest.raises(InvalidRequestError, match="'known' must not be 'bad'") as bad:
+        plugins.launch_spec("fake", model, replica("fake", known="bad"))
+    assert bad.value.param == "options"
+
+
+def test_engines_with_launch_options_none_check_names_themselves() -> None:
+    engine = FakeEngine("free")
+    engine.launch_options = None
+    plugins = make_plugin_manager(load_entrypoints=False, plugins=[FakePlugin(engine)], env={})
+    assert plugins.launch_spec("free", plugins.models["free-model"], replica("free", anything="1")).argv == ("true",)
+
+
+def test_a_raising_availability_makes_the_engine_unavailable() -> None:
+    engine = FakeEngine("flaky")
+
+    def boom(model: ModelSpec, platform: Platform) -> Availability:
+        raise RuntimeError("nvml exploded")
+
+    engine.availability = boom  # type: ignore[method-assign]
+    plugins = make_plugin_manager(load_entrypoints=False, plugins=[FakePlugin(engine)], env={})
+    result = plugins.availability("flaky", plugins.models["flaky-model"], PLATFORM)
+    assert not result.available and "nvml exploded" in result.reason
 
 
 def test_entry_point_plugin_is_discovered(site_dir: Path) -> None:
@@ -131,11 +205,11 @@ def test_autoload_can_be_disabled(site_dir: Path) -> None:
 
 
 def test_duplicate_engine_name_skips_second_plugin() -> None:
-    first, second = FakeEngine("dup"), FakeEngine("dup")
+    first, second = plugin("dup"), plugin("dup")
     plugins = make_plugin_manager(load_entrypoints=False, plugins=[first, second], env={})
-    assert plugins.engines["dup"].name == "dup"
+    assert plugins.engines["dup"] is first.engine
     assert len(plugins.failures) == 1
-    assert "already registered" in plugins.failures[0].error
+    assert "engine 'dup' is already registered by dup-plugin-" in plugins.failures[0].error
     assert not plugins.pm.is_registered(second)
 
 
@@ -149,41 +223,89 @@ def test_misspelled_hookimpl_is_rejected_at_start() -> None:
     assert plugins.failures and "xinfd_register_engine" in plugins.failures[0].error
 
 
-def test_wrong_return_type_is_a_plugin_error() -> None:
-    class Bad(FakeEngine):
-        @hookimpl
-        def xinfd_engine_launch(self, engine, model, replica):  # type: ignore[no-untyped-def]
-            return {"argv": ["true"]}
+@pytest.mark.parametrize("hook", hookspecs.REMOVED_HOOKS)
+def test_a_plugin_with_a_removed_hook_is_refused_naming_the_new_contract(
+    hook: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def old_style(*args: object, **kwargs: object) -> None:
+        return None
 
-    plugins = make_plugin_manager(load_entrypoints=False, plugins=[Bad("bad")], env={})
-    replica = ReplicaContext(
-        model_uid="u",
-        model_name="bad-model",
-        engine="bad",
-        replica_index=0,
-        socket_path="/tmp/x.sock",
-        python=sys.executable,
+    legacy = plugin("legacy")
+    setattr(legacy, hook, hookimpl(old_style))
+    plugins = make_plugin_manager(load_entrypoints=False, plugins=[legacy, plugin("other")], env={})
+    assert "legacy" not in plugins.engines and "other" in plugins.engines
+    (failure,) = plugins.failures
+    assert failure.error == (
+        f"hook {hook} was removed: register an engine object with xinfd_register_engines (see xinfd.hookspecs)"
     )
-    with pytest.raises(PluginError, match="must return a LaunchSpec"):
-        plugins.launch_spec("bad", plugins.models["bad-model"], replica)
+    assert f"hook {hook} was removed" in caplog.text
+    assert not plugins.pm.is_registered(legacy)
 
 
-def test_build_env_is_checked_and_absent_means_nothing_to_build() -> None:
-    class Builds(FakeEngine):
-        @hookimpl
-        def xinfd_engine_build_env(self, engine):  # type: ignore[no-untyped-def]
-            return {"pkg": {"CMAKE_ARGS": "-DX=OFF"}} if engine == "builds" else None
+class _NoLoad:
+    name = "half"
+    abilities = ("chat",)
+    description = ""
+    probe_module = None
+    loads_weights_folder = False
 
-    class Bad(FakeEngine):
-        @hookimpl
-        def xinfd_engine_build_env(self, engine):  # type: ignore[no-untyped-def]
-            return {"pkg": {"CMAKE_ARGS": 1}} if engine == "bad" else None
+    def dependencies(self) -> list[str]:
+        return []
 
-    plugins = make_plugin_manager(load_entrypoints=False, plugins=[Builds("builds"), Bad("bad"), FakeEngine("plain")],
-                                  env={})
+
+def test_an_object_missing_part_of_the_protocol_is_skipped_naming_what_is_missing() -> None:
+    plugins = make_plugin_manager(load_entrypoints=False, plugins=[FakePlugin(_NoLoad())], env={})
+    assert "half" not in plugins.engines
+    (failure,) = plugins.failures
+    assert "engine 'half' does not implement xinfd.hookspecs.Engine" in failure.error
+    for missing in ("attribute 'launch_options'", "method build_env()", "method availability()",
+                    "method launch()", "method load()"):
+        assert missing in failure.error
+
+
+def test_wrongly_typed_attributes_are_contract_violations() -> None:
+    engine = FakeEngine("typed")
+    engine.abilities = ("chat", "dance")  # type: ignore[assignment]
+    engine.launch_options = {"a"}  # type: ignore[assignment]  # a set, not a frozenset
+    problems = contract_violations(engine)
+    assert any(p.startswith("abilities must be a tuple of chat, embed, generate") for p in problems)
+    assert any(p.startswith("launch_options must be a frozenset") for p in problems)
+    assert contract_violations(FakeEngine("fine")) == []
+
+
+def test_wrong_return_type_is_a_plugin_error() -> None:
+    engine = FakeEngine("bad")
+    engine.launch = lambda model, replica: {"argv": ["true"]}  # type: ignore[method-assign,assignment,return-value]
+    plugins = make_plugin_manager(load_entrypoints=False, plugins=[FakePlugin(engine)], env={})
+    with pytest.raises(PluginError, match=r"launch\(\) must return a LaunchSpec"):
+        plugins.launch_spec("bad", plugins.models["bad-model"], replica("bad"))
+
+
+def test_load_must_return_a_model_object() -> None:
+    class Loads(WorkerEngine):
+        name = "loads"
+        abilities: tuple[Ability, ...] = ("chat",)
+
+        def availability(self, model: ModelSpec, platform: Platform) -> Availability:
+            return Availability(available=True)
+
+        def load(self, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel:
+            return "not a model"  # type: ignore[return-value]
+
+    plugins = make_plugin_manager(load_entrypoints=False, plugins=[FakePlugin(Loads())], env={})
+    with pytest.raises(PluginError, match="load\\(\\) returned str, which implements neither TextModel"):
+        plugins.load("loads", plugins.models["loads-model"], replica("loads"))
+
+
+def test_build_env_is_checked_and_the_default_is_nothing_to_build() -> None:
+    builds, bad = FakeEngine("builds"), FakeEngine("bad")
+    builds.build_env = lambda: {"pkg": {"CMAKE_ARGS": "-DX=OFF"}}  # type: ignore[method-assign]
+    bad.build_env = lambda: {"pkg": {"CMAKE_ARGS": 1}}  # type: ignore[method-assign,dict-item]
+    engines = [FakePlugin(builds), FakePlugin(bad), plugin("plain")]
+    plugins = make_plugin_manager(load_entrypoints=False, plugins=engines, env={})
     assert plugins.build_env("builds") == {"pkg": {"CMAKE_ARGS": "-DX=OFF"}}
     assert plugins.build_env("plain") == {}
-    with pytest.raises(PluginError, match="xinfd_engine_build_env must return"):
+    with pytest.raises(PluginError, match=r"build_env\(\) must return"):
         plugins.build_env("bad")
 
 
@@ -193,19 +315,27 @@ def test_llama_cpp_declares_its_portable_build() -> None:
     assert plugins.build_env("transformers") == {}
 
 
-def test_every_hookspec_is_documented() -> None:
-    names = hookspecs.hook_names()
-    assert {
-        "xinfd_register_engines",
-        "xinfd_engine_dependencies",
-        "xinfd_engine_availability",
-        "xinfd_engine_launch",
-        "xinfd_engine_load",
-    } <= set(names)
-    for name in names:
-        doc = getattr(hookspecs, name).__doc__ or ""
+def test_the_contract_is_documented_hooks_and_engine_methods() -> None:
+    """Every hook and every ``Engine`` method says what each argument is (``:param:``) and what it returns."""
+    assert set(hookspecs.hook_names()) == {"xinfd_register_engines", "xinfd_register_models"}
+    functions = hookspecs.contract_functions()
+    assert {f.__name__ for f in functions} >= {"dependencies", "build_env", "availability", "launch", "load"}
+    for function in functions:
+        doc = function.__doc__ or ""
+        name = function.__qualname__
         assert ":return:" in doc, f"{name} must document its return value"
         assert len(doc.strip().splitlines()) >= 3, f"{name} needs a real docstring"
+        for arg in inspect.signature(function).parameters:
+            if arg != "self":
+                assert f":param {arg}:" in doc, f"{name} must document its argument {arg!r} with :param:"
+    assert "Engine" in (hookspecs.__doc__ or "")
+
+
+def test_builtin_engines_declare_folder_loading_on_the_engine() -> None:
+    """What the downloader asks (``loads_weights_folder``) is each engine's own answer, not a table."""
+    plugins = make_plugin_manager(env={})
+    folder = {name for name, engine in plugins.engines.items() if engine.loads_weights_folder}
+    assert folder == {"transformers", "sentence_transformers", "vllm", "sglang", "mlx"}
 
 
 def test_installed_echo_plugin_is_discovered_through_its_entry_point() -> None:

@@ -154,7 +154,7 @@ class ModelManager:
             # Download before the venv build: an unknown repo then fails in seconds, not after minutes.
             if self._downloader is not None:
                 model.weights_path = await self._downloader.weights_for(
-                    model.engine, model.spec, model.request.options, model.publish
+                    self.plugins.engine(model.engine), model.spec, model.request.options, model.publish
                 )
             model.environment = await self._environments.prepare(model.environment_request(), model.publish)
             model.replicas = [self._make_replica(model, p) for p in self.slots.placements(model.uid)]

@@ -126,7 +126,7 @@ class VenvSpec:
     # interpreter other than the daemon's, which cannot share its site-packages (``xinfd.venvs.bundle``).
     bundled: tuple[str, ...] = ()
     # Distributions the engine wants built from source, with the environment of that build
-    # (``xinfd_engine_build_env``): part of the digest, so a changed build flag means another venv.
+    # (``Engine.build_env``): part of the digest, so a changed build flag means another venv.
     source_builds: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
     @property

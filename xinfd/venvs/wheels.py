@@ -3,7 +3,7 @@
 llama-cpp-python has no wheel on PyPI, and its default build compiles for the build machine's own CPU
 (``GGML_NATIVE=ON``): on a VM that refuses some of those instructions (AMX) the result dies with SIGILL, and
 an image built on one machine breaks on another. The engine therefore declares how its package must be built
-(``xinfd_engine_build_env``: ``CMAKE_ARGS="-DGGML_NATIVE=OFF"``), and this cache builds it that way, once per
+(``Engine.build_env``: ``CMAKE_ARGS="-DGGML_NATIVE=OFF"``), and this cache builds it that way, once per
 (distribution, version, Python, build settings), for every venv and every later daemon.
 
 Why not uv's own cache: uv keys a built wheel by the source archive, not by the environment variables the

@@ -1,8 +1,10 @@
 """``python -m xinfd.worker``: one replica process, started by the daemon with the model venv's interpreter.
 
 It reads its ``ReplicaContext`` and ``ModelSpec`` from ``XINFD_WORKER_CONTEXT`` (``xinfd.worker.launch``),
-loads the engine through the plugin hook ``xinfd_engine_load``, and serves the model on
-``replica.socket_path``. The socket only starts listening after the load, so the daemon's readiness probe
+loads the model through its engine's ``load`` (``xinfd.hookspecs.Engine``), and serves it on
+``replica.socket_path``. The daemon's settings for the replica (batching) come in ``replica.settings`` (the
+max-tokens cap is applied by the daemon to each request it forwards); nothing here re-reads the daemon's
+``XINFERENCE_*`` variables. The socket only starts listening after the load, so the daemon's readiness probe
 (``GET /health``) means "loaded".
 
 Exit codes: 0 stopped by SIGTERM/SIGINT; 1 serving failed; 2 bad environment (context, settings);
@@ -10,8 +12,7 @@ Exit codes: 0 stopped by SIGTERM/SIGINT; 1 serving failed; 2 bad environment (co
 
 Environment (plugins are loaded exactly as in the daemon, by ``xinfd.plugins.make_plugin_manager``):
   ``XINFD_DISABLE_PLUGIN_AUTOLOAD=1``  skip the ``xinfd`` entry-point group (cf. pytest's equivalent);
-  ``XINFD_PLUGINS``                    comma-separated ``module`` or ``module:attr`` plugins to register;
-  ``XINFERENCE_MAX_TOKENS``            the operator's cap on completion tokens per request.
+  ``XINFD_PLUGINS``                    comma-separated ``module`` or ``module:attr`` plugins to register.
 """
 
 from __future__ import annotations
@@ -34,20 +35,6 @@ log = logging.getLogger("xinfd.worker")
 EXIT_SERVE_FAILED = 1
 EXIT_BAD_ENVIRONMENT = 2
 EXIT_LOAD_FAILED = 3
-MAX_TOKENS_ENV = "XINFERENCE_MAX_TOKENS"
-
-
-def parse_max_tokens_cap(raw: str | None) -> int | None:
-    """``XINFERENCE_MAX_TOKENS``: empty or unset means no cap; otherwise a positive integer."""
-    if raw is None or not raw.strip():
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{MAX_TOKENS_ENV} must be a positive integer, got {raw!r}")
-    return value
 
 
 def configure_logging(label: str, env: Mapping[str, str]) -> None:
@@ -71,7 +58,6 @@ def load_model(plugins: Plugins, replica: ReplicaContext, model: ModelSpec) -> T
 async def run(replica: ReplicaContext, model: ModelSpec, env: Mapping[str, str]) -> int:
     """Load and serve; return the exit code. Loading runs inside the loop, for engines that need one."""
     try:
-        cap = parse_max_tokens_cap(env.get(MAX_TOKENS_ENV))
         plugins = make_plugin_manager(env=env)
     except Exception as exc:
         print(f"xinfd.worker: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -93,7 +79,9 @@ async def run(replica: ReplicaContext, model: ModelSpec, env: Mapping[str, str])
         model_uid=replica.model_uid,
         model_name=model.name,
         context_length=model.context_length,
-        max_tokens_cap=cap,
+        # The operator's cap (XINFERENCE_MAX_TOKENS) is applied by the daemon to every request it forwards, for
+        # every engine, so a SIGHUP changes it at once; the replica neither knows nor re-reads it.
+        max_tokens_cap=None,
         replica_label=replica_label(replica),
     )
     try:

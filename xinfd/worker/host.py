@@ -122,9 +122,15 @@ def make_worker_app(
     embedder = model if isinstance(model, EmbeddingModel) else None
     if text is None and embedder is None:
         raise TypeError(f"{type(model).__name__} implements neither TextModel nor EmbeddingModel")
-    window = getattr(model, "context_window", None)
-    if isinstance(window, int) and not isinstance(window, bool) and 0 < window < context_length:
-        context_length = window  # the engine was loaded with less context than the family allows
+    served = text if text is not None else embedder
+    assert served is not None
+    window = served.context_window
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise TypeError(f"{type(model).__name__}.context_window must be a positive int or None, got {window!r}")
+        # The engine was loaded with less context than the family allows; a larger window changes nothing,
+        # since prompts beyond the family's context_length are not the model's to take.
+        context_length = min(context_length, window)
     app = web.Application(middlewares=[_request_context, _error_middleware], client_max_size=MAX_BODY_BYTES)
     app[CONFIG_KEY] = WorkerConfig(
         model_uid=model_uid,
@@ -276,7 +282,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
 async def _completions(request: web.Request) -> web.StreamResponse:
     model = request.app[TEXT_MODEL_KEY]
     completion = protocol.parse_completion_request(parse_json_object(await request.read()))
-    return await _complete(request, model, "text", completion.prompt, completion)
+    return await _complete(request, model, "completion", completion.prompt, completion)
 
 
 async def _embeddings(request: web.Request) -> web.Response:
@@ -324,7 +330,7 @@ async def _complete(
         top_p=sampling.top_p,
         stop=sampling.stop,
         seed=sampling.seed,
-        extra={"kind": kind},  # engines split <think> reasoning only out of chat answers
+        kind=kind,  # engines split <think> reasoning only out of chat answers
     )
     fmt = CompletionFormat.new(kind, request_id, cfg.model_uid, parsed.include_usage)
     stream = CompletionStream(request, fmt) if parsed.stream else None

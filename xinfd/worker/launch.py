@@ -1,60 +1,11 @@
-"""How the daemon starts xinfd's own worker host for an engine (daemon side; standard library only).
+"""The replica-context encoding, as the worker imports it (the module lives in ``xinfd.replica_launch``).
 
-Engines hosted by the worker return ``worker_launch_spec(replica, model)`` from ``xinfd_engine_launch``. The
-replica context and the model spec travel to the worker as JSON in one environment variable, so the worker
-needs no access to the daemon's registry (user-registered models included).
+The plugin contract builds worker launch specs in the daemon, and the core must not import the worker package, so
+the code is a core module; this name stays so the worker (and plugins written against it) keep their imports.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from collections.abc import Mapping
-from typing import Any
+from xinfd.replica_launch import CONTEXT_ENV, decode_context, encode_context, worker_launch_spec
 
-from xinfd.types import LaunchSpec, ModelSpec, ReadinessProbe, ReplicaContext, ReplicaSettings
-
-CONTEXT_ENV = "XINFD_WORKER_CONTEXT"
-
-
-def worker_launch_spec(
-    replica: ReplicaContext, model: ModelSpec, *, readiness_timeout_s: float = 600.0
-) -> LaunchSpec:
-    """The launch spec that runs ``python -m xinfd.worker`` with the model venv's interpreter."""
-    return LaunchSpec(
-        argv=(replica.python, "-m", "xinfd.worker"),
-        env={CONTEXT_ENV: encode_context(replica, model)},
-        readiness=ReadinessProbe(path="/health", timeout_s=readiness_timeout_s),
-        api_prefix="/v1",
-    )
-
-
-def encode_context(replica: ReplicaContext, model: ModelSpec) -> str:
-    """Serialise what the worker needs into one JSON string."""
-    return json.dumps({"replica": _as_json(replica), "model": _as_json(model)}, sort_keys=True)
-
-
-def decode_context(raw: str) -> tuple[ReplicaContext, ModelSpec]:
-    """Inverse of ``encode_context``; tuples come back as tuples."""
-    data = json.loads(raw)
-    r = dict(data["replica"])
-    r["gpu_indices"] = tuple(r.get("gpu_indices", ()))
-    r["settings"] = ReplicaSettings(**r.get("settings", {}))
-    m = dict(data["model"])
-    m["abilities"] = tuple(m.get("abilities", ()))
-    m["engines"] = tuple(m.get("engines", ()))
-    return ReplicaContext(**r), ModelSpec(**m)
-
-
-def _as_json(obj: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            value = _as_json(value)
-        elif isinstance(value, Mapping):
-            value = dict(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[f.name] = value
-    return out
+__all__ = ["CONTEXT_ENV", "decode_context", "encode_context", "worker_launch_spec"]

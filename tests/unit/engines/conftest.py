@@ -1,33 +1,31 @@
 """Fixtures for the builtin engine plugins: a plugin manager with explicit plugins, and data factories.
 
-The plugin manager is built from the real hookspecs with the two engine modules registered by hand (no entry
-points), so a hookimpl with a misspelled name or argument fails here exactly as it would at daemon start.
+The plugins are loaded by the daemon's own ``make_plugin_manager`` with the two engine modules given explicitly
+(no entry points), so an engine object that breaks the ``Engine`` protocol fails here exactly as it would at
+daemon start.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any
 
-import pluggy
 import pytest
 from xinfd_engines import sglang, vllm
 
-from xinfd import hookspecs
-from xinfd.types import GpuInfo, ModelSpec, Platform, ReplicaContext
+from xinfd.plugins import Plugins, make_plugin_manager
+from xinfd.types import GpuInfo, LaunchSpec, ModelSpec, Platform, ReplicaContext
 
 A100 = GpuInfo(index=0, name="NVIDIA A100-SXM4-80GB", memory_mb=81920)
 A100_1 = GpuInfo(index=1, name="NVIDIA A100-SXM4-80GB", memory_mb=81920)
 
 
 @pytest.fixture
-def pm() -> pluggy.PluginManager:
-    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-    manager.add_hookspecs(hookspecs)
-    manager.register(vllm, name="vllm")
-    manager.register(sglang, name="sglang")
-    manager.check_pending()
-    return manager
+def plugins() -> Plugins:
+    loaded = make_plugin_manager(load_entrypoints=False, plugins=[vllm, sglang], env={})
+    assert not loaded.failures, loaded.failures
+    return loaded
 
 
 def make_platform(**overrides: Any) -> Platform:
@@ -87,3 +85,11 @@ def model() -> Callable[..., ModelSpec]:
 @pytest.fixture
 def replica() -> Callable[..., ReplicaContext]:
     return make_replica
+
+
+def launch(module: ModuleType, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec:
+    """Launch through the daemon's facade (``Plugins.launch_spec``), so an unknown option or a bad value is the
+    ``InvalidRequestError`` (400) a user gets, whichever check (generic or the engine's) refuses it."""
+    plugins = make_plugin_manager(load_entrypoints=False, plugins=[module], env={})
+    assert not plugins.failures, plugins.failures
+    return plugins.launch_spec(module.ENGINE.name, model, replica)

@@ -9,7 +9,8 @@ import pytest
 from xinfd_engines import embeddings as engine
 from xinfd_engines.transformers import weights_location
 
-from tests.unit.engines.conftest import make_model, make_replica
+from tests.unit.engines.conftest import launch, make_model, make_replica
+from xinfd.errors import InvalidRequestError
 from xinfd.registry import ModelRegistry
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
@@ -17,14 +18,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::U
 
 def test_launch_validates_options() -> None:
     spec = make_model(name="e", engines=("sentence_transformers",), extra={"model_path": "/m"})
-    assert engine.xinfd_engine_launch("sentence_transformers", spec, make_replica(engine="x")) is not None
-    with pytest.raises(ValueError, match="unknown launch option"):
-        engine.xinfd_engine_launch("sentence_transformers", spec, make_replica(options={"pooling": "cls"}))
-    with pytest.raises(ValueError, match="normalize"):
-        engine.xinfd_engine_launch(
-            "sentence_transformers", spec, make_replica(options={"normalize": "maybe"})
+    assert launch(engine, spec, make_replica(engine="x")) is not None
+    with pytest.raises(InvalidRequestError, match="unknown launch option"):
+        launch(engine, spec, make_replica(options={"pooling": "cls"}))
+    with pytest.raises(InvalidRequestError, match="normalize"):
+        launch(engine, spec, make_replica(options={"normalize": "maybe"})
         )
-    assert engine.xinfd_engine_dependencies("sentence_transformers") == list(engine.REQUIREMENTS)
+    assert engine.ENGINE.dependencies() == list(engine.REQUIREMENTS)
 
 
 async def test_minilm_vectors_and_similarity(tmp_path: object) -> None:

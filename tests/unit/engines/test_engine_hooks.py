@@ -1,4 +1,4 @@
-"""Registration, dependencies and availability of the builtin vllm and sglang engines, through the hooks."""
+"""Registration, dependencies and availability of the builtin vllm and sglang engine objects."""
 
 from __future__ import annotations
 
@@ -9,61 +9,50 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
-import pluggy
 import pytest
 from packaging.requirements import Requirement
 from xinfd_engines import _common, sglang, vllm
 
-from xinfd.types import EngineInfo, GpuInfo, ModelSpec, Platform, ReplicaContext
+from xinfd.plugins import Plugins
+from xinfd.types import GpuInfo, ModelSpec, Platform
 
 ROOT = Path(__file__).resolve().parents[3]
 ENGINES = ("vllm", "sglang")
 
 
-def registered(pm: pluggy.PluginManager) -> dict[str, EngineInfo]:
-    found: dict[str, EngineInfo] = {}
-    pm.hook.xinfd_register_engines(register=lambda info: found.setdefault(info.name, info))
-    return found
-
-
-def test_both_engines_register_with_their_abilities(pm: pluggy.PluginManager) -> None:
-    engines = registered(pm)
+def test_both_engines_register_with_their_abilities(plugins: Plugins) -> None:
+    engines = plugins.engines
     assert set(engines) == {"vllm", "sglang"}
+    assert engines["vllm"] is vllm.ENGINE and engines["sglang"] is sglang.ENGINE
     assert engines["vllm"].abilities == ("chat", "generate", "embed")
     assert engines["sglang"].abilities == ("chat", "generate")
     assert engines["vllm"].probe_module == "vllm"
     assert engines["sglang"].probe_module == "sglang"
-    assert all(info.description for info in engines.values())
+    assert all(engine.description for engine in engines.values())
+    # Both load a folder (or hub id), and both pass unknown option names through to their servers.
+    assert all(engine.loads_weights_folder and engine.launch_options is None for engine in engines.values())
 
 
-def test_hooks_answer_none_for_other_engines(
-    pm: pluggy.PluginManager,
-    model: Callable[..., ModelSpec],
-    platform: Callable[..., Platform],
-    replica: Callable[..., ReplicaContext],
-) -> None:
-    # firstresult hooks: None from every plugin means "not mine", so the next plugin would be asked.
-    assert pm.hook.xinfd_engine_dependencies(engine="transformers") is None
-    assert (
-        pm.hook.xinfd_engine_availability(engine="transformers", model=model(), platform=platform()) is None
-    )
-    assert pm.hook.xinfd_engine_launch(engine="echo", model=model(), replica=replica("echo")) is None
-    for plugin in (vllm, sglang):
-        assert plugin.xinfd_engine_dependencies(engine="llama.cpp") is None
-        assert plugin.xinfd_engine_availability(engine="mlx", model=model(), platform=platform()) is None
-        assert plugin.xinfd_engine_launch(engine="transformers", model=model(), replica=replica()) is None
+def test_no_engine_code_dispatches_on_an_engine_name() -> None:
+    """Engine modules answer for themselves: no ``if engine != NAME`` anywhere, one registry hook each."""
+    for path in sorted((ROOT / "engines" / "xinfd_engines").glob("*.py")):
+        text = path.read_text()
+        assert "engine != " not in text and "engine == " not in text, path.name
+        hooks = {line.split("(")[0].removeprefix("def ") for line in text.splitlines()
+                 if line.startswith("def xinfd_")}
+        assert hooks <= {"xinfd_register_engines"}, (path.name, hooks)
 
 
-def test_each_plugin_answers_only_for_its_own_engine(pm: pluggy.PluginManager) -> None:
-    # Called directly: through pm.hook the other plugin would answer.
-    assert pm.get_plugin("vllm") is vllm and pm.get_plugin("sglang") is sglang
-    assert vllm.xinfd_engine_dependencies(engine="sglang") is None
-    assert sglang.xinfd_engine_dependencies(engine="vllm") is None
+def test_server_engines_are_not_loaded_by_the_worker(plugins: Plugins, model: Callable[..., ModelSpec]) -> None:
+    from tests.unit.engines.conftest import make_replica
+
+    with pytest.raises(RuntimeError, match="runs its own server"):
+        plugins.engine("vllm").load(model(), make_replica())
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_dependencies_are_pep508_requirements_for_linux(pm: pluggy.PluginManager, engine: str) -> None:
-    deps = pm.hook.xinfd_engine_dependencies(engine=engine)
+def test_dependencies_are_pep508_requirements_for_linux(plugins: Plugins, engine: str) -> None:
+    deps = plugins.dependencies(engine)
     assert isinstance(deps, list) and deps
     requirements = [Requirement(dep) for dep in deps]
     assert [r.name for r in requirements] == [engine]
@@ -74,23 +63,23 @@ def test_dependencies_are_pep508_requirements_for_linux(pm: pluggy.PluginManager
         assert not req.marker.evaluate({"sys_platform": "darwin"})
 
 
-def test_vllm_floor_has_the_uds_flag(pm: pluggy.PluginManager) -> None:
-    (req,) = (Requirement(d) for d in pm.hook.xinfd_engine_dependencies(engine="vllm"))
+def test_vllm_floor_has_the_uds_flag(plugins: Plugins) -> None:
+    (req,) = (Requirement(d) for d in plugins.dependencies("vllm"))
     # --uds (used by the launch spec) exists from 0.10.2 on; 0.10.1 must not satisfy the requirement.
     assert "0.10.2" in req.specifier
     assert "0.10.1" not in req.specifier
 
 
-def test_sglang_dependency_pulls_the_server_runtime(pm: pluggy.PluginManager) -> None:
-    (req,) = (Requirement(d) for d in pm.hook.xinfd_engine_dependencies(engine="sglang"))
+def test_sglang_dependency_pulls_the_server_runtime(plugins: Plugins) -> None:
+    (req,) = (Requirement(d) for d in plugins.dependencies("sglang"))
     assert req.extras == {"all"}
     assert "0.4" in req.specifier
 
 
-def test_dependencies_return_a_fresh_list(pm: pluggy.PluginManager) -> None:
-    first = pm.hook.xinfd_engine_dependencies(engine="vllm")
+def test_dependencies_return_a_fresh_list(plugins: Plugins) -> None:
+    first = plugins.dependencies("vllm")
     first.append("junk")
-    assert "junk" not in pm.hook.xinfd_engine_dependencies(engine="vllm")
+    assert "junk" not in plugins.dependencies("vllm")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -99,15 +88,13 @@ def test_dependencies_return_a_fresh_list(pm: pluggy.PluginManager) -> None:
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_available_with_a_declared_gpu(
-    pm: pluggy.PluginManager, engine: str, model: Callable[..., ModelSpec], platform: Callable[..., Platform]
+    plugins: Plugins, engine: str, model: Callable[..., ModelSpec], platform: Callable[..., Platform]
 ) -> None:
     declared = (
         GpuInfo(index=0, name="declared-0", memory_mb=24576),
         GpuInfo(index=1, name="d1", memory_mb=1),
     )
-    result = pm.hook.xinfd_engine_availability(
-        engine=engine, model=model(), platform=platform(gpus=declared, nvml_available=False)
-    )
+    result = plugins.availability(engine, model(), platform(gpus=declared, nvml_available=False))
     assert result.available
     assert result.reason.startswith("ready")
     assert "2 NVIDIA GPU(s)" in result.reason
@@ -116,15 +103,13 @@ def test_available_with_a_declared_gpu(
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("nvml", [True, False])
 def test_unavailable_without_a_gpu(
-    pm: pluggy.PluginManager,
+    plugins: Plugins,
     engine: str,
     nvml: bool,
     model: Callable[..., ModelSpec],
     platform: Callable[..., Platform],
 ) -> None:
-    result = pm.hook.xinfd_engine_availability(
-        engine=engine, model=model(), platform=platform(gpus=(), nvml_available=nvml)
-    )
+    result = plugins.availability(engine, model(), platform(gpus=(), nvml_available=nvml))
     state = "available" if nvml else "not available"
     assert not result.available
     assert result.reason == f"{engine} needs an NVIDIA GPU; none found (NVML: {state})"
@@ -132,10 +117,9 @@ def test_unavailable_without_a_gpu(
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_unavailable_off_linux_even_before_the_gpu_check(
-    pm: pluggy.PluginManager, engine: str, model: Callable[..., ModelSpec], platform: Callable[..., Platform]
+    plugins: Plugins, engine: str, model: Callable[..., ModelSpec], platform: Callable[..., Platform]
 ) -> None:
-    result = pm.hook.xinfd_engine_availability(
-        engine=engine, model=model(), platform=platform(system="Darwin", machine="arm64", gpus=())
+    result = plugins.availability(engine, model(), platform(system="Darwin", machine="arm64", gpus=())
     )
     assert not result.available
     assert result.reason == f"{engine} needs Linux with an NVIDIA GPU; this host runs Darwin"
@@ -143,16 +127,14 @@ def test_unavailable_off_linux_even_before_the_gpu_check(
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_unavailable_when_venvs_are_off_and_not_installed(
-    pm: pluggy.PluginManager,
+    plugins: Plugins,
     engine: str,
     model: Callable[..., ModelSpec],
     platform: Callable[..., Platform],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(_common, "is_importable", lambda module: False)
-    result = pm.hook.xinfd_engine_availability(
-        engine=engine, model=model(), platform=platform(venv_enabled=False)
-    )
+    result = plugins.availability(engine, model(), platform(venv_enabled=False))
     assert not result.available
     assert result.reason == (
         f"{engine} is not installed in the daemon's environment and model virtual environments are disabled "
@@ -162,7 +144,7 @@ def test_unavailable_when_venvs_are_off_and_not_installed(
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_available_when_venvs_are_off_but_installed(
-    pm: pluggy.PluginManager,
+    plugins: Plugins,
     engine: str,
     model: Callable[..., ModelSpec],
     platform: Callable[..., Platform],
@@ -174,34 +156,30 @@ def test_available_when_venvs_are_off_but_installed(
     package.mkdir()
     (package / "__init__.py").write_text("raise RuntimeError('the daemon must not import engine packages')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    result = pm.hook.xinfd_engine_availability(
-        engine=engine, model=model(), platform=platform(venv_enabled=False)
-    )
+    result = plugins.availability(engine, model(), platform(venv_enabled=False))
     assert result.available
     assert f"{engine} is installed in the daemon's environment" in result.reason
     assert engine not in sys.modules
 
 
 def test_venv_check_is_skipped_when_venvs_are_on(
-    pm: pluggy.PluginManager,
+    plugins: Plugins,
     model: Callable[..., ModelSpec],
     platform: Callable[..., Platform],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(_common, "is_importable", lambda module: False)
-    result = pm.hook.xinfd_engine_availability(
-        engine="vllm", model=model(), platform=platform(venv_enabled=True)
-    )
+    result = plugins.availability("vllm", model(), platform(venv_enabled=True))
     assert result.available
     assert "virtual environment" in result.reason
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_unavailable_for_a_model_without_the_engine(
-    pm: pluggy.PluginManager, engine: str, model: Callable[..., ModelSpec], platform: Callable[..., Platform]
+    plugins: Plugins, engine: str, model: Callable[..., ModelSpec], platform: Callable[..., Platform]
 ) -> None:
     spec = model(name="bge-m3", engines=("sentence_transformers", "transformers"))
-    result = pm.hook.xinfd_engine_availability(engine=engine, model=spec, platform=platform())
+    result = plugins.availability(engine, spec, platform())
     assert not result.available
     assert result.reason == (
         f"model bge-m3 does not support engine {engine} (supported: sentence_transformers, transformers)"
@@ -209,19 +187,17 @@ def test_unavailable_for_a_model_without_the_engine(
 
 
 def test_model_with_no_engines_says_none(
-    pm: pluggy.PluginManager, model: Callable[..., ModelSpec], platform: Callable[..., Platform]
+    plugins: Plugins, model: Callable[..., ModelSpec], platform: Callable[..., Platform]
 ) -> None:
-    result = pm.hook.xinfd_engine_availability(engine="vllm", model=model(engines=()), platform=platform())
+    result = plugins.availability("vllm", model(engines=()), platform())
     assert result.reason == "model qwen2.5-instruct does not support engine vllm (supported: none)"
 
 
 def test_host_reasons_come_before_model_reasons(
-    pm: pluggy.PluginManager, model: Callable[..., ModelSpec], platform: Callable[..., Platform]
+    plugins: Plugins, model: Callable[..., ModelSpec], platform: Callable[..., Platform]
 ) -> None:
     # The model does not list sglang either, but the missing GPU is what the operator must fix first.
-    result = pm.hook.xinfd_engine_availability(
-        engine="sglang", model=model(engines=("vllm",)), platform=platform(gpus=())
-    )
+    result = plugins.availability("sglang", model(engines=("vllm",)), platform(gpus=()))
     assert "needs an NVIDIA GPU" in result.reason
 
 

@@ -7,9 +7,9 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-import pluggy
 import pytest
 
+from xinfd.plugins import Plugins
 from xinfd.types import LaunchSpec, ModelSpec, ReplicaContext
 
 PYTHON = "/var/lib/xinfd/virtualenv/v4/qwen2.5-instruct/vllm/3.11.9/bin/python"
@@ -19,8 +19,9 @@ Replica = Callable[..., ReplicaContext]
 Model = Callable[..., ModelSpec]
 
 
-def launch(pm: pluggy.PluginManager, engine: str, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec:
-    spec = pm.hook.xinfd_engine_launch(engine=engine, model=model, replica=replica)
+def launch(plugins: Plugins, engine: str, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec:
+    """The engine's own ``launch`` (a ValueError for a bad option; the facade turns it into a 400)."""
+    spec = plugins.engine(engine).launch(model, replica)
     assert isinstance(spec, LaunchSpec)
     return spec
 
@@ -38,8 +39,8 @@ SGLANG_HEAD = 13  # python -m module --model-path M --served-model-name U --host
 # vLLM
 
 
-def test_vllm_one_gpu(pm: pluggy.PluginManager, model: Model, replica: Replica) -> None:
-    spec = launch(pm, "vllm", model(), replica(gpus=(3,)))
+def test_vllm_one_gpu(plugins: Plugins, model: Model, replica: Replica) -> None:
+    spec = launch(plugins, "vllm", model(), replica(gpus=(3,)))
     assert spec.argv == (
         PYTHON,
         "-m",
@@ -63,29 +64,29 @@ def test_vllm_one_gpu(pm: pluggy.PluginManager, model: Model, replica: Replica) 
     assert spec.listen == "unix"
 
 
-def test_vllm_ignores_the_reserved_port(pm: pluggy.PluginManager, model: Model, replica: Replica) -> None:
-    spec = launch(pm, "vllm", model(), replica(port=41234))
+def test_vllm_ignores_the_reserved_port(plugins: Plugins, model: Model, replica: Replica) -> None:
+    spec = launch(plugins, "vllm", model(), replica(port=41234))
     assert spec.listen == "unix"
     assert "--port" not in spec.argv and "41234" not in spec.argv
-    assert spec.argv == launch(pm, "vllm", model(), replica()).argv
+    assert spec.argv == launch(plugins, "vllm", model(), replica()).argv
 
 
 def test_vllm_two_gpus_is_tensor_parallel_two(
-    pm: pluggy.PluginManager, model: Model, replica: Replica
+    plugins: Plugins, model: Model, replica: Replica
 ) -> None:
-    spec = launch(pm, "vllm", model(), replica(gpus=(0, 1)))
+    spec = launch(plugins, "vllm", model(), replica(gpus=(0, 1)))
     argv = list(spec.argv)
     assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
     assert dict(spec.env) == {}
     assert "CUDA_VISIBLE_DEVICES" not in spec.env
 
 
-def test_vllm_without_gpus_uses_one_rank(pm: pluggy.PluginManager, model: Model, replica: Replica) -> None:
-    argv = list(launch(pm, "vllm", model(), replica(gpus=())).argv)
+def test_vllm_without_gpus_uses_one_rank(plugins: Plugins, model: Model, replica: Replica) -> None:
+    argv = list(launch(plugins, "vllm", model(), replica(gpus=())).argv)
     assert argv[argv.index("--tensor-parallel-size") + 1] == "1"
 
 
-def test_vllm_maps_well_known_options(pm: pluggy.PluginManager, model: Model, replica: Replica) -> None:
+def test_vllm_maps_well_known_options(plugins: Plugins, model: Model, replica: Replica) -> None:
     options = {
         "max_model_len": 8192,
         "gpu_memory_utilization": 0.85,
@@ -94,7 +95,7 @@ def test_vllm_maps_well_known_options(pm: pluggy.PluginManager, model: Model, re
         "trust_remote_code": True,
         "enforce_eager": False,
     }
-    spec = launch(pm, "vllm", model(), replica(options=options))
+    spec = launch(plugins, "vllm", model(), replica(options=options))
     assert tail(spec, VLLM_HEAD) == [
         "--max-model-len",
         "8192",
@@ -109,20 +110,20 @@ def test_vllm_maps_well_known_options(pm: pluggy.PluginManager, model: Model, re
 
 
 def test_boolean_options_accept_command_line_strings(
-    pm: pluggy.PluginManager, model: Model, replica: Replica
+    plugins: Plugins, model: Model, replica: Replica
 ) -> None:
     spec = launch(
-        pm, "vllm", model(), replica(options={"trust_remote_code": "true", "enforce_eager": "True"})
+        plugins, "vllm", model(), replica(options={"trust_remote_code": "true", "enforce_eager": "True"})
     )
     assert tail(spec, VLLM_HEAD) == ["--trust-remote-code", "--enforce-eager"]
     spec = launch(
-        pm, "vllm", model(), replica(options={"trust_remote_code": "false", "max_model_len": "32k"})
+        plugins, "vllm", model(), replica(options={"trust_remote_code": "false", "max_model_len": "32k"})
     )
     assert tail(spec, VLLM_HEAD) == ["--max-model-len", "32k"]
 
 
 def test_unknown_options_pass_through_as_flags(
-    pm: pluggy.PluginManager, model: Model, replica: Replica
+    plugins: Plugins, model: Model, replica: Replica
 ) -> None:
     options: dict[str, Any] = {
         "max_num_seqs": 64,
@@ -133,7 +134,7 @@ def test_unknown_options_pass_through_as_flags(
         "hf_overrides": {"rope_scaling": {"type": "yarn", "factor": 4.0}},
         "allowed_origins": ["http://a", "http://b"],
     }
-    spec = launch(pm, "vllm", model(), replica(options=options))
+    spec = launch(plugins, "vllm", model(), replica(options=options))
     assert tail(spec, VLLM_HEAD) == [
         "--max-num-seqs",
         "64",
@@ -149,9 +150,9 @@ def test_unknown_options_pass_through_as_flags(
 
 
 def test_values_that_look_like_flags_are_bound_to_their_flag(
-    pm: pluggy.PluginManager, model: Model, replica: Replica
+    plugins: Plugins, model: Model, replica: Replica
 ) -> None:
-    spec = launch(pm, "vllm", model(), replica(options={"chat_template": "--uds /tmp/x", "seed": -1}))
+    spec = launch(plugins, "vllm", model(), replica(options={"chat_template": "--uds /tmp/x", "seed": -1}))
     assert tail(spec, VLLM_HEAD) == ["--chat-template=--uds /tmp/x", "--seed=-1"]
 
 
@@ -160,10 +161,10 @@ def test_values_that_look_like_flags_are_bound_to_their_flag(
 )
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
 def test_bad_option_names_are_rejected(
-    pm: pluggy.PluginManager, model: Model, replica: Replica, engine: str, name: str
+    plugins: Plugins, model: Model, replica: Replica, engine: str, name: str
 ) -> None:
     with pytest.raises(ValueError, match="launch option") as excinfo:
-        launch(pm, engine, model(), replica(engine, options={name: "1"}))
+        launch(plugins, engine, model(), replica(engine, options={name: "1"}))
     assert repr(name) in str(excinfo.value)
 
 
@@ -187,10 +188,10 @@ def test_bad_option_names_are_rejected(
     ],
 )
 def test_options_cannot_override_what_the_daemon_decides(
-    pm: pluggy.PluginManager, model: Model, replica: Replica, engine: str, name: str
+    plugins: Plugins, model: Model, replica: Replica, engine: str, name: str
 ) -> None:
     with pytest.raises(ValueError, match=f"launch option '{name}' would set --"):
-        launch(pm, engine, model(), replica(engine, options={name: "2"}))
+        launch(plugins, engine, model(), replica(engine, options={name: "2"}))
 
 
 @pytest.mark.parametrize(
@@ -211,22 +212,22 @@ def test_options_cannot_override_what_the_daemon_decides(
     ],
 )
 def test_bad_option_values_are_rejected(
-    pm: pluggy.PluginManager, model: Model, replica: Replica, name: str, value: object, message: str
+    plugins: Plugins, model: Model, replica: Replica, name: str, value: object, message: str
 ) -> None:
     with pytest.raises(ValueError, match=message) as excinfo:
-        launch(pm, "vllm", model(), replica(options={name: value}))
+        launch(plugins, "vllm", model(), replica(options={name: value}))
     assert repr(name) in str(excinfo.value)
 
 
 def test_embedding_only_models_use_the_pooling_runner(
-    pm: pluggy.PluginManager, model: Model, replica: Replica
+    plugins: Plugins, model: Model, replica: Replica
 ) -> None:
     embed = model(name="bge-m3", abilities=("embed",), extra={"model_id": "BAAI/bge-m3"})
-    assert tail(launch(pm, "vllm", embed, replica()), VLLM_HEAD) == ["--runner", "pooling"]
+    assert tail(launch(plugins, "vllm", embed, replica()), VLLM_HEAD) == ["--runner", "pooling"]
     # The user's choice wins, and is not emitted twice.
-    spec = launch(pm, "vllm", embed, replica(options={"runner": "generate"}))
+    spec = launch(plugins, "vllm", embed, replica(options={"runner": "generate"}))
     assert tail(spec, VLLM_HEAD) == ["--runner", "generate"]
-    assert tail(launch(pm, "vllm", model(), replica()), VLLM_HEAD) == []
+    assert tail(launch(plugins, "vllm", model(), replica()), VLLM_HEAD) == []
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -235,16 +236,16 @@ def test_embedding_only_models_use_the_pooling_runner(
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
 def test_missing_weights_location_is_an_error(
-    pm: pluggy.PluginManager, model: Model, replica: Replica, engine: str
+    plugins: Plugins, model: Model, replica: Replica, engine: str
 ) -> None:
     with pytest.raises(ValueError, match=r"model qwen2\.5-instruct has no weights location"):
-        launch(pm, engine, model(extra={}), replica(engine))
+        launch(plugins, engine, model(extra={}), replica(engine))
 
 
-def test_weights_location_precedence(pm: pluggy.PluginManager, model: Model, replica: Replica) -> None:
+def test_weights_location_precedence(plugins: Plugins, model: Model, replica: Replica) -> None:
     both = model(extra={"model_path": "/models/qwen", "model_id": "Qwen/Qwen2.5-7B-Instruct"})
-    assert launch(pm, "vllm", both, replica()).argv[4] == "/models/qwen"
-    spec = launch(pm, "vllm", both, replica(options={"model_path": "/scratch/qwen-local"}))
+    assert launch(plugins, "vllm", both, replica()).argv[4] == "/models/qwen"
+    spec = launch(plugins, "vllm", both, replica(options={"model_path": "/scratch/qwen-local"}))
     assert spec.argv[4] == "/scratch/qwen-local"
     # model_path is consumed, never forwarded as a second flag.
     assert "--model-path" not in spec.argv and tail(spec, VLLM_HEAD) == []
@@ -271,19 +272,19 @@ def test_one_weights_location_rule_for_every_engine(monkeypatch: pytest.MonkeyPa
         weights_location(spec(model_id=""), {})
 
 
-def test_weights_location_must_be_a_string(pm: pluggy.PluginManager, model: Model, replica: Replica) -> None:
+def test_weights_location_must_be_a_string(plugins: Plugins, model: Model, replica: Replica) -> None:
     with pytest.raises(ValueError, match="extra 'model_path' must be a non-empty string"):
-        launch(pm, "vllm", model(extra={"model_path": 42}), replica())
+        launch(plugins, "vllm", model(extra={"model_path": 42}), replica())
     with pytest.raises(ValueError, match="launch option 'model_path'"):
-        launch(pm, "vllm", model(), replica(options={"model_path": "  "}))
+        launch(plugins, "vllm", model(), replica(options={"model_path": "  "}))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # SGLang
 
 
-def test_sglang_one_gpu(pm: pluggy.PluginManager, model: Model, replica: Replica) -> None:
-    spec = launch(pm, "sglang", model(), replica("sglang", gpus=(1,), port=30001))
+def test_sglang_one_gpu(plugins: Plugins, model: Model, replica: Replica) -> None:
+    spec = launch(plugins, "sglang", model(), replica("sglang", gpus=(1,), port=30001))
     assert spec.argv == (
         PYTHON,
         "-m",
@@ -310,9 +311,9 @@ def test_sglang_one_gpu(pm: pluggy.PluginManager, model: Model, replica: Replica
 
 @pytest.mark.parametrize("port", [1024, 30000, 65535])
 def test_sglang_listens_on_the_replica_port(
-    pm: pluggy.PluginManager, model: Model, replica: Replica, port: int
+    plugins: Plugins, model: Model, replica: Replica, port: int
 ) -> None:
-    spec = launch(pm, "sglang", model(), replica("sglang", port=port))
+    spec = launch(plugins, "sglang", model(), replica("sglang", port=port))
     argv = list(spec.argv)
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert argv[argv.index("--port") + 1] == str(port)
@@ -321,21 +322,21 @@ def test_sglang_listens_on_the_replica_port(
 
 
 def test_sglang_validation_pass_with_port_zero_builds_the_argv(
-    pm: pluggy.PluginManager, model: Model, replica: Replica
+    plugins: Plugins, model: Model, replica: Replica
 ) -> None:
     # The daemon asks for replica 0's spec with port 0 only to validate the options; it must not raise.
-    spec = launch(pm, "sglang", model(), replica("sglang", options={"max_model_len": 4096}))
+    spec = launch(plugins, "sglang", model(), replica("sglang", options={"max_model_len": 4096}))
     argv = list(spec.argv)
     assert argv[argv.index("--port") + 1] == "0"
     assert tail(spec, SGLANG_HEAD) == ["--context-length", "4096"]
     assert spec.listen == "tcp"
     # ...and bad options are still reported in that pass.
     with pytest.raises(ValueError, match="launch option 'max_model_len'"):
-        launch(pm, "sglang", model(), replica("sglang", options={"max_model_len": "lots"}))
+        launch(plugins, "sglang", model(), replica("sglang", options={"max_model_len": "lots"}))
 
 
-def test_sglang_two_gpus(pm: pluggy.PluginManager, model: Model, replica: Replica) -> None:
-    spec = launch(pm, "sglang", model(), replica("sglang", gpus=(0, 1), port=30002))
+def test_sglang_two_gpus(plugins: Plugins, model: Model, replica: Replica) -> None:
+    spec = launch(plugins, "sglang", model(), replica("sglang", gpus=(0, 1), port=30002))
     argv = list(spec.argv)
     assert argv[argv.index("--tp-size") + 1] == "2"
     assert argv[argv.index("--port") + 1] == "30002"
@@ -343,7 +344,7 @@ def test_sglang_two_gpus(pm: pluggy.PluginManager, model: Model, replica: Replic
 
 
 def test_sglang_maps_well_known_options_to_its_own_flags(
-    pm: pluggy.PluginManager, model: Model, replica: Replica
+    plugins: Plugins, model: Model, replica: Replica
 ) -> None:
     options = {
         "max_model_len": 4096,
@@ -354,7 +355,7 @@ def test_sglang_maps_well_known_options_to_its_own_flags(
         "enforce_eager": True,
         "schedule_policy": "lpm",
     }
-    spec = launch(pm, "sglang", model(), replica("sglang", options=options, port=30000))
+    spec = launch(plugins, "sglang", model(), replica("sglang", options=options, port=30000))
     assert tail(spec, SGLANG_HEAD) == [
         "--context-length",
         "4096",
@@ -372,22 +373,22 @@ def test_sglang_maps_well_known_options_to_its_own_flags(
 
 
 def test_sglang_rejects_two_options_for_one_flag(
-    pm: pluggy.PluginManager, model: Model, replica: Replica
+    plugins: Plugins, model: Model, replica: Replica
 ) -> None:
     options = {"max_model_len": 4096, "context_length": 8192}
     with pytest.raises(ValueError, match="'max_model_len' and 'context_length' both set --context-length"):
-        launch(pm, "sglang", model(), replica("sglang", options=options, port=30000))
+        launch(plugins, "sglang", model(), replica("sglang", options=options, port=30000))
 
 
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
 @pytest.mark.parametrize("value", [30000, "30000", 0])
 @pytest.mark.parametrize("port", [0, 30000])
 def test_port_option_is_refused_because_the_daemon_picks_it(
-    pm: pluggy.PluginManager, model: Model, replica: Replica, engine: str, value: object, port: int
+    plugins: Plugins, model: Model, replica: Replica, engine: str, value: object, port: int
 ) -> None:
     # Refused in the validation pass (port 0) and at the real launch alike; the daemon turns it into a 400.
     with pytest.raises(ValueError, match="launch option 'port' would set --port") as excinfo:
-        launch(pm, engine, model(), replica(engine, options={"port": value}, port=port))
+        launch(plugins, engine, model(), replica(engine, options={"port": value}, port=port))
     message = str(excinfo.value)
     assert "the daemon picks where each replica listens" in message
     assert "port" in message.split("the daemon picks", 1)[1]
@@ -396,11 +397,11 @@ def test_port_option_is_refused_because_the_daemon_picks_it(
 @pytest.mark.parametrize("engine", ["vllm", "sglang"])
 @pytest.mark.parametrize("name", ["host", "po"])
 def test_listening_options_name_the_daemon_as_the_chooser(
-    pm: pluggy.PluginManager, model: Model, replica: Replica, engine: str, name: str
+    plugins: Plugins, model: Model, replica: Replica, engine: str, name: str
 ) -> None:
     # "po" is refused too: argparse would expand the prefix to --port.
     with pytest.raises(ValueError, match="the daemon picks where each replica listens"):
-        launch(pm, engine, model(), replica(engine, options={name: "x"}, port=30000))
+        launch(plugins, engine, model(), replica(engine, options={name: "x"}, port=30000))
 
 
 @pytest.mark.parametrize(
@@ -415,10 +416,10 @@ def test_listening_options_name_the_daemon_as_the_chooser(
     ],
 )
 def test_refusals_say_why(
-    pm: pluggy.PluginManager, model: Model, replica: Replica, engine: str, name: str, reason: str | None
+    plugins: Plugins, model: Model, replica: Replica, engine: str, name: str, reason: str | None
 ) -> None:
     if reason is None:
-        launch(pm, engine, model(), replica(engine, options={name: "x"}))
+        launch(plugins, engine, model(), replica(engine, options={name: "x"}))
         return
     with pytest.raises(ValueError, match=reason):
-        launch(pm, engine, model(), replica(engine, options={name: "x"}))
+        launch(plugins, engine, model(), replica(engine, options={name: "x"}))

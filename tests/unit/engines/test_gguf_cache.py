@@ -20,15 +20,15 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::U
 def test_cache_key_follows_file_identity_dtype_and_version(tmp_path: Path) -> None:
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF" + b"\0" * 60)
-    env = {"XINFD_MODEL_CACHE": str(tmp_path / "cache")}
-    first = gguf_cache.cache_entry(gguf, transformers_version="5.0", dtype="auto", env=env)
+    root = str(tmp_path / "cache")  # ReplicaContext.cache_dir
+    first = gguf_cache.cache_entry(gguf, transformers_version="5.0", dtype="auto", root=root)
     assert first is not None and first.parent == tmp_path / "cache" and first.name.startswith("m-")
-    assert gguf_cache.cache_entry(gguf, transformers_version="5.0", dtype="auto", env=env) == first
-    assert gguf_cache.cache_entry(gguf, transformers_version="5.1", dtype="auto", env=env) != first
-    assert gguf_cache.cache_entry(gguf, transformers_version="5.0", dtype="bfloat16", env=env) != first
+    assert gguf_cache.cache_entry(gguf, transformers_version="5.0", dtype="auto", root=root) == first
+    assert gguf_cache.cache_entry(gguf, transformers_version="5.1", dtype="auto", root=root) != first
+    assert gguf_cache.cache_entry(gguf, transformers_version="5.0", dtype="bfloat16", root=root) != first
     os.utime(gguf, ns=(1, 1))  # the file was replaced: the old conversion must not be used
-    assert gguf_cache.cache_entry(gguf, transformers_version="5.0", dtype="auto", env=env) != first
-    assert gguf_cache.cache_entry(gguf, transformers_version="5.0", dtype="auto", env={}) is None
+    assert gguf_cache.cache_entry(gguf, transformers_version="5.0", dtype="auto", root=root) != first
+    assert gguf_cache.cache_entry(gguf, transformers_version="5.0", dtype="auto", root="") is None
 
 
 def test_stored_entry_loads_the_same_weights(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ import pytest
 from xinfd_engines import llama_cpp as engine
 from xinfd_engines.transformers import weights_location
 
-from tests.unit.engines.conftest import make_model, make_platform, make_replica
+from tests.unit.engines.conftest import launch, make_model, make_platform, make_replica
+from xinfd.errors import InvalidRequestError
 from xinfd.registry import ModelRegistry
 from xinfd.types import ChatMessage, GenerateRequest
 
@@ -20,21 +21,21 @@ GGUF = make_model(name="g", engines=("llama.cpp",), extra={"model_path": "/model
 
 
 def test_launch_checks_options_and_format() -> None:
-    assert engine.xinfd_engine_launch("llama.cpp", GGUF, make_replica(engine="llama.cpp")) is not None
+    assert launch(engine, GGUF, make_replica(engine="llama.cpp")) is not None
     folder = make_model(name="f", engines=("llama.cpp",), extra={"model_path": "/models/folder"})
-    with pytest.raises(ValueError, match=r"loads \.gguf files"):
-        engine.xinfd_engine_launch("llama.cpp", folder, make_replica(engine="llama.cpp"))
-    with pytest.raises(ValueError, match="n_ctx"):
-        engine.xinfd_engine_launch("llama.cpp", GGUF, make_replica(options={"n_ctx": "-1"}))
-    with pytest.raises(ValueError, match="unknown launch option"):
-        engine.xinfd_engine_launch("llama.cpp", GGUF, make_replica(options={"n_gpu": 1}))
+    with pytest.raises(InvalidRequestError, match=r"loads \.gguf files"):
+        launch(engine, folder, make_replica(engine="llama.cpp"))
+    with pytest.raises(InvalidRequestError, match="n_ctx"):
+        launch(engine, GGUF, make_replica(options={"n_ctx": "-1"}))
+    with pytest.raises(InvalidRequestError, match="unknown launch option"):
+        launch(engine, GGUF, make_replica(options={"n_gpu": 1}))
 
 
 def test_dependencies_and_availability() -> None:
-    deps = engine.xinfd_engine_dependencies("llama.cpp")
+    deps = engine.ENGINE.dependencies()
     assert deps is not None and any(d.startswith("llama-cpp-python") for d in deps)
     assert engine.BUILD_ENV["CMAKE_ARGS"].startswith("-DGGML_NATIVE=OFF")
-    avail = engine.xinfd_engine_availability("llama.cpp", GGUF, make_platform(gpus=(), venv_enabled=False))
+    avail = engine.ENGINE.availability(GGUF, make_platform(gpus=(), venv_enabled=False))
     assert avail is not None
     if importlib.util.find_spec("llama_cpp") is None:
         assert not avail.available and "llama_cpp not installed" in avail.reason
@@ -53,7 +54,7 @@ async def test_smollm2_answers_in_process(tmp_path: Path, llama_cpp_available: N
     assert "<|im_start|>user" in prompt
     text, reason = "", None
     async for delta in model.generate(
-        GenerateRequest(request_id="r", prompt=prompt, max_tokens=16, temperature=0.0)
+        GenerateRequest(request_id="r", prompt=prompt, max_tokens=16, temperature=0.0, kind="chat")
     ):
         text += delta.text
         reason = delta.finish_reason
@@ -66,7 +67,7 @@ async def test_closing_the_stream_stops_llama_cpp(tmp_path: Path, llama_cpp_avai
     spec = ModelRegistry.for_home(tmp_path).builtin()["smollm2-135m-instruct"]
     model = engine.LlamaCppModel.load(weights_location(spec, {}), {"n_ctx": "1024"})
     gen = model.generate(
-        GenerateRequest(request_id="c", prompt="Once upon a time", max_tokens=500, temperature=1.0)
+        GenerateRequest(request_id="c", prompt="Once upon a time", max_tokens=500, temperature=1.0, kind="completion")
     )
     async for _ in gen:
         break

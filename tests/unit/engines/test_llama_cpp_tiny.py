@@ -17,6 +17,7 @@ pytest.importorskip("transformers")
 from xinfd_engines import llama_cpp as engine
 
 from tests.unit.engines.tiny_gguf import tiny_llama_gguf
+from xinfd.errors import InvalidRequestError
 from xinfd.types import ChatMessage, GenerateRequest
 
 pytestmark = pytest.mark.usefixtures("llama_cpp_available")
@@ -64,7 +65,8 @@ def hf_greedy(hf: tuple[Any, Any], prompt_ids: list[int], new_tokens: int) -> li
 
 async def collect(model: engine.LlamaCppModel, prompt: str, **fields: Any) -> tuple[str, str, str | None]:
     """Run one request to the end; return (content, reasoning, finish_reason)."""
-    request = GenerateRequest(request_id="t", prompt=prompt, **{"max_tokens": 12, "temperature": 0.0, **fields})
+    values: dict[str, Any] = {"max_tokens": 12, "temperature": 0.0, "kind": "chat", **fields}
+    request = GenerateRequest(request_id="t", prompt=prompt, **values)
     text, reasoning, reason = "", "", None
     async for delta in model.generate(request):
         text += delta.text
@@ -113,7 +115,7 @@ async def test_chat_matches_transformers_text(plain: tuple[Path, Path], hf: tupl
     assert "\ufffd" in text  # stray byte tokens decode as U+FFFD, as transformers decodes them
     assert model.tokens_generated == 12  # max_tokens exactly, counted in tokens (not in stream chunks)
     last = [d async for d in model.generate(GenerateRequest(request_id="u", prompt=prompt, max_tokens=12,
-                                                            temperature=0.0))][-1]
+                                                            temperature=0.0, kind="chat"))][-1]
     assert last.tokens == 12  # what usage.completion_tokens reports (re-tokenizing the text would not give 12)
 
 
@@ -127,7 +129,7 @@ async def test_thinking_split_and_enable_thinking(think: tuple[Path, Path]) -> N
     text, reasoning, _ = await collect(model, plain)
     assert text and not reasoning
     # Text completions keep the tags and split nothing.
-    text, reasoning, _ = await collect(model, thinking, extra={"kind": "text"})
+    text, reasoning, _ = await collect(model, thinking, kind="completion")
     assert text and not reasoning
     # The launch option sets the template's default; a request may still turn thinking back on.
     off = load(think[1], enable_thinking="false")
@@ -179,7 +181,9 @@ async def test_prompt_longer_than_n_ctx_is_an_error(plain: tuple[Path, Path]) ->
 async def test_closing_the_stream_stops_generation(plain: tuple[Path, Path]) -> None:
     model = load(plain[1], n_ctx="4096")
     gen = model.generate(
-        GenerateRequest(request_id="c", prompt="the quick brown fox", max_tokens=4000, temperature=1.0, seed=1)
+        GenerateRequest(
+            request_id="c", prompt="the quick brown fox", max_tokens=4000, temperature=1.0, seed=1, kind="chat"
+        )
     )
     async for _ in gen:
         break
@@ -230,11 +234,11 @@ async def test_embeddings_are_pooled_per_input_and_normalised(plain: tuple[Path,
 
 
 def test_embedding_options_are_checked_at_launch() -> None:
-    from tests.unit.engines.conftest import make_model, make_replica
+    from tests.unit.engines.conftest import launch, make_model, make_replica
 
     spec = make_model(name="e", abilities=("embed",), engines=("llama.cpp",), extra={"model_path": "/m/e.gguf"})
     assert engine.embeds_only(spec)
-    with pytest.raises(ValueError, match="'pooling' must be one of"):
-        engine.xinfd_engine_launch("llama.cpp", spec, make_replica(engine="llama.cpp", options={"pooling": "none"}))
-    with pytest.raises(ValueError, match="'normalize' must be true or false"):
-        engine.xinfd_engine_launch("llama.cpp", spec, make_replica(engine="llama.cpp", options={"normalize": "2"}))
+    with pytest.raises(InvalidRequestError, match="'pooling' must be one of"):
+        launch(engine, spec, make_replica(engine="llama.cpp", options={"pooling": "none"}))
+    with pytest.raises(InvalidRequestError, match="'normalize' must be true or false"):
+        launch(engine, spec, make_replica(engine="llama.cpp", options={"normalize": "2"}))

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from xinfd_engines import mlx as engine
 
-from tests.unit.engines.conftest import make_model, make_platform, make_replica
+from tests.unit.engines.conftest import launch, make_model, make_platform, make_replica
 from tests.unit.engines.tiny_models import build_tiny_llama
+from xinfd.errors import InvalidRequestError
 from xinfd.types import GenerateRequest
 
 pytestmark = [
@@ -22,18 +23,16 @@ pytestmark = [
 
 def test_availability_reasons() -> None:
     spec = make_model(name="m", engines=("mlx",), extra={})
-    windows = engine.xinfd_engine_availability("mlx", spec, make_platform(system="Windows"))
+    windows = engine.ENGINE.availability(spec, make_platform(system="Windows"))
     assert windows is not None and not windows.available and "macOS" in windows.reason
-    intel = engine.xinfd_engine_availability("mlx", spec, make_platform(system="Darwin", machine="x86_64"))
+    intel = engine.ENGINE.availability(spec, make_platform(system="Darwin", machine="x86_64"))
     assert intel is not None and "Apple silicon" in intel.reason
-    linux = engine.xinfd_engine_availability("mlx", spec, make_platform(gpus=()))
+    linux = engine.ENGINE.availability(spec, make_platform(gpus=()))
     assert linux is not None and linux.available  # packages come from the model venv
-    deps = engine.xinfd_engine_dependencies("mlx")
+    deps = engine.ENGINE.dependencies()
     assert deps is not None and any("mlx-lm[cpu]" in d and "linux" in d for d in deps)
-    with pytest.raises(ValueError, match="unknown launch option"):
-        engine.xinfd_engine_launch(
-            "mlx",
-            make_model(engines=("mlx",), extra={"model_path": "/x"}),
+    with pytest.raises(InvalidRequestError, match="unknown launch option"):
+        launch(engine, make_model(engines=("mlx",), extra={"model_path": "/x"}),
             make_replica(engine="mlx", options={"temperature": 1}),
         )
 
@@ -56,7 +55,7 @@ def model(tiny_dir: Path) -> Iterator[MlxTextModel]:
 
 async def collect(model: MlxTextModel, prompt: str, max_tokens: int = 20) -> tuple[str, str | None]:
     request = GenerateRequest(
-        request_id="r", prompt=prompt, max_tokens=max_tokens, temperature=0.0, extra={"kind": "text"}
+        request_id="r", prompt=prompt, max_tokens=max_tokens, temperature=0.0, kind="completion"
     )
     text, reason = "", None
     async for delta in model.generate(request):
@@ -82,7 +81,8 @@ async def test_greedy_matches_transformers_and_batches(model: MlxTextModel, tiny
 
 
 async def test_abort_removes_the_sequence(model: MlxTextModel) -> None:
-    gen = model.generate(GenerateRequest(request_id="c", prompt="hello", max_tokens=500, temperature=1.0))
+    request = GenerateRequest(request_id="c", prompt="hello", max_tokens=500, temperature=1.0, kind="completion")
+    gen = model.generate(request)
     async for _ in gen:
         break
     await gen.aclose()  # type: ignore[attr-defined]

@@ -15,6 +15,8 @@ from xinfd.worker.sse import decode_events
 class Thinker:
     """Yields two reasoning pieces, then the answer; records the request kinds it saw."""
 
+    context_window = None
+
     def __init__(self) -> None:
         self.kinds: list[str] = []
 
@@ -25,7 +27,7 @@ class Thinker:
         return len(text.split())
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GeneratedDelta]:
-        self.kinds.append(str(request.extra.get("kind")))
+        self.kinds.append(request.kind)
         yield GeneratedDelta(text="", reasoning="let me ")
         yield GeneratedDelta(text="", reasoning="think")
         yield GeneratedDelta(text="Paris.", finish_reason="stop")
@@ -48,5 +50,5 @@ async def test_reasoning_content_whole_and_streamed(aiohttp_client: Any) -> None
     assert "".join(d.get("content", "") for d in deltas) == "Paris."
     text = await (await client.post("/v1/completions", json={"prompt": "x"})).json()
     assert text["choices"][0]["text"] == "let me thinkParis."
-    assert model.kinds == ["chat", "chat", "text"]
+    assert model.kinds == ["chat", "chat", "completion"]
     assert json.dumps(full)  # plain JSON

@@ -4,8 +4,10 @@ thinking; and its daemon-side hooks (options, weights location, availability).""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -14,9 +16,10 @@ pytest.importorskip("transformers")
 from xinfd_engines import transformers as engine
 from xinfd_engines.transformers_model import TransformersOptions, TransformersTextModel
 
-from tests.unit.engines.conftest import make_model, make_platform, make_replica
+from tests.unit.engines.conftest import launch, make_model, make_platform, make_replica
 from tests.unit.engines.tiny_models import build_tiny_llama
-from xinfd.types import ChatMessage, GenerateRequest
+from xinfd.errors import InvalidRequestError
+from xinfd.types import ChatMessage, GenerateRequest, ReplicaSettings
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
@@ -45,7 +48,7 @@ async def collect(model: TransformersTextModel, prompt: str, **kw: object) -> tu
         prompt=prompt,
         max_tokens=kw.pop("max_tokens", 24),  # type: ignore[arg-type]
         temperature=0.0,
-        extra={"kind": kw.pop("kind", "chat")},
+        kind=kw.pop("kind", "chat"),  # type: ignore[arg-type]
         **kw,
     )  # type: ignore[arg-type]
     text, reasoning, reason = "", "", None
@@ -68,8 +71,8 @@ def reference_greedy(model: TransformersTextModel, prompt: str, n: int) -> str:
 async def test_greedy_matches_generate_alone_and_in_a_batch(model: TransformersTextModel) -> None:
     prompt = "the quick brown fox"
     expected = reference_greedy(model, prompt, 24)
-    alone = await collect(model, prompt, kind="text")
-    batch = await asyncio.gather(*(collect(model, prompt, kind="text") for _ in range(6)))
+    alone = await collect(model, prompt, kind="completion")
+    batch = await asyncio.gather(*(collect(model, prompt, kind="completion") for _ in range(6)))
     assert alone[0] == expected and alone[2] in ("length", "stop")
     assert {b[0] for b in batch} == {expected}
 
@@ -82,7 +85,7 @@ def test_the_running_manager_uses_the_row_wise_top_p(model: TransformersTextMode
 
 
 async def test_last_delta_reports_the_tokens_generated(model: TransformersTextModel) -> None:
-    request = GenerateRequest(request_id="n", prompt="hello", max_tokens=9, temperature=0.0, extra={"kind": "text"})
+    request = GenerateRequest(request_id="n", prompt="hello", max_tokens=9, temperature=0.0, kind="completion")
     deltas = [d async for d in model.generate(request)]
     if deltas[-1].finish_reason == "length":
         assert deltas[-1].tokens == 9
@@ -93,9 +96,9 @@ async def test_last_delta_reports_the_tokens_generated(model: TransformersTextMo
 
 
 async def test_stop_string_ends_the_request(model: TransformersTextModel) -> None:
-    full, _, _ = await collect(model, "hello world", kind="text")
+    full, _, _ = await collect(model, "hello world", kind="completion")
     stop = full[5:8]
-    text, _, reason = await collect(model, "hello world", kind="text", stop=(stop,))
+    text, _, reason = await collect(model, "hello world", kind="completion", stop=(stop,))
     assert reason == "stop" and stop not in text and full.startswith(text)
 
 
@@ -103,7 +106,7 @@ async def test_closing_the_iterator_cancels_in_the_batch(model: TransformersText
     before = model.cancelled
     gen = model.generate(
         GenerateRequest(
-            request_id="c", prompt="hello", max_tokens=400, temperature=1.0, extra={"kind": "text"}
+            request_id="c", prompt="hello", max_tokens=400, temperature=1.0, kind="completion"
         )
     )
     async for _ in gen:
@@ -113,7 +116,7 @@ async def test_closing_the_iterator_cancels_in_the_batch(model: TransformersText
     produced = model.tokens_generated
     await asyncio.sleep(0.3)
     assert model.tokens_generated == produced  # nothing more generated for it
-    assert (await collect(model, "hello", kind="text"))[2] is not None  # the batch still serves
+    assert (await collect(model, "hello", kind="completion"))[2] is not None  # the batch still serves
 
 
 async def test_thinking_default_and_per_request_override(model: TransformersTextModel) -> None:
@@ -130,18 +133,20 @@ async def test_thinking_default_and_per_request_override(model: TransformersText
 
 def test_options_are_validated_at_launch(tiny_dir: Path) -> None:
     spec = make_model(name="tiny", engines=("transformers",), extra={"model_path": str(tiny_dir)})
-    assert engine.xinfd_engine_launch("transformers", spec, make_replica(engine="transformers")) is not None
-    with pytest.raises(ValueError, match="unknown launch option"):
-        engine.xinfd_engine_launch(
-            "transformers", spec, make_replica(engine="transformers", options={"tempreature": 1})
+    assert launch(engine, spec, make_replica(engine="transformers")) is not None
+    with pytest.raises(InvalidRequestError, match="unknown launch option"):
+        launch(engine, spec, make_replica(engine="transformers", options={"tempreature": 1})
         )
-    with pytest.raises(ValueError, match="enable_thinking"):
-        engine.xinfd_engine_launch(
-            "transformers", spec, make_replica(engine="transformers", options={"enable_thinking": "maybe"})
+    with pytest.raises(InvalidRequestError, match="enable_thinking"):
+        launch(engine, spec, make_replica(engine="transformers", options={"enable_thinking": "maybe"})
         )
-    with pytest.raises(ValueError, match="XINFERENCE_BATCH_SIZE"):
-        TransformersOptions.from_launch({}, {"XINFERENCE_BATCH_SIZE": "0"})
-    assert TransformersOptions.from_launch({}, {"XINFERENCE_BATCH_SIZE": "4"}).batch_size == 4
+    # Batching comes from the replica's settings (the daemon's config), never from the replica's environment.
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        TransformersOptions.from_launch({}, ReplicaSettings(batch_size=0))
+    options = TransformersOptions.from_launch({}, ReplicaSettings(batch_size=4, batch_interval=0.5), cache_dir="/c")
+    assert (options.batch_size, options.batch_interval, options.cache_dir) == (4, 0.5, "/c")
+    with mock.patch.dict(os.environ, {"XINFERENCE_BATCH_SIZE": "2"}):
+        assert TransformersOptions.from_launch({}, ReplicaSettings()).batch_size == 32
 
 
 def test_weights_location_order(tmp_path: Path) -> None:
@@ -169,15 +174,13 @@ def test_weights_location_order(tmp_path: Path) -> None:
 
 def test_availability_and_dependencies() -> None:
     spec = make_model(name="m", engines=("transformers",), extra={})
-    assert engine.xinfd_engine_availability(
-        "transformers", spec, make_platform(gpus=(), venv_enabled=False)
+    assert engine.ENGINE.availability(spec, make_platform(gpus=(), venv_enabled=False)
     ).available
     other = make_model(name="m", engines=("vllm",))
-    reason = engine.xinfd_engine_availability("transformers", other, make_platform()).reason  # type: ignore[union-attr]
+    reason = engine.ENGINE.availability(other, make_platform()).reason
     assert "does not support engine transformers" in reason
-    deps = engine.xinfd_engine_dependencies("transformers")
+    deps = engine.ENGINE.dependencies()
     assert deps is not None and any(d.startswith("transformers>=") for d in deps)
     assert any(
         d.startswith("torch>=") for d in deps
     )  # a range: the venv builder's pip config picks the wheel
-    assert engine.xinfd_engine_dependencies("vllm") is None

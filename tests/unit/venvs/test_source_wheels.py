@@ -1,4 +1,4 @@
-"""Packages an engine wants built from source (``xinfd_engine_build_env``), built once into the wheel cache
+"""Packages an engine wants built from source (``Engine.build_env``), built once into the wheel cache
 (llama-cpp-python with ``CMAKE_ARGS=-DGGML_NATIVE=OFF``).
 
 The package here is a real sdist with an in-tree PEP 517 backend (no build requirements, so pip's isolated
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.stub_engines import StubEngine, StubPlugin
 from tests.unit.venvs.wheels import make_index, make_wheel, wheel_from_installed
 from xinfd.events import LaunchEvent
-from xinfd.hookspecs import hookimpl
 from xinfd.plugins import Plugins, make_plugin_manager
-from xinfd.types import EngineInfo, ModelSpec, RegisterEngine
+from xinfd.types import ModelSpec
 from xinfd.venvs.provider import VenvProvider
 from xinfd.venvs.spec import VenvError
 from xinfd.venvs.wheels import BUILD_INFO, SourceBuild, WheelCache
@@ -85,23 +85,11 @@ def make_sdist(out: Path) -> Path:
     return path
 
 
-class SourceEngine:
+def source_engine(flag: str) -> StubPlugin:
     """An engine whose dependency must be built from source with a flag (as llama.cpp's is)."""
-
-    def __init__(self, flag: str) -> None:
-        self.flag = flag
-
-    @hookimpl
-    def xinfd_register_engines(self, register: RegisterEngine) -> None:
-        register(EngineInfo(name="srcbuild", abilities=("chat",), description="test"))
-
-    @hookimpl
-    def xinfd_engine_dependencies(self, engine: str) -> list[str] | None:
-        return ["needs-flag==1.0"] if engine == "srcbuild" else None
-
-    @hookimpl
-    def xinfd_engine_build_env(self, engine: str) -> dict[str, dict[str, str]] | None:
-        return {"needs-flag": {"XINFD_TEST_FLAG": self.flag}} if engine == "srcbuild" else None
+    engine = StubEngine(name="srcbuild", requirements=["needs-flag==1.0"],
+                        build={"needs-flag": {"XINFD_TEST_FLAG": flag}})
+    return StubPlugin([engine])
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +110,7 @@ def build_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def plugins(flag: str) -> Plugins:
-    return make_plugin_manager(load_entrypoints=False, plugins=[SourceEngine(flag)], env={})
+    return make_plugin_manager(load_entrypoints=False, plugins=[source_engine(flag)], env={})
 
 
 def model(index: str, name: str) -> ModelSpec:

@@ -49,6 +49,8 @@ class RecordingEcho(EchoModel):
 class FakeEmbedder:
     """A minimal EmbeddingModel: a 3-dimensional vector derived from each text."""
 
+    context_window: int | None = None
+
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 

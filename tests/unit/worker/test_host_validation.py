@@ -138,15 +138,65 @@ async def test_a_smaller_engine_context_window_is_the_limit(make_client: ClientF
     from xinfd_echo.model import EchoModel, EchoOptions
 
     model = EchoModel(EchoOptions())
-    model.context_window = 8  # type: ignore[attr-defined]
+    model.context_window = 8
     client = await make_client(model, context_length=4096)
     error = await assert_refused(await client.post("/v1/completions", json={"prompt": "w " * 10}), "prompt")
     assert "10" in error["message"] and "8" in error["message"]
     ok = await client.post("/v1/completions", json={"prompt": "w w", "max_tokens": 6})
     assert ok.status == 200
-    model.context_window = 100_000  # type: ignore[attr-defined]  # larger than the family's: ignored
+    model.context_window = 100_000  # larger than the family's: ignored
     client = await make_client(model, context_length=8)
     await assert_refused(await client.post("/v1/completions", json={"prompt": "w " * 10}), "prompt")
+
+
+def test_context_window_is_a_declared_attribute() -> None:
+    """A model object without ``context_window`` does not implement the protocol; a bad value is refused."""
+    from xinfd_echo.model import EchoModel
+
+    from xinfd.worker.host import make_worker_app
+
+    class Undeclared:
+        def count_tokens(self, text: str) -> int:
+            return 1
+
+        async def embed(self, texts: list[str]) -> list[list[float]]:
+            return [[0.0] for _ in texts]
+
+    kw: dict[str, Any] = {"model_uid": "m", "model_name": "m", "context_length": 8, "max_tokens_cap": None,
+                          "replica_label": "m-r0"}
+    with pytest.raises(TypeError, match="implements neither TextModel nor EmbeddingModel"):
+        make_worker_app(Undeclared(), **kw)
+    for bad in (0, "8", True):
+        model = EchoModel()
+        model.context_window = bad  # type: ignore[assignment]
+        with pytest.raises(TypeError, match="context_window must be a positive int or None"):
+            make_worker_app(model, **kw)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"enable_thinking": "false"}, "chat_template_kwargs.enable_thinking"),
+        ({"enable_thinking": 0}, "chat_template_kwargs.enable_thinking"),
+        ({"enable_thinking": None}, "chat_template_kwargs.enable_thinking"),
+        ({"messages": []}, "chat_template_kwargs.messages"),
+        ({"add_generation_prompt": False}, "chat_template_kwargs.add_generation_prompt"),
+        ({"bos_token": "<s>", "tools": []}, "chat_template_kwargs.bos_token"),
+        ([], "chat_template_kwargs"),
+    ],
+)
+async def test_chat_template_kwargs_are_checked_before_the_template(
+    echo_client: Client, kwargs: object, param: str
+) -> None:
+    resp = await echo_client.post("/v1/chat/completions", json=chat_body("hi", chat_template_kwargs=kwargs))
+    error = await assert_refused(resp, param)
+    if param.endswith("enable_thinking"):
+        assert "must be a boolean" in error["message"]
+
+
+async def test_boolean_enable_thinking_and_own_keys_reach_the_template(echo_client: Client) -> None:
+    body = chat_body("hi", chat_template_kwargs={"enable_thinking": False, "custom_flag": "x"})
+    assert (await echo_client.post("/v1/chat/completions", json=body)).status == 200
 
 
 async def test_completion_budget_beyond_context(make_client: ClientFactory) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 import xinfd.worker.__main__ as worker_main
 from xinfd.plugins import make_plugin_manager
-from xinfd.types import ModelSpec, ReplicaContext
+from xinfd.types import ModelSpec, ReplicaContext, ReplicaSettings
 from xinfd.worker.launch import CONTEXT_ENV, encode_context
 from xinfd.worker.sse import decode_events
 
@@ -33,7 +33,9 @@ def run_dir() -> Iterator[Path]:
         yield Path(path)
 
 
-def worker_env(socket_path: Path, options: Mapping[str, Any] | None = None) -> dict[str, str]:
+def worker_env(
+    socket_path: Path, options: Mapping[str, Any] | None = None, settings: ReplicaSettings | None = None
+) -> dict[str, str]:
     replica = ReplicaContext(
         model_uid="echo-1",
         model_name="echo",
@@ -42,6 +44,7 @@ def worker_env(socket_path: Path, options: Mapping[str, Any] | None = None) -> d
         socket_path=str(socket_path),
         python=sys.executable,
         options=dict(options or {}),
+        settings=settings or ReplicaSettings(),
     )
     env = dict(os.environ)
     env.update(
@@ -56,13 +59,19 @@ def worker_env(socket_path: Path, options: Mapping[str, Any] | None = None) -> d
 class Worker:
     """A worker process with its stderr in a file, killed at the end of the test if still running."""
 
-    def __init__(self, run_dir: Path, options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        options: Mapping[str, Any] | None = None,
+        settings: ReplicaSettings | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.socket = run_dir / "sock" / "w.sock"
         self.stderr_path = run_dir / "stderr.log"
         with self.stderr_path.open("wb") as stderr:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "xinfd.worker"],
-                env=worker_env(self.socket, options),
+                env={**worker_env(self.socket, options, settings), **(extra_env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
@@ -107,8 +116,8 @@ class Worker:
 def start_worker(run_dir: Path) -> Iterator[Any]:
     workers: list[Worker] = []
 
-    def start(options: Mapping[str, Any] | None = None) -> Worker:
-        workers.append(Worker(run_dir, options))
+    def start(options: Mapping[str, Any] | None = None, **kw: Any) -> Worker:
+        workers.append(Worker(run_dir, options, **kw))
         return workers[-1]
 
     yield start
@@ -233,12 +242,16 @@ def test_load_model_with_explicit_plugin() -> None:
     assert worker_main.load_model(plugins, replica, ECHO_SPEC) is not None
 
 
-@pytest.mark.parametrize(("raw", "expected"), [(None, None), ("", None), (" 512 ", 512)])
-def test_max_tokens_cap(raw: str | None, expected: int | None) -> None:
-    assert worker_main.parse_max_tokens_cap(raw) == expected
+async def test_the_replica_reads_no_cap_from_its_environment(start_worker: Any) -> None:
+    """An ``XINFERENCE_MAX_TOKENS`` the replica happens to inherit is not read: the daemon applies the operator's
+    cap to every request it forwards (settings reach replicas through the context, never the environment)."""
+    worker = start_worker(extra_env={"XINFERENCE_MAX_TOKENS": "2"})
+    await worker.wait_ready()
+    async with (
+        worker.session() as session,
+        session.post("http://replica/v1/completions", json={"prompt": "a b c d e f g", "max_tokens": 6}) as resp,
+    ):
+        data = await resp.json()
+    assert data["choices"][0]["text"] == "a b c d e f "
+    assert (data["choices"][0]["finish_reason"], data["usage"]["completion_tokens"]) == ("length", 6)
 
-
-@pytest.mark.parametrize("raw", ["0", "-1", "lots", "1.5"])
-def test_invalid_max_tokens_cap(raw: str) -> None:
-    with pytest.raises(ValueError, match="XINFERENCE_MAX_TOKENS"):
-        worker_main.parse_max_tokens_cap(raw)
