@@ -15,9 +15,10 @@ import logging
 
 from aiohttp import web
 
+from xinfd.api import management
 from xinfd.api.state import STATE
 from xinfd.errors import InvalidRequestError
-from xinfd.registry import ModelRegistry, describe
+from xinfd.registry import describe
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +29,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/v1/registrations/{name}", unregister)
 
 
-def _registry(request: web.Request) -> ModelRegistry:
-    return ModelRegistry.for_home(request.app[STATE].settings.home)
-
-
 async def list_registrations(request: web.Request) -> web.Response:
-    specs = _registry(request).registrations()
+    specs = management.registrations(request.app[STATE])
     return web.json_response([describe(s, "user") for s in sorted(specs.values(), key=lambda s: s.name)])
 
 
@@ -42,11 +39,11 @@ async def register(request: web.Request) -> web.Response:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
-    spec = _registry(request).register(body, request.app[STATE].manager.plugins.models)
+    spec = management.register(request.app[STATE], body)
     return web.json_response(describe(spec, "user"))
 
 
 async def unregister(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    _registry(request).unregister(name, request.app[STATE].manager.plugins.models)
+    management.unregister(request.app[STATE], name)
     return web.json_response({"unregistered": name})
