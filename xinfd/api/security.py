@@ -136,7 +136,7 @@ class SecurityPolicy:
             keys[key] = frozenset({Scope.METRICS})
         for key in settings.api_keys:
             keys[key] = frozenset({Scope.INFERENCE, Scope.METRICS})
-        for key in getattr(settings, "admin_api_keys", ()):
+        for key in settings.admin_api_keys:
             keys[key] = frozenset(Scope)
         return cls(
             allowed_ips=tuple(_normalize_network(n) for n in settings.allowed_ips),
