@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from xinfd.api.state import DaemonState
-from xinfd.errors import InvalidRequestError
+from xinfd.errors import InvalidRequestError, UnknownModelError
 from xinfd.registry import ModelRegistry
 from xinfd.supervisor import LaunchRequest, RunningModel
 from xinfd.types import ModelSpec
@@ -77,8 +77,7 @@ def family_sources(state: DaemonState) -> dict[str, str]:
 
 
 def family(state: DaemonState, name: str, param: str = "model_name") -> ModelSpec:
-    from xinfd.errors import UnknownModelError
-
+    """A launchable family by name, or 404 naming ``param``."""
     spec = state.manager.families().get(name)
     if spec is None:
         raise UnknownModelError(f"unknown model family {name!r}", param=param)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -243,8 +244,6 @@ async def engines(request: web.Request) -> web.Response:
     platform = state.manager.platform
     venv = request.query.get("enable_virtual_env")
     if venv is not None:  # availability depends on whether the engine's packages would be installed
-        from dataclasses import replace
-
         platform = replace(platform, venv_enabled=venv.lower() in ("1", "true", "yes"))
     return web.json_response(engine_params(spec, state.manager.plugins, platform))
 
