@@ -171,6 +171,7 @@ ENV_CASES: list[tuple[str, str, Any]] = [
     ("XINFD_TRUSTED_PROXIES", "127.0.0.1,::1", (ip_network("127.0.0.1"), ip_network("::1"))),
     ("XINFD_API_KEYS", "sk-one, sk-two", ("sk-one", "sk-two")),
     ("XINFD_METRICS_API_KEYS", "scrape", ("scrape",)),
+    ("XINFD_ADMIN_API_KEYS", "sk-admin", ("sk-admin",)),
     ("XINFD_CONTROL_SOCKET_GROUP", "xinfd-admin", "xinfd-admin"),
     ("XINFD_CONTROL_ALLOWED_USERS", "root, 4242", ("root", "4242")),
     ("XINFD_CONTROL_ALLOWED_GROUPS", "0", ("0",)),

@@ -178,6 +178,9 @@ def test_launch_request_round_trips_through_the_state_file_with_every_field() ->
         python="3.11",
         n_gpu=2,
         gpu_idx=(0, 1),
+        model_format="gguf",
+        model_size_in_billions=0.5,
+        quantization="Q4_K_M",
     )
     body = request.to_json()
     unset = [

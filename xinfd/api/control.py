@@ -9,6 +9,10 @@ Routes (all JSON; errors use the same envelope as the front end, with a stable `
 * ``POST /v1/models``            launch; streams progress as NDJSON, last line ``ready`` or ``error``
 * ``GET  /v1/models/{uid}``      one launched model
 * ``DELETE /v1/models/{uid}``    terminate (also cancels a launch in progress)
+
+The same routes are mounted on the front end at ``/control`` (``make_remote_control_app``) for ``xinfctl
+--endpoint``: there the front end's access checks apply (admin scope, allowed IPs) instead of SO_PEERCRED.
+Handlers call ``xinfd.api.management``, as the Xinference-compatible HTTP routes do.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from xinfd import __version__
-from xinfd.api import control_gpus, control_ops, control_registry, control_venvs
+from xinfd.api import control_gpus, control_ops, control_registry, control_venvs, management
 from xinfd.api.middleware import error_middleware
 from xinfd.api.peers import ControlAccess, peer_middleware, request_peer
 from xinfd.api.state import STATE
@@ -34,6 +38,9 @@ from xinfd.types import ModelSpec
 log = logging.getLogger(__name__)
 
 
+CONTROL_PREFIX = "/control"
+
+
 def make_control_app(state: Any) -> web.Application:
     """Build the control app; tests call this directly with ``aiohttp_client``."""
     # SO_PEERCRED on every request: the socket's mode is the first gate, this is the second.
@@ -41,6 +48,19 @@ def make_control_app(state: Any) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware, peer_middleware(access.current)], client_max_size=1024 * 1024
     )
+    add_control_routes(app, state)
+    return app
+
+
+def make_remote_control_app(state: Any) -> web.Application:
+    """The control routes for the front end's ``/control`` mount; the parent app's middlewares guard them."""
+    app = web.Application(client_max_size=1024 * 1024)
+    add_control_routes(app, state)
+    return app
+
+
+def add_control_routes(app: web.Application, state: Any) -> None:
+    """Every control route, on the socket's app or the front end's ``/control`` sub-app."""
     app[STATE] = state
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/engines", engines)
@@ -59,7 +79,6 @@ def make_control_app(state: Any) -> web.Application:
     )
     for add_routes in route_modules:
         add_routes(app)
-    return app
 
 
 async def status(request: web.Request) -> web.Response:
@@ -134,12 +153,7 @@ async def get_model(request: web.Request) -> web.Response:
 async def launch(request: web.Request) -> web.StreamResponse:
     """Start a launch, then stream its events; the launch continues if this client goes away."""
     body = parse_json(await request.read())
-    launch_request = LaunchRequest.from_json(body)
-    venvs = request.app[STATE].venvs
-    if venvs is not None:  # a --python that is not on this machine is a 400, before anything starts
-        await venvs.check_launch(launch_request)
-    model = request.app[STATE].manager.start_launch(launch_request)
-    log.info("launch of %s requested over the control socket (peer %s)", model.uid, _peer(request))
+    model = await management.start_launch(request.app[STATE], LaunchRequest.from_json(body), via=_peer(request))
     response = web.StreamResponse(status=200, headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     async for event in model.follow():
@@ -150,15 +164,19 @@ async def launch(request: web.Request) -> web.StreamResponse:
 
 async def terminate(request: web.Request) -> web.Response:
     uid = request.match_info["uid"]
-    log.info("terminate of %s requested over the control socket (peer %s)", uid, _peer(request))
-    snapshot = await request.app[STATE].manager.terminate(uid)
+    snapshot = await management.terminate(request.app[STATE], uid, via=_peer(request))
     return web.json_response({"terminated": uid, "model": snapshot})
 
 
 def _peer(request: web.Request) -> str:
-    """The peer's uid/pid from SO_PEERCRED where available (logged with each mutating command)."""
+    """Who asked, for the log line of each mutating command: the socket peer's uid/pid (SO_PEERCRED), or the
+    client address on the front end's ``/control`` mount."""
     peer = request_peer(request)
-    return "unknown" if peer is None else str(peer)
+    if peer is not None:
+        return f"over the control socket (peer {peer})"
+    if request.transport is not None and request.transport.get_extra_info("peername") is not None:
+        return f"over HTTP from {request.remote}"
+    return "over the control socket (peer unknown)"
 
 
 class _AccessHolder:

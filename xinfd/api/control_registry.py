@@ -14,9 +14,10 @@ import logging
 
 from aiohttp import web
 
+from xinfd.api import management
 from xinfd.api.state import STATE
 from xinfd.http_errors import parse_json
-from xinfd.registry import ModelRegistry, describe
+from xinfd.registry import describe
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +28,18 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/v1/registrations/{name}", unregister)
 
 
-def _registry(request: web.Request) -> ModelRegistry:
-    return ModelRegistry.for_home(request.app[STATE].settings.home)
-
-
 async def list_registrations(request: web.Request) -> web.Response:
-    specs = _registry(request).registrations()
+    specs = management.registrations(request.app[STATE])
     return web.json_response([describe(s, "user") for s in sorted(specs.values(), key=lambda s: s.name)])
 
 
 async def register(request: web.Request) -> web.Response:
     body = parse_json(await request.read())
-    spec = _registry(request).register(body, request.app[STATE].manager.plugins.models)
+    spec = management.register(request.app[STATE], body)
     return web.json_response(describe(spec, "user"))
 
 
 async def unregister(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    _registry(request).unregister(name, request.app[STATE].manager.plugins.models)
+    management.unregister(request.app[STATE], name)
     return web.json_response({"unregistered": name})

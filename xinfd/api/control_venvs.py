@@ -18,6 +18,7 @@ import logging
 
 from aiohttp import web
 
+from xinfd.api import management
 from xinfd.api.state import STATE
 from xinfd.errors import InvalidRequestError, UnknownModelError, XinfdError
 from xinfd.events import TERMINAL_EVENTS, Failed, LaunchEvent, Ready
@@ -35,15 +36,11 @@ def add_routes(app: web.Application) -> None:
 
 
 def _provider(request: web.Request) -> VenvProvider:
-    provider = request.app[STATE].venvs
-    if provider is None:
-        raise InvalidRequestError("model venvs are not available in this daemon")
-    return provider
+    return management.venv_provider(request.app[STATE])
 
 
 async def list_venvs(request: web.Request) -> web.Response:
-    rows = await asyncio.to_thread(_provider(request).entries, request.query.get("model"))
-    return web.json_response(rows)
+    return web.json_response(await management.list_venvs(request.app[STATE], request.query.get("model")))
 
 
 async def create_venv(request: web.Request) -> web.StreamResponse:
@@ -100,8 +97,8 @@ async def create_venv(request: web.Request) -> web.StreamResponse:
 
 
 async def remove_venvs(request: web.Request) -> web.Response:
-    removed = await _provider(request).remove(
-        request.match_info["model"], request.query.get("engine"), request.query.get("python"))
+    removed = await management.remove_venvs(
+        request.app[STATE], request.match_info["model"], request.query.get("engine"), request.query.get("python"))
     return web.json_response({"removed": removed})
 
 

@@ -21,6 +21,8 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from xinfd.api import xinference
+from xinfd.api.control import CONTROL_PREFIX, make_remote_control_app
 from xinfd.api.metrics import StreamStats
 from xinfd.api.middleware import drain_middleware, error_middleware
 from xinfd.api.request_policy import forwarded_body
@@ -67,13 +69,19 @@ def make_api_app(state: DaemonState) -> web.Application:
     # Access checks run inside the error middleware (refusals become JSON envelopes) and before any handler,
     # for every path and method (issue 6); the policy follows state.settings across SIGHUP reloads.
     access = security_middleware(PolicyHolder(lambda: state.settings))
+    # Xinference's ``detail`` is added to management errors inside the envelope middleware (xinfd.api.xinference).
     app = web.Application(
-        middlewares=[error_middleware, access, drain_middleware(state)], client_max_size=MAX_BODY_BYTES
+        middlewares=[error_middleware, xinference.detail_middleware, access, drain_middleware(state)],
+        client_max_size=MAX_BODY_BYTES,
     )
     app[STATE] = state
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{uid}", get_model)
+    # Management over HTTP (admin scope, xinfd.api.security): Xinference's REST API, and the control API for
+    # a remote xinfctl under /control, both calling xinfd.api.management.
+    xinference.add_routes(app)
+    app.add_subapp(CONTROL_PREFIX, make_remote_control_app(state))
     for endpoint in ("chat/completions", "completions", "embeddings"):
         app.router.add_post(f"/v1/{endpoint}", _proxy_route(endpoint))
     if not state.settings.disable_metrics:
@@ -88,28 +96,16 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "models": len(state.manager.models)})
 
 
-def _model_card(model: RunningModel) -> dict[str, Any]:
-    return {
-        "id": model.uid,
-        "object": "model",
-        "created": int(model.created),
-        "owned_by": "xinfd",
-        "model_name": model.spec.name,
-        "model_engine": model.engine,
-        "abilities": list(model.spec.abilities),
-        "context_length": model.spec.context_length,
-        "state": model.state,
-    }
-
-
 async def list_models(request: web.Request) -> web.Response:
-    models = request.app[STATE].manager.models.values()
-    return web.json_response({"object": "list", "data": [_model_card(m) for m in models]})
+    """OpenAI's model list, each item also in Xinference's describe shape (one list for both clients)."""
+    state = request.app[STATE]
+    return web.json_response({"object": "list", "data": [xinference.card(state, m)
+                                                          for m in state.manager.models.values()]})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    model = request.app[STATE].manager.get(request.match_info["uid"])
-    return web.json_response(_model_card(model))
+    state = request.app[STATE]
+    return web.json_response(xinference.card(state, state.manager.get(request.match_info["uid"])))
 
 
 def _proxy_route(endpoint: str) -> Any:

@@ -1,10 +1,21 @@
 """Who may use the front end: allowed client IPs (behind trusted proxies) and API keys with scopes (issue 6).
 
 Xinference serves without authentication and several servers have let one HTTP method slip past their auth
-check; so the rules here are decided per request *before* routing matters, from the path alone, and default to
-the strictest scope: only ``/health`` is open (load balancers and container health checks carry no key), only
-``/metrics`` takes the metrics scope, and every other path and method — known routes, unknown routes, OPTIONS,
-HEAD — needs the inference scope. The IP check comes first: a denied address gets 403 whatever key it sends.
+check; so the rules here are decided per request *before* routing matters, from the path and method alone
+(``required_scope``), and default to the inference scope: only ``/health`` and ``/v1/cluster/auth`` are open
+(load balancers carry no key; Xinference's client asks the latter whether to send its key), only ``/metrics``
+takes the metrics scope, management takes the admin scope, and every other path and method — known routes,
+unknown routes, OPTIONS, HEAD — needs the inference scope. The IP check comes first: a denied address gets 403
+whatever key it sends.
+
+Management over HTTP (``xinfd.api.xinference`` and the ``/control`` mount of the control API) is what changes
+the daemon or describes the host: every method of ``/control/*``, ``/v1/virtualenvs``, ``/v1/cluster/*``,
+``/v1/workers``, ``/v1/supervisor``, any ``/v1/models/{uid}/...`` sub-resource, and every method but GET/HEAD
+on ``/v1/models``, ``/v1/models/{uid}``, ``/v1/model_registrations/*`` and ``/v1/engines/*`` (reading which
+models run and what the families are stays with the inference scope, as Xinference's ``models:list``). It needs
+a key from ``admin_api_keys``; with none configured it is refused (403) even on an open front end, and the
+Unix socket stays the way to manage. Keys from ``api_keys`` never grant it. When only admin keys are configured,
+inference and metrics stay open, as with no keys at all.
 
 The client address is the socket peer. ``X-Forwarded-For`` is believed only when the peer is a configured
 trusted proxy, and then read from the right: the first address that is not itself a trusted proxy is the
@@ -35,15 +46,28 @@ IPNetwork = IPv4Network | IPv6Network
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Paths that need no key; still subject to the IP check.
-PUBLIC_PATHS = frozenset({"/health"})
+PUBLIC_PATHS = frozenset({"/health", "/v1/cluster/auth"})
 METRICS_PATH = "/metrics"
+# Management: every method of these paths and everything below them (see the module docstring).
+ADMIN_PREFIXES = ("/control", "/v1/virtualenvs", "/v1/cluster", "/v1/workers", "/v1/supervisor", "/v1/clusters")
+# Read with the inference scope (GET/HEAD); any other method on them is management.
+READ_PREFIXES = ("/v1/model_registrations", "/v1/engines")
+READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 class Scope(StrEnum):
-    """What a key may do: ``inference`` (every /v1 route) and ``metrics`` (``/metrics``)."""
+    """What a key may do: ``inference`` (every /v1 route but management), ``metrics`` (``/metrics``) and
+    ``admin`` (management over HTTP)."""
 
     INFERENCE = "inference"
     METRICS = "metrics"
+    ADMIN = "admin"
+
+
+NO_ADMIN_KEY = (
+    "HTTP management is disabled: no admin API key is configured; manage this daemon with xinfctl over its "
+    "Unix socket, or set XINFD_ADMIN_API_KEYS and send one as 'Authorization: Bearer <key>'"
+)
 
 
 class AuthenticationError(XinfdError):
@@ -105,11 +129,14 @@ class SecurityPolicy:
 
     @classmethod
     def from_settings(cls, settings: Any) -> SecurityPolicy:
-        """``api_keys`` get every scope; ``metrics_api_keys`` (for scrapers) only the metrics scope."""
+        """``admin_api_keys`` get every scope, ``api_keys`` inference and metrics, ``metrics_api_keys`` (for
+        scrapers) only metrics; a key listed twice keeps its widest grant."""
         keys: dict[str, frozenset[Scope]] = {}
         for key in settings.metrics_api_keys:
             keys[key] = frozenset({Scope.METRICS})
         for key in settings.api_keys:
+            keys[key] = frozenset({Scope.INFERENCE, Scope.METRICS})
+        for key in settings.admin_api_keys:
             keys[key] = frozenset(Scope)
         return cls(
             allowed_ips=tuple(_normalize_network(n) for n in settings.allowed_ips),
@@ -156,30 +183,63 @@ class SecurityPolicy:
                 found = scopes
         return found
 
+    @property
+    def authenticates(self) -> bool:
+        """Whether any key is configured (what ``/v1/cluster/auth`` tells Xinference's client)."""
+        return bool(self.keys)
+
     def check(
-        self, *, path: str, peer: str | None, forwarded_for: Iterable[str], authorization: str | None
+        self,
+        *,
+        path: str,
+        peer: str | None,
+        forwarded_for: Iterable[str],
+        authorization: str | None,
+        method: str = "GET",
     ) -> None:
         """Raise ``PermissionDeniedError`` (403) or ``AuthenticationError`` (401), or return if allowed."""
         client = self.client_ip(peer, forwarded_for)
         if not self.ip_allowed(client):
             raise PermissionDeniedError(f"client address {client or 'unknown'} is not allowed")
-        needed = required_scope(path)
-        if needed is None or not self.keys:
-            return
+        needed = required_scope(path, method)
+        if needed is Scope.ADMIN:
+            if not any(Scope.ADMIN in scopes for scopes in self.keys.values()):
+                raise PermissionDeniedError(NO_ADMIN_KEY)
+        elif needed is None or all(Scope.ADMIN in scopes for scopes in self.keys.values()):
+            return  # public, or no inference/metrics key configured (none, or admin keys only): open
         scopes = self.scopes_of(authorization)
         if scopes is None:
             what = "an invalid API key was given" if authorization else "no API key was given"
             raise AuthenticationError(f"{what}; send 'Authorization: Bearer <key>'")
         if needed not in scopes:
-            raise PermissionDeniedError(f"this API key lacks the {needed.value!r} scope needed for {path}")
+            raise PermissionDeniedError(
+                f"this API key lacks the {needed.value!r} scope needed for {method} {path}"
+                + (" (use a key from XINFD_ADMIN_API_KEYS)" if needed is Scope.ADMIN else "")
+            )
 
 
-def required_scope(path: str) -> Scope | None:
-    """The scope a path needs; anything not known to be public needs ``inference`` (default deny)."""
+def _under(path: str, prefixes: Iterable[str]) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in prefixes)
+
+
+def required_scope(path: str, method: str = "GET") -> Scope | None:
+    """The scope a request needs; anything not known to be public needs at least ``inference`` (default deny).
+
+    Management is recognised by path shape, whether or not a route exists there, so an unknown method or a
+    misspelt sub-path of a management resource is refused as management, not let through as inference.
+    """
+    method = method.upper()
     if path in PUBLIC_PATHS:
         return None
     if path == METRICS_PATH:
         return Scope.METRICS
+    if _under(path, ADMIN_PREFIXES):
+        return Scope.ADMIN
+    parts = path.split("/")
+    if path.startswith("/v1/models/") and len(parts) > 4:  # /v1/models/{uid}/progress, /cancel, ...
+        return Scope.ADMIN
+    if path.rstrip("/") == "/v1/models" or path.startswith("/v1/models/") or _under(path, READ_PREFIXES):
+        return Scope.INFERENCE if method in READ_METHODS else Scope.ADMIN
     return Scope.INFERENCE
 
 
@@ -217,6 +277,7 @@ def security_middleware(holder: PolicyHolder) -> Middleware:
         try:
             holder.policy.check(
                 path=request.path,
+                method=request.method,
                 peer=peer_address(request),
                 forwarded_for=request.headers.getall("X-Forwarded-For", []),
                 authorization=request.headers.get("Authorization"),

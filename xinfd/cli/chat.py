@@ -1,9 +1,10 @@
 """``xinfctl chat UID "prompt"``: a quick try of a model from the terminal, streamed as it is generated.
 
 It talks to the front end (not the control socket), like any OpenAI client would: the endpoint is
-``--endpoint``, else ``XINFERENCE_ENDPOINT``, else the ``endpoint`` key of the daemon's config file
-(``$XINFD_CONFIG``, else ``/etc/xinfd/xinfd.toml``), else the daemon's default; the key is ``--api-key`` or
-``XINFD_API_KEY``. Standard library only, so ``xinfctl`` stays quick to start; it reads these few names itself
+``--endpoint`` (xinfctl's global option), else ``XINFERENCE_ENDPOINT``, else the ``endpoint`` key of the
+daemon's config file (``$XINFD_CONFIG``, else ``/etc/xinfd/xinfd.toml``), else the daemon's default; the key is
+``--api-key``, else ``XINFD_API_KEY``, else the admin key (``--api-key-file`` / ``XINFD_ADMIN_API_KEY``).
+Standard library only, so ``xinfctl`` stays quick to start; it reads these few names itself
 rather than importing the daemon's settings module (a test checks they match the daemon's).
 """
 
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from xinfd.cli.client import EXIT_FAILURE, EXIT_USAGE, CliError, ControlClient
+from xinfd.cli.client import EXIT_FAILURE, EXIT_USAGE, CliError, ControlClient, admin_key
 
 # The daemon's names for the same things (``xinfd.config``); tests/unit/cli/test_chat_endpoint.py keeps them equal.
 ENDPOINT_ENV_VAR = "XINFERENCE_ENDPOINT"
@@ -32,7 +33,7 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:9997"
 
 def _endpoint(args: argparse.Namespace) -> str:
     if args.endpoint:
-        return str(args.endpoint).rstrip("/")
+        return check_url(str(args.endpoint), "--endpoint")
     return front_end_url(os.environ)
 
 
@@ -43,7 +44,7 @@ def front_end_url(env: Mapping[str, str], default_config: Path = DEFAULT_CONFIG_
     """
     raw = env.get(ENDPOINT_ENV_VAR, "").strip()
     if raw:
-        return _check_url(raw, ENDPOINT_ENV_VAR)
+        return check_url(raw, ENDPOINT_ENV_VAR)
     named = env.get(CONFIG_ENV_VAR, "").strip()
     path = Path(named).expanduser() if named else default_config
     if not named and not path.is_file():
@@ -58,10 +59,10 @@ def front_end_url(env: Mapping[str, str], default_config: Path = DEFAULT_CONFIG_
         return DEFAULT_ENDPOINT
     if not isinstance(value, str):
         raise CliError(f"{path}: endpoint: expected an http:// or https:// URL, got {value!r}", EXIT_USAGE)
-    return _check_url(value, f"{path}: endpoint")
+    return check_url(value, f"{path}: endpoint")
 
 
-def _check_url(value: str, where: str) -> str:
+def check_url(value: str, where: str) -> str:
     try:
         parts = urllib.parse.urlsplit(value)
         parts.port  # noqa: B018  # raises ValueError on a bad port
@@ -86,7 +87,8 @@ def cmd_chat(client: ControlClient, args: argparse.Namespace) -> int:
     if args.max_tokens is not None:
         body["max_tokens"] = args.max_tokens
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-    key = args.api_key or os.environ.get("XINFD_API_KEY")
+    # An admin key (the one --endpoint management uses) has every scope, so it serves chat too.
+    key = args.api_key or os.environ.get("XINFD_API_KEY") or admin_key(args.api_key_file)
     if key:
         headers["Authorization"] = f"Bearer {key}"
     url = f"{_endpoint(args)}/v1/chat/completions"
@@ -130,7 +132,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     chat.add_argument("prompt")
     chat.add_argument("--system", help="a system message before the prompt")
     chat.add_argument("--max-tokens", type=int)
-    chat.add_argument("--endpoint", help="front-end URL (default: $XINFERENCE_ENDPOINT or the config)")
     chat.add_argument("--api-key", help="API key (default: $XINFD_API_KEY)")
     chat.add_argument("--timeout", type=float, default=600.0, help="seconds without data before giving up")
-    chat.set_defaults(func=cmd_chat)
+    chat.set_defaults(func=cmd_chat, front_end=True)  # its key may come from --api-key-file too

@@ -240,8 +240,14 @@ class Settings:
     metrics_api_keys: tuple[str, ...] = setting(
         (), env="XINFD_METRICS_API_KEYS", kind="list", check=checks.keys, consumers=("daemon",),
         section="Access control", reload=True, secret=True, guards_access=True,
-        doc="API keys that may only read /metrics, for a Prometheus scraper; api_keys have every scope. /health "
-        'never needs a key. Secrets, printed as "***".')
+        doc="API keys that may only read /metrics, for a Prometheus scraper; api_keys have the inference and "
+        'metrics scopes. /health never needs a key. Secrets, printed as "***".')
+    admin_api_keys: tuple[str, ...] = setting(
+        (), env="XINFD_ADMIN_API_KEYS", kind="list", check=checks.keys, consumers=("daemon",),
+        section="Access control", reload=True, secret=True, guards_access=True,
+        doc="API keys that may also manage the daemon over HTTP (launch, terminate, registrations, venvs, the "
+        "/control API of a remote xinfctl); they have every scope. Empty: HTTP management is refused (403) and "
+        'the control socket is the only way to manage. Secrets, printed as "***".')
     control_socket_group: str | None = setting(
         None, env="XINFD_CONTROL_SOCKET_GROUP", kind="str", check=checks.group_name, consumers=("daemon",),
         section="Access control", example='"xinfd-admin"', guards_access=True,

@@ -13,6 +13,7 @@ from typing import Any
 from xinfd.errors import InvalidRequestError
 from xinfd.gpus import NGpu
 from xinfd.names import ENV_NAME, MODEL_NAME, MODEL_UID, check_name
+from xinfd.supervisor.variant import Variant, parse_size
 from xinfd.venvs.python import check_python_request
 from xinfd.venvs.spec import check_package
 
@@ -40,6 +41,16 @@ class LaunchRequest:
     # GPUs per replica ("auto": one each when the host has GPUs, else none) and explicit placement.
     n_gpu: NGpu = "auto"
     gpu_idx: tuple[int, ...] | None = None
+    # Which of the family's weights (Xinference's launch fields); checked against the family by the plan
+    # (``xinfd.supervisor.variant``): a value the launch would not load is refused, never ignored.
+    model_format: str | None = None
+    model_size_in_billions: float | None = None
+    quantization: str | None = None
+
+    @property
+    def variant(self) -> Variant:
+        return Variant(model_format=self.model_format, model_size_in_billions=self.model_size_in_billions,
+                       quantization=self.quantization)
 
     @classmethod
     def from_json(cls, body: Any) -> LaunchRequest:
@@ -47,7 +58,8 @@ class LaunchRequest:
         if not isinstance(body, dict):
             raise InvalidRequestError("launch request must be a JSON object")
         unknown = set(body) - {"model_name", "model_engine", "replica", "model_uid", "env", "options",
-                               "enable_virtual_env", "virtual_env_packages", "n_gpu", "gpu_idx", "python"}
+                               "enable_virtual_env", "virtual_env_packages", "n_gpu", "gpu_idx", "python",
+                               "model_format", "model_size_in_billions", "quantization"}
         if unknown:
             raise InvalidRequestError(f"unknown field(s): {', '.join(sorted(unknown))}", param=min(unknown))
         name = check_name(body.get("model_name"), MODEL_NAME, param="model_name")
@@ -96,10 +108,18 @@ class LaunchRequest:
         ):
             raise InvalidRequestError(f"gpu_idx must be a non-empty list of GPU indices, got {gpu_idx!r}",
                                       param="gpu_idx")
+        for text_field in ("model_format", "quantization"):
+            value = body.get(text_field)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise InvalidRequestError(f"{text_field} must be a non-empty string, got {value!r}",
+                                          param=text_field)
         return cls(model_name=name, model_engine=engine, replica=replica, model_uid=uid, env=env,
                    options=options, enable_virtual_env=enable_venv, virtual_env_packages=tuple(packages),
                    python=python, n_gpu=n_gpu,
-                   gpu_idx=tuple(gpu_idx) if gpu_idx is not None else None)
+                   gpu_idx=tuple(gpu_idx) if gpu_idx is not None else None,
+                   model_format=body.get("model_format"),
+                   model_size_in_billions=parse_size(body.get("model_size_in_billions")),
+                   quantization=body.get("quantization"))
 
     def to_json(self) -> dict[str, Any]:
         """The body ``from_json`` accepts back: what the desired state file stores."""
@@ -113,4 +133,7 @@ class LaunchRequest:
             body["gpu_idx"] = list(self.gpu_idx)
         if self.python is not None:
             body["python"] = self.python
+        for key, value in self.variant.to_json().items():
+            if value is not None:
+                body[key] = value
         return body

@@ -15,6 +15,7 @@ from xinfd.errors import EngineUnavailableError, ModelExistsError, UnknownModelE
 from xinfd.gpus import Placement, SlotTable
 from xinfd.plugins import Plugins
 from xinfd.supervisor.launch_request import LaunchRequest
+from xinfd.supervisor.variant import check_variant
 from xinfd.types import ModelSpec, Platform
 
 
@@ -40,7 +41,8 @@ def plan_launch(
     choose_engine: EngineChoice,
     slots: SlotTable,
 ) -> LaunchPlan:
-    """The plan for ``request``, or the error (unknown model, uid taken, no engine, impossible placement)."""
+    """The plan for ``request``, or the error (unknown model, uid taken, weights the family does not have, no
+    engine, impossible placement)."""
     spec = models.get(request.model_name)
     if spec is None:
         known = ", ".join(sorted(models)) or "none"
@@ -48,6 +50,7 @@ def plan_launch(
     uid = request.model_uid or request.model_name
     if uid in running:
         raise ModelExistsError(f"model uid {uid!r} is already launched; terminate it or pick another uid")
+    check_variant(spec, request.variant, model_path=request.options.get("model_path") is not None)
     engine = choose_engine(spec, request.model_engine)
     placements = slots.plan(range(request.replica), n_gpu=request.n_gpu, gpu_idx=request.gpu_idx)
     return LaunchPlan(uid=uid, spec=spec, engine=engine, request=request, placements=tuple(placements))

@@ -23,6 +23,7 @@ ServerFactory = Callable[..., Any]
 
 FULL_KEY = "sk-full-0123456789"
 METRICS_KEY = "sk-metrics-abcdef"
+ADMIN_KEY = "sk-admin-9876543210"
 ROUTES = [
     "/health",
     "/metrics",
@@ -35,6 +36,24 @@ ROUTES = [
     "/admin",
     "/health/",
     "/metrics/x",
+    # Xinference's management API and the /control mount (admin scope for what changes the daemon)
+    "/v1/cluster/auth",
+    "/v1/models/echo/progress",
+    "/v1/models/echo/cancel",
+    "/v1/models/echo/no-such-sub-route",
+    "/v1/model_registrations/LLM",
+    "/v1/model_registrations/LLM/echo",
+    "/v1/engines/echo",
+    "/v1/virtualenvs",
+    "/v1/cluster/info",
+    "/v1/cluster/devices",
+    "/v1/workers",
+    "/v1/supervisor",
+    "/control",
+    "/control/v1/status",
+    "/control/v1/models",
+    "/control/v1/models/echo",
+    "/control/no-such-route",
 ]
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 KEYS: dict[str, str | None] = {
@@ -42,19 +61,46 @@ KEYS: dict[str, str | None] = {
     "wrong": "sk-wrong",
     "metrics": METRICS_KEY,
     "full": FULL_KEY,
+    "admin": ADMIN_KEY,
     "basic": "Basic dXNlcjpwYXNz",
 }
+# Written out here rather than derived from required_scope, so the test checks the rule, not itself.
+PUBLIC = {"/health", "/v1/cluster/auth"}
+ADMIN_EVERY_METHOD = {
+    "/v1/models/echo/progress", "/v1/models/echo/cancel", "/v1/models/echo/no-such-sub-route", "/v1/virtualenvs",
+    "/v1/cluster/info", "/v1/cluster/devices", "/v1/workers", "/v1/supervisor", "/control", "/control/v1/status",
+    "/control/v1/models", "/control/v1/models/echo", "/control/no-such-route",
+}
+READ_WITH_INFERENCE = {"/v1/models", "/v1/models/echo", "/v1/model_registrations/LLM",
+                       "/v1/model_registrations/LLM/echo", "/v1/engines/echo"}
 
 
-def expected(route: str, key: str, allowed_ip: bool) -> str:
-    """'denied_ip', 'unauthenticated', 'scope' or 'pass'."""
+def needed(route: str, method: str) -> str:
+    if route in PUBLIC:
+        return "public"
+    if route == "/metrics":
+        return "metrics"
+    if route in ADMIN_EVERY_METHOD or (route in READ_WITH_INFERENCE and method not in ("GET", "HEAD")):
+        return "admin"
+    return "inference"
+
+
+def expected(route: str, key: str, allowed_ip: bool, method: str = "GET", admin_configured: bool = True) -> str:
+    """'denied_ip', 'no_admin' (403), 'unauthenticated', 'scope' or 'pass'."""
     if not allowed_ip:
         return "denied_ip"
-    if route == "/health":
+    scope = needed(route, method)
+    if scope == "public":
         return "pass"
+    if scope == "admin" and not admin_configured:
+        return "no_admin"
+    if key == "admin" and not admin_configured:
+        key = "wrong"  # an admin key the daemon was not given is just an unknown key
     if key in ("none", "wrong", "basic"):
         return "unauthenticated"
-    if route == "/metrics" or key == "full":
+    if key == "admin" or (scope == "metrics" and key in ("metrics", "full")) or (
+        scope == "inference" and key == "full"
+    ):
         return "pass"
     return "scope"
 
@@ -68,14 +114,17 @@ async def _request(session: aiohttp.ClientSession, method: str, url: str, key: s
         return resp.status, (body, resp.headers.get("WWW-Authenticate"))
 
 
+@pytest.mark.parametrize("admin_configured", [True, False], ids=["admin-keys", "no-admin-keys"])
 async def test_auth_matrix_every_route_method_key_and_address(
-    tmp_path: Path, aiohttp_server: ServerFactory
+    tmp_path: Path, aiohttp_server: ServerFactory, admin_configured: bool
 ) -> None:
+    admin = {"XINFD_ADMIN_API_KEYS": ADMIN_KEY} if admin_configured else {}
     state = make_state(
         tmp_path,
         XINFERENCE_ALLOWED_IPS="127.0.0.1/32,::1",
         XINFD_API_KEYS=FULL_KEY,
         XINFD_METRICS_API_KEYS=METRICS_KEY,
+        **admin,
     )
     server = await aiohttp_server(make_api_app(state), host="127.0.0.1")
     seen: dict[str, int] = {}
@@ -88,7 +137,7 @@ async def test_auth_matrix_every_route_method_key_and_address(
                         status, (body, challenge) = await _request(
                             session, method, str(server.make_url(route)), key
                         )
-                        want = expected(route, key_name, allowed)
+                        want = expected(route, key_name, allowed, method, admin_configured)
                         case = f"{source} {method} {route} key={key_name}: {status} {body}"
                         seen[want] = seen.get(want, 0) + 1
                         if want == "pass":
@@ -100,7 +149,37 @@ async def test_auth_matrix_every_route_method_key_and_address(
                             assert body["error"]["code"] == (
                                 "invalid_api_key" if status == 401 else "permission_denied"
                             ), case
-    assert all(seen[k] > 0 for k in ("denied_ip", "unauthenticated", "scope", "pass")), seen
+                            if want == "no_admin":
+                                assert "XINFD_ADMIN_API_KEYS" in body["error"]["message"], case
+                                assert "Unix socket" in body["error"]["message"], case
+    kinds = ("denied_ip", "unauthenticated", "scope", "pass") + (() if admin_configured else ("no_admin",))
+    assert all(seen.get(k, 0) > 0 for k in kinds), seen
+
+
+async def test_management_refused_without_admin_keys_even_when_open(
+    tmp_path: Path, aiohttp_client: ServerFactory
+) -> None:
+    """No key at all configured: inference is open, management still needs an admin key (403, not 401)."""
+    client = await aiohttp_client(make_api_app(make_state(tmp_path)))
+    assert (await client.get("/v1/models")).status == 200
+    for method, path in (("POST", "/v1/models"), ("DELETE", "/v1/models/x"), ("GET", "/control/v1/models"),
+                         ("GET", "/v1/cluster/info"), ("POST", "/v1/model_registrations/LLM")):
+        resp = await client.request(method, path, json={})
+        body = await resp.json()
+        assert resp.status == 403, (method, path, body)
+        assert "XINFD_ADMIN_API_KEYS" in body["detail"] and "Unix socket" in body["detail"]
+    assert await (await client.get("/v1/cluster/auth")).json() == {"auth": False}
+
+
+async def test_admin_keys_only_keep_inference_open(tmp_path: Path, aiohttp_client: ServerFactory) -> None:
+    client = await aiohttp_client(make_api_app(make_state(tmp_path, XINFD_ADMIN_API_KEYS=ADMIN_KEY)))
+    assert (await client.get("/v1/models")).status == 200
+    assert (await client.get("/metrics")).status == 200
+    assert (await client.get("/control/v1/models")).status == 401
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    assert (await client.get("/control/v1/models", headers=admin)).status == 200
+    # Xinference's client asks this (with no key) to decide whether to send its api_key.
+    assert await (await client.get("/v1/cluster/auth")).json() == {"auth": True}
 
 
 async def test_allowed_requests_reach_the_handlers(tmp_path: Path, aiohttp_client: ServerFactory) -> None:
@@ -189,6 +268,7 @@ def test_client_ip_rules() -> None:
                 "trusted_proxies": (),
                 "api_keys": (),
                 "metrics_api_keys": (),
+                "admin_api_keys": (),
             },
         )()
     )
@@ -197,9 +277,18 @@ def test_client_ip_rules() -> None:
 
 def test_required_scope_defaults_to_inference() -> None:
     assert required_scope("/health") is None
+    assert required_scope("/v1/cluster/auth") is None
     assert required_scope("/metrics") is Scope.METRICS
-    for path in ("/v1/models", "/metrics/", "/health/", "/", "/anything", "//metrics"):
+    for path in ("/v1/models", "/metrics/", "/health/", "/", "/anything", "//metrics", "/controlx", "/v1/modelsx"):
         assert required_scope(path) is Scope.INFERENCE, path
+    for path in ("/v1/models", "/v1/models/a", "/v1/model_registrations/LLM", "/v1/engines/a"):
+        assert required_scope(path, "GET") is Scope.INFERENCE, path
+        assert required_scope(path, "head") is Scope.INFERENCE, path
+        for method in ("POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"):
+            assert required_scope(path, method) is Scope.ADMIN, (path, method)
+    for path in ("/control", "/control/v1/models", "/v1/models/a/progress", "/v1/models/a/", "/v1/virtualenvs",
+                 "/v1/cluster/info", "/v1/workers", "/v1/supervisor"):
+        assert required_scope(path, "GET") is Scope.ADMIN, path
 
 
 async def test_policy_follows_reloaded_settings(tmp_path: Path, aiohttp_client: ServerFactory) -> None:
