@@ -35,6 +35,7 @@ from xinfd.logs import configure_logging
 from xinfd.orphans import kill_orphans
 from xinfd.plugins import make_plugin_manager
 from xinfd.processes import SubprocessSpawner
+from xinfd.reaper import Reaper
 from xinfd.registry import ModelRegistry
 from xinfd.sdnotify import notify, without_notify_env
 from xinfd.supervisor import LaunchRequest, ModelManager, replica_settings, supervision_options
@@ -149,6 +150,9 @@ async def serve(
     home = settings.home
     home.mkdir(parents=True, exist_ok=True)
     claim_control_socket(settings.control_socket)
+    # Subreaper, and reaper of what it adopts: correct as a container's PID 1 too (xinfd.reaper).
+    reaper = Reaper()
+    reaper.install(asyncio.get_running_loop())
     plugins = make_plugin_manager()
     ModelRegistry.for_home(home).install(plugins.models)  # builtin etc/models + user registrations
     for failure in plugins.failures:
@@ -222,6 +226,7 @@ async def serve(
         state.draining = True
         await lifecycle.close()
         await manager.close()
+        reaper.close()
         await api_runner.cleanup()
         await control_runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
