@@ -29,7 +29,7 @@ from xinfd.api.peers import secure_socket
 from xinfd.api.state import DaemonState
 from xinfd.config import Settings, describe, load_settings, parse_launch_item, reference_toml, settings_table
 from xinfd.errors import ConfigError, XinfdError
-from xinfd.gpus import detect_platform
+from xinfd.gpus import describe_inventory, detect_platform
 from xinfd.lifecycle import Lifecycle
 from xinfd.logs import configure_logging
 from xinfd.orphans import kill_orphans
@@ -157,7 +157,10 @@ async def serve(
     ModelRegistry.for_home(home).install(plugins.models)  # builtin etc/models + user registrations
     for failure in plugins.failures:
         log.warning("plugin %s not loaded: %s", failure.name, failure.error)
-    platform = detect_platform(settings.gpus, venv_enabled=settings.enable_virtual_env)
+    platform = detect_platform(
+        settings.gpus, venv_enabled=settings.enable_virtual_env, declared_from=settings.sources["gpus"]
+    )
+    log.info("GPU inventory: %s", describe_inventory(platform))
     # Issue 4: replica groups a previous daemon left (kill -9, OOM) die before anything launches.
     kill_orphans(home)
     # Model venvs (issue 3): used even with the global toggle off (a launch may pass --enable-virtual-env);
