@@ -21,6 +21,10 @@ child-watcher API is deprecated in Python 3.12 and removed in 3.14. So the two c
 * Sweeps run on SIGCHLD (the kernel sends it to the new parent when an adopted child exits, and when a child
   is adopted already dead), plus a slow periodic sweep as a backstop. All of it runs on the event loop thread,
   the only thread that spawns.
+
+A child started another way from another thread (``subprocess.run`` in an executor) is not in the registry and
+its status could be taken (``subprocess`` then reports exit code 0): start children with ``spawn_child``. A
+synchronous ``subprocess.run`` on the loop thread is safe, the sweep cannot run between its fork and its wait.
 """
 
 from __future__ import annotations
