@@ -72,13 +72,13 @@ def group_members(pgid: int) -> list[ProcStat]:
 
 def group_alive(pgid: int) -> bool:
     """Whether group ``pgid`` has a member that is not a zombie (one a signal can still end)."""
+    try:
+        os.killpg(pgid, 0)  # cheap: an empty group needs no scan of the table
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
     if not has_proc():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
         return True
     return any(not member.zombie for member in group_members(pgid))
 
