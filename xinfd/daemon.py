@@ -29,12 +29,13 @@ from xinfd.api.peers import secure_socket
 from xinfd.api.state import DaemonState
 from xinfd.config import Settings, describe, load_settings, parse_launch_item, reference_toml, settings_table
 from xinfd.errors import ConfigError, XinfdError
-from xinfd.gpus import detect_platform
+from xinfd.gpus import describe_inventory, detect_platform
 from xinfd.lifecycle import Lifecycle
 from xinfd.logs import configure_logging
 from xinfd.orphans import kill_orphans
 from xinfd.plugins import make_plugin_manager
 from xinfd.processes import SubprocessSpawner
+from xinfd.reaper import Reaper
 from xinfd.registry import ModelRegistry
 from xinfd.sdnotify import notify, without_notify_env
 from xinfd.supervisor import LaunchRequest, ModelManager, replica_settings, supervision_options
@@ -149,11 +150,17 @@ async def serve(
     home = settings.home
     home.mkdir(parents=True, exist_ok=True)
     claim_control_socket(settings.control_socket)
+    # Subreaper, and reaper of what it adopts: correct as a container's PID 1 too (xinfd.reaper).
+    reaper = Reaper()
+    reaper.install(asyncio.get_running_loop())
     plugins = make_plugin_manager()
     ModelRegistry.for_home(home).install(plugins.models)  # builtin etc/models + user registrations
     for failure in plugins.failures:
         log.warning("plugin %s not loaded: %s", failure.name, failure.error)
-    platform = detect_platform(settings.gpus, venv_enabled=settings.enable_virtual_env)
+    platform = detect_platform(
+        settings.gpus, venv_enabled=settings.enable_virtual_env, declared_from=settings.sources["gpus"]
+    )
+    log.info("GPU inventory: %s", describe_inventory(platform))
     # Issue 4: replica groups a previous daemon left (kill -9, OOM) die before anything launches.
     kill_orphans(home)
     # Model venvs (issue 3): used even with the global toggle off (a launch may pass --enable-virtual-env);
@@ -222,6 +229,7 @@ async def serve(
         state.draining = True
         await lifecycle.close()
         await manager.close()
+        reaper.close()
         await api_runner.cleanup()
         await control_runner.cleanup()
         with contextlib.suppress(FileNotFoundError):

@@ -1,8 +1,9 @@
-"""GPU inventory: NVML when a driver is present, or the devices declared in the config.
+"""GPU inventory: NVML when a driver is present, or the devices declared in the config, and the slot table.
 
-Declared devices (``[[gpus]]`` in xinfd.toml) take precedence: they describe hosts without NVML and make the
-placement logic testable on machines without a GPU. NVML is imported lazily so the daemon starts without
-``nvidia-ml-py`` installed; no GPU at all is a normal case (CPU engines).
+Declared devices (``[[gpus]]`` in xinfd.toml, or ``XINFD_GPUS``) take precedence: they describe hosts without
+NVML and make the placement logic testable on machines without a GPU. ``nvidia-ml-py`` is a dependency, but
+without a driver ``nvmlInit`` fails: that is a normal CPU-only host, and the daemon goes on with no GPU and
+keeps the reason (``Platform.nvml_error``) for ``xinfctl gpus`` and the engines' availability messages.
 """
 
 from __future__ import annotations
@@ -34,17 +35,45 @@ def visible_indices(env: Mapping[str, str]) -> set[int] | None:
     return found
 
 
-def nvml_inventory(env: Mapping[str, str]) -> tuple[tuple[GpuInfo, ...], bool]:
-    """Read the GPUs through NVML; returns (gpus, nvml_available). Never raises."""
+# NVML's error classes that mean "no driver", by name (pynvml defines them dynamically), in operators' words.
+_NVML_REASONS = {
+    "NVMLError_LibraryNotFound": "driver not found",
+    "NVMLError_DriverNotLoaded": "driver not loaded",
+    "NVMLError_NoPermission": "no permission to use the driver",
+}
+
+
+def nvml_failure(exc: BaseException) -> str:
+    """``no NVML: <why>`` for an NVML exception: known classes in words, with the library's own message."""
+    message = str(exc).strip() or type(exc).__name__
+    reason = _NVML_REASONS.get(type(exc).__name__)
+    return f"no NVML: {reason} ({message})" if reason else f"no NVML: {message}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NvmlInventory:
+    """What NVML said: the GPUs it lists (``CUDA_VISIBLE_DEVICES`` applied), or why it could not say."""
+
+    gpus: tuple[GpuInfo, ...] = ()
+    error: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.error is None
+
+
+def nvml_inventory(env: Mapping[str, str]) -> NvmlInventory:
+    """Read the GPUs through NVML. Never raises: a failure is returned as ``error``."""
     try:
-        import pynvml  # type: ignore[import-not-found,import-untyped,unused-ignore]  # optional dependency
-    except ImportError:
-        return (), False
+        import pynvml  # type: ignore[import-not-found,import-untyped,unused-ignore]  # pure Python, a dependency
+    except ImportError as exc:  # installed without its dependencies (pip --no-deps)
+        return NvmlInventory(error=f"no NVML: nvidia-ml-py is not installed ({exc})")
     try:
         pynvml.nvmlInit()
     except Exception as exc:  # no driver: a normal CPU-only host
-        log.debug("NVML not available: %s", exc)
-        return (), False
+        reason = nvml_failure(exc)
+        log.info("%s; no GPU is used unless declared ([[gpus]] or XINFD_GPUS)", reason)
+        return NvmlInventory(error=reason)
     try:
         allowed = visible_indices(env)
         gpus: list[GpuInfo] = []
@@ -57,28 +86,62 @@ def nvml_inventory(env: Mapping[str, str]) -> tuple[tuple[GpuInfo, ...], bool]:
                 name = name.decode()
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             gpus.append(GpuInfo(index=index, name=str(name), memory_mb=int(memory.total) // (1024 * 1024)))
-        return tuple(gpus), True
+        return NvmlInventory(gpus=tuple(gpus))
+    except Exception as exc:  # a driver that answers init but fails a query: report it, do not stop the daemon
+        reason = nvml_failure(exc)
+        log.warning("%s", reason)
+        return NvmlInventory(error=reason)
     finally:
         pynvml.nvmlShutdown()
 
 
+def declared_source(source: str) -> str:
+    """``Settings.sources["gpus"]`` ("file /x.toml", "env XINFD_GPUS") in the words ``xinfctl gpus`` shows."""
+    kind, _, where = source.partition(" ")
+    if kind == "file":
+        return f"config file {where}"
+    if kind == "env":
+        return f"environment variable {where}"
+    return source
+
+
 def detect_platform(
-    declared: Sequence[GpuInfo], *, venv_enabled: bool, env: Mapping[str, str] | None = None
+    declared: Sequence[GpuInfo],
+    *,
+    venv_enabled: bool,
+    env: Mapping[str, str] | None = None,
+    declared_from: str = "config",
+    nvml: Callable[[Mapping[str, str]], NvmlInventory] = nvml_inventory,
 ) -> Platform:
-    """Host facts for availability checks: declared GPUs if any, else NVML's."""
+    """Host facts for availability checks: declared GPUs if any (``declared_from`` says where), else NVML's."""
     env = os.environ if env is None else env
     if declared:
-        gpus, nvml = tuple(declared), False
+        gpus, available, source, error = tuple(declared), False, declared_source(declared_from), None
     else:
-        gpus, nvml = nvml_inventory(env)
+        found = nvml(env)
+        gpus, available, source, error = found.gpus, found.available, "NVML", found.error
     return Platform(
         system=_platform.system(),
         machine=_platform.machine(),
         python_version=".".join(map(str, sys.version_info[:3])),
         gpus=gpus,
-        nvml_available=nvml,
+        nvml_available=available,
+        gpu_source=source,
+        nvml_error=error,
         venv_enabled=venv_enabled,
     )
+
+
+def describe_inventory(platform: Platform) -> str:
+    """One line for ``xinfctl gpus`` / ``xinfctl engines``: how many GPUs, from where, or why none."""
+    count = len(platform.gpus)
+    if platform.gpu_source != "NVML":
+        return f"{count} GPU(s) declared in the {platform.gpu_source}"
+    if platform.nvml_error is not None:
+        return f"no GPU: {platform.nvml_error}"
+    if not count:
+        return "no GPU found through NVML (none, or CUDA_VISIBLE_DEVICES of the daemon hides them)"
+    return f"{count} GPU(s) found through NVML"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -296,7 +359,7 @@ def cuda_visible_devices(gpu_indices: Sequence[int]) -> str:
 def nvml_free_memory(index: int) -> int | None:
     """Free memory of GPU ``index`` in MiB through NVML, or None when NVML cannot tell."""
     try:
-        import pynvml  # type: ignore[import-not-found,import-untyped,unused-ignore]  # optional dependency
+        import pynvml  # type: ignore[import-not-found,import-untyped,unused-ignore]  # pure Python, a dependency
     except ImportError:
         return None
     try:

@@ -20,6 +20,7 @@ import signal
 import time
 from pathlib import Path
 
+from xinfd import proctable
 from xinfd.atomic import DEFAULT, write_atomic
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,10 @@ def pid_dir(home: Path) -> Path:
 
 def process_start_time(pid: int) -> int | None:
     """Start time of ``pid`` in clock ticks since boot (Linux), or None if it does not exist or is unknown."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError, PermissionError):
+    info = proctable.stat(pid)
+    if info is None or info.zombie:  # a zombie holds no resources and cannot be killed again
         return None
-    if fields[0] == "Z":  # a zombie holds no resources and cannot be killed again
-        return None
-    return int(fields[19])  # field 22 overall; fields[0] is field 3
+    return info.start_time
 
 
 def write_pid_file(path: Path, pid: int) -> None:
@@ -56,36 +52,13 @@ def remove_pid_file(path: Path) -> None:
         path.unlink()
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether a live (non-zombie) process is in group ``pgid``: zombies hold nothing and cannot be killed."""
-    if not os.path.isdir("/proc/self"):
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:  # fields 3 (state) and 5 (pgrp)
-            return True
-    return False
-
-
 def _kill_group(pgid: int, timeout: float) -> bool:
     """SIGKILL a group (SIGCONT too: a stopped member must not linger) and wait until it is gone."""
     for sig in (signal.SIGKILL, signal.SIGCONT):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
     deadline = time.monotonic() + timeout
-    while _group_alive(pgid):
+    while proctable.group_alive(pgid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
@@ -117,7 +90,7 @@ def kill_orphans(home: Path, *, timeout: float = 10.0) -> list[str]:
         leader_start = process_start_time(pgid)
         if leader_start is not None and recorded_start is not None and leader_start != recorded_start:
             log.info("pid %s of %s was reused by another process; leaving it alone", pgid, path.stem)
-        elif _group_alive(pgid) and os.getpgid(0) != pgid:
+        elif proctable.group_alive(pgid) and os.getpgid(0) != pgid:
             what = "replica group" if leader_start is not None else "leftover processes of replica group"
             if _kill_group(pgid, timeout):
                 killed.append(f"{path.stem}: killed {what} {pgid}")

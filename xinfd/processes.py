@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from xinfd.childproc import child_setup
+from xinfd import proctable
+from xinfd.childproc import spawn_child
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class ProcessHandle(Protocol):
         ...
 
     def group_alive(self) -> bool:
-        """Whether any process of the group still exists."""
+        """Whether any process of the group still exists, zombies not counted (they hold nothing)."""
         ...
 
     def stderr_tail(self) -> list[str]:
@@ -85,13 +86,9 @@ class SubprocessHandle:
             os.killpg(self._proc.pid, sig)
 
     def group_alive(self) -> bool:
-        try:
-            os.killpg(self._proc.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        # Not ``killpg(pgid, 0)``: that succeeds on a group of zombies (grandchildren the daemon adopted and
+        # has not reaped yet), and the stop would wait for them forever.
+        return proctable.group_alive(self._proc.pid)
 
     def stderr_tail(self) -> list[str]:
         return log_tail(self._log_path, STDERR_TAIL_LINES)
@@ -118,14 +115,13 @@ class SubprocessSpawner:
     ) -> ProcessHandle:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as sink:
-            proc = await asyncio.create_subprocess_exec(
+            proc = await spawn_child(  # setsid + PDEATHSIG, and asyncio's to reap (xinfd.childproc)
                 *argv,
                 env=dict(env),
                 cwd=cwd,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=sink,
                 stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=child_setup,  # setsid + PDEATHSIG (xinfd.childproc)
             )
         return SubprocessHandle(proc, log_path)
 

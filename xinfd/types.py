@@ -56,6 +56,12 @@ class Platform:
     python_version: str
     gpus: tuple[GpuInfo, ...] = ()
     nvml_available: bool = False
+    # Where ``gpus`` came from, in words: "NVML", "config file /etc/xinfd/xinfd.toml" or "environment variable
+    # XINFD_GPUS" (declared devices replace NVML's), so a "no GPU" reason can say which inventory was empty.
+    gpu_source: str = "NVML"
+    # Why NVML gave no inventory ("no NVML: driver not found (NVML Shared Library Not Found)"); None when it
+    # answered, or was not asked because GPUs are declared.
+    nvml_error: str | None = None
     # With model venvs on, an engine's packages are installed at launch, so "not importable in the daemon's
     # environment" is not a reason to refuse; with venvs off it is.
     venv_enabled: bool = True

@@ -167,8 +167,14 @@ def check_availability(engine: ServerCli, model: ModelSpec, platform: Platform) 
             available=False, reason=f"{name} needs Linux with an NVIDIA GPU; this host runs {system}"
         )
     if not platform.gpus:
-        nvml = "available" if platform.nvml_available else "not available"
-        return Availability(available=False, reason=f"{name} needs an NVIDIA GPU; none found (NVML: {nvml})")
+        # Say why the inventory is empty: no driver (NVML's own message), or a declared inventory without GPUs.
+        if platform.nvml_error:
+            why = platform.nvml_error
+        elif platform.nvml_available:
+            why = "NVML: available, reports no GPU"
+        else:
+            why = f"{platform.gpu_source} lists none"
+        return Availability(available=False, reason=f"{name} needs an NVIDIA GPU; none found ({why})")
     if not platform.venv_enabled and not is_importable(engine.module):
         return Availability(
             available=False,

@@ -196,6 +196,14 @@ ENV_CASES: list[tuple[str, str, Any]] = [
     ("XINFD_RESTART_BACKOFF", "0.1", 0.1),
     ("XINFD_RESTART_BUDGET", "0", 0),
     ("XINFD_LAUNCH", "qwen2.5-instruct:2, bge-m3", ("qwen2.5-instruct:2", "bge-m3")),
+    (
+        "XINFD_GPUS",
+        "0:NVIDIA A100-SXM4-80GB:81920, 1:NVIDIA GeForce RTX 4090:24564",
+        (
+            GpuInfo(index=0, name="NVIDIA A100-SXM4-80GB", memory_mb=81920),
+            GpuInfo(index=1, name="NVIDIA GeForce RTX 4090", memory_mb=24564),
+        ),
+    ),
 ]
 
 
@@ -252,6 +260,14 @@ BAD_ENV_CASES: list[tuple[str, str]] = [
     ("XINFD_LAUNCH", "qwen:0"),
     ("XINFD_LAUNCH", "../etc"),
     ("XINFD_LAUNCH", "a,a:2"),
+    ("XINFD_GPUS", "0:A100"),
+    ("XINFD_GPUS", "zero:A100:81920"),
+    ("XINFD_GPUS", "0:A100:80GB"),
+    ("XINFD_GPUS", "0:A100:81920,0:A100:81920"),
+    ("XINFD_GPUS", "0::81920"),
+    ("XINFD_GPUS", "0:A100:0"),
+    ("XINFD_GPUS", '[{"index": 0, "name": "A100"}]'),
+    ("XINFD_GPUS", "[{index: 0}]"),
 ]
 
 
@@ -420,6 +436,41 @@ def test_gpus_validation(write_toml: Callable[[str], Path], text: str, expected:
     with pytest.raises(ConfigError) as info:
         load_settings(config_path=path, env={})
     assert str(info.value).startswith(f"{path}: {expected}")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("0:A100", "XINFD_GPUS: device 0 '0:A100': expected INDEX:NAME:MEMORY_MB (all devices: "
+         "INDEX:NAME:MEMORY_MB[,INDEX:NAME:MEMORY_MB...])"),
+        ("0:A:1,x:A:1", "XINFD_GPUS: device 1 'x:A:1': index must be an integer >= 0, got 'x'"),
+        ("0:A100:80GB", "XINFD_GPUS: device 0 '0:A100:80GB': memory_mb must be an integer > 0 (MiB), got '80GB'"),
+        ("0:A:1,0:B:2", "XINFD_GPUS: [1].index: duplicate GPU index 0"),
+        ("0:A100:0", "XINFD_GPUS: [0].memory_mb: must be an integer > 0, got 0"),
+        ('[{"index": 0, "name": "A"}]', "XINFD_GPUS: [0]: missing key 'memory_mb'"),
+        ('[{"index": 0, "name": "A", "memory": 1}]',
+         "XINFD_GPUS: [0]: unknown key 'memory' (did you mean 'memory_mb'?)"),
+        ('{"index": 0}', "XINFD_GPUS: expected [[gpus]] tables, got dict"),
+        ("[0:A:1]", "XINFD_GPUS: invalid JSON: Expecting ',' delimiter at character 2"),
+    ],
+)
+def test_gpus_variable_errors_are_one_line_naming_the_device(home: Path, raw: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"HOME": str(home), "XINFD_GPUS": raw})
+    assert str(info.value) == expected
+
+
+def test_gpus_variable_replaces_the_tables_and_takes_json(home: Path, write_toml: Callable[[str], Path]) -> None:
+    path = write_toml(GPUS)
+    settings = load_settings(config_path=path, env={"HOME": str(home), "XINFD_GPUS": "3:Name: with colons:1024"})
+    assert settings.gpus == (GpuInfo(index=3, name="Name: with colons", memory_mb=1024),)
+    assert settings.sources["gpus"] == "env XINFD_GPUS"
+    assert load_settings(config_path=path, env={"HOME": str(home)}).sources["gpus"] == f"file {path}"
+    as_json = '[{"index": 0, "name": "A, B", "memory_mb": 8}]'
+    assert load_settings(env={"HOME": str(home), "XINFD_GPUS": as_json}).gpus == (
+        GpuInfo(index=0, name="A, B", memory_mb=8),
+    )
+    assert load_settings(env={"HOME": str(home), "XINFD_GPUS": " "}).gpus == ()  # empty: unset
 
 
 def test_describe_round_trips(tmp_path: Path, write_toml: Callable[[str], Path]) -> None:

@@ -1,7 +1,8 @@
 """Control routes of the GPU slot table and live scaling, added to the control app by
 ``make_control_app`` through its ``route_modules``.
 
-* ``GET  /v1/gpus``                    each GPU with what holds it and why (``xinfctl gpus``)
+* ``GET  /v1/gpus``                    each GPU with what holds it and why, and where the inventory came from
+                                       (NVML, the config file, the environment) or why NVML gave none
 * ``POST /v1/models/{uid}/scale``      ``{"replicas": N}``: add or remove replicas live (``xinfctl scale``)
 """
 
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from xinfd.api.state import STATE
 from xinfd.errors import InvalidRequestError
+from xinfd.gpus import describe_inventory
 from xinfd.http_errors import parse_json
 
 log = logging.getLogger(__name__)
@@ -24,9 +26,10 @@ def add_routes(app: web.Application) -> None:
 
 
 async def list_gpus(request: web.Request) -> web.Response:
-    """A list of objects with ``index``, ``name``, ``memory_mb``, ``free_mb`` and ``replicas`` (placed there).
-
-    Each replica entry carries its label, its GPUs, the placement reason, and the replica's state.
+    """``gpus``: a list of objects with ``index``, ``name``, ``memory_mb``, ``free_mb`` and ``replicas`` (placed
+    there), each replica entry with its label, its GPUs, the placement reason and the replica's state;
+    ``inventory``: ``source`` ("NVML", "config file PATH", "environment variable XINFD_GPUS"), ``nvml_error``
+    (why NVML listed nothing, or null) and ``summary`` (the one line ``xinfctl`` prints).
     """
     manager = request.app[STATE].manager
     states = {r.label: r.state.value for m in manager.models.values() for r in m.replicas}
@@ -34,8 +37,15 @@ async def list_gpus(request: web.Request) -> web.Response:
     for row in rows:
         for replica in row["replicas"]:
             replica["state"] = states.get(replica["label"], "PLACED")  # placed, its process not yet made
+    platform = manager.platform
     return web.json_response(
         {
+            "inventory": {
+                "source": platform.gpu_source,
+                "nvml_available": platform.nvml_available,
+                "nvml_error": platform.nvml_error,
+                "summary": describe_inventory(platform),
+            },
             "strategy": manager.slots.strategy,
             "allow_multi_replica_per_gpu": manager.slots.allow_multi,
             "gpus": rows,

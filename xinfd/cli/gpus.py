@@ -1,4 +1,4 @@
-"""xinfctl commands of the GPU slot table and live scaling (issue 4): ``gpus`` and ``scale``."""
+"""xinfctl commands of the GPU slot table and live scaling: ``gpus`` and ``scale``."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ def cmd_gpus(client: ControlClient, args: argparse.Namespace) -> int:
     if args.json:
         print_json(gpus)
         return 0
+    inventory = data["inventory"]["summary"]
     if not gpus:
-        print("no GPU (none declared in the config, none found through NVML): replicas run on the CPU")
+        print(f"{inventory}: replicas run on the CPU")
         return 0
     multi = "allowed" if data["allow_multi_replica_per_gpu"] else "not allowed"
+    print(inventory)
     print(f"strategy: {data['strategy']}; several replicas per GPU: {multi}")
     rows = []
     for gpu in gpus:

@@ -39,6 +39,8 @@ def cmd_engines(client: ControlClient, args: argparse.Namespace) -> int:
             ("ENGINE", "AVAILABLE", "REASON"),
         )
     )
+    # Where the GPU inventory the reasons were judged against came from, or why NVML found none.
+    print(f"GPUs: {client.call('GET', '/v1/gpus')['inventory']['summary']}")
     return 0
 
 

@@ -8,7 +8,9 @@ not where; the loader prefixes the file and key, the variable or the flag.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import json
 import math
 import re
 from collections.abc import Callable
@@ -18,9 +20,10 @@ from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from xinfd.names import MODEL_NAME, is_valid_name
+from xinfd.types import GpuInfo
 
 IPNetwork = IPv4Network | IPv6Network
-Kind = Literal["int", "seconds", "bool", "str", "path", "list"]
+Kind = Literal["int", "seconds", "bool", "str", "path", "list", "tables"]
 Check = Callable[[Any], Any]
 
 
@@ -37,6 +40,7 @@ EXPECTS: Final[dict[str, str]] = {
     "str": "a string",
     "path": "a path",
     "list": "a list of strings",
+    "tables": "TOML tables",  # checked by the setting's own check, which knows the tables' name
 }
 
 
@@ -58,6 +62,8 @@ def from_text(kind: Kind, raw: str) -> object:
         raise Invalid(f"expected {EXPECTS[kind]}, got {raw!r}")
     if kind == "list":
         return [item.strip() for item in text.split(",")]
+    if kind == "tables":
+        raise Invalid("has no text form")  # a declaration of this kind brings its own parser (parse_text)
     return text
 
 
@@ -70,6 +76,7 @@ def typed(kind: Kind, value: object) -> object:
         "str": isinstance(value, str),
         "path": isinstance(value, str | Path),
         "list": isinstance(value, list | tuple) and all(isinstance(v, str) for v in value),
+        "tables": True,
     }[kind]
     if not ok:
         raise Invalid(f"expected {EXPECTS[kind]}, got {type(value).__name__} {value!r}")
@@ -226,3 +233,69 @@ def launch_list(items: list[str]) -> tuple[str, ...]:
         seen.add(name)
         result.append(f"{name}:{replicas}" if ":" in item else name)
     return tuple(result)
+
+
+GPU_KEYS: Final = ("index", "name", "memory_mb")
+GPU_TEXT_FORM: Final = "INDEX:NAME:MEMORY_MB[,INDEX:NAME:MEMORY_MB...]"
+
+
+def gpus_from_text(raw: str) -> object:
+    """The environment's form of ``[[gpus]]``: ``0:NVIDIA A100-SXM4-80GB:81920,1:NVIDIA A100-SXM4-80GB:81920``.
+
+    Why this form: it needs no quotes or braces, so it survives a shell, ``podman run -e`` and a systemd
+    ``Environment=`` line as is (a name with spaces only needs the usual quotes around the whole assignment).
+    The name is everything between the first and the last colon, so it may hold colons; devices are
+    separated by commas, so a name may not hold one: such a name takes the JSON form, the same fields as the
+    TOML tables (``[{"index": 0, "name": "...", "memory_mb": 81920}]``), recognised by its leading ``[``.
+    """
+    text = raw.strip()
+    if text.startswith(("[", "{")):  # "{": a JSON object where a list was meant, reported as such below
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise Invalid(f"invalid JSON: {exc.msg} at character {exc.pos}") from None
+        return value  # its shape is gpu_tables' to check
+    tables: list[dict[str, object]] = []
+    for n, item in enumerate(part.strip() for part in text.split(",")):
+        index, sep, rest = item.partition(":")
+        name, sep2, memory = rest.rpartition(":")
+        if not sep or not sep2 or not name.strip():
+            raise Invalid(f"device {n} {item!r}: expected INDEX:NAME:MEMORY_MB (all devices: {GPU_TEXT_FORM})")
+        if not index.strip().isdigit():
+            raise Invalid(f"device {n} {item!r}: index must be an integer >= 0, got {index.strip()!r}")
+        if not memory.strip().isdigit():
+            raise Invalid(f"device {n} {item!r}: memory_mb must be an integer > 0 (MiB), got {memory.strip()!r}")
+        tables.append({"index": int(index), "name": name.strip(), "memory_mb": int(memory)})
+    return tables
+
+
+def gpu_tables(value: object) -> tuple[GpuInfo, ...]:
+    """``[[gpus]]`` tables (from the file, or parsed from the environment) -> the declared devices.
+
+    Messages start with the device's position (``[1].index: ...``) so the loader can name it as
+    ``gpus[1].index`` or ``XINFD_GPUS[1].index``.
+    """
+    if not isinstance(value, list | tuple) or not all(isinstance(table, dict) for table in value):
+        raise Invalid(f"expected [[gpus]] tables, got {type(value).__name__}")
+    gpus: list[GpuInfo] = []
+    for n, table in enumerate(value):
+        here = f"[{n}]"
+        for key in table:
+            if key not in GPU_KEYS:
+                close = difflib.get_close_matches(str(key), GPU_KEYS, n=1, cutoff=0.75)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise Invalid(f"{here}: unknown key {key!r}{hint}")
+        for key in GPU_KEYS:
+            if key not in table:
+                raise Invalid(f"{here}: missing key {key!r}")
+        index, name, memory = table["index"], table["name"], table["memory_mb"]
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise Invalid(f"{here}.index: must be an integer >= 0, got {index!r}")
+        if not isinstance(name, str) or not name:
+            raise Invalid(f"{here}.name: must be a non-empty string, got {name!r}")
+        if not isinstance(memory, int) or isinstance(memory, bool) or memory <= 0:
+            raise Invalid(f"{here}.memory_mb: must be an integer > 0, got {memory!r}")
+        if any(gpu.index == index for gpu in gpus):
+            raise Invalid(f"{here}.index: duplicate GPU index {index}")
+        gpus.append(GpuInfo(index=index, name=name, memory_mb=memory))
+    return tuple(gpus)

@@ -15,7 +15,7 @@ the command-line client from its own environment).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -56,6 +56,8 @@ class Declaration:
     # A misspelling of this setting's name stops the daemon instead of a warning: silently ignoring it would
     # leave the API or the control socket more open than the operator asked for.
     guards_access: bool = False
+    # The text form (environment variable) of a kind that has no generic one ("tables"); else checks.from_text.
+    parse_text: Callable[[str], object] | None = None
 
 
 def setting(default: Any = MISSING, **declaration: Any) -> Any:
@@ -315,8 +317,15 @@ class Settings:
         doc="Folder of wheels that engines want built from source with their own settings (llama-cpp-python is "
         'built with CMAKE_ARGS="-DGGML_NATIVE=OFF" so it runs on any x86-64 CPU). Each is built once and reused '
         "by every later venv; several daemons may share the folder. Default: <home>/cache/wheels.")
-    # Declared by hand instead of discovered through NVML; [[gpus]] tables in the file (see the reference).
-    gpus: tuple[GpuInfo, ...] = ()
+    gpus: tuple[GpuInfo, ...] = setting(
+        (), env="XINFD_GPUS", kind="tables", check=checks.gpu_tables, parse_text=checks.gpus_from_text,
+        consumers=("daemon",), section="GPUs and virtual environments",
+        doc="GPUs declared by hand instead of discovered through NVML (a host or container without a driver the "
+        "daemon can reach, or tests). Declared GPUs replace NVML's inventory; `xinfctl gpus` says where the "
+        "inventory came from. In this file: [[gpus]] tables, at its end. In the environment: "
+        f"{checks.GPU_TEXT_FORM} (the name is what lies between the first and the last colon), or the same "
+        "fields as JSON for a name that holds a comma; the variable replaces the file's tables.",
+        example='XINFD_GPUS="0:NVIDIA A100-SXM4-80GB:81920,1:NVIDIA A100-SXM4-80GB:81920"')
     sources: Mapping[str, str] = field(default_factory=_no_sources)
     warnings: tuple[str, ...] = ()
 
@@ -335,8 +344,8 @@ ENV_VARS: Final[Mapping[str, str]] = MappingProxyType(
 )
 RELOADABLE: Final = frozenset(name for name, decl in DECLARATIONS.items() if decl.reload)
 SECRET_FIELDS: Final = frozenset(name for name, decl in DECLARATIONS.items() if decl.secret)
-# Keys a config file may hold: every setting, plus the [[gpus]] tables.
-TOML_KEYS: Final = frozenset(DECLARATIONS) | {"gpus"}
+# Keys a config file may hold: every setting ("gpus" as [[gpus]] tables).
+TOML_KEYS: Final = frozenset(DECLARATIONS)
 # Names in our namespaces that are not settings but are read on purpose, so they are never reported as unknown.
 OTHER_VARIABLES: Final[Mapping[str, str]] = MappingProxyType(
     {

@@ -27,22 +27,26 @@ import xinfd.config as package
 from xinfd.config import checks
 from xinfd.config.declarations import DECLARATIONS, ENV_VARS, OTHER_VARIABLES, TOML_KEYS, Settings
 from xinfd.errors import ConfigError
-from xinfd.types import GpuInfo
 
 CONFIG_ENV_VAR = "XINFD_CONFIG"
 # Prefixes of the variable namespaces that are ours: a variable under them that is not declared is reported.
 NAMESPACES = ("XINFERENCE_", "XINFD_")
-_GPU_KEYS = ("index", "name", "memory_mb")
 
 
 def parse_value(name: str, value: object, *, text: bool, where: str, base: Path | None) -> Any:
     """Parse one value of setting ``name``; ``base`` anchors relative paths (the config file's directory)."""
     decl = DECLARATIONS[name]
     try:
-        kind_value = checks.from_text(decl.kind, value) if text else checks.typed(decl.kind, value)  # type: ignore[arg-type]
+        if text:
+            assert isinstance(value, str)
+            kind_value = decl.parse_text(value) if decl.parse_text else checks.from_text(decl.kind, value)
+        else:
+            kind_value = checks.typed(decl.kind, value)
         result = decl.check(kind_value)
     except checks.Invalid as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        # In a file, "[1].index: ..." (a table's position) joins its key directly: "x.toml: gpus[1].index: ...".
+        message = str(exc)
+        raise ConfigError(f"{where}{'' if message.startswith('[') and not text else ': '}{message}") from None
     if isinstance(result, Path) and not result.is_absolute():
         # Absolute now, so a later chdir (daemons run from /) cannot change what the setting means.
         result = (base / result) if base is not None else result.absolute()
@@ -52,11 +56,6 @@ def parse_value(name: str, value: object, *, text: bool, where: str, base: Path 
 def suggest(word: str, candidates: Iterable[str]) -> str | None:
     close = difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.75)
     return close[0] if close else None
-
-
-def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    close = suggest(word, candidates)
-    return f" (did you mean {close!r}?)" if close else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,31 +100,6 @@ def _unknown_variables(env: Mapping[str, str]) -> list[_Unknown]:
     return found
 
 
-def _gpus(value: object, where: str) -> tuple[GpuInfo, ...]:
-    if not isinstance(value, list) or not all(isinstance(table, dict) for table in value):
-        raise ConfigError(f"{where}: expected [[gpus]] tables, got {type(value).__name__}")
-    gpus: list[GpuInfo] = []
-    for n, table in enumerate(value):
-        here = f"{where}[{n}]"
-        for key in table:
-            if key not in _GPU_KEYS:
-                raise ConfigError(f"{here}: unknown key {key!r}{_did_you_mean(key, _GPU_KEYS)}")
-        for key in _GPU_KEYS:
-            if key not in table:
-                raise ConfigError(f"{here}: missing key {key!r}")
-        index, name, memory = table["index"], table["name"], table["memory_mb"]
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            raise ConfigError(f"{here}.index: must be an integer >= 0, got {index!r}")
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{here}.name: must be a non-empty string, got {name!r}")
-        if not isinstance(memory, int) or isinstance(memory, bool) or memory <= 0:
-            raise ConfigError(f"{here}.memory_mb: must be an integer > 0, got {memory!r}")
-        if any(gpu.index == index for gpu in gpus):
-            raise ConfigError(f"{here}.index: duplicate GPU index {index}")
-        gpus.append(GpuInfo(index=index, name=name, memory_mb=memory))
-    return tuple(gpus)
-
-
 def _read_file(path: Path, unknown: list[_Unknown]) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
@@ -140,8 +114,6 @@ def _read_file(path: Path, unknown: list[_Unknown]) -> dict[str, Any]:
     for key, value in data.items():
         if key not in TOML_KEYS:
             unknown.append(_unknown_key(path, key))
-        elif key == "gpus":
-            values[key] = _gpus(value, f"{path}: gpus")
         else:
             values[key] = parse_value(key, value, text=False, where=f"{path}: {key}", base=path.parent)
     return values
@@ -207,9 +179,8 @@ def load_settings(
         if value is None:
             continue
         flag = DECLARATIONS[name].flag if name in DECLARATIONS else None
-        flag = flag or "--" + name.replace("_", "-")
-        if name not in DECLARATIONS:
-            raise ConfigError(f"{flag}: not a setting that can be given on the command line")
+        if flag is None:  # only settings the daemon has a flag for (build_parser) come from the command line
+            raise ConfigError(f"--{name.replace('_', '-')}: not a setting that can be given on the command line")
         values[name] = parse_value(name, value, text=isinstance(value, str), where=flag, base=None)
         sources[name] = f"flag {flag}"
     if "home" not in values:
@@ -219,7 +190,7 @@ def load_settings(
     if "wheel_cache" not in values:
         values["wheel_cache"] = values["home"] / "cache" / "wheels"
     for f in fields(Settings):
-        if f.name in DECLARATIONS or f.name == "gpus":
+        if f.name in DECLARATIONS:
             sources.setdefault(f.name, "default")
     return Settings(
         **values, sources=MappingProxyType(sources), warnings=tuple(item.message() for item in unknown)

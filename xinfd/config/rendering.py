@@ -62,7 +62,9 @@ def describe(settings: Settings, pending: Mapping[str, tuple[Any, str]] | None =
     """
     pending = pending or {}
     lines = ['# Effective xinfd configuration (secrets masked as "***": do not reuse them as is).']
-    for name in DECLARATIONS:
+    for name, decl in DECLARATIONS.items():
+        if decl.kind == "tables":
+            continue  # tables go last (keys after a table header would belong to it)
         value = getattr(settings, name)
         comment = "# from: " + _printable(settings.sources.get(name, "default"))
         if value is None:
@@ -121,9 +123,7 @@ _HEADER = """\
 # `xinfctl config` print.
 """
 
-_GPUS = """\
-# GPUs, declared by hand instead of discovered through NVML (config file only; no environment variable).
-# One [[gpus]] table per device: index (integer >= 0, unique), name, memory_mb (integer > 0).
+_GPU_TABLES = """\
 # Keep [[gpus]] tables at the end of the file: in TOML, keys after a table header belong to that table.
 # [[gpus]]
 # index = 0
@@ -137,6 +137,21 @@ _GPUS = """\
 """
 
 
+def _tables(name: str, decl: Declaration) -> list[str]:
+    """A setting written as TOML tables: documented after every other key, with a commented example."""
+    title = f"# ---- {name}: [[{name}]] tables "
+    out = [title + "-" * (_WIDTH - len(title)), ""]
+    out += _comment(decl.doc)
+    out += _comment(_where(decl))
+    if decl.example:
+        out += ["# For example, as a shell line (in a systemd unit: `Environment=` followed by the same text):",
+                f"#   {decl.example}",
+                "# or as JSON (a shell line):",
+                '#   XINFD_GPUS=\'[{"index": 0, "name": "NVIDIA A100-SXM4-80GB", "memory_mb": 81920}]\'']
+    out.append(_GPU_TABLES)
+    return out
+
+
 def reference_toml() -> str:
     """``etc/xinfd.toml``: every setting, commented out, with its documentation and default."""
     out = [_HEADER]
@@ -144,7 +159,7 @@ def reference_toml() -> str:
         out.append(f"# ---- {section} " + "-" * (_WIDTH - 8 - len(section)))
         out.append("")
         for name, decl in DECLARATIONS.items():
-            if decl.section != section:
+            if decl.section != section or decl.kind == "tables":
                 continue
             out += _comment(decl.doc)
             if decl.spec:
@@ -152,7 +167,9 @@ def reference_toml() -> str:
             out += _comment(_where(decl))
             out.append(f"# {name} = {_default_text(name, decl)}")
             out.append("")
-    out.append(_GPUS)
+    for name, decl in DECLARATIONS.items():
+        if decl.kind == "tables":
+            out += _tables(name, decl)
     return "\n".join(out)
 
 

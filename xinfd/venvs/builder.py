@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from xinfd.childproc import child_setup
+from xinfd.childproc import spawn_child
 from xinfd.events import Publish, VenvProgress
 from xinfd.venvs.bundle import requirement_lines
 from xinfd.venvs.cache import MANIFEST, METADATA, METADATA_FORMAT, manifest, site_packages, write_json_atomic
@@ -125,10 +125,9 @@ async def run_logged(argv: Sequence[str], *, env: Mapping[str, str], deadline: f
     on stdout) and returns "". Cancel or the deadline kills its whole group."""
     if log is not None:
         log.add("$ " + " ".join(argv))
-    proc = await asyncio.create_subprocess_exec(
+    proc = await spawn_child(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT if merge_output else asyncio.subprocess.PIPE, env=dict(env),
-        preexec_fn=child_setup,
     )
     progress = proc.stdout if merge_output else proc.stderr
 
@@ -371,9 +370,9 @@ def _pin_line(name: str, pin: str) -> str:
 
 async def _run_python(python: str, args: Sequence[str], deadline: float, log: BuildLog, *,
                       what: str = "the venv's interpreter failed") -> str:
-    proc = await asyncio.create_subprocess_exec(
+    proc = await spawn_child(
         python, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, preexec_fn=child_setup, env=_probe_env(),
+        stderr=asyncio.subprocess.PIPE, env=_probe_env(),
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout=max(0.1, deadline - time.monotonic()))

@@ -19,7 +19,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 
-from xinfd.childproc import child_setup
+from xinfd.childproc import spawn_child
 from xinfd.venvs.spec import IndexOptions
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,9 @@ class PipConfig:
             log.info("no pip found; inheriting only PIP_* variables for model venvs")
             return from_environment(env)
         try:
-            proc = await asyncio.create_subprocess_exec(
+            proc = await spawn_child(
                 *command, "config", "list", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.DEVNULL, env={**env, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
-                preexec_fn=child_setup,
             )
             try:
                 out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)

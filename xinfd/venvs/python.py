@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from xinfd.childproc import child_setup
+from xinfd.childproc import spawn_child
 from xinfd.venvs.spec import VenvSpecError
 
 if TYPE_CHECKING:
@@ -111,9 +111,9 @@ def search_path(env: dict[str, str]) -> str:
 
 
 async def _run(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
+    proc = await spawn_child(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env, preexec_fn=child_setup,
+        stderr=asyncio.subprocess.PIPE, env=env,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout=_FIND_TIMEOUT_S)

@@ -110,9 +110,18 @@ def test_unavailable_without_a_gpu(
     platform: Callable[..., Platform],
 ) -> None:
     result = plugins.availability(engine, model(), platform(gpus=(), nvml_available=nvml))
-    state = "available" if nvml else "not available"
+    state = "NVML: available, reports no GPU" if nvml else "NVML lists none"
     assert not result.available
-    assert result.reason == f"{engine} needs an NVIDIA GPU; none found (NVML: {state})"
+    assert result.reason == f"{engine} needs an NVIDIA GPU; none found ({state})"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_unavailable_without_a_driver_says_why(
+    plugins: Plugins, engine: str, model: Callable[..., ModelSpec], platform: Callable[..., Platform]
+) -> None:
+    why = "no NVML: driver not found (NVML Shared Library Not Found)"
+    result = plugins.availability(engine, model(), platform(gpus=(), nvml_error=why))
+    assert result.reason == f"{engine} needs an NVIDIA GPU; none found ({why})"
 
 
 @pytest.mark.parametrize("engine", ENGINES)
