@@ -2,9 +2,10 @@
 
 Xinference serves without authentication and several servers have let one HTTP method slip past their auth
 check; so the rules here are decided per request *before* routing matters, from the path alone, and default to
-the strictest scope: only ``/health`` is open (load balancers and container health checks carry no key), only
-``/metrics`` takes the metrics scope, and every other path and method — known routes, unknown routes, OPTIONS,
-HEAD — needs the inference scope. The IP check comes first: a denied address gets 403 whatever key it sends.
+the strictest scope: only ``/health`` and ``/health/models/<uid>`` are open (load balancers and container
+health checks carry no key), only ``/metrics`` takes the metrics scope, and every other path and method — known
+routes, unknown routes, OPTIONS, HEAD — needs the inference scope. The IP check comes first: a denied address
+gets 403 whatever key it sends.
 
 The client address is the socket peer. ``X-Forwarded-For`` is believed only when the peer is a configured
 trusted proxy, and then read from the right: the first address that is not itself a trusted proxy is the
@@ -26,6 +27,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from xinfd.api.readiness import is_model_readiness_path
 from xinfd.errors import XinfdError
 
 log = logging.getLogger(__name__)
@@ -176,7 +178,7 @@ class SecurityPolicy:
 
 def required_scope(path: str) -> Scope | None:
     """The scope a path needs; anything not known to be public needs ``inference`` (default deny)."""
-    if path in PUBLIC_PATHS:
+    if path in PUBLIC_PATHS or is_model_readiness_path(path):  # health checks carry no key
         return None
     if path == METRICS_PATH:
         return Scope.METRICS

@@ -106,6 +106,11 @@ class Settings:
         section="Server", shown_default="~/.xinference/xinfd.sock",
         doc="Unix socket of the control API used by xinfctl (launch, list, terminate, venvs, gpus). "
         "Default: <home>/xinfd.sock.")
+    daemon_name: str | None = setting(
+        None, env="XINFD_DAEMON_NAME", kind="str", check=checks.non_empty, consumers=("daemon",),
+        section="Server", shown_default="<hostname>", example='"gpu-node-07"',
+        doc="Name of this daemon in the X-Xinfd-Host header of every front-end response and in /health, so "
+        "clients and load-balancer logs can tell which host answered. Unset: the machine's hostname.")
     log_level: str = setting(
         "INFO", env="XINFD_LOG_LEVEL", kind="str", check=checks.choice(LOG_LEVELS, upper=True),
         consumers=("daemon",), section="Server", flag="--log-level", reload=True,
@@ -257,12 +262,19 @@ class Settings:
         consumers=("daemon",), section="Access control", reload=True, guards_access=True,
         doc="Further groups (names or numeric ids) allowed on the control socket, checked with SO_PEERCRED.")
     # ---- Operations
+    drain_grace: float = setting(
+        0.0, env="XINFD_DRAIN_GRACE", kind="seconds", check=_SECONDS_OR_ZERO, consumers=("daemon",),
+        section="Operations", reload=True,
+        doc="On SIGTERM, /health and /health/models/<uid> answer 503 at once, but new requests are still "
+        "served for this many seconds (>= 0), so a load balancer has time to see the failed health check "
+        "and move traffic away; then the drain below starts. Behind HAProxy set it above the check's inter x "
+        "fall; in Kubernetes above the readiness probe's periodSeconds x failureThreshold. 0: refuse at once.")
     drain_timeout: float = setting(
         30.0, env="XINFD_DRAIN_TIMEOUT", kind="seconds", check=_SECONDS_OR_ZERO, consumers=("daemon",),
         section="Operations", reload=True,
-        doc="On SIGTERM, new requests get 503 while running requests get this many seconds to finish (>= 0); "
-        "then the replicas stop. Keep TimeoutStopSec of the systemd unit above drain_timeout + "
-        "stop_grace_period.")
+        doc="After drain_grace, new requests get 503 (with Connection: close) while running requests get this "
+        "many seconds to finish (>= 0); then the replicas stop. Keep TimeoutStopSec of the systemd unit above "
+        "drain_grace + drain_timeout + stop_grace_period.")
     stream_write_timeout: float = setting(
         30.0, env="XINFD_STREAM_WRITE_TIMEOUT", kind="seconds", check=_SECONDS, consumers=("daemon",),
         section="Operations", reload=True,
