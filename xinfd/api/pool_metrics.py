@@ -15,7 +15,9 @@ LoRA adapters             Gauge  value = last update time; labels ``max_lora``, 
 ========================  =====  ==============================================  ==============================
 
 The protocol lets names differ but not types or meaning; the endpoint picker's defaults are vLLM's names, so
-using them means an ``InferencePool`` of xinfd pods needs no metric flags on the picker.
+using them means an ``InferencePool`` of xinfd pods needs no metric flags on the picker. They are exposed only
+with ``inference_pool_metrics`` on (``contrib/kubernetes`` sets it): the colons break Prometheus' naming
+conventions (``promtool check metrics``), and a Prometheus that also scrapes vLLM would take xinfd for vLLM.
 
 How xinfd's own state maps onto them, read at scrape time from the ``ModelManager`` (never cached, so never
 stale):
@@ -54,11 +56,19 @@ ADAPTER_LABELS = ("max_lora", "running_lora_adapters", "waiting_lora_adapters")
 class PoolProtocolCollector(Collector):
     """Pod-level gauges in the inference extension's model server protocol, from the manager's live state."""
 
-    def __init__(self, manager: Any, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, manager: Any, clock: Callable[[], float] = time.time, enabled: Callable[[], bool] = lambda: True
+    ) -> None:
         self._manager = manager
         self._clock = clock
+        self._enabled = enabled
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # names depend on the setting at scrape time; registering must not collect
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        if not self._enabled():
+            return
         models = list(self._manager.models.values())
         queued = sum(int(getattr(m.router, "waiting", 0)) for m in models)
         running = sum(int(r.outstanding) for m in models for r in list(m.replicas))

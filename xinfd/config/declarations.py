@@ -197,6 +197,13 @@ class Settings:
         False, env="XINFERENCE_DISABLE_METRICS", kind="bool", check=checks.same, consumers=("daemon",),
         section="Serving", doc="Turn the /metrics endpoint off.",
         spec="Setting this environment to 1 will disable the /metrics endpoint")
+    inference_pool_metrics: bool = setting(
+        False, env="XINFD_INFERENCE_POOL_METRICS", kind="bool", check=checks.same, consumers=("daemon",),
+        section="Serving", reload=True,
+        doc="Add to /metrics the gauges a Kubernetes InferencePool's endpoint picker reads (the Gateway API "
+        "Inference Extension's model server protocol, under vLLM's names: vllm:num_requests_waiting, "
+        "vllm:num_requests_running, vllm:lora_requests_info). Off by default: the names are vLLM's, and a "
+        "Prometheus that also scrapes vLLM would count this daemon as a vLLM server.")
     sse_ping_attempts_seconds: float = setting(
         600.0, env="XINFERENCE_SSE_PING_ATTEMPTS_SECONDS", kind="seconds", check=_SECONDS,
         consumers=("daemon",), section="Serving", reload=True,

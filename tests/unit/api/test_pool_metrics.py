@@ -26,8 +26,10 @@ LORA_LABELS = {"max_lora", "running_lora_adapters", "waiting_lora_adapters"}
 async def test_exposition_has_the_protocol_names_and_types(
     tmp_path: Path, aiohttp_client: ClientFactory
 ) -> None:
-    state = make_state(tmp_path)
-    state.metrics.watch_manager(state.manager, gpu_memory=dict)
+    state = make_state(tmp_path, XINFD_INFERENCE_POOL_METRICS="1")
+    state.metrics.watch_manager(
+        state.manager, gpu_memory=dict, pool_protocol=lambda: state.settings.inference_pool_metrics
+    )
     busy = add_model(state, "chat-a", [ReplicaState.READY, ReplicaState.READY])
     busy.replicas[0].outstanding, busy.replicas[1].outstanding = 3, 2
     busy.router.waiting = 4
@@ -76,3 +78,14 @@ def test_collector_follows_the_manager_live(tmp_path: Path) -> None:
         "running_lora_adapters": "",
         "waiting_lora_adapters": "",
     }
+
+
+async def test_off_by_default_and_follows_a_reload(tmp_path: Path, aiohttp_client: ClientFactory) -> None:
+    from xinfd.config import load_settings
+
+    state = make_state(tmp_path)
+    state.metrics.watch_manager(state.manager, pool_protocol=lambda: state.settings.inference_pool_metrics)
+    client = await aiohttp_client(make_api_app(state))
+    assert "vllm:" not in await (await client.get("/metrics")).text()
+    state.settings = load_settings(env={"XINFERENCE_HOME": str(tmp_path), "XINFD_INFERENCE_POOL_METRICS": "1"})
+    assert "# TYPE vllm:num_requests_waiting gauge" in await (await client.get("/metrics")).text()

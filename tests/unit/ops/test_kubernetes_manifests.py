@@ -110,6 +110,7 @@ def test_pool_route_and_pods_agree() -> None:
     ports = {p["containerPort"] for p in _container()["ports"]}
     assert {p["number"] for p in pool["spec"]["targetPorts"]} <= ports
     assert int(_env()["XINFD_PORT"]) in ports
+    assert _env()["XINFD_INFERENCE_POOL_METRICS"] == "1"  # the endpoint picker's gauges on /metrics
     [backend] = route["spec"]["rules"][0]["backendRefs"]
     assert (backend["group"], backend["kind"], backend["name"]) == (
         "inference.networking.k8s.io",
