@@ -188,8 +188,8 @@ async def serve(
     )
     state = DaemonState(settings=settings, manager=manager, metrics=Metrics(), venvs=venvs)
     state.metrics.watch_manager(
-        manager
-    )  # replica states, restarts, queue, GPU slots at scrape time (issue 6)
+        manager, pool_protocol=lambda: state.settings.inference_pool_metrics
+    )  # replica states, restarts, queue, GPU slots at scrape time (issue 6); InferencePool gauges if asked
     venvs.on_build = state.metrics.venv_build
     api_runner = web.AppRunner(
         make_api_app(state), handler_cancellation=True, access_log=logging.getLogger("aiohttp.access")

@@ -5,9 +5,12 @@ acts on them. TERM/INT = drain and return (the caller then stops replicas); HUP 
 change without a restart and log each change. Settings that need a restart (addresses, home, sockets) keep
 their old values and the log says so.
 
-Drain: from the moment TERM arrives, new requests get 503 (``drain_middleware``), ``/health`` answers 503
-"draining" so load balancers move away, and requests already accepted — streams included — get
-``drain_timeout`` seconds to finish before the replicas are stopped under them.
+Drain, in the order a load balancer needs it: the moment TERM arrives, readiness is withdrawn (``/health``
+and ``/health/models/<uid>`` answer 503 "draining") while new requests are still served for ``drain_grace``
+seconds — a balancer only learns of the drain at its next health check, and requests it sends meanwhile must
+not fail. Then new requests get 503 with ``Connection: close`` (``drain_middleware``), and requests already
+accepted — streams included — get ``drain_timeout`` seconds to finish before the replicas are stopped under
+them. With ``drain_grace = 0`` (the default, for a daemon without a balancer) both steps happen at once.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def status_summary(state: Any) -> str:
     launching = [m.uid for m in models if m.state == "LAUNCHING"]
     replicas = [r for m in models for r in m.replicas]
     ready = sum(1 for r in replicas if r.is_ready)
-    if state.draining:
+    if state.draining or getattr(state, "withdrawn", False):
         return f"draining: {state.in_flight} request(s) in flight"
     text = f"serving on {state.front_end_url}: {len(models)} model(s), {ready}/{len(replicas)} replicas ready"
     if launching:
@@ -161,8 +164,15 @@ class Lifecycle:
         )
 
     async def drain(self) -> None:
-        """Refuse new requests and wait up to ``drain_timeout`` for the accepted ones to finish."""
+        """Withdraw readiness, keep serving for ``drain_grace``, then refuse new requests and wait up to
+        ``drain_timeout`` for the accepted ones to finish."""
         state = self.state
+        state.withdrawn = True
+        grace = state.settings.drain_grace
+        if grace > 0:
+            notify(f"STATUS=not ready; still serving new requests for {grace:g}s")
+            log.info("draining: readiness withdrawn; new requests still served for %gs", grace)
+            await asyncio.sleep(grace)
         state.draining = True
         timeout = state.settings.drain_timeout
         notify(f"STOPPING=1\nSTATUS=draining {state.in_flight} request(s), up to {timeout:g}s")

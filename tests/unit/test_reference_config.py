@@ -65,7 +65,7 @@ def test_documented_values_are_the_defaults(tmp_path: Path) -> None:
     path.write_text(uncommented, encoding="utf-8")
     loaded = load_settings(config_path=path, env={})
     defaults = load_settings(env={})
-    examples = {"max_tokens", "csg_token", "text_to_image_batching_size", "gpus", "control_socket_group"}
+    examples = {"daemon_name", "max_tokens", "csg_token", "text_to_image_batching_size", "gpus", "control_socket_group"}
     for name in FIELDS:
         assert loaded.sources[name] == f"file {path}", f"{name} is not shown as '# {name} = ...'"
         if name not in examples:

@@ -24,6 +24,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from xinfd.api.pool_metrics import PoolProtocolCollector
+
 log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -135,8 +137,17 @@ class Metrics:
         if isinstance(completion, int) and completion >= 0:
             self.completion_tokens.labels(model).inc(completion)
 
-    def watch_manager(self, manager: Any, gpu_memory: Callable[[], dict[int, int]] | None = None) -> None:
+    def watch_manager(
+        self,
+        manager: Any,
+        gpu_memory: Callable[[], dict[int, int]] | None = None,
+        *,
+        pool_protocol: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.registry.register(ManagerCollector(manager, gpu_memory))
+        # The inference extension's model server protocol (queue, running, served models), for an InferencePool;
+        # exposed while ``pool_protocol()`` is true (the inference_pool_metrics setting, read at each scrape).
+        self.registry.register(PoolProtocolCollector(manager, enabled=pool_protocol))
 
 
 # A streamed delta is a frame whose choice is still open; the chat opening frame carries only the role.

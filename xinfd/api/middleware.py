@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from xinfd.api.readiness import is_model_readiness_path
 from xinfd.api.streaming import late_error
 from xinfd.errors import ShuttingDownError
 from xinfd.http_errors import Handler, make_error_middleware
@@ -18,7 +19,8 @@ from xinfd.http_errors import Handler, make_error_middleware
 error_middleware = make_error_middleware(internal_message="internal error (see the daemon log)", late=late_error)
 
 
-# Open while draining: /health says "draining" (503) to load balancers, /metrics keeps scraping.
+# Open while draining: /health and /health/models/<uid> say "draining" (503) to load balancers, /metrics keeps
+# scraping; neither counts as a request in flight.
 _DRAIN_EXEMPT = frozenset({"/health", "/metrics"})
 
 
@@ -31,7 +33,7 @@ def drain_middleware(state: Any) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in _DRAIN_EXEMPT:
+        if request.path in _DRAIN_EXEMPT or is_model_readiness_path(request.path):
             return await handler(request)
         if state.draining:
             raise ShuttingDownError("xinfd is shutting down; retry on another instance")

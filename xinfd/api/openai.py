@@ -25,6 +25,7 @@ from xinfd.api import xinference
 from xinfd.api.control import CONTROL_PREFIX, make_remote_control_app
 from xinfd.api.metrics import StreamStats
 from xinfd.api.middleware import drain_middleware, error_middleware
+from xinfd.api.readiness import daemon_name, install_readiness
 from xinfd.api.request_policy import forwarded_body
 from xinfd.api.security import PolicyHolder, security_middleware
 from xinfd.api.state import STATE, DaemonState
@@ -76,6 +77,7 @@ def make_api_app(state: DaemonState) -> web.Application:
     )
     app[STATE] = state
     app.router.add_get("/health", health)
+    install_readiness(app)  # GET /health/models/{uid} and the X-Xinfd-Host header (load balancers)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{uid}", get_model)
     # Management over HTTP (admin scope, xinfd.api.security): Xinference's REST API, and the control API for
@@ -91,9 +93,11 @@ def make_api_app(state: DaemonState) -> web.Application:
 
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    if state.draining:
+    if state.draining or state.withdrawn:  # readiness goes first on SIGTERM (xinfd.lifecycle)
         return web.json_response({"status": "draining"}, status=503)
-    return web.json_response({"status": "ok", "models": len(state.manager.models)})
+    return web.json_response(
+        {"status": "ok", "models": len(state.manager.models), "host": daemon_name(state.settings)}
+    )
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -1,11 +1,12 @@
-"""Who may use the front end: allowed client IPs (behind trusted proxies) and API keys with scopes (issue 6).
+"""Who may use the front end: allowed client IPs (behind trusted proxies) and API keys with scopes.
 
 Xinference serves without authentication and several servers have let one HTTP method slip past their auth
 check; so the rules here are decided per request *before* routing matters, from the path and method alone
-(``required_scope``), and default to the inference scope: only ``/health`` and ``/v1/cluster/auth`` are open
-(load balancers carry no key; Xinference's client asks the latter whether to send its key), only ``/metrics``
-takes the metrics scope, management takes the admin scope, and every other path and method — known routes,
-unknown routes, OPTIONS, HEAD — needs the inference scope. The IP check comes first: a denied address gets 403
+(``required_scope``), and default to the inference scope: only ``/health``, ``/health/models/<uid>`` and
+``/v1/cluster/auth`` are open (load balancers and container health checks carry no key; Xinference's client
+asks the latter whether to send its key), only ``/metrics`` takes the metrics scope, management takes the
+admin scope, and every other path and method — known routes, unknown routes, OPTIONS, HEAD — needs the
+inference scope. The IP check comes first: a denied address gets 403
 whatever key it sends.
 
 Management over HTTP (``xinfd.api.xinference`` and the ``/control`` mount of the control API) is what changes
@@ -37,6 +38,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from xinfd.api.readiness import is_model_readiness_path
 from xinfd.errors import XinfdError
 
 log = logging.getLogger(__name__)
@@ -229,7 +231,7 @@ def required_scope(path: str, method: str = "GET") -> Scope | None:
     misspelt sub-path of a management resource is refused as management, not let through as inference.
     """
     method = method.upper()
-    if path in PUBLIC_PATHS:
+    if path in PUBLIC_PATHS or is_model_readiness_path(path):  # health checks carry no key
         return None
     if path == METRICS_PATH:
         return Scope.METRICS

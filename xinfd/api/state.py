@@ -23,6 +23,9 @@ class DaemonState:
     manager: ModelManager
     metrics: Metrics
     started: float = field(default_factory=time.time)
+    # SIGTERM first withdraws readiness (/health 503) while requests are still served for drain_grace seconds,
+    # then sets ``draining`` (new requests refused); see xinfd.lifecycle.Lifecycle.drain.
+    withdrawn: bool = False
     draining: bool = False
     front_end_url: str = ""
     # Model venvs (xinfd.venvs); None when the daemon was built without them (unit tests of other routes).

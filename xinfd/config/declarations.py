@@ -108,6 +108,11 @@ class Settings:
         section="Server", shown_default="~/.xinference/xinfd.sock",
         doc="Unix socket of the control API used by xinfctl (launch, list, terminate, venvs, gpus). "
         "Default: <home>/xinfd.sock.")
+    daemon_name: str | None = setting(
+        None, env="XINFD_DAEMON_NAME", kind="str", check=checks.non_empty, consumers=("daemon",),
+        section="Server", shown_default="<hostname>", example='"gpu-node-07"',
+        doc="Name of this daemon in the X-Xinfd-Host header of every front-end response and in /health, so "
+        "clients and load-balancer logs can tell which host answered. Unset: the machine's hostname.")
     log_level: str = setting(
         "INFO", env="XINFD_LOG_LEVEL", kind="str", check=checks.choice(LOG_LEVELS, upper=True),
         consumers=("daemon",), section="Server", flag="--log-level", reload=True,
@@ -194,6 +199,13 @@ class Settings:
         False, env="XINFERENCE_DISABLE_METRICS", kind="bool", check=checks.same, consumers=("daemon",),
         section="Serving", doc="Turn the /metrics endpoint off.",
         spec="Setting this environment to 1 will disable the /metrics endpoint")
+    inference_pool_metrics: bool = setting(
+        False, env="XINFD_INFERENCE_POOL_METRICS", kind="bool", check=checks.same, consumers=("daemon",),
+        section="Serving", reload=True,
+        doc="Add to /metrics the gauges a Kubernetes InferencePool's endpoint picker reads (the Gateway API "
+        "Inference Extension's model server protocol, under vLLM's names: vllm:num_requests_waiting, "
+        "vllm:num_requests_running, vllm:lora_requests_info). Off by default: the names are vLLM's, and a "
+        "Prometheus that also scrapes vLLM would count this daemon as a vLLM server.")
     sse_ping_attempts_seconds: float = setting(
         600.0, env="XINFERENCE_SSE_PING_ATTEMPTS_SECONDS", kind="seconds", check=_SECONDS,
         consumers=("daemon",), section="Serving", reload=True,
@@ -265,12 +277,19 @@ class Settings:
         consumers=("daemon",), section="Access control", reload=True, guards_access=True,
         doc="Further groups (names or numeric ids) allowed on the control socket, checked with SO_PEERCRED.")
     # ---- Operations
+    drain_grace: float = setting(
+        0.0, env="XINFD_DRAIN_GRACE", kind="seconds", check=_SECONDS_OR_ZERO, consumers=("daemon",),
+        section="Operations", reload=True,
+        doc="On SIGTERM, /health and /health/models/<uid> answer 503 at once, but new requests are still "
+        "served for this many seconds (>= 0), so a load balancer has time to see the failed health check "
+        "and move traffic away; then the drain below starts. Behind HAProxy set it above the check's inter x "
+        "fall; in Kubernetes above the readiness probe's periodSeconds x failureThreshold. 0: refuse at once.")
     drain_timeout: float = setting(
         30.0, env="XINFD_DRAIN_TIMEOUT", kind="seconds", check=_SECONDS_OR_ZERO, consumers=("daemon",),
         section="Operations", reload=True,
-        doc="On SIGTERM, new requests get 503 while running requests get this many seconds to finish (>= 0); "
-        "then the replicas stop. Keep TimeoutStopSec of the systemd unit above drain_timeout + "
-        "stop_grace_period.")
+        doc="After drain_grace, new requests get 503 (with Connection: close) while running requests get this "
+        "many seconds to finish (>= 0); then the replicas stop. Keep TimeoutStopSec of the systemd unit above "
+        "drain_grace + drain_timeout + stop_grace_period.")
     stream_write_timeout: float = setting(
         30.0, env="XINFD_STREAM_WRITE_TIMEOUT", kind="seconds", check=_SECONDS, consumers=("daemon",),
         section="Operations", reload=True,
