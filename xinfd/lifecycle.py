@@ -1,4 +1,4 @@
-"""The daemon's life between "serving" and "stopped" (issue 6): SIGHUP reload, SIGTERM drain, systemd pings.
+"""The daemon's life between "serving" and "stopped": SIGHUP reload, SIGTERM drain, systemd pings.
 
 Signal handlers only set a flag and wake the loop (supervisor's ``SignalReceiver`` pattern); ``Lifecycle.run``
 acts on them. TERM/INT = drain and return (the caller then stops replicas); HUP = reload the settings that can

@@ -1,4 +1,4 @@
-"""Logging: one line per event, no timestamps under journald, per-replica log files with rotation (issue 6).
+"""Logging: one line per event, no timestamps under journald, per-replica log files with rotation.
 
 Replicas write their stdout and stderr straight into ``$XINFERENCE_HOME/logs/UID-rN.log`` (no pipe through the
 daemon, see ``xinfd.processes``), opened with O_APPEND. So rotation is "copy, then truncate" (logrotate's

@@ -2,7 +2,7 @@
 
 Without ``NOTIFY_SOCKET`` (not under systemd, or in a container) every call is a cheap no-op.
 
-What the daemon sends (issue 6): ``READY=1`` once both sockets serve, ``STATUS=`` lines whenever the summary
+What the daemon sends: ``READY=1`` once both sockets serve, ``STATUS=`` lines whenever the summary
 changes (launches in progress, replicas ready), ``WATCHDOG=1`` at half of ``WatchdogSec`` from a task on the
 event loop — so a loop stuck in a blocking call stops the pings and systemd restarts the daemon — and
 ``STOPPING=1`` when the drain begins.

@@ -1,4 +1,4 @@
-"""Front end and operations end to end (issue 6): keepalive pings, validation, drain, reload, logs, chat.
+"""Front end and operations end to end: keepalive pings, validation, drain, reload, logs, chat.
 
 Each test runs a real daemon with real echo worker processes; requests go over loopback TCP.
 """

@@ -1,4 +1,4 @@
-"""systemd notify protocol, /metrics through promtool, and a disconnect storm, on a real daemon (issue 6)."""
+"""systemd notify protocol, /metrics through promtool, and a disconnect storm, on a real daemon."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""llama.cpp through a model venv (issue 5): the daemon installs the engine's source-built llama-cpp-python
+"""llama.cpp through a model venv: the daemon installs the engine's source-built llama-cpp-python
 from the wheel cache, and the replica serves a real GGUF with it.
 
 The wheel comes from the ``llama_cpp_available`` fixture's build (once per machine, the daemon's own code

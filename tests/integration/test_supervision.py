@@ -1,4 +1,4 @@
-"""Issue 4 end to end: real daemon, real echo workers, a declared 2-GPU inventory, and injected faults."""
+"""Supervision end to end: real daemon, real echo workers, a declared 2-GPU inventory, and injected faults."""
 
 from __future__ import annotations
 

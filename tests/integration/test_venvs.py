@@ -1,4 +1,4 @@
-"""Model venvs end to end (issue 3): real daemon, real uv, a test index of tiny wheels, real replicas.
+"""Model venvs end to end: real daemon, real uv, a test index of tiny wheels, real replicas.
 
 The ``pkgver`` engine of ``venv_plugin`` answers with what its replica imports, so each test proves behaviour
 by what ends up importable in the venv (or in the replica), not by what the daemon says it did.
@@ -71,7 +71,7 @@ def test_two_models_pinning_different_versions_run_at_once(make_daemon: Any, ind
     daemon = venv_daemon(make_daemon, index_url).start()
     launch_a = daemon.xinfctl("launch", "-n", "pinned-a")
     daemon.xinfctl("launch", "-n", "pinned-b")
-    # The progress shows how many packages were installed and how long it took (issue 3).
+    # The progress shows how many packages were installed and how long it took.
     assert "installed 1 package(s) in" in launch_a.stderr
     a, b = ask(daemon, "pinned-a"), ask(daemon, "pinned-b")
     assert a["xinfdtestpkg"][0] == "1.0" and b["xinfdtestpkg"][0] == "2.0"
@@ -181,7 +181,7 @@ def test_sigkill_mid_build_then_restart_rebuilds_cleanly(
     daemon.start()
     assert not any(p.exists() for p in leftovers)  # removed at start, before anything launches
     assert "removed venv leftover" in daemon.log()
-    # The interrupted launch may be restored from the desired state (issue 4); otherwise launch it again.
+    # The interrupted launch may be restored from the desired state; otherwise launch it again.
     if not any(m["model_uid"] == "pinned-a" for m in daemon.xinfctl_json("list")):
         daemon.xinfctl("launch", "-n", "pinned-a")
     wait_for(lambda: [m for m in daemon.xinfctl_json("list") if m["state"] == "READY"], timeout=60)

@@ -1,4 +1,4 @@
-"""Who may use the control socket: SO_PEERCRED checked on every request, not only the socket's mode (issue 6).
+"""Who may use the control socket: SO_PEERCRED checked on every request, not only the socket's mode.
 
 The socket is created 0600 (only the daemon's user), or 0660 with ``control_socket_group``. The mode is the
 first gate; the peer-credential check is the second, so a socket made group-accessible by mistake (or a

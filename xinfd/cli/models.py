@@ -114,7 +114,7 @@ def cmd_launch(client: ControlClient, args: argparse.Namespace) -> int:
         "env": dict(args.env or []),
         "options": _parse_options(args.extra),
     }
-    # Well-known engine options with their own flags (issue 5); they travel as launch options.
+    # Well-known engine options with their own flags; they travel as launch options.
     if args.model_path is not None:
         body["options"]["model_path"] = args.model_path
     if args.enable_thinking is not None:
@@ -124,7 +124,7 @@ def cmd_launch(client: ControlClient, args: argparse.Namespace) -> int:
     if args.model_uid:
         body["model_uid"] = args.model_uid
     body.update(_gpu_flags(args))
-    # Issue 3: None follows XINFERENCE_ENABLE_VIRTUAL_ENV; -vp entries are validated by the daemon.
+    # None follows XINFERENCE_ENABLE_VIRTUAL_ENV; -vp entries are validated by the daemon.
     if args.virtual_env is not None:
         body["enable_virtual_env"] = args.virtual_env
     if args.virtual_env_package:
@@ -155,7 +155,7 @@ def cmd_launch(client: ControlClient, args: argparse.Namespace) -> int:
 
 
 def _gpu_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """``--n-gpu N|auto|0`` and ``--gpu-idx 0,1`` (issue 4) as launch-request fields; bad values exit 2."""
+    """``--n-gpu N|auto|0`` and ``--gpu-idx 0,1`` as launch-request fields; bad values exit 2."""
     fields: dict[str, Any] = {}
     if args.n_gpu is not None:
         if args.n_gpu != "auto" and not args.n_gpu.isdigit():

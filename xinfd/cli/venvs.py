@@ -1,4 +1,4 @@
-"""xinfctl venv list/create/remove/gc: model virtual environments (issue 3; formatting only)."""
+"""xinfctl venv list/create/remove/gc: model virtual environments (formatting only)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What a venv for another Python needs of the daemon's environment (issue 3: several Pythons per model).
+"""What a venv for another Python needs of the daemon's environment (several Pythons per model).
 
 A venv on the daemon's own interpreter sees the daemon's site-packages through a ``.pth`` file. Another
 interpreter cannot: compiled extensions (aiohttp's, multidict's...) are built for one ABI. Such a venv gets

@@ -1,4 +1,4 @@
-"""Front-end access control (issue 6): the full matrix route x method x key x client address, over real TCP.
+"""Front-end access control: the full matrix route x method x key x client address, over real TCP.
 
 Clients come from two loopback addresses (127.0.0.1 allowed, 127.0.0.2 denied: all of 127/8 is loopback on
 Linux), so the check sees a real socket peer, not a header or a mocked transport.

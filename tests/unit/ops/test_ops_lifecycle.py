@@ -1,4 +1,4 @@
-"""SIGHUP reload merging, the drain, and the systemd notify protocol on a real datagram socket (issue 6)."""
+"""SIGHUP reload merging, the drain, and the systemd notify protocol on a real datagram socket."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-replica log rotation (copytruncate) and following across a rotation (issue 6)."""
+"""Per-replica log rotation (copytruncate) and following across a rotation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Metric bookkeeping: stream statistics and the ModelManager collector (issue 6)."""
+"""Metric bookkeeping: stream statistics and the ModelManager collector."""
 
 from __future__ import annotations
 

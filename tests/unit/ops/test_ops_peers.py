@@ -1,4 +1,4 @@
-"""Control-socket peer credentials and socket mode (issue 6)."""
+"""Control-socket peer credentials and socket mode."""
 
 from __future__ import annotations
 

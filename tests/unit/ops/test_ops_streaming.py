@@ -1,4 +1,4 @@
-"""The SSE relay's keepalive pings and write deadline, against a real aiohttp server (issue 6)."""
+"""The SSE relay's keepalive pings and write deadline, against a real aiohttp server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Venv build metrics (issue 6): a real uv build and a failed one are counted and timed."""
+"""Venv build metrics: a real uv build and a failed one are counted and timed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Package-list semantics of model venvs (issue 3; spec "Model Virtual Environments"), without uv."""
+"""Package-list semantics of model venvs (spec "Model Virtual Environments"), without uv."""
 
 from __future__ import annotations
 

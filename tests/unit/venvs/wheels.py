@@ -1,4 +1,4 @@
-"""Tiny wheels built on the fly and a PEP 503 index for them: real uv, no network (issue 3).
+"""Tiny wheels built on the fly and a PEP 503 index for them: real uv, no network.
 
 Wheels are written with ``zipfile`` (no build backend: milliseconds per wheel). ``wheel_from_installed``
 repacks a pure-Python distribution of the test environment (e.g. ``pluggy``) so that the index can also serve
