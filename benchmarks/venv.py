@@ -106,7 +106,7 @@ async def main() -> None:
     parser.add_argument("--package", action="append", help="a requirement of the spec (repeatable)")
     parser.add_argument("--relaunches", type=int, default=20)
     args = parser.parse_args()
-    packages = args.package or ["openai", "requests", "tqdm"]
+    packages = args.package or ["transformers==4.37.2"]  # the spec's old-transformers venv (GOT-OCR2)
     with tempfile.TemporaryDirectory(prefix="xinfd-venv-bench-") as tmp:
         root = Path(tmp)
         uv = Uv(cache_dir=root / "uv-cache")

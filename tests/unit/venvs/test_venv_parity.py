@@ -3,7 +3,6 @@ fast naming its host; venv markers decide which engines are offered; placeholder
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import threading
