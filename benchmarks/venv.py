@@ -112,7 +112,9 @@ async def main() -> None:
         uv = Uv(cache_dir=root / "uv-cache")
         pip = PipConfig()
         index = await pip.options()
-        index_args = index.uv_args() + [a for c in index.constraints for a in ("--constraint", c)]
+        # The same resolution as xinfd's inherit_pip_config (pip's semantics: every index, best version).
+        index_args = index.uv_args() + ["--index-strategy", "unsafe-best-match"] + [
+            a for c in index.constraints for a in ("--constraint", c)]
         # Warm uv's cache (downloads are not what we compare), then measure.
         await build_once(root, "warm", packages, skip=False, uv=uv, pip=pip)
         on_s, on, provider, spec = await build_once(root, "skip-on", packages, skip=True, uv=uv, pip=pip)
