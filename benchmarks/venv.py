@@ -106,13 +106,15 @@ async def main() -> None:
     parser.add_argument("--package", action="append", help="a requirement of the spec (repeatable)")
     parser.add_argument("--relaunches", type=int, default=20)
     args = parser.parse_args()
-    packages = args.package or ["openai", "requests", "tqdm"]
+    packages = args.package or ["transformers==4.37.2"]  # the spec's old-transformers venv (GOT-OCR2)
     with tempfile.TemporaryDirectory(prefix="xinfd-venv-bench-") as tmp:
         root = Path(tmp)
         uv = Uv(cache_dir=root / "uv-cache")
         pip = PipConfig()
         index = await pip.options()
-        index_args = index.uv_args() + [a for c in index.constraints for a in ("--constraint", c)]
+        # The same resolution as xinfd's inherit_pip_config (pip's semantics: every index, best version).
+        index_args = index.uv_args() + ["--index-strategy", "unsafe-best-match"] + [
+            a for c in index.constraints for a in ("--constraint", c)]
         # Warm uv's cache (downloads are not what we compare), then measure.
         await build_once(root, "warm", packages, skip=False, uv=uv, pip=pip)
         on_s, on, provider, spec = await build_once(root, "skip-on", packages, skip=True, uv=uv, pip=pip)

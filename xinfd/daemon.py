@@ -171,6 +171,7 @@ async def serve(
         enabled=settings.enable_virtual_env,
         skip_installed=settings.virtual_env_skip_installed,
         build_timeout=settings.virtual_env_build_timeout,
+        stall_timeout=settings.virtual_env_stall_timeout,
         wheel_cache=settings.wheel_cache,
     )
     venvs.startup_cleanup()

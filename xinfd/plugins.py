@@ -34,6 +34,7 @@ from xinfd.types import (
     ReplicaContext,
     TextModel,
 )
+from xinfd.venv_markers import venv_entry_reason
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,11 @@ class Plugins:
         return {name: dict(env) for name, env in result.items()}
 
     def availability(self, engine: str, model: ModelSpec, platform: Platform) -> Availability:
-        """Whether ``engine`` can serve ``model`` here; an engine that raises is unavailable."""
+        """Whether ``engine`` can serve ``model`` here; an engine that raises is unavailable. With venvs on,
+        the model's ``virtualenv`` block must have an entry for the engine first (``xinfd.venv_markers``)."""
         found = self.engine(engine)
+        if platform.venv_enabled and (reason := venv_entry_reason(model.virtualenv, engine)) is not None:
+            return Availability(available=False, reason=reason)
         try:
             result = found.availability(model, platform)
         except Exception as exc:  # a buggy plugin must not break `xinfctl engines`

@@ -3,7 +3,8 @@
 Routes (all JSON; errors use the same envelope as the front end, with a stable ``code``):
 
 * ``GET  /v1/status``            daemon version, pid, uptime, addresses, plugin failures
-* ``GET  /v1/engines``           every engine with ``available`` and ``reason``
+* ``GET  /v1/engines``           every engine with ``available`` and ``reason`` (``?model=NAME``: that
+                                  family's engines, venv markers included)
 * ``GET  /v1/families``          model families the daemon can launch
 * ``GET  /v1/models``            launched models and their replicas
 * ``POST /v1/models``            launch; streams progress as NDJSON, last line ``ready`` or ``error``
@@ -22,6 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -31,8 +33,9 @@ from xinfd.api import control_gpus, control_ops, control_registry, control_venvs
 from xinfd.api.middleware import error_middleware
 from xinfd.api.peers import ControlAccess, peer_middleware, request_peer
 from xinfd.api.state import STATE
+from xinfd.errors import InvalidRequestError, UnknownModelError
 from xinfd.http_errors import parse_json
-from xinfd.supervisor import LaunchRequest
+from xinfd.supervisor import LaunchRequest, ModelManager
 from xinfd.types import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -107,6 +110,8 @@ async def status(request: web.Request) -> web.Response:
 async def engines(request: web.Request) -> web.Response:
     manager = request.app[STATE].manager
     plugins = manager.plugins
+    if "model" in request.query:
+        return web.json_response(model_engines(manager, request.query["model"], request.query.get("venv")))
     rows = []
     for name, info in sorted(plugins.engines.items()):
         # Availability is asked for a model that this engine supports, so the answer is about the engine itself.
@@ -124,6 +129,28 @@ async def engines(request: web.Request) -> web.Response:
             }
         )
     return web.json_response(rows)
+
+
+def model_engines(manager: ModelManager, name: str, venv: str | None) -> list[dict[str, Any]]:
+    """``GET /v1/engines?model=NAME[&venv=true|false]``: each engine of the family, available for it or why not
+    (the daemon's venv toggle unless ``venv`` says; with venvs on, the block's markers count)."""
+    spec = manager.plugins.models.get(name)
+    if spec is None:
+        known = ", ".join(sorted(manager.plugins.models)) or "none"
+        raise UnknownModelError(f"unknown model {name!r} (known: {known})", param="model")
+    platform = manager.platform
+    if venv is not None:
+        if venv.lower() not in ("true", "false", "1", "0"):
+            raise InvalidRequestError(f"venv must be true or false, got {venv!r}", param="venv")
+        platform = replace(platform, venv_enabled=venv.lower() in ("true", "1"))
+    rows = []
+    for engine in spec.engines:
+        if engine not in manager.plugins.engines:
+            rows.append({"name": engine, "available": False, "reason": "not installed in this daemon"})
+            continue
+        avail = manager.plugins.availability(engine, spec, platform)
+        rows.append({"name": engine, "available": avail.available, "reason": avail.reason})
+    return rows
 
 
 async def families(request: web.Request) -> web.Response:

@@ -59,7 +59,9 @@ async def create_venv(request: web.Request) -> web.StreamResponse:
     spec = manager.plugins.models.get(body["model_name"])
     if spec is None:
         raise UnknownModelError(f"unknown model {body['model_name']!r}", param="model_name")
-    engine = manager.choose_engine(spec, body.get("model_engine"))
+    wanted = body.get("model_engine")
+    # A venv is built for this engine whatever the launch toggle: the block's markers decide what is offered.
+    engine = manager.choose_engine(spec, wanted.lower() if isinstance(wanted, str) else wanted, venv=True)
     # A bad spec, or a Python that is not on this machine, is a 400 before the stream starts.
     interpreter = await provider.resolve_python(body.get("python"))
     provider.make_spec(spec, engine, packages, interpreter)

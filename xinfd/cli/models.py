@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +30,11 @@ def cmd_status(client: ControlClient, args: argparse.Namespace) -> int:
 
 
 def cmd_engines(client: ControlClient, args: argparse.Namespace) -> int:
-    rows = client.call("GET", "/v1/engines")
+    path = "/v1/engines"
+    if args.model_name:
+        path += "?" + urllib.parse.urlencode({"model": args.model_name, **(
+            {} if args.virtual_env is None else {"venv": str(args.virtual_env).lower()})})
+    rows = client.call("GET", path)
     if args.json:
         print_json(rows)
         return 0
@@ -121,6 +126,11 @@ def cmd_launch(client: ControlClient, args: argparse.Namespace) -> int:
         body["options"]["enable_thinking"] = args.enable_thinking
     if args.model_engine:
         body["model_engine"] = args.model_engine
+    # Checked by the daemon against the family's weights (a 400 listing what it has).
+    for field, value in (("model_size_in_billions", args.size_in_billions), ("model_format", args.model_format),
+                         ("quantization", args.quantization)):
+        if value is not None:
+            body[field] = value
     if args.model_uid:
         body["model_uid"] = args.model_uid
     body.update(_gpu_flags(args))
@@ -184,9 +194,13 @@ def cmd_terminate(client: ControlClient, args: argparse.Namespace) -> int:
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add this module's subcommands to the xinfctl parser."""
     sub.add_parser("status", parents=[common], help="daemon status").set_defaults(func=cmd_status)
-    sub.add_parser("engines", parents=[common], help="engines and their availability").set_defaults(
-        func=cmd_engines
-    )
+    engines = sub.add_parser("engines", parents=[common], help="engines and their availability")
+    engines.add_argument("-n", "--model-name", help="only this family's engines, judged for it (venv markers)")
+    engines_venv = engines.add_mutually_exclusive_group()
+    engines_venv.add_argument("--enable-virtual-env", dest="virtual_env", action="store_true", default=None,
+                              help="judge as a launch with --enable-virtual-env would be")
+    engines_venv.add_argument("--disable-virtual-env", dest="virtual_env", action="store_false")
+    engines.set_defaults(func=cmd_engines)
     sub.add_parser("families", parents=[common], help="model families that can be launched").set_defaults(
         func=cmd_families
     )
@@ -200,6 +214,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     launch.add_argument("-e", "--model-engine")
     launch.add_argument("-r", "--replica", type=int, default=1)
     launch.add_argument("-u", "--model-uid")
+    launch.add_argument("-s", "--size-in-billions", dest="size_in_billions", metavar="SIZE",
+                        help="which of the family's sizes (7, 0.5 or 1_8); the daemon lists the ones it has")
+    launch.add_argument("-f", "--model-format", dest="model_format", help="which of the family's formats")
+    launch.add_argument("-q", "--quantization", help="which of the family's quantizations")
     launch.add_argument("--model-path", help="load the weights from this local folder or file (e.g. a .gguf)")
     launch.add_argument(
         "--enable-thinking",

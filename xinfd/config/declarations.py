@@ -330,6 +330,13 @@ class Settings:
         section="GPUs and virtual environments",
         doc='Seconds a model venv build (uv create, resolve, install, probe) may take before the launch fails '
         'with "venv build timed out"; uv is killed and the half-built venv removed.')
+    virtual_env_stall_timeout: float = setting(
+        30.0, env="XINFD_VIRTUAL_ENV_STALL_TIMEOUT", kind="seconds", check=_SECONDS, consumers=("daemon",),
+        section="GPUs and virtual environments",
+        doc="Seconds a model venv build waits on a package index that stops answering: uv's UV_HTTP_TIMEOUT "
+        "(one retry), and the probe of each index before the build (at most 10 s). An unreachable extra index "
+        "is skipped with a warning naming its host; an unreachable primary index fails the launch at once. "
+        "While uv is silent the launch events say, every 10 s, which indexes it is waiting on.")
     wheel_cache: Path = setting(
         env="XINFD_WHEEL_CACHE", kind="path", check=checks.path, consumers=("daemon",),
         section="GPUs and virtual environments", shown_default="~/.xinference/cache/wheels",

@@ -66,6 +66,8 @@ class LaunchRequest:
         engine = body.get("model_engine")
         if engine is not None and (not isinstance(engine, str) or not engine):
             raise InvalidRequestError(f"model_engine must be a string, got {engine!r}", param="model_engine")
+        if engine is not None:
+            engine = engine.lower()  # spec: engine names are lowercase internally (-e ECHO, vLLM)
         replica = body.get("replica", 1)
         if isinstance(replica, bool) or not isinstance(replica, int) or not 1 <= replica <= MAX_REPLICAS:
             raise InvalidRequestError(f"replica must be an integer 1..{MAX_REPLICAS}, got {replica!r}",

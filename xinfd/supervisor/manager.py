@@ -116,9 +116,11 @@ class ModelManager:
             known = ", ".join(sorted(self.models)) or "none running"
             raise UnknownModelError(f"model {uid!r} is not running ({known})") from None
 
-    def choose_engine(self, spec: ModelSpec, wanted: str | None) -> str:
-        """The requested engine if it can serve the model here, else the best available one (``plan``)."""
-        return plan.choose_engine(self.plugins, self.platform, spec, wanted)
+    def choose_engine(self, spec: ModelSpec, wanted: str | None, *, venv: bool | None = None) -> str:
+        """The requested engine if it can serve the model here, else the best available one (``plan``);
+        ``venv`` is the launch's own venv choice (``--enable-virtual-env``), None for the daemon's."""
+        platform = self.platform if venv is None else replace(self.platform, venv_enabled=venv)
+        return plan.choose_engine(self.plugins, platform, spec, wanted)
 
     # -- launch ------------------------------------------------------------------------------------------------
 
@@ -130,7 +132,7 @@ class ModelManager:
             request,
             models=self.plugins.models,
             running=self.models,
-            choose_engine=self.choose_engine,
+            choose_engine=lambda spec, wanted: self.choose_engine(spec, wanted, venv=request.enable_virtual_env),
             slots=self.slots,
         )
         router: Router[Replica] = Router(max_concurrency=self._max_concurrency, max_queue=self._max_queue)

@@ -26,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -35,12 +34,16 @@ from xinfd.childproc import spawn_child
 from xinfd.events import Publish, VenvProgress
 from xinfd.venvs.bundle import requirement_lines
 from xinfd.venvs.cache import MANIFEST, METADATA, METADATA_FORMAT, manifest, site_packages, write_json_atomic
+from xinfd.venvs.reach import DEFAULT_INDEX, where
 from xinfd.venvs.spec import IndexOptions, VenvError, VenvSpec
 from xinfd.venvs.wheels import WheelCache, declared_build_env, source_builds_for
 
 log = logging.getLogger(__name__)
 
 PTH_NAME = "_xinfd_daemon_env.pth"
+# Seconds without output after which a running build tool's progress says what it is waiting on.
+HEARTBEAT_S = 10.0
+DEFAULT_STALL_TIMEOUT = 30.0
 _INSTALLED_RE = re.compile(r"Installed (\d+) packages? in ([\d.]+)(ms|s)")
 # Lists every distribution the new (still empty) venv's interpreter sees: the daemon's and the base's.
 # The first distribution of a name on sys.path wins, as it does for imports.
@@ -87,13 +90,15 @@ class BuildLog:
 class Uv:
     """The uv binary from the ``uv`` package, its version checked once, run with a deadline."""
 
-    def __init__(self, binary: str | None = None, *, cache_dir: Path | None = None) -> None:
+    def __init__(self, binary: str | None = None, *, cache_dir: Path | None = None,
+                 stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> None:
         if binary is None:
             from uv import find_uv_bin
 
             binary = find_uv_bin()
         self.binary = binary
         self.cache_dir = cache_dir
+        self.stall_timeout = stall_timeout
         self._version: str | None = None
 
     def env(self) -> dict[str, str]:
@@ -102,6 +107,10 @@ class Uv:
         env.pop("VIRTUAL_ENV", None)
         if self.cache_dir is not None and "UV_CACHE_DIR" not in os.environ:
             env["UV_CACHE_DIR"] = str(self.cache_dir)
+        # A read that stalls this long fails (uv's default, 30 s per try with 3 retries, let a silent index
+        # hold a build for minutes); one retry covers a dropped connection. The user's own values win.
+        env.setdefault("UV_HTTP_TIMEOUT", str(max(1, round(self.stall_timeout))))
+        env.setdefault("UV_HTTP_RETRIES", "1")
         return env
 
     async def version(self) -> str:
@@ -112,17 +121,19 @@ class Uv:
         return self._version
 
     async def run(self, args: Sequence[str], *, deadline: float, log: BuildLog | None = None,
-                  publish: Publish | None = None) -> str:
+                  publish: Publish | None = None, waiting_on: str = "") -> str:
         """Run uv; returns stdout; stderr lines go to the log and the progress. Cancel kills uv's group."""
         return await run_logged([self.binary, *args], env=self.env(), deadline=deadline, log=log, publish=publish,
-                                what=f"uv {' '.join(args[:2])}")
+                                what=f"uv {' '.join(args[:2])}", waiting_on=waiting_on)
 
 
 async def run_logged(argv: Sequence[str], *, env: Mapping[str, str], deadline: float, log: BuildLog | None = None,
-                     publish: Publish | None = None, what: str, merge_output: bool = False) -> str:
+                     publish: Publish | None = None, what: str, merge_output: bool = False,
+                     waiting_on: str = "") -> str:
     """Run a build tool in its own session; returns stdout. Its stderr (uv's progress) goes to the build log
     and, line by line, to the launch progress; ``merge_output`` sends stdout there too (pip reports progress
-    on stdout) and returns "". Cancel or the deadline kills its whole group."""
+    on stdout) and returns "". While the tool is silent, the progress says every ``HEARTBEAT_S`` how long, and
+    what it is waiting on (``waiting_on``: the indexes). Cancel or the deadline kills its whole group."""
     if log is not None:
         log.add("$ " + " ".join(argv))
     proc = await spawn_child(
@@ -137,7 +148,19 @@ async def run_logged(argv: Sequence[str], *, env: Mapping[str, str], deadline: f
 
     async def pump() -> None:
         assert progress is not None
-        while raw := await progress.readline():
+        quiet_since = time.monotonic()
+        while True:
+            try:
+                raw = await asyncio.wait_for(progress.readline(), timeout=HEARTBEAT_S)
+            except TimeoutError:  # readline keeps its buffer when cancelled while waiting for data
+                if publish is not None:
+                    await publish(VenvProgress(message=f"  {what}: no output for "
+                                               f"{time.monotonic() - quiet_since:.0f} s"
+                                               + (f", waiting on {waiting_on}" if waiting_on else "")))
+                continue
+            if not raw:
+                break
+            quiet_since = time.monotonic()
             line = raw.decode(errors="replace").rstrip()
             if log is not None:
                 log.add(line)
@@ -168,29 +191,6 @@ def daemon_site_dirs() -> list[str]:
     if sys.prefix == sys.base_prefix:
         return []
     return [p for p in site.getsitepackages() if os.path.isdir(p)]
-
-
-async def check_reachable(index: IndexOptions, *, timeout: float = 5.0) -> None:
-    """Fail fast, naming the host, when an index or find-links location cannot be reached (before a build)."""
-    urls = [u for u in (index.index_url, *index.extra_index_urls, *index.find_links) if u]
-    for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme in ("http", "https"):
-            host = parts.hostname or ""
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=timeout)
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-            except (OSError, TimeoutError) as exc:
-                reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-                raise VenvError(f"package index {host}:{port} is unreachable ({reason}); "
-                                f"check the model's virtualenv index settings or pip's config") from None
-        elif parts.scheme == "file" or not parts.scheme:
-            path = parts.path if parts.scheme == "file" else url
-            if not os.path.exists(path):
-                raise VenvError(f"package location {url} does not exist")
 
 
 def count_installed(log: BuildLog) -> int:
@@ -231,6 +231,8 @@ async def build(
     each one once with the engine's settings (``xinfd.venvs.wheels``)."""
     started = time.monotonic()
     common = index.uv_args()
+    hosts = ", ".join(dict.fromkeys(where(u) for u in (index.index_url or DEFAULT_INDEX, *index.extra_index_urls,
+                                                        *index.find_links)))
     constraints = [a for c in index.constraints for a in ("--constraint", c)]
     await uv.run(["venv", "--relocatable", "--system-site-packages", "--python", spec.python, "--quiet",
                   str(target)], deadline=deadline, log=log)
@@ -262,7 +264,8 @@ async def build(
         await publish(VenvProgress(message=f"resolving {len(todo)} requirement(s) "
                                    f"({len(satisfied)} already satisfied by {base_name})"))
         await uv.run(["pip", "compile", str(requirements), "--python", python, "--no-header", "--no-annotate",
-                      "--quiet", "-o", str(lock), *common, *constraints], deadline=deadline, log=log)
+                      "--quiet", "-o", str(lock), *common, *constraints], deadline=deadline, log=log,
+                     publish=publish, waiting_on=hosts)
         resolved = parse_pins(lock.read_text())
     wanted = [n for n, v in resolved.items() if not (spec.skip_installed and base.get(n) == v)]
     skipped = sorted((set(resolved) - set(wanted)) | set(satisfied))
@@ -275,20 +278,26 @@ async def build(
         install_file.write_text("".join(
             f"{local_wheels[n]}\n" if n in local_wheels else _pin_line(n, resolved[n]) for n in wanted))
         await uv.run(["pip", "install", "--python", python, "--no-deps", "-r", str(install_file), *common,
-                      *constraints], deadline=deadline, log=log, publish=publish)
+                      *constraints], deadline=deadline, log=log, publish=publish,
+                     waiting_on=hosts)
         installed = count_installed(log) or len(wanted)
     install_s = time.monotonic() - t0
     await publish(VenvProgress(message=f"installed {installed} package(s) in {install_s:.2f}s "
                                f"({len(skipped)} already provided by {base_name})"))
-    for module in ["xinfd.worker", *probe_modules]:
-        await _run_python(python, ["-c", f"import {module}"], deadline, log,
-                          what=f"probe: {module} does not import in the new venv")
+    # The import probe (one interpreter start for all modules) and the freeze run at the same time: neither
+    # changes the venv, and together they were most of xinfd's overhead over a raw ``uv pip install``.
+    probe = "import importlib, sys\nfor m in sys.argv[1:]:\n    try:\n        importlib.import_module(m)\n" \
+            "    except BaseException as exc:\n        sys.exit(f'{m}: {exc!r}')\n"
+    checks = [_run_python(python, ["-c", probe, "xinfd.worker", *probe_modules], deadline, log,
+                          what="probe: a module does not import in the new venv")]
     if spec.own_copies:
         # The worker finds its engine through the plugins it can load with this interpreter (entry points of
         # the copied distributions, XINFD_PLUGINS): prove the engine is among them before publishing.
-        await _run_python(python, ["-c", _ENGINE_PROBE, spec.engine], deadline, log,
-                          what=f"probe: engine {spec.engine!r} with Python {spec.python_version}")
-    freeze = (await uv.run(["pip", "freeze", "--python", python], deadline=deadline, log=log)).split()
+        checks.append(_run_python(python, ["-c", _ENGINE_PROBE, spec.engine], deadline, log,
+                                  what=f"probe: engine {spec.engine!r} with Python {spec.python_version}"))
+    frozen, *_ = await asyncio.gather(uv.run(["pip", "freeze", "--python", python], deadline=deadline, log=log),
+                                      *checks)
+    freeze = frozen.split()
     meta = {
         "format": METADATA_FORMAT,
         "model_name": spec.model_name,

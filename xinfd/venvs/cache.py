@@ -17,9 +17,12 @@ are removed at the next start (their lock is free) or by ``venv gc``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import csv
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -132,21 +135,31 @@ def site_packages(venv: Path) -> Path:
     return found[0] if found else venv / "lib" / "site-packages"
 
 
-def manifest(venv: Path) -> dict[str, int]:
-    """Size of every file the venv's own site-packages holds (recorded at build time, checked at reuse)."""
+def _pyvenv_digest(venv: Path) -> str:
+    try:
+        return hashlib.sha256((venv / "pyvenv.cfg").read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def manifest(venv: Path) -> dict[str, Any]:
+    """Size and mtime of every file the venv's own site-packages holds, and ``pyvenv.cfg``'s hash (recorded at
+    build time, compared at reuse: a changed, truncated or touched file shows, for the cost of a stat)."""
     root = site_packages(venv)
-    out: dict[str, int] = {}
+    files: dict[str, list[int]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d != "__pycache__"]
         for name in filenames:
             full = os.path.join(dirpath, name)
             with contextlib.suppress(OSError):
-                out[os.path.relpath(full, root)] = os.lstat(full).st_size
-    return out
+                st = os.lstat(full)
+                files[os.path.relpath(full, root)] = [st.st_size, st.st_mtime_ns]
+    return {"format": 2, "files": files, "pyvenv_cfg": _pyvenv_digest(venv)}
 
 
 def verify(venv: Path, digest: str) -> str | None:
-    """Why the published venv cannot be used (``None``: it is intact). Cheap: stats, no interpreter start."""
+    """Why the published venv cannot be used (``None``: it is intact). Cheap: stats and one small file hash,
+    no interpreter start; ``verify_records`` is the full content check (``xinfctl venv list --verify``)."""
     meta = read_metadata(venv)
     if meta is None:
         return f"{venv} has no valid {METADATA}"
@@ -155,18 +168,60 @@ def verify(venv: Path, digest: str) -> str | None:
     if not os.access(venv / "bin" / "python", os.X_OK):
         return f"{venv}/bin/python is missing or not executable (was its base interpreter removed?)"
     try:
-        recorded: dict[str, int] = json.loads((venv / MANIFEST).read_text())
+        recorded = json.loads((venv / MANIFEST).read_text())
     except (OSError, ValueError):
         return f"{venv} has no valid {MANIFEST}"
+    if not isinstance(recorded, dict):
+        return f"{venv} has no valid {MANIFEST}"
+    if recorded.get("format") == 2:
+        if _pyvenv_digest(venv) != recorded.get("pyvenv_cfg"):
+            return f"{venv}/pyvenv.cfg changed since the build"
+        files = recorded.get("files", {})
+    else:  # a venv built before mtimes were recorded: sizes only
+        files = {rel: [size, None] for rel, size in recorded.items()}
     root = site_packages(venv)
-    for rel, size in recorded.items():
+    for rel, (size, mtime_ns) in files.items():
         try:
-            actual = os.lstat(root / rel).st_size
+            st = os.lstat(root / rel)
         except OSError:
             return f"{rel} is missing from {venv}"
-        if actual != size:
-            return f"{rel} in {venv} changed size ({size} -> {actual} bytes)"
+        if st.st_size != size:
+            return f"{rel} in {venv} changed size ({size} -> {st.st_size} bytes)"
+        if mtime_ns is not None and st.st_mtime_ns != mtime_ns:
+            return f"{rel} in {venv} was modified after the build"
     return None
+
+
+def verify_records(venv: Path) -> list[str]:
+    """Files of the venv's installed distributions whose content differs from their ``RECORD`` hash (PEP 376/
+    627: ``path,sha256=<urlsafe b64>,size``), as "dist: path (reason)"; empty when all match. Reads every file:
+    the full check, not the per-launch one."""
+    root = site_packages(venv)
+    problems: list[str] = []
+    for record in sorted(root.glob("*.dist-info/RECORD")):
+        dist = record.parent.name.removesuffix(".dist-info")
+        try:
+            rows = list(csv.reader(record.read_text(errors="replace").splitlines()))
+        except (OSError, csv.Error) as exc:
+            problems.append(f"{dist}: RECORD unreadable ({exc})")
+            continue
+        for row in rows:
+            if len(row) < 2 or not row[1]:
+                continue  # RECORD itself, .pyc files: no hash by design
+            algorithm, _, expected = row[1].partition("=")
+            path = (root / row[0]).resolve()
+            try:
+                data = path.read_bytes()
+            except OSError:
+                problems.append(f"{dist}: {row[0]} (missing)")
+                continue
+            try:
+                actual = hashlib.new(algorithm, data).digest()
+            except ValueError:
+                continue  # an algorithm this Python lacks: not evidence of damage
+            if base64.urlsafe_b64encode(actual).rstrip(b"=").decode() != expected:
+                problems.append(f"{dist}: {row[0]} (content differs from RECORD)")
+    return problems
 
 
 def retire(path: Path) -> Path:

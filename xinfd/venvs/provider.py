@@ -10,6 +10,7 @@ lock for anything else building into the same home.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.metadata
 import logging
 import os
@@ -27,9 +28,10 @@ from xinfd.events import Publish, VenvProgress, discard
 from xinfd.plugins import Plugins
 from xinfd.types import ModelSpec
 from xinfd.venvs import bundle, cache
-from xinfd.venvs.builder import BuildLog, Uv, build, check_reachable
+from xinfd.venvs.builder import DEFAULT_STALL_TIMEOUT, BuildLog, Uv, build
 from xinfd.venvs.pipconfig import PipConfig
 from xinfd.venvs.python import Interpreter, check_python_request, find_interpreter, version_matches
+from xinfd.venvs.reach import usable_indexes
 from xinfd.venvs.spec import (
     VenvError,
     VenvInUseError,
@@ -43,6 +45,9 @@ from xinfd.venvs.wheels import WheelCache
 
 log = logging.getLogger(__name__)
 
+# uv's name for pip's behaviour: every index is asked, the best matching version wins.
+PIP_INDEX_STRATEGY = "unsafe-best-match"
+PROBE_TIMEOUT_S = 10.0
 _VERSION_FILTER_RE = re.compile(r"^\d{1,2}(?:\.\d{1,3}){0,2}$")
 
 
@@ -75,6 +80,7 @@ class VenvProvider:
         enabled: bool,
         skip_installed: bool,
         build_timeout: float = 1800.0,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
         uv: Uv | None = None,
         pip_config: PipConfig | None = None,
         python: str | None = None,
@@ -87,6 +93,7 @@ class VenvProvider:
         self.enabled = enabled
         self.skip_installed = skip_installed
         self.build_timeout = build_timeout
+        self.stall_timeout = stall_timeout
         self._uv = uv
         self._pip_config = pip_config or PipConfig()
         self.python = python or sys.executable
@@ -103,7 +110,7 @@ class VenvProvider:
     @property
     def uv(self) -> Uv:
         if self._uv is None:
-            self._uv = Uv(cache_dir=self.home / "cache" / "uv")
+            self._uv = Uv(cache_dir=self.home / "cache" / "uv", stall_timeout=self.stall_timeout)
         return self._uv
 
     def startup_cleanup(self) -> list[Path]:
@@ -276,8 +283,13 @@ class VenvProvider:
             await asyncio.to_thread(cache.remove_tree, stale)
         index = spec.index
         if spec.inherit_pip_config:
+            # pip merges all its indexes and takes the best version among them; uv's default stops at the
+            # first index that has the name at all. Inheriting pip's config means pip's semantics, unless the
+            # model's block chose a strategy (README "Model venvs").
             index = index.merged(await self._pip_config.options())
-        await check_reachable(index)
+            if spec.index.index_strategy is None:
+                index = dataclasses.replace(index, index_strategy=PIP_INDEX_STRATEGY)
+        index = await usable_indexes(index, publish, timeout=min(PROBE_TIMEOUT_S, self.stall_timeout))
         target = paths.build_dir()
         log_dir = self.home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,13 @@ _ENGINE_TOKEN_RE = re.compile(r"#(?:model_)?engine#")
 _ENGINE_VARIABLE = "platform_release"
 BLOCK_KEYS = frozenset({"packages", "inherit_pip_config", "index_url", "extra_index_url", "find_links",
                         "trusted_host", "index_strategy", "no_build_isolation"})
+# The spec's placeholders for engines this daemon may not have (a model JSON written for Xinference lists
+# them for every engine it supports). Used only when no registered engine answers the placeholder: an
+# installed engine's own ``dependencies()`` always wins. The builtin engines (vllm, sglang, llama.cpp, mlx,
+# transformers, sentence_transformers) answer their own; tests/unit/venvs/test_venv_spec.py checks that.
+FALLBACK_DEPENDENCIES: dict[str, tuple[str, ...]] = {
+    "diffusers": ("diffusers>=0.32", "transformers>=4.41", "accelerate>=0.26", "torch>=2.4", "pillow>=10"),
+}
 INDEX_STRATEGIES = frozenset({"first-index", "unsafe-first-match", "unsafe-best-match"})
 
 
@@ -255,10 +262,14 @@ def _expand(
             continue
         if match := _PLACEHOLDER_RE.match(head):
             owner = placeholder_engine(match.group(1), engines)
-            if owner is None:
-                raise VenvSpecError(f"unknown placeholder {head} (no installed engine provides it)")
-            out += _expand(list(dependencies(owner)), engine, engines, dependencies, system_version,
-                           environment, depth=depth + 1)
+            if owner is not None:
+                expanded = list(dependencies(owner))
+            elif match.group(1) in FALLBACK_DEPENDENCIES:
+                expanded = list(FALLBACK_DEPENDENCIES[match.group(1)])
+            else:
+                raise VenvSpecError(f"unknown placeholder {head} (no installed engine provides it; known "
+                                    f"without one: {', '.join(f'#{n}_dependencies#' for n in FALLBACK_DEPENDENCIES)})")
+            out += _expand(expanded, engine, engines, dependencies, system_version, environment, depth=depth + 1)
         elif match := _SYSTEM_RE.match(head):
             name = match.group(1)
             version = system_version(name)

@@ -1,0 +1,96 @@
+"""Which package indexes a build may use, decided before uv starts (pip's behaviour, uv's speed).
+
+pip asks every index it has and warns about one it cannot reach ("Could not fetch URL ... skipping"); uv
+stops a whole build at the first unreachable index, and with ``--index-strategy unsafe-best-match`` (what
+``inherit_pip_config`` uses, ``IndexOptions.pip_parity``) it asks every index, so one dead mirror would fail
+every launch. So each location is probed first, all at once, each with a short timeout:
+
+* an HTTP(S) index is reachable when it *answers* an HTTP request (any status): a host that accepts a
+  connection and never replies is as dead as one that refuses it;
+* a ``file:`` location (or a plain path) when it exists.
+
+An unreachable extra index or ``find-links`` location is dropped with a warning naming its host (the launch
+events and the daemon log show it), and the build goes on with the others. The primary index (``index_url``,
+or PyPI when none is set) is the one uv falls back to for everything: unreachable, the build fails at once,
+naming the host. Probing costs one round trip per index, concurrently: only cold builds pay it.
+
+A stall *during* the build (an index that answered the probe, then stops) is bounded by uv's own
+``UV_HTTP_TIMEOUT`` (``virtual_env_stall_timeout``; ``xinfd.venvs.builder.Uv``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from xinfd.events import Publish, VenvProgress
+from xinfd.venvs.spec import IndexOptions, VenvError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INDEX = "https://pypi.org/simple"
+
+
+def where(url: str) -> str:
+    """What a message names: ``host:port`` for a URL, the path for a file location."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return f"{parts.hostname}:{port}"
+    return parts.path if parts.scheme == "file" else url
+
+
+async def unreachable(url: str, *, timeout: float, session: aiohttp.ClientSession | None) -> str | None:
+    """Why ``url`` cannot serve packages (``None``: it answered, or exists)."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        assert session is not None
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=True) as resp:
+                await resp.content.read(1)  # an answer, whatever its status: the host is serving
+            return None
+        except TimeoutError:
+            return f"no answer within {timeout:g} s"
+        except aiohttp.ClientError as exc:
+            return str(exc) or type(exc).__name__
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    if parts.scheme == "file" or not parts.scheme:
+        return None if os.path.exists(parts.path if parts.scheme == "file" else url) else "does not exist"
+    return None  # another scheme (git+, ...): uv's business
+
+
+async def usable_indexes(index: IndexOptions, publish: Publish, *, timeout: float = 10.0) -> IndexOptions:
+    """``index`` without its unreachable extra locations; raises ``VenvError`` naming the host when the primary
+    index is unreachable. See the module docstring for the rules."""
+    primary = index.index_url or DEFAULT_INDEX
+    extras = [*index.extra_index_urls, *index.find_links]
+    urls = [primary, *extras]
+    needs_http = any(urlsplit(u).scheme in ("http", "https") for u in urls)
+    session = aiohttp.ClientSession(trust_env=True) if needs_http else None  # trust_env: honour HTTPS_PROXY
+    try:
+        reasons = await asyncio.gather(*(unreachable(u, timeout=timeout, session=session) for u in urls))
+    finally:
+        if session is not None:
+            await session.close()
+    if reasons[0] is not None:
+        raise VenvError(f"package index {where(primary)} is unreachable ({reasons[0]}); check the model's "
+                        f"virtualenv index_url or pip's config (pip config list)")
+    dead = {url for url, reason in zip(extras, reasons[1:], strict=True) if reason is not None}
+    for url, reason in zip(extras, reasons[1:], strict=True):
+        if reason is not None:
+            message = f"skipping package location {where(url)} ({url}): {reason}"
+            log.warning("venv build: %s", message)
+            await publish(VenvProgress(message=f"warning: {message}"))
+    if not dead:
+        return index
+    return dataclasses.replace(
+        index,
+        extra_index_urls=tuple(u for u in index.extra_index_urls if u not in dead),
+        find_links=tuple(u for u in index.find_links if u not in dead),
+    )
