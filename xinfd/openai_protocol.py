@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from xinfd.errors import InvalidRequestError, XinfdError
 from xinfd.template_kwargs import validate_chat_template_kwargs
-from xinfd.types import ChatMessage, RequestKind
+from xinfd.types import ChatMessage, ImageInput, RequestKind
 
 JsonObject = dict[str, Any]
 # The kind of a generation (shared with ``GenerateRequest.kind``): which endpoint asked.
@@ -333,24 +333,54 @@ def _parse_message(raw: object, index: int) -> ChatMessage:
     if not isinstance(role, str) or role not in _ROLES:
         raise _invalid(f"{where}.role", f"unknown role {role!r}; expected one of {', '.join(_ROLES)}")
     content = raw.get("content")
+    images: tuple[ImageInput, ...] = ()
     if content is None and role == "assistant":
         content = ""  # an assistant turn that only made tool calls has no content
     elif isinstance(content, list):
-        content = _join_text_parts(content, where)
+        content, images = _join_parts(content, where)
     if not isinstance(content, str):
         got = _json_type(content)
         raise _invalid(f"{where}.content", f"content must be a string or a list of text parts, not {got}")
-    return ChatMessage(role=_ROLES[role], content=content)
+    return ChatMessage(role=_ROLES[role], content=content, images=images)
 
 
-def _join_text_parts(parts: list[Any], where: str) -> str:
+def _join_parts(parts: list[Any], where: str) -> tuple[str, tuple[ImageInput, ...]]:
+    """Text parts joined into the content; ``image_url`` parts (OpenAI's shape) kept apart, typed."""
     texts = []
+    images = []
     for j, part in enumerate(parts):
-        if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-            kind = part.get("type") if isinstance(part, dict) else _json_type(part)
-            raise _invalid(f"{where}.content", f"content[{j}]: only text parts are supported (got {kind!r})")
+        kind = part.get("type") if isinstance(part, dict) else _json_type(part)
+        if kind == "image_url" and isinstance(part, dict):
+            images.append(_parse_image(part.get("image_url"), f"{where}.content", f"content[{j}].image_url"))
+            continue
+        if not (isinstance(part, dict) and kind == "text" and isinstance(part.get("text"), str)):
+            raise _invalid(f"{where}.content",
+                           f"content[{j}]: only text and image_url parts are supported (got {kind!r})")
         texts.append(part["text"])
-    return "\n".join(texts)  # the same joining as vLLM, so prompts match between engines
+    return "\n".join(texts), tuple(images)  # the same joining as vLLM, so prompts match between engines
+
+
+_DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)$", re.S)
+
+
+def _parse_image(raw: object, param: str, part: str) -> ImageInput:
+    """``{"url": "data:image/png;base64,..."}`` (decoded here) or an http(s) URL (fetched by the worker); errors
+    name the message's ``content`` as ``param`` and the part in the message, as text-part errors do."""
+    url = raw.get("url") if isinstance(raw, dict) else raw
+    if not isinstance(url, str) or not url:
+        raise _invalid(param, f"{part} must be an object with a 'url' (a data: or http(s) URL)")
+    if url.startswith("data:"):
+        match = _DATA_URL.match(url)
+        if match is None:
+            raise _invalid(param, f"{part}.url: a data URL must be base64 encoded (data:<type>;base64,...)")
+        try:
+            data = base64.b64decode(match["data"], validate=True)
+        except ValueError:
+            raise _invalid(param, f"{part}.url: the data URL's base64 payload is invalid") from None
+        return ImageInput(data=data, media_type=match["type"] or "")
+    if url.startswith(("http://", "https://")):
+        return ImageInput(url=url)
+    raise _invalid(param, f"{part}.url must be a data: or http(s) URL, not {url[:40]!r}")
 
 
 def _parse_stream(body: Mapping[str, Any]) -> tuple[bool, bool]:

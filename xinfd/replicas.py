@@ -151,6 +151,9 @@ class Replica:
         self.outstanding = 0
         self.served = 0
         self.ready_since: float | None = None
+        # Library versions the replica reports having imported (its ``/health`` body's ``libraries``; empty for
+        # servers that report none), read at readiness so ``xinfctl list`` shows what each venv really runs.
+        self.libraries: dict[str, str] = {}
         self._session: aiohttp.ClientSession | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -254,6 +257,7 @@ class Replica:
                     self.last_exit = info
                     raise LaunchError(f"replica {self.label} exited during start ({info.describe()})")
                 if await self.probe(timeout=min(5.0, spec.readiness.timeout_s), path=spec.readiness.path):
+                    self.libraries = await self.read_libraries(timeout=min(5.0, spec.readiness.timeout_s))
                     return
                 if self._clock() > deadline:
                     raise LaunchError(
@@ -265,6 +269,21 @@ class Replica:
         finally:
             if not exited.done():
                 exited.cancel()
+
+    async def read_libraries(self, *, timeout: float) -> dict[str, str]:
+        """The ``libraries`` map of the replica's ``GET /health`` body (xinfd's worker host reports the versions
+        of the libraries it imported); ``{}`` when the server reports none (vLLM's empty body) or cannot be read."""
+        try:
+            async with self.session().get(
+                f"{self.base_url}/health", timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as resp:
+                body = await resp.json(content_type=None) if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            return {}
+        found = body.get("libraries") if isinstance(body, dict) else None
+        if not isinstance(found, dict):
+            return {}
+        return {str(k): str(v) for k, v in found.items() if isinstance(k, str) and isinstance(v, str)}
 
     async def probe(self, *, timeout: float, path: str = "/health") -> bool:
         """One readiness/health probe through the replica's serving path."""
@@ -397,6 +416,7 @@ class Replica:
             "stderr_tail": list(self.last_exit.stderr_tail) if self.last_exit else [],
             "health_failures": self.health_failures,
             "failure": self.failure,
+            "libraries": dict(self.libraries),
         }
 
 

@@ -171,11 +171,26 @@ class LaunchSpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ImageInput:
+    """An ``image_url`` content part: ``data`` (a data URL's bytes) or ``url`` (http(s)), which the worker host
+    fetches, with a size limit and a timeout, before the engine sees it."""
+
+    url: str = ""
+    data: bytes = b""
+    media_type: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ChatMessage:
-    """One chat message after validation: role and plain-text content."""
+    """One chat message after validation: role, its text content (text parts joined) and its image parts.
+
+    Text-only engines read ``content`` only; a request with images reaches only a model object that declares
+    ``accepts_images = True`` (the worker host answers 400 otherwise).
+    """
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str
+    images: tuple[ImageInput, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -195,6 +210,8 @@ class GenerateRequest:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # The request's images in message order (bytes, fetched/decoded by the host); only for image models.
+    images: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

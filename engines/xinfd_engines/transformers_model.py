@@ -19,6 +19,11 @@ joining between steps); what xinfd adds is what it lacks:
 Sampling in transformers' batching is chosen per manager (``do_sample``), with per-request temperature and
 top_p. Requests with ``temperature=0`` get a temperature of 1e-5, which makes sampling pick the arg-max token.
 A per-request ``seed`` cannot be honoured inside a shared batch and is ignored (logged once).
+
+Releases without continuous batching (transformers < 5, which a model venv may pin: GOT-OCR2's 4.37.2) are
+served by ``transformers_generate``: one ``generate()`` per request on a thread, streaming token ids, with the
+same deltas, stop strings, cancellation and exact usage. ``path`` says which one a replica uses
+("continuous_batching" or "generate"); tested with transformers 4.37.2 and 5.x.
 """
 
 from __future__ import annotations
@@ -28,14 +33,14 @@ import itertools
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest, ReplicaSettings
 from xinfd_engines import gguf_cache
-from xinfd_engines.transformers_sampling import skip_noop_top_p
+from xinfd_engines.transformers_generate import ThreadedGenerator
 from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning, to_delta
 
 log = logging.getLogger(__name__)
@@ -121,7 +126,15 @@ class TransformersTextModel:
             options.reasoning if options.reasoning is not None else "</think>" in str(template)
         )
         self.eos_ids = _eos_ids(model, tokenizer)
-        self.manager = self._start_manager()
+        self.manager: Any = None
+        self.threaded: ThreadedGenerator | None = None
+        if has_continuous_batching(model):
+            self.path = "continuous_batching"
+            self.manager = self._start_manager()
+        else:
+            self.path = "generate"
+            self.threaded = ThreadedGenerator(model=model, eos_ids=self.eos_ids, concurrency=options.batch_size)
+        log.info("serving with transformers' %s path", self.path)
         # Counters for tests and logs: tokens produced, and requests cancelled before their end.
         self.tokens_generated = 0
         self.cancelled = 0
@@ -151,7 +164,10 @@ class TransformersTextModel:
                 source, kwargs["gguf_file"] = str(path.parent), path.name
         dtype = _torch_dtype(torch, options.dtype)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        # transformers >= 4.56 names it ``dtype``; older releases only know ``torch_dtype``.
+        kwargs[dtype_keyword(transformers.__version__)] = dtype
+        model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        kwargs.pop(dtype_keyword(transformers.__version__))
         if converted is not None:
             gguf_cache.store(converted, model, tokenizer, source=path)
         if torch.cuda.is_available():
@@ -165,13 +181,9 @@ class TransformersTextModel:
 
         GenerationConfig: Any = _GenerationConfig  # untyped constructor
 
-        try:
-            from transformers.generation.configuration_utils import ContinuousBatchingConfig
-        except ImportError as exc:  # transformers < 5: no continuous batching to build on
-            raise RuntimeError(
-                "this transformers release has no continuous batching (init_continuous_batching); the "
-                "transformers engine needs transformers>=5.0"
-            ) from exc
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        from xinfd_engines.transformers_sampling import skip_noop_top_p
         # Temperature and top_p differ from 1.0 here only so that their per-request processors exist;
         # every request passes its own values. top_k=None: OpenAI's API has no top-k.
         generation = GenerationConfig(
@@ -223,21 +235,47 @@ class TransformersTextModel:
         return len(self._encode(text))
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GeneratedDelta]:
-        """Add the request to the running batch and stream its tokens; closing cancels it in the batch."""
-        if request.seed is not None and not self._seed_warned:
+        """Stream the request's tokens (from the running batch, or its own ``generate()`` thread); closing the
+        iterator cancels the request."""
+        if request.seed is not None and not self._seed_warned and self.manager is not None:
             self._seed_warned = True
             log.warning("per-request seeds are ignored: requests share one batch and one random generator")
-        if self._active == 0 and self.options.batch_interval > 0:
-            await asyncio.sleep(self.options.batch_interval)  # gathering window after an idle period
         ids = self._encode(request.prompt)
-        rid = f"{request.request_id}-{next(self._ids)}"
-        results: asyncio.Queue[Any] = asyncio.Queue()
         chat = request.kind == "chat"  # text completions keep <think> in the text
         builder = DeltaBuilder(
             stop=request.stop,
             parse_reasoning=self.parse_reasoning and chat,
             starts_in_reasoning=prompt_opens_reasoning(request.prompt),
         )
+        source = self._batched_tokens(ids, request) if self.threaded is None else self.threaded.tokens(ids, request)
+        finished = False
+        produced = 0
+        try:
+            async for tokens, done in source:
+                self.tokens_generated += len(tokens) - produced
+                produced = len(tokens)
+                piece = builder.push(self._decode(tokens), final=done)
+                eos = _ended_by_eos(tokens, self.eos_ids)
+                delta = to_delta(piece, done=done, natural_stop=eos, tokens=produced - (1 if eos else 0))
+                if delta is not None:
+                    yield delta
+                    if delta.finish_reason is not None:
+                        finished = done
+                        return
+        finally:
+            await source.aclose()  # cancels the request in the batch, or stops its generate() thread
+            if not finished:
+                self.cancelled += 1
+                log.info("%s cancelled after %d token(s)", request.request_id, produced)
+
+    async def _batched_tokens(
+        self, ids: list[int], request: GenerateRequest
+    ) -> AsyncGenerator[tuple[list[int], bool], None]:
+        """``(tokens so far, finished)`` from transformers' continuous batching; closing cancels in the batch."""
+        if self._active == 0 and self.options.batch_interval > 0:
+            await asyncio.sleep(self.options.batch_interval)  # gathering window after an idle period
+        rid = f"{request.request_id}-{next(self._ids)}"
+        results: asyncio.Queue[Any] = asyncio.Queue()
         temperature = request.temperature if request.temperature > 0 else GREEDY_TEMPERATURE
         self.manager.register_result_handler(rid, results.put_nowait)
         self.manager.add_request(
@@ -251,32 +289,22 @@ class TransformersTextModel:
         )
         self._active += 1
         finished = False
-        produced = 0
         try:
             while True:
                 output = await results.get()
                 if output.error:
                     finished = True
                     raise RuntimeError(f"generation failed: {output.error}")
-                tokens = list(output.generated_tokens)
-                self.tokens_generated += len(tokens) - produced
-                produced = len(tokens)
                 done = output.is_finished()
-                piece = builder.push(self._decode(tokens), final=done)
-                eos = _ended_by_eos(tokens, self.eos_ids)
-                delta = to_delta(piece, done=done, natural_stop=eos, tokens=produced - (1 if eos else 0))
-                if delta is not None:
-                    yield delta
-                    if delta.finish_reason is not None:
-                        finished = done
-                        return
+                finished = done
+                yield list(output.generated_tokens), done
+                if done:
+                    return
         finally:
             self._active -= 1
             if not finished:
-                self.cancelled += 1
                 self.manager.cancel_request(rid)
                 self._forget_handler(rid)
-                log.info("%s cancelled in the batch after %d token(s)", request.request_id, produced)
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
@@ -298,7 +326,32 @@ class TransformersTextModel:
                 handlers.pop(rid, None)
 
     def close(self) -> None:
-        self.manager.stop(block=True, timeout=5)
+        if self.manager is not None:
+            self.manager.stop(block=True, timeout=5)
+
+
+def has_continuous_batching(model: Any) -> bool:
+    """Whether the imported transformers offers continuous batching (5.x: ``init_continuous_batching`` and its
+    ``ContinuousBatchingConfig``); older releases are served by ``generate()`` threads instead."""
+    if not callable(getattr(model, "init_continuous_batching", None)):
+        return False
+    try:
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig  # noqa: F401
+        from transformers.generation.continuous_batching.cb_logits_processors import (  # noqa: F401
+            ContinuousBatchingTopPLogitsWarper,
+        )
+    except ImportError:
+        return False
+    return True
+
+
+def dtype_keyword(version: str) -> str:
+    """``from_pretrained``'s dtype argument: ``dtype`` since transformers 4.56, ``torch_dtype`` before."""
+    parts = []
+    for item in version.split(".")[:2]:
+        digits = "".join(itertools.takewhile(str.isdigit, item))
+        parts.append(int(digits or 0))
+    return "dtype" if tuple(parts) >= (4, 56) else "torch_dtype"
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:

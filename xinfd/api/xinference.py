@@ -116,6 +116,9 @@ def card(state: DaemonState, model: RunningModel) -> dict[str, Any]:
         **describe(model, address=_address(state), model_hub=state.settings.model_src, gpus=gpus),
         "abilities": list(model.spec.abilities),
         "state": model.state,
+        # What each replica imported (its worker's /health ``libraries``), by replica label: replicas of one
+        # model can differ only across a relaunch, models on one daemon differ by venv.
+        "libraries": {r.label: dict(r.libraries) for r in model.replicas if r.libraries},
     }
 
 

@@ -58,6 +58,11 @@ def cmd_families(client: ControlClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def libraries_cell(libraries: dict[str, str]) -> str:
+    """The replica's imported library versions, ``transformers=4.37.2 torch=2.13.0`` (what its venv really runs)."""
+    return " ".join(f"{name}={version}" for name, version in sorted(libraries.items()))
+
+
 def cmd_list(client: ControlClient, args: argparse.Namespace) -> int:
     models = client.call("GET", "/v1/models")
     if args.json:
@@ -77,12 +82,14 @@ def cmd_list(client: ControlClient, args: argparse.Namespace) -> int:
                     r.get("state"),
                     r.get("pid"),
                     r.get("restarts"),
+                    libraries_cell(r.get("libraries") or {}),
                     note,
                 )
             )
     print(
         table(
-            rows, ("UID", "MODEL", "ENGINE", "STATE", "REPLICA", "REPLICA STATE", "PID", "RESTARTS", "NOTE")
+            rows, ("UID", "MODEL", "ENGINE", "STATE", "REPLICA", "REPLICA STATE", "PID", "RESTARTS", "LIBRARIES",
+                   "NOTE")
         )
     )
     return 0

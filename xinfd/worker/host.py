@@ -4,7 +4,8 @@ Engines only provide a small model object (``TextModel`` / ``EmbeddingModel`` fr
 module owns HTTP, streaming, request ids, aborts and cancellation, so no engine re-implements them.
 Validation and response bodies live in ``xinfd.worker.protocol`` (aiohttp-free); this is the glue.
 
-Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
+Routes: ``GET /health`` (with the imported library versions), ``GET /info`` (those versions, the files they were
+loaded from and the process id), ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
 ``POST /v1/embeddings``, ``POST /abort/{request_id}``. A route whose ability the model lacks answers 404.
 """
 
@@ -25,7 +26,9 @@ from aiohttp import web
 from xinfd.errors import InvalidRequestError, PluginError, UnsupportedEndpointError, XinfdError
 from xinfd.http_errors import exception_body, make_error_middleware, parse_json_object
 from xinfd.types import EmbeddingModel, GeneratedDelta, GenerateRequest, TextModel
+from xinfd.worker import images as image_parts
 from xinfd.worker import protocol
+from xinfd.worker.libraries import imported_libraries, module_files
 from xinfd.worker.protocol import CompletionFormat, CompletionKind, GenerationRequest, Usage
 from xinfd.worker.sse import CompletionStream
 
@@ -144,6 +147,7 @@ def make_worker_app(
     app.on_response_prepare.append(_stamp_headers)
     app.on_shutdown.append(_abort_in_flight)
     app.router.add_get("/health", _health)
+    app.router.add_get("/info", _info)
     app.router.add_get("/v1/models", _models)
     app.router.add_post("/abort/{request_id}", _abort)
     if text is not None:
@@ -247,7 +251,15 @@ async def _abort_in_flight(app: web.Application) -> None:
 
 async def _health(request: web.Request) -> web.Response:
     # The socket only listens once the model is loaded, so answering at all means ready.
-    return web.json_response({"status": "ok"})
+    # ``libraries``: what this replica imported (the daemon shows it in ``xinfctl list`` and ``/v1/models``).
+    return web.json_response({"status": "ok", "libraries": imported_libraries()})
+
+
+async def _info(request: web.Request) -> web.Response:
+    """Seen from inside the replica: library versions, the files those modules came from, the process id."""
+    return web.json_response(
+        {"pid": os.getpid(), "libraries": imported_libraries(), "module_files": module_files()}
+    )
 
 
 async def _models(request: web.Request) -> web.Response:
@@ -275,8 +287,14 @@ def _unsupported(ability: str) -> Handler:
 async def _chat_completions(request: web.Request) -> web.StreamResponse:
     model = request.app[TEXT_MODEL_KEY]
     chat = protocol.parse_chat_request(parse_json_object(await request.read()))
+    images: tuple[bytes, ...] = ()
+    if image_parts.has_images(list(chat.messages)):
+        if not getattr(model, "accepts_images", False):
+            uid = request.app[CONFIG_KEY].model_uid
+            raise InvalidRequestError(f"model {uid!r} does not accept image input", param="messages")
+        images = await image_parts.image_bytes(list(chat.messages))
     prompt = model.render_chat(list(chat.messages), chat.template_options)
-    return await _complete(request, model, "chat", prompt, chat)
+    return await _complete(request, model, "chat", prompt, chat, images=images)
 
 
 async def _completions(request: web.Request) -> web.StreamResponse:
@@ -309,6 +327,8 @@ async def _complete(
     kind: CompletionKind,
     prompt: str,
     parsed: GenerationRequest,
+    *,
+    images: tuple[bytes, ...] = (),
 ) -> web.StreamResponse:
     """Run one generation and answer it whole or as an SSE stream."""
     cfg = request.app[CONFIG_KEY]
@@ -331,6 +351,7 @@ async def _complete(
         stop=sampling.stop,
         seed=sampling.seed,
         kind=kind,  # engines split <think> reasoning only out of chat answers
+        images=images,
     )
     fmt = CompletionFormat.new(kind, request_id, cfg.model_uid, parsed.include_usage)
     stream = CompletionStream(request, fmt) if parsed.stream else None

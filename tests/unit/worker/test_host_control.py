@@ -17,6 +17,7 @@ from xinfd_echo.model import EchoModel, EchoOptions
 
 from xinfd.types import GeneratedDelta, GenerateRequest
 from xinfd.worker.host import INFLIGHT_KEY, make_worker_app, serve
+from xinfd.worker.libraries import imported_libraries
 from xinfd.worker.sse import decode_events
 
 from .conftest import ClientFactory, build_app, chat_body
@@ -60,7 +61,8 @@ class FakeEmbedder:
 
 async def test_health_and_models(echo_client: Client) -> None:
     resp = await echo_client.get("/health")
-    assert (resp.status, await resp.json()) == (200, {"status": "ok"})
+    # The libraries this process imported, as the daemon stores them on the replica at readiness.
+    assert (resp.status, await resp.json()) == (200, {"status": "ok", "libraries": imported_libraries()})
     data = await (await echo_client.get("/v1/models")).json()
     assert data["object"] == "list"
     [card] = data["data"]
