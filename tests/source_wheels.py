@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from xinfd.events import LaunchEvent
 from xinfd.plugins import make_plugin_manager
 from xinfd.registry import ModelRegistry
 from xinfd.venvs.cache import read_metadata
@@ -42,8 +43,8 @@ async def build_llama_cpp_venv(home: Path, wheel_cache: Path, *, skip_installed:
     provider = VenvProvider(home=home, plugins=plugins, enabled=True, skip_installed=skip_installed,
                             wheel_cache=wheel_cache, build_timeout=3600)
 
-    async def show(event: dict[str, Any]) -> None:
-        print(event.get("message", ""), file=sys.stderr, flush=True)
+    async def show(event: LaunchEvent) -> None:
+        print(event.to_json().get("message", ""), file=sys.stderr, flush=True)
 
     model = ModelRegistry.for_home(home).builtin()[DEFAULT_MODEL]
     venv = await provider.create(model, "llama.cpp", publish=show)

@@ -256,8 +256,10 @@ class Replica:
                     info = ExitInfo(returncode=exited.result(), stderr_tail=tuple(handle.stderr_tail()))
                     self.last_exit = info
                     raise LaunchError(f"replica {self.label} exited during start ({info.describe()})")
-                if await self.probe(timeout=min(5.0, spec.readiness.timeout_s), path=spec.readiness.path):
-                    self.libraries = await self.read_libraries(timeout=min(5.0, spec.readiness.timeout_s))
+                body = await self.probe_body(timeout=min(5.0, spec.readiness.timeout_s), path=spec.readiness.path)
+                if body is not None:
+                    # xinfd's worker host reports the versions of the libraries it imported in its /health body.
+                    self.libraries = _libraries(body)
                     return
                 if self._clock() > deadline:
                     raise LaunchError(
@@ -270,32 +272,27 @@ class Replica:
             if not exited.done():
                 exited.cancel()
 
-    async def read_libraries(self, *, timeout: float) -> dict[str, str]:
-        """The ``libraries`` map of the replica's ``GET /health`` body (xinfd's worker host reports the versions
-        of the libraries it imported); ``{}`` when the server reports none (vLLM's empty body) or cannot be read."""
-        try:
-            async with self.session().get(
-                f"{self.base_url}/health", timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as resp:
-                body = await resp.json(content_type=None) if resp.status == 200 else None
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
-            return {}
-        found = body.get("libraries") if isinstance(body, dict) else None
-        if not isinstance(found, dict):
-            return {}
-        return {str(k): str(v) for k, v in found.items() if isinstance(k, str) and isinstance(v, str)}
-
     async def probe(self, *, timeout: float, path: str = "/health") -> bool:
         """One readiness/health probe through the replica's serving path."""
+        return await self.probe_body(timeout=timeout, path=path) is not None
+
+    async def probe_body(self, *, timeout: float, path: str = "/health") -> dict[str, Any] | None:
+        """The JSON object a 200 probe answered (``{}`` for an empty or non-JSON body, as vLLM's), else None."""
         if not self.uses_tcp and not self.socket_path.exists():
-            return False
+            return None
         try:
             async with self.session().get(
                 f"{self.base_url}{path}", timeout=aiohttp.ClientTimeout(total=timeout)
             ) as resp:
-                return resp.status == 200
+                if resp.status != 200:
+                    return None
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:
+                    return {}
+                return body if isinstance(body, dict) else {}
         except (aiohttp.ClientError, TimeoutError, OSError):
-            return False
+            return None
 
     async def _watch(self) -> tuple[int, str]:
         """Wait for the process to exit, probing its health meanwhile; returns (exit status, kill cause).
@@ -446,3 +443,10 @@ class _ExitedHandle:
 
     def stderr_tail(self) -> list[str]:
         return list(self._info.stderr_tail)
+
+
+def _libraries(body: dict[str, Any]) -> dict[str, str]:
+    found = body.get("libraries")
+    if not isinstance(found, dict):
+        return {}
+    return {str(k): str(v) for k, v in found.items() if isinstance(k, str) and isinstance(v, str)}

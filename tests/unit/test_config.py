@@ -176,6 +176,7 @@ ENV_CASES: list[tuple[str, str, Any]] = [
     ("XINFD_CONTROL_ALLOWED_USERS", "root, 4242", ("root", "4242")),
     ("XINFD_CONTROL_ALLOWED_GROUPS", "0", ("0",)),
     ("XINFD_DRAIN_TIMEOUT", "0", 0.0),
+    ("XINFD_VIRTUAL_ENV_STALL_TIMEOUT", "12", 12.0),
     ("XINFD_DRAIN_GRACE", "7.5", 7.5),
     ("XINFD_DAEMON_NAME", "gpu-node-07", "gpu-node-07"),
     ("XINFD_INFERENCE_POOL_METRICS", "1", True),

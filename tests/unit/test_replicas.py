@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,9 +69,10 @@ class ScriptedSpawner:
 
 
 class FakeReplica(Replica):
-    async def probe(self, *, timeout: float, path: str = "/health") -> bool:
+    async def probe_body(self, *, timeout: float, path: str = "/health") -> dict[str, Any] | None:
         handle = self.handle
-        return isinstance(handle, FakeHandle) and handle.ready and handle.returncode is None
+        ready = isinstance(handle, FakeHandle) and handle.ready and handle.returncode is None
+        return {"status": "ok"} if ready else None
 
 
 @dataclass

@@ -308,6 +308,8 @@ class VenvProvider:
             if self.on_build is not None:
                 self.on_build(time.monotonic() - started, False)
             await asyncio.shield(asyncio.to_thread(cache.remove_tree, target))
+            if isinstance(exc, TimeoutError):  # a deadline that fired outside uv's own runner (an OSError too)
+                raise VenvError(f"venv build timed out after {self.build_timeout:g}s") from exc
             if isinstance(exc, OSError):
                 where = exc.filename or target
                 raise VenvError(f"venv build failed: {exc.strerror or exc} ({where})") from exc

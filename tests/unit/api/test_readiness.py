@@ -27,7 +27,15 @@ def add_model(state: DaemonState, uid: str, replica_states: list[ReplicaState]) 
     )
     model.replicas = [  # type: ignore[list-item]  # only .state and .outstanding are read
         SimpleNamespace(
-            state=s, outstanding=0, index=i, is_ready=s is ReplicaState.READY, restarts=0, pid=None, gpu_indices=()
+            state=s,
+            outstanding=0,
+            index=i,
+            is_ready=s is ReplicaState.READY,
+            restarts=0,
+            pid=None,
+            gpu_indices=(),
+            label=f"{uid}-r{i}",
+            libraries={},
         )
         for i, s in enumerate(replica_states)
     ]
