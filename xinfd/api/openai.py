@@ -28,6 +28,7 @@ from xinfd.api.middleware import drain_middleware, error_middleware
 from xinfd.api.readiness import daemon_name, install_readiness
 from xinfd.api.request_policy import forwarded_body
 from xinfd.api.security import PolicyHolder, security_middleware
+from xinfd.api.ui import add_ui_routes
 from xinfd.api.state import STATE, DaemonState
 from xinfd.api.streaming import (
     STARTED_KEY,
@@ -86,6 +87,8 @@ def make_api_app(state: DaemonState) -> web.Application:
     app.add_subapp(CONTROL_PREFIX, make_remote_control_app(state))
     for endpoint in ("chat/completions", "completions", "embeddings"):
         app.router.add_post(f"/v1/{endpoint}", _proxy_route(endpoint))
+    if state.settings.ui:  # the web console at /ui, a client of the routes above
+        add_ui_routes(app)
     if not state.settings.disable_metrics:
         app.router.add_get("/metrics", make_aiohttp_handler(state.metrics.registry))
     return app

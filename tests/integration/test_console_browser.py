@@ -1,0 +1,292 @@
+"""The web console (``/ui``) in a real headless Chromium against a real daemon on echo.
+
+An operator's session: open the page, enter the admin key, see a refused launch's error line (a bad extra
+package added with the plus button), launch echo with 2 replicas and an environment variable from the form and
+watch the progress reach READY, chat and read the streamed answer, scale, follow a replica's log while it
+grows, look at the venv and GPU views, terminate. Plus: a page without the key can do nothing, the CSP is
+set, the page fits a phone's width, and the browser's console shows no error but the expected refusal.
+
+Screenshots of the main views go to ``$XINFD_TEST_SCREENSHOTS`` (default ``build/console-screenshots``, which
+git ignores). Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/system-packages`` installs them) and
+the ``selenium`` package; skipped with the reason where they are missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import REPO, Daemon, wait_for
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the test extra has it)")
+from selenium.webdriver.common.by import By  # noqa: E402  # after the importorskip
+from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.support.ui import Select  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)",
+    ),
+]
+
+ADMIN = "sk-console-admin"
+SHOTS = Path(os.environ.get("XINFD_TEST_SCREENSHOTS", REPO / "build" / "console-screenshots"))
+# Without the background-networking flags Chromium keeps calling home, which a closed network punishes.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--window-size=1280,800")
+
+
+@pytest.fixture
+def daemon(make_daemon: Any) -> Daemon:
+    d: Daemon = make_daemon(env={"XINFD_ADMIN_API_KEYS": ADMIN}).start()
+    return d
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM  # type: ignore[assignment]
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(options=options, service=service)
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def until(driver: WebDriver, check: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
+    """Wait for ``check`` to answer something true; on a timeout, say what and show the page's text."""
+    try:
+        return wait_for(check, timeout=timeout, interval=0.1)
+    except AssertionError:
+        body = driver.find_element(By.TAG_NAME, "body").text
+        raise AssertionError(f"timed out waiting for {what}; the page says:\n{body}") from None
+
+
+def text(driver: WebDriver, element_id: str) -> str:
+    return str(driver.find_element(By.ID, element_id).text)
+
+
+def shot(driver: WebDriver, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    assert driver.save_screenshot(str(path)), path
+    return path
+
+
+def console_errors(driver: WebDriver) -> list[str]:
+    return [str(e["message"]) for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def sign_in(driver: WebDriver, key: str) -> None:
+    field = driver.find_element(By.ID, "key-input")
+    field.clear()
+    field.send_keys(key)
+    driver.find_element(By.ID, "key-submit").click()
+
+
+def view(driver: WebDriver, name: str) -> None:
+    driver.find_element(By.CSS_SELECTOR, f'nav button[data-view="{name}"]').click()
+
+
+def replica_states(driver: WebDriver, uid: str) -> list[str]:
+    rows = driver.find_elements(By.CSS_SELECTOR, f'article[data-uid="{uid}"] table.replicas tbody tr')
+    return [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows]
+
+
+def test_operator_session_launch_chat_scale_log_terminate(daemon: Daemon, browser: WebDriver) -> None:
+    driver = browser
+    driver.get(daemon.endpoint + "/ui")
+    assert driver.current_url.endswith("/ui/")
+    sign_in(driver, ADMIN)
+    until(driver, lambda: driver.find_element(By.ID, "console").is_displayed(), what="the console")
+    assert "xinfd" in text(driver, "daemon-line")
+    assert driver.execute_script("return sessionStorage.getItem('xinfd-admin-key')") == ADMIN
+    shot(driver, "01-models-empty")
+
+    # The launch form: families and engines from the API; the venv switch starts at the daemon's setting.
+    view(driver, "launch")
+    Select(driver.find_element(By.ID, "launch-family")).select_by_value("echo")
+    engine = Select(driver.find_element(By.ID, "launch-engine"))
+    assert engine.first_selected_option.get_attribute("value") == "echo"
+    assert "echo: available" in text(driver, "engine-reasons")
+    venv_switch = driver.find_element(By.ID, "launch-venv")
+    assert not venv_switch.is_selected()  # the test daemon runs with XINFERENCE_ENABLE_VIRTUAL_ENV=0
+    assert "default: off" in text(driver, "launch-venv-default")
+    replicas = driver.find_element(By.ID, "launch-replicas")
+    replicas.clear()
+    replicas.send_keys("2")
+    driver.find_element(By.ID, "launch-uid").send_keys("echo-ui")
+
+    # A refused launch: an installer option as an extra package, added with the plus button.
+    driver.find_element(By.ID, "package-add").click()
+    driver.find_element(By.CSS_SELECTOR, "#package-list .package").send_keys("--index-url=http://evil.example")
+    assert not console_errors(driver)  # nothing went wrong so far
+    driver.find_element(By.ID, "launch-submit").click()
+    status = until(driver, lambda: "refused" in (t := text(driver, "launch-status")) and t, what="the refusal")
+    assert "400" in status and "virtual_env_packages" in status, status
+    assert "error" in driver.find_element(By.ID, "launch-status").get_attribute("class")
+    shot(driver, "02-launch-refused")
+    refusals = console_errors(driver)
+    assert len(refusals) == 1 and "/control/v1/models" in refusals[0] and "400" in refusals[0], refusals
+    assert daemon.xinfctl_json("list") == []  # refused before anything started
+
+    # Remove the bad package (the minus button), add an environment variable, launch for real.
+    driver.find_element(By.CSS_SELECTOR, "#package-list .remove-row").click()
+    assert not driver.find_elements(By.CSS_SELECTOR, "#package-list li")
+    driver.find_element(By.ID, "env-add").click()
+    driver.find_element(By.CSS_SELECTOR, "#env-list .env-name").send_keys("CONSOLE_MARK")
+    driver.find_element(By.CSS_SELECTOR, "#env-list .env-value").send_keys("from the form")
+    driver.find_element(By.ID, "launch-submit").click()
+    until(driver, lambda: "READY" in text(driver, "launch-status"), timeout=90, what="READY")
+    progress = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#launch-progress li")]
+    assert any("launching" in p for p in progress), progress
+    assert sum("replica_ready" in p for p in progress) == 2, progress
+    assert progress[-1].split(" ", 1)[1].startswith("ready:"), progress
+    shot(driver, "03-launch-progress-ready")
+    (listed,) = daemon.xinfctl_json("list")
+    assert listed["model_uid"] == "echo-ui" and listed["env"] == ["CONSOLE_MARK"] and len(listed["replicas"]) == 2
+
+    # The models view: both replicas READY with their pids.
+    view(driver, "models")
+    until(driver, lambda: replica_states(driver, "echo-ui") == ["READY", "READY"], what="two READY replicas")
+    card = driver.find_element(By.CSS_SELECTOR, 'article[data-uid="echo-ui"]')
+    pids = {r["pid"] for r in listed["replicas"]}
+    assert {int(td.text) for td in card.find_elements(By.CSS_SELECTOR, "tbody tr td:nth-child(3)")} == pids
+    assert "echo · echo" in card.text
+    shot(driver, "04-models-two-replicas")
+
+    # Chat: the answer streams into the page.
+    card.find_element(By.XPATH, ".//button[text()='Try']").click()
+    assert Select(driver.find_element(By.ID, "chat-model")).first_selected_option.text == "echo-ui"
+    driver.find_element(By.ID, "chat-input").send_keys("hello from the console")
+    driver.find_element(By.ID, "chat-send").click()
+    until(driver, lambda: driver.find_element(By.ID, "chat-output").get_attribute("data-done") == "1",
+          what="the streamed answer")
+    assert text(driver, "chat-output") == "hello from the console"
+    shot(driver, "05-chat")
+
+    # Scale to one replica.
+    view(driver, "models")
+    card = driver.find_element(By.CSS_SELECTOR, 'article[data-uid="echo-ui"]')
+    scale = card.find_element(By.CSS_SELECTOR, ".scale-input")
+    scale.clear()
+    scale.send_keys("1")
+    card.find_element(By.CSS_SELECTOR, ".scale-button").click()
+    until(driver, lambda: replica_states(driver, "echo-ui") == ["READY"], what="one replica after scaling")
+    assert len(daemon.xinfctl_json("list")[0]["replicas"]) == 1
+
+    # The replica's log, following live: a request served after the view opened shows up in it.
+    driver.find_element(By.CSS_SELECTOR, 'article[data-uid="echo-ui"] .logs-button').click()
+    until(driver, lambda: "following echo-ui replica 0" in text(driver, "logs-status"), what="the log stream")
+    until(driver, lambda: "serving echo-ui" in text(driver, "logs-output"), what="the log's start")
+    before = text(driver, "logs-output").count("finish=")
+    _chat_over_http(daemon, "echo-ui", "a line for the log")
+    until(driver, lambda: text(driver, "logs-output").count("finish=") > before, what="the new log line")
+    shot(driver, "06-log-following")
+    driver.find_element(By.ID, "logs-stop").click()
+    assert text(driver, "logs-status") == "stopped"
+
+    # Venvs and GPUs views, from the same API.
+    view(driver, "venvs")
+    until(driver, lambda: "No venvs." in text(driver, "venvs-table") or
+          driver.find_elements(By.CSS_SELECTOR, "#venvs-table tbody tr[data-path]"), what="the venv list")
+    driver.find_element(By.ID, "venvs-gc").click()
+    until(driver, lambda: "gc removed" in text(driver, "venvs-result"), what="gc's answer")
+    shot(driver, "07-venvs")
+    view(driver, "gpus")
+    until(driver, lambda: "strategy" in text(driver, "gpus-summary"), what="the GPU view")
+    gpus = json.loads(_get(daemon, "/control/v1/gpus"))
+    assert gpus["inventory"]["summary"] in text(driver, "gpus-summary")
+    shot(driver, "08-gpus")
+
+    # Terminate: the first press arms, the second stops the model.
+    view(driver, "models")
+    button = driver.find_element(By.CSS_SELECTOR, 'article[data-uid="echo-ui"] .terminate-button')
+    button.click()
+    assert button.text == "Confirm terminate"
+    assert daemon.xinfctl_json("list") != []
+    button.click()
+    until(driver, lambda: not driver.find_elements(By.CSS_SELECTOR, 'article[data-uid="echo-ui"]'),
+          what="the model gone")
+    assert daemon.xinfctl_json("list") == []
+    assert driver.find_element(By.ID, "models-empty").is_displayed()
+
+    # A phone's width: nothing wider than the screen.
+    driver.set_window_size(390, 844)
+    view(driver, "launch")
+    assert driver.execute_script(
+        "return document.documentElement.scrollWidth <= document.documentElement.clientWidth + 1")
+    shot(driver, "09-launch-phone")
+    assert console_errors(driver) == []  # nothing since the one expected refusal
+
+
+def test_without_the_key_the_page_can_do_nothing(daemon: Daemon, browser: WebDriver) -> None:
+    driver = browser
+    driver.get(daemon.endpoint + "/ui/")
+    until(driver, lambda: driver.find_element(By.ID, "key-input").is_displayed(), what="the sign-in form")
+    assert not driver.find_element(By.ID, "console").is_displayed()
+    # The page's own API calls without a key are refused, reads and changes alike.
+    statuses = driver.execute_async_script(
+        """const done = arguments[arguments.length - 1];
+        Promise.all([fetch('/control/v1/models'), fetch('/control/v1/status'),
+                     fetch('/control/v1/models', {method: 'POST', body: '{"model_name": "echo"}'}),
+                     fetch('/control/v1/venvs/gc', {method: 'POST'})])
+          .then((rs) => done(rs.map((r) => r.status)), (e) => done(String(e)));""")
+    assert statuses == [401, 401, 401, 401]
+    # A wrong key: the console stays closed, the error says why, and the key is not kept.
+    sign_in(driver, "sk-wrong")
+    message = until(driver, lambda: text(driver, "key-error"), what="the key error")
+    assert "401" in message and "invalid_api_key" in message, message
+    assert not driver.find_element(By.ID, "console").is_displayed()
+    assert driver.execute_script("return sessionStorage.getItem('xinfd-admin-key')") is None
+    assert daemon.xinfctl_json("list") == []
+    errors = console_errors(driver)
+    assert errors and all("401" in e for e in errors), errors  # the refusals only, no script error
+
+
+def test_csp_and_security_headers_and_ui_off(daemon: Daemon, make_daemon: Any) -> None:
+    with urllib.request.urlopen(daemon.endpoint + "/ui/", timeout=10) as resp:
+        headers = resp.headers
+        page = resp.read().decode()
+    csp = headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp and "unsafe" not in csp
+    assert headers["X-Content-Type-Options"] == "nosniff" and "<script type=\"module\"" in page
+    off = make_daemon("off", env={"XINFD_UI": "0", "XINFD_ADMIN_API_KEYS": ADMIN}).start()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(off.endpoint + "/ui/", timeout=10)
+    assert refused.value.code == 404
+
+
+def _get(daemon: Daemon, path: str) -> str:
+    request = urllib.request.Request(daemon.endpoint + path, headers={"Authorization": f"Bearer {ADMIN}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+def _chat_over_http(daemon: Daemon, uid: str, content: str) -> None:
+    body = json.dumps({"model": uid, "messages": [{"role": "user", "content": content}]}).encode()
+    request = urllib.request.Request(daemon.endpoint + "/v1/chat/completions", data=body, headers={
+        "Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"})
+    deadline = time.monotonic() + 10
+    with urllib.request.urlopen(request, timeout=max(1.0, deadline - time.monotonic())) as resp:
+        assert json.loads(resp.read())["choices"][0]["message"]["content"] == content
