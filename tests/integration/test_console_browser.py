@@ -28,7 +28,8 @@ import pytest
 from tests.integration.conftest import REPO, Daemon, wait_for
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the test extra has it)")
-from selenium.webdriver.common.by import By  # noqa: E402  # after the importorskip
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402  # after the importorskip
+from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
 
@@ -108,9 +109,24 @@ def view(driver: WebDriver, name: str) -> None:
     driver.find_element(By.CSS_SELECTOR, f'nav button[data-view="{name}"]').click()
 
 
+def fresh(action: Callable[[], Any]) -> Any:
+    """Run ``action`` again when the models list was redrawn under it (the page polls every 2 s)."""
+    for _ in range(20):
+        try:
+            return action()
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    return action()
+
+
 def replica_states(driver: WebDriver, uid: str) -> list[str]:
-    rows = driver.find_elements(By.CSS_SELECTOR, f'article[data-uid="{uid}"] table.replicas tbody tr')
-    return [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows]
+    return list(driver.execute_script(
+        "return [...document.querySelectorAll(`article[data-uid='${arguments[0]}'] table.replicas tbody tr`)]"
+        ".map((tr) => tr.cells[1].textContent)", uid))
+
+
+def card_of(driver: WebDriver, uid: str) -> Any:
+    return driver.find_element(By.CSS_SELECTOR, f'article[data-uid="{uid}"]')
 
 
 def test_operator_session_launch_chat_scale_log_terminate(daemon: Daemon, browser: WebDriver) -> None:
@@ -143,7 +159,7 @@ def test_operator_session_launch_chat_scale_log_terminate(daemon: Daemon, browse
     assert not console_errors(driver)  # nothing went wrong so far
     driver.find_element(By.ID, "launch-submit").click()
     status = until(driver, lambda: "refused" in (t := text(driver, "launch-status")) and t, what="the refusal")
-    assert "400" in status and "virtual_env_packages" in status, status
+    assert "400 invalid_venv_spec" in status and "installer option" in status, status
     assert "error" in driver.find_element(By.ID, "launch-status").get_attribute("class")
     shot(driver, "02-launch-refused")
     refusals = console_errors(driver)
@@ -156,6 +172,9 @@ def test_operator_session_launch_chat_scale_log_terminate(daemon: Daemon, browse
     driver.find_element(By.ID, "env-add").click()
     driver.find_element(By.CSS_SELECTOR, "#env-list .env-name").send_keys("CONSOLE_MARK")
     driver.find_element(By.CSS_SELECTOR, "#env-list .env-value").send_keys("from the form")
+    driver.find_element(By.ID, "option-add").click()  # echo's delay between tokens, to watch the stream
+    driver.find_element(By.CSS_SELECTOR, "#option-list .option-name").send_keys("delay")
+    driver.find_element(By.CSS_SELECTOR, "#option-list .option-value").send_keys("0.15")
     driver.find_element(By.ID, "launch-submit").click()
     until(driver, lambda: "READY" in text(driver, "launch-status"), timeout=90, what="READY")
     progress = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#launch-progress li")]
@@ -165,38 +184,46 @@ def test_operator_session_launch_chat_scale_log_terminate(daemon: Daemon, browse
     shot(driver, "03-launch-progress-ready")
     (listed,) = daemon.xinfctl_json("list")
     assert listed["model_uid"] == "echo-ui" and listed["env"] == ["CONSOLE_MARK"] and len(listed["replicas"]) == 2
+    assert listed["options"] == {"delay": 0.15}
 
     # The models view: both replicas READY with their pids.
     view(driver, "models")
     until(driver, lambda: replica_states(driver, "echo-ui") == ["READY", "READY"], what="two READY replicas")
-    card = driver.find_element(By.CSS_SELECTOR, 'article[data-uid="echo-ui"]')
     pids = {r["pid"] for r in listed["replicas"]}
-    assert {int(td.text) for td in card.find_elements(By.CSS_SELECTOR, "tbody tr td:nth-child(3)")} == pids
-    assert "echo · echo" in card.text
+    assert fresh(lambda: {int(td.text) for td in card_of(driver, "echo-ui").find_elements(
+        By.CSS_SELECTOR, "tbody tr td:nth-child(3)")}) == pids
+    assert "echo · echo" in fresh(lambda: card_of(driver, "echo-ui").text)
     shot(driver, "04-models-two-replicas")
 
     # Chat: the answer streams into the page.
-    card.find_element(By.XPATH, ".//button[text()='Try']").click()
+    fresh(lambda: card_of(driver, "echo-ui").find_element(By.XPATH, ".//button[text()='Try']").click())
     assert Select(driver.find_element(By.ID, "chat-model")).first_selected_option.text == "echo-ui"
-    driver.find_element(By.ID, "chat-input").send_keys("hello from the console")
+    answer = "hello from the console, one word at a time"
+    driver.find_element(By.ID, "chat-input").send_keys(answer)
     driver.find_element(By.ID, "chat-send").click()
+    # Part of the answer is on the page before the stream ends: it is shown as it comes, not at the end.
+    partial = until(driver, lambda: (t := text(driver, "chat-output")) and t != answer and t, what="a partial answer")
+    assert answer.startswith(partial) and driver.find_element(By.ID, "chat-output").get_attribute("data-done") is None
     until(driver, lambda: driver.find_element(By.ID, "chat-output").get_attribute("data-done") == "1",
           what="the streamed answer")
-    assert text(driver, "chat-output") == "hello from the console"
+    assert text(driver, "chat-output") == answer
     shot(driver, "05-chat")
 
     # Scale to one replica.
     view(driver, "models")
-    card = driver.find_element(By.CSS_SELECTOR, 'article[data-uid="echo-ui"]')
-    scale = card.find_element(By.CSS_SELECTOR, ".scale-input")
-    scale.clear()
-    scale.send_keys("1")
-    card.find_element(By.CSS_SELECTOR, ".scale-button").click()
+
+    def scale_to_one() -> None:
+        scale = card_of(driver, "echo-ui").find_element(By.CSS_SELECTOR, ".scale-input")
+        scale.clear()
+        scale.send_keys("1")
+        card_of(driver, "echo-ui").find_element(By.CSS_SELECTOR, ".scale-button").click()
+
+    fresh(scale_to_one)
     until(driver, lambda: replica_states(driver, "echo-ui") == ["READY"], what="one replica after scaling")
     assert len(daemon.xinfctl_json("list")[0]["replicas"]) == 1
 
     # The replica's log, following live: a request served after the view opened shows up in it.
-    driver.find_element(By.CSS_SELECTOR, 'article[data-uid="echo-ui"] .logs-button').click()
+    fresh(lambda: card_of(driver, "echo-ui").find_element(By.CSS_SELECTOR, ".logs-button").click())
     until(driver, lambda: "following echo-ui replica 0" in text(driver, "logs-status"), what="the log stream")
     until(driver, lambda: "serving echo-ui" in text(driver, "logs-output"), what="the log's start")
     before = text(driver, "logs-output").count("finish=")
@@ -221,11 +248,15 @@ def test_operator_session_launch_chat_scale_log_terminate(daemon: Daemon, browse
 
     # Terminate: the first press arms, the second stops the model.
     view(driver, "models")
-    button = driver.find_element(By.CSS_SELECTOR, 'article[data-uid="echo-ui"] .terminate-button')
-    button.click()
-    assert button.text == "Confirm terminate"
-    assert daemon.xinfctl_json("list") != []
-    button.click()
+
+    def terminate() -> None:
+        button = card_of(driver, "echo-ui").find_element(By.CSS_SELECTOR, ".terminate-button")
+        button.click()
+        assert button.text == "Confirm terminate"
+        assert daemon.xinfctl_json("list") != []
+        button.click()
+
+    fresh(terminate)
     until(driver, lambda: not driver.find_elements(By.CSS_SELECTOR, 'article[data-uid="echo-ui"]'),
           what="the model gone")
     assert daemon.xinfctl_json("list") == []
@@ -275,6 +306,7 @@ def test_csp_and_security_headers_and_ui_off(daemon: Daemon, make_daemon: Any) -
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(off.endpoint + "/ui/", timeout=10)
     assert refused.value.code == 404
+    refused.value.close()
 
 
 def _get(daemon: Daemon, path: str) -> str:

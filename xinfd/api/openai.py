@@ -28,7 +28,6 @@ from xinfd.api.middleware import drain_middleware, error_middleware
 from xinfd.api.readiness import daemon_name, install_readiness
 from xinfd.api.request_policy import forwarded_body
 from xinfd.api.security import PolicyHolder, security_middleware
-from xinfd.api.ui import add_ui_routes
 from xinfd.api.state import STATE, DaemonState
 from xinfd.api.streaming import (
     STARTED_KEY,
@@ -38,6 +37,7 @@ from xinfd.api.streaming import (
     queued_keepalive,
     validate_request,
 )
+from xinfd.api.ui import add_ui_routes
 from xinfd.errors import (
     InvalidRequestError,
     ModelNotReadyError,

@@ -314,7 +314,20 @@ function launchBody() {
     const name = item.querySelector(".env-name").value.trim();
     if (name) body.env[name] = item.querySelector(".env-value").value;
   }
+  body.options = {};
+  for (const item of document.querySelectorAll("#option-list li")) {
+    const name = item.querySelector(".option-name").value.trim();
+    if (name) body.options[name] = optionValue(item.querySelector(".option-value").value.trim());
+  }
   return body;
+}
+
+/** A launch option's value as typed: a number, true/false or null as JSON values, anything else as text. */
+function optionValue(text) {
+  if (/^-?\d+(\.\d+)?$/.test(text)) return Number(text);
+  if (text === "true" || text === "false") return text === "true";
+  if (text === "null" || text === "") return null;
+  return text;
 }
 
 async function launch(event) {
@@ -464,6 +477,7 @@ async function chat(event) {
   event.preventDefault();
   const output = $("chat-output");
   output.textContent = "";
+  delete output.dataset.done;
   output.classList.remove("error");
   const body = { model: $("chat-model").value, stream: true,
     messages: [{ role: "user", content: $("chat-input").value }] };
@@ -524,6 +538,8 @@ function wire() {
     addRow("package-list", [["package", "package", "name==1.0 or #system_torch#"]]));
   $("env-add").addEventListener("click", () =>
     addRow("env-list", [["env-name", "variable name", "NAME"], ["env-value", "variable value", "value"]]));
+  $("option-add").addEventListener("click", () =>
+    addRow("option-list", [["option-name", "option name", "name"], ["option-value", "option value", "value"]]));
   $("venvs-refresh").addEventListener("click", () => refreshVenvs().catch(venvError));
   $("venvs-gc").addEventListener("click", () => gcVenvs().catch(venvError));
   $("gpus-refresh").addEventListener("click", () => refreshGpus().catch(reportError));
