@@ -322,3 +322,59 @@ def _chat_over_http(daemon: Daemon, uid: str, content: str) -> None:
     deadline = time.monotonic() + 10
     with urllib.request.urlopen(request, timeout=max(1.0, deadline - time.monotonic())) as resp:
         assert json.loads(resp.read())["choices"][0]["message"]["content"] == content
+
+
+def test_venv_launch_with_an_extra_package_and_the_venv_refusals(make_daemon: Any, browser: WebDriver,
+                                                                  tmp_path: Path) -> None:
+    """The venv switch on (the daemon's default here), an extra package that replaces the model's pin, the uv
+    steps in the progress, what the replica imports, and the daemon's refusal to remove a venv in use."""
+    from tests.unit.venvs.wheels import standard_index
+
+    daemon = make_daemon("venvs", {"XINFD_ADMIN_API_KEYS": ADMIN, "XINFERENCE_ENABLE_VIRTUAL_ENV": "1",
+                                   "XINFD_PLUGINS": "tests.integration.venv_plugin",
+                                   "XINFD_TEST_VENV_INDEX": standard_index(tmp_path / "index")}).start()
+    driver = browser
+    driver.get(daemon.endpoint + "/ui/")
+    sign_in(driver, ADMIN)
+    until(driver, lambda: driver.find_element(By.ID, "console").is_displayed(), what="the console")
+    view(driver, "launch")
+    Select(driver.find_element(By.ID, "launch-family")).select_by_value("pinned-b")  # pins xinfdtestpkg==2.0
+    assert driver.find_element(By.ID, "launch-venv").is_selected()
+    assert "default: on" in text(driver, "launch-venv-default")
+    driver.find_element(By.ID, "package-add").click()
+    driver.find_element(By.CSS_SELECTOR, "#package-list .package").send_keys("xinfdtestpkg==1.0")
+    driver.find_element(By.ID, "launch-submit").click()
+    until(driver, lambda: "READY" in text(driver, "launch-status"), timeout=180, what="READY")
+    progress = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#launch-progress li")]
+    assert any(" venv: " in p and "installed 1 package(s)" in p for p in progress), progress
+    shot(driver, "10-launch-venv-progress")
+
+    # The replica imports the version the form asked for, not the model's pin.
+    view(driver, "try")
+    driver.find_element(By.ID, "chat-input").send_keys("versions?")
+    driver.find_element(By.ID, "chat-send").click()
+    until(driver, lambda: driver.find_element(By.ID, "chat-output").get_attribute("data-done") == "1",
+          what="the answer")
+    imported = json.loads(text(driver, "chat-output"))
+    assert imported["xinfdtestpkg"][0] == "1.0", imported
+
+    # Removing the venv the model runs in is refused, and the page says so; gc keeps it too.
+    view(driver, "venvs")
+    row = until(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#venvs-table tbody tr[data-path]"),
+                what="the venv row")[0]
+    assert row.get_attribute("data-path") == imported["sys.prefix"]
+    assert "pinned-b" in row.text and "pkgver" in row.text
+    row.find_element(By.XPATH, ".//button[text()='Remove']").click()
+    refusal = until(driver, lambda: "refused" in (t := text(driver, "venvs-result")) and t, what="the refusal")
+    assert "409" in refusal and "in use" in refusal, refusal
+    shot(driver, "11-venvs-refused")
+    assert Path(imported["sys.prefix"]).is_dir()
+
+    # Once the model is gone, gc removes it.
+    daemon.xinfctl("terminate", "pinned-b")
+    driver.find_element(By.ID, "venvs-gc").click()
+    until(driver, lambda: "gc removed 1" in text(driver, "venvs-result"), what="gc's answer")
+    assert not Path(imported["sys.prefix"]).exists()
+    until(driver, lambda: "No venvs." in text(driver, "venvs-table"), what="the emptied list")
+    errors = console_errors(driver)
+    assert len(errors) == 1 and "409" in errors[0], errors  # the refusal only
