@@ -26,10 +26,12 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import REPO, Daemon, wait_for
+from tests.integration.test_gpu_inventory_daemon import TWO_GPUS
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the test extra has it)")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402  # after the importorskip
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
 
@@ -53,7 +55,8 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 @pytest.fixture
 def daemon(make_daemon: Any) -> Daemon:
-    d: Daemon = make_daemon(env={"XINFD_ADMIN_API_KEYS": ADMIN}).start()
+    # Two GPUs declared by hand (no driver here), so the GPU view has placements to show.
+    d: Daemon = make_daemon(env={"XINFD_ADMIN_API_KEYS": ADMIN, "XINFD_GPUS": TWO_GPUS}).start()
     return d
 
 
@@ -152,6 +155,9 @@ def test_operator_session_launch_chat_scale_log_terminate(daemon: Daemon, browse
     replicas.clear()
     replicas.send_keys("2")
     driver.find_element(By.ID, "launch-uid").send_keys("echo-ui")
+    n_gpu = driver.find_element(By.ID, "launch-ngpu")
+    n_gpu.clear()
+    n_gpu.send_keys("1")
 
     # A refused launch: an installer option as an extra package, added with the plus button.
     driver.find_element(By.ID, "package-add").click()
@@ -193,6 +199,8 @@ def test_operator_session_launch_chat_scale_log_terminate(daemon: Daemon, browse
     assert fresh(lambda: {int(td.text) for td in card_of(driver, "echo-ui").find_elements(
         By.CSS_SELECTOR, "tbody tr td:nth-child(3)")}) == pids
     assert "echo · echo" in fresh(lambda: card_of(driver, "echo-ui").text)
+    assert sorted(fresh(lambda: [td.text for td in card_of(driver, "echo-ui").find_elements(
+        By.CSS_SELECTOR, "tbody tr td:nth-child(4)")])) == ["0", "1"]
     shot(driver, "04-models-two-replicas")
 
     # Chat: the answer streams into the page.
@@ -244,6 +252,12 @@ def test_operator_session_launch_chat_scale_log_terminate(daemon: Daemon, browse
     until(driver, lambda: "strategy" in text(driver, "gpus-summary"), what="the GPU view")
     gpus = json.loads(_get(daemon, "/control/v1/gpus"))
     assert gpus["inventory"]["summary"] in text(driver, "gpus-summary")
+    for gpu in gpus["gpus"]:  # each device with what sits on it and why
+        shown = driver.find_element(By.CSS_SELECTOR, f'article[data-gpu="{gpu["index"]}"]').text
+        assert gpu["name"] in shown
+        for replica in gpu["replicas"]:
+            assert replica["label"] in shown and replica["reason"] in shown, (replica, shown)
+    assert sum(len(g["replicas"]) for g in gpus["gpus"]) == 1  # scaled down to one replica
     shot(driver, "08-gpus")
 
     # Terminate: the first press arms, the second stops the model.
@@ -284,8 +298,9 @@ def test_without_the_key_the_page_can_do_nothing(daemon: Daemon, browser: WebDri
                      fetch('/control/v1/venvs/gc', {method: 'POST'})])
           .then((rs) => done(rs.map((r) => r.status)), (e) => done(String(e)));""")
     assert statuses == [401, 401, 401, 401]
-    # A wrong key: the console stays closed, the error says why, and the key is not kept.
-    sign_in(driver, "sk-wrong")
+    # A wrong key (typed and sent with Enter, no mouse): the console stays closed, the error says why, and the
+    # key is not kept.
+    driver.find_element(By.ID, "key-input").send_keys("sk-wrong" + Keys.ENTER)
     message = until(driver, lambda: text(driver, "key-error"), what="the key error")
     assert "401" in message and "invalid_api_key" in message, message
     assert not driver.find_element(By.ID, "console").is_displayed()

@@ -413,8 +413,8 @@ async function refreshGpus() {
   const answer = await getJson(`${CONTROL}/gpus`);
   $("gpus-summary").textContent = `${answer.inventory.summary} · strategy ${answer.strategy}`;
   $("gpus-list").replaceChildren(...answer.gpus.map((g) => el("article", { class: "model", "data-gpu": g.index },
-    el("h3", {}, `GPU ${g.index}: ${g.name}`, el("span", { class: "muted small" },
-      `${g.free_mb ?? "?"} of ${g.memory_mb ?? "?"} MiB free`)),
+    el("h3", {}, `GPU ${g.index}: ${g.name}`, el("span", { class: "muted small" }, g.free_mb === null
+      ? `${g.memory_mb ?? "?"} MiB` : `${g.free_mb} of ${g.memory_mb ?? "?"} MiB free`)),
     g.replicas.length
       ? el("ul", {}, g.replicas.map((r) => el("li", {}, el("strong", {}, r.label), ` ${r.state} — ${r.reason}`)))
       : el("p", { class: "muted" }, "No replica placed here."))));
