@@ -6,6 +6,7 @@ SmolLM2's first load with its GGUF conversion, the answer."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -16,6 +17,7 @@ from openai import OpenAI
 from tests.installed.wheelhouse import FAMILIES, REPO, InstalledDaemon, outside_env
 
 pytestmark = [pytest.mark.installed, pytest.mark.slow]
+UI_DIR = REPO / "xinfd" / "data" / "ui"  # the web console (xinfd.api.ui)
 
 
 def _run(venv: Path, cwd: Path, code: str) -> str:
@@ -39,6 +41,11 @@ def test_the_import_comes_from_the_venv_with_its_data(venv: Path, tmp_path: Path
         assert not Path(path).resolve().is_relative_to(REPO), path
     assert {p.name for p in Path(builtin).glob("*.json")} == {p.name for p in FAMILIES.glob("*.json")}
     assert set(entry_points) >= {"echo", "transformers", "llama_cpp", "sentence_transformers", "vllm", "sglang"}
+    # The web console's files are package data too, read the way the daemon serves them.
+    ui_code = ("import json, hashlib, xinfd.api.ui as ui; "
+               "print(json.dumps({n: hashlib.sha256(ui.ui_file(n)).hexdigest() for n in ui.UI_FILES}))")
+    served = json.loads(_run(venv, tmp_path, ui_code))
+    assert served == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in UI_DIR.iterdir()}, served
     # The reference config is installed for packagers and is what this installed daemon documents.
     reference = venv / "share" / "xinfd" / "xinfd.toml"
     printed = subprocess.run(

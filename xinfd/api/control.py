@@ -96,6 +96,9 @@ async def status(request: web.Request) -> web.Response:
             "endpoint": state.front_end_url,
             "control_socket": str(state.settings.control_socket),
             "draining": state.draining,
+            # The launch default of the venv switch (a launch's enable_virtual_env overrides it); the web
+            # console's launch form starts from it.
+            "enable_virtual_env": state.settings.enable_virtual_env,
             "models": len(manager.models),
             "replicas": sum(len(m.replicas) for m in manager.models.values()),
             "engines": sorted(manager.plugins.engines),

@@ -37,6 +37,7 @@ from xinfd.api.streaming import (
     queued_keepalive,
     validate_request,
 )
+from xinfd.api.ui import add_ui_routes
 from xinfd.errors import (
     InvalidRequestError,
     ModelNotReadyError,
@@ -86,6 +87,8 @@ def make_api_app(state: DaemonState) -> web.Application:
     app.add_subapp(CONTROL_PREFIX, make_remote_control_app(state))
     for endpoint in ("chat/completions", "completions", "embeddings"):
         app.router.add_post(f"/v1/{endpoint}", _proxy_route(endpoint))
+    if state.settings.ui:  # the web console at /ui, a client of the routes above
+        add_ui_routes(app)
     if not state.settings.disable_metrics:
         app.router.add_get("/metrics", make_aiohttp_handler(state.metrics.registry))
     return app

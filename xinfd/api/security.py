@@ -49,6 +49,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Paths that need no key; still subject to the IP check.
 PUBLIC_PATHS = frozenset({"/health", "/v1/cluster/auth"})
+# The web console's static files (xinfd.api.ui): public, since they hold no data; every API call the page
+# makes is authorised by the admin key the operator types into it.
+PUBLIC_PREFIXES = ("/ui",)
 METRICS_PATH = "/metrics"
 # Management: every method of these paths and everything below them (see the module docstring).
 ADMIN_PREFIXES = ("/control", "/v1/virtualenvs", "/v1/cluster", "/v1/workers", "/v1/supervisor", "/v1/clusters")
@@ -232,6 +235,8 @@ def required_scope(path: str, method: str = "GET") -> Scope | None:
     """
     method = method.upper()
     if path in PUBLIC_PATHS or is_model_readiness_path(path):  # health checks carry no key
+        return None
+    if _under(path, PUBLIC_PREFIXES) and method in READ_METHODS:  # the console's files, never data
         return None
     if path == METRICS_PATH:
         return Scope.METRICS

@@ -199,6 +199,10 @@ class Settings:
         False, env="XINFERENCE_DISABLE_METRICS", kind="bool", check=checks.same, consumers=("daemon",),
         section="Serving", doc="Turn the /metrics endpoint off.",
         spec="Setting this environment to 1 will disable the /metrics endpoint")
+    ui: bool = setting(
+        True, env="XINFD_UI", kind="bool", check=checks.same, consumers=("daemon",), section="Serving",
+        doc="Serve the web console at /ui (static files; everything it shows comes from the HTTP management "
+        "API, so it needs a key from admin_api_keys, entered in the page). 0: no /ui route.")
     inference_pool_metrics: bool = setting(
         False, env="XINFD_INFERENCE_POOL_METRICS", kind="bool", check=checks.same, consumers=("daemon",),
         section="Serving", reload=True,
