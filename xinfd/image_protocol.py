@@ -25,7 +25,7 @@ from xinfd.errors import InvalidRequestError
 ResponseFormat = Literal["url", "b64_json"]
 # OpenAI allows up to 10 images per request (dall-e-2); Xinference's client documents the same bound.
 MAX_IMAGES = 10
-MAX_STEPS = 1000
+MAX_STEPS = 500
 _SIZE = re.compile(r"^\s*([0-9]{1,5})\s*[x*X]\s*([0-9]{1,5})\s*$")
 # Pipeline arguments accepted from Xinference's ``kwargs`` string and as top-level fields.
 _KWARGS = frozenset({"negative_prompt", "num_inference_steps", "guidance_scale", "seed"})

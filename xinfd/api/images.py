@@ -26,7 +26,8 @@ from aiohttp import web
 
 from xinfd.api.state import STATE
 from xinfd.atomic import write_atomic
-from xinfd.http_errors import error_body, parse_json_object
+from xinfd.errors import XinfdError
+from xinfd.http_errors import error_body, error_response, parse_json_object
 from xinfd.image_protocol import parse_image_request
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,29 @@ def add_routes(app: web.Application, proxy: Proxy) -> None:
     """The generation route (through ``proxy``), the file route and the sweeper of expired files."""
 
     async def generations(request: web.Request) -> web.StreamResponse:
-        return await _generations(request, proxy)
+        try:
+            return _with_detail(await _generations(request, proxy))
+        except XinfdError as exc:
+            return _with_detail(error_response(exc))
 
     app.router.add_post(PATH, generations)
     app.router.add_get(FILES + "/{name}", _file)
     app.cleanup_ctx.append(_sweeper)
+
+
+def _with_detail(response: web.StreamResponse) -> web.StreamResponse:
+    """An error answer also carries Xinference's ``detail`` (its client shows only ``response.json()["detail"]``,
+    so "allowed sizes: 512x512" would otherwise read as a bare "400 Client Error"). Images are never streamed,
+    so every answer is whole and can be rewritten."""
+    if response.status < 400 or not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+        return response
+    try:
+        body = json.loads(response.body)
+        body["detail"] = body["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return response
+    headers = {k: v for k, v in response.headers.items() if k.lower() in ("retry-after", "x-xinfd-replica")}
+    return web.json_response(body, status=response.status, headers=headers)
 
 
 async def _generations(request: web.Request, proxy: Proxy) -> web.StreamResponse:

@@ -112,8 +112,14 @@ async def test_same_size_requests_arriving_together_run_as_one_batch(tiny_sd: Pa
     assert isinstance(batched, DiffusersImageModel)
     together = await asyncio.gather(*(batched.generate_images(request(seed=i, request_id=f"r{i}"), _ignore)
                                       for i in range(4)))
-    # The first request starts at once; the three that arrived while it ran share the next pipeline call.
-    assert batched.batches == [1, 3]
+    # All four were waiting when the runner took its first batch: one pipeline call for the four images.
+    assert batched.batches == [4]
+    # One that arrives while a batch runs waits for the next call, with the others that arrived meanwhile.
+    first = asyncio.ensure_future(batched.generate_images(request(seed=0, steps=100), _ignore))
+    await asyncio.sleep(0.05)
+    later = await asyncio.gather(*(batched.generate_images(request(seed=i), _ignore) for i in range(2)))
+    await first
+    assert batched.batches[1:] == [1, 2] and len(later) == 2
     alone = diffusers_engine.ENGINE.load(SPEC, replica(tiny_sd))
     assert isinstance(alone, DiffusersImageModel)
     for i in range(4):

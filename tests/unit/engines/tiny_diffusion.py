@@ -49,6 +49,7 @@ def build_tiny_sd(path: Path, *, seed: int = 0) -> Path:
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
     )
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              steps_offset=1,
                               set_alpha_to_one=False)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
