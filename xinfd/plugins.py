@@ -122,8 +122,8 @@ class Plugins:
         result = self.engine(engine).load(model, replica)
         if not isinstance(result, TextModel | EmbeddingModel | ImageModel):
             raise PluginError(
-                f"engine {engine!r}: load() returned {type(result).__name__}, which implements none of "
-                "TextModel, EmbeddingModel, ImageModel (xinfd.types)"
+                f"engine {engine!r}: load() returned {type(result).__name__}, which implements neither "
+                "TextModel nor EmbeddingModel nor ImageModel (xinfd.types)"
             )
         return result
 

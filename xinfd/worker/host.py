@@ -125,7 +125,7 @@ def make_worker_app(
     embedder = model if isinstance(model, EmbeddingModel) else None
     image = model if isinstance(model, ImageModel) else None
     if text is None and embedder is None and image is None:
-        raise TypeError(f"{type(model).__name__} implements none of TextModel, EmbeddingModel, ImageModel")
+        raise TypeError(f"{type(model).__name__} implements neither TextModel nor EmbeddingModel nor ImageModel")
     served = text if text is not None else embedder
     window = served.context_window if served is not None else None
     if window is not None:
