@@ -38,13 +38,12 @@ from xinfd.replica_launch import worker_launch_spec
 from xinfd.types import (
     Ability,
     Availability,
-    EmbeddingModel,
     LaunchSpec,
+    LoadedModel,
     ModelSpec,
     Platform,
     RegisterModel,
     ReplicaContext,
-    TextModel,
 )
 
 PROJECT_NAME = "xinfd"
@@ -135,7 +134,7 @@ class Engine(Protocol):
         """
         ...
 
-    def load(self, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel:
+    def load(self, model: ModelSpec, replica: ReplicaContext) -> LoadedModel:
         """Load the model inside the replica process (engines hosted by xinfd's worker only).
 
         Heavy imports belong here. The worker host serves the returned object: HTTP, streaming, cancellation and
@@ -144,7 +143,7 @@ class Engine(Protocol):
         :param model: the model family being served.
         :param replica: this replica's context: options, ``cache_dir`` for derived weights, ``settings``.
         :raises Exception: any exception fails the replica's start with its message.
-        :return: an object implementing ``TextModel`` or ``EmbeddingModel``.
+        :return: an object implementing ``TextModel``, ``EmbeddingModel`` or ``ImageModel``.
         """
         ...
 
@@ -195,7 +194,7 @@ class ServerEngine(_EngineDefaults):
 
     launch_options: frozenset[str] | None = None
 
-    def load(self, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel:
+    def load(self, model: ModelSpec, replica: ReplicaContext) -> LoadedModel:
         raise RuntimeError(f"engine {self.name!r} runs its own server; xinfd's worker host does not load it")
 
 

@@ -28,7 +28,9 @@ from xinfd.types import (
     Ability,
     Availability,
     EmbeddingModel,
+    ImageModel,
     LaunchSpec,
+    LoadedModel,
     ModelSpec,
     Platform,
     ReplicaContext,
@@ -119,13 +121,13 @@ class Plugins:
             raise PluginError(f"engine {engine!r}: launch() must return a LaunchSpec")
         return result
 
-    def load(self, engine: str, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel:
+    def load(self, engine: str, model: ModelSpec, replica: ReplicaContext) -> LoadedModel:
         """Load the model object inside the worker process."""
         result = self.engine(engine).load(model, replica)
-        if not isinstance(result, TextModel | EmbeddingModel):
+        if not isinstance(result, TextModel | EmbeddingModel | ImageModel):
             raise PluginError(
                 f"engine {engine!r}: load() returned {type(result).__name__}, which implements neither "
-                "TextModel nor EmbeddingModel (xinfd.types)"
+                "TextModel nor EmbeddingModel nor ImageModel (xinfd.types)"
             )
         return result
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 # What an engine can serve: ``chat`` is ``/v1/chat/completions``, ``generate`` ``/v1/completions``, ``embed``
-# ``/v1/embeddings``.
-Ability = Literal["chat", "generate", "embed"]
+# ``/v1/embeddings``, ``image`` ``/v1/images/generations``.
+Ability = Literal["chat", "generate", "embed", "image"]
 # Which endpoint a generation came from: engines split ``<think>`` reasoning out of chat answers only, and
 # text completions keep it in the text.
 RequestKind = Literal["chat", "completion"]
@@ -87,6 +87,9 @@ class ReplicaSettings:
     # Continuous batching: requests per batch and the gathering window (``XINFERENCE_BATCH_SIZE`` / ``_INTERVAL``).
     batch_size: int = 32
     batch_interval: float = 0.003
+    # Text-to-image batching (``XINFERENCE_TEXT_TO_IMAGE_BATCHING_SIZE``): requests of this size, "WIDTH*HEIGHT",
+    # that arrive together run as one pipeline batch; ``None`` runs each request alone.
+    text_to_image_batching_size: str | None = None
 
 
 def replica_label(model_uid: str, replica_index: int) -> str:
@@ -280,5 +283,50 @@ class EmbeddingModel(Protocol):
         """One vector per input text, in order."""
         ...
 
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageRequest:
+    """A text-to-image request as the worker host hands it to an ``ImageModel``, after validation.
+
+    ``width``/``height`` are one of the model's ``sizes``; ``seed`` makes the ``n`` images reproducible (image
+    ``i`` uses ``seed + i``); ``None`` for the engine's defaults (steps, guidance).
+    """
+
+    request_id: str
+    prompt: str
+    n: int = 1
+    width: int
+    height: int
+    seed: int | None = None
+    negative_prompt: str | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+
+
+# Called by an image model after each denoising step with (steps done, total steps), from any thread.
+ImageProgress = Callable[[int, int], None]
+
+
+@runtime_checkable
+class ImageModel(Protocol):
+    """A loaded model that makes images from text; the worker host owns HTTP, metrics and cancellation.
+
+    ``sizes`` are the ``(width, height)`` pairs the model accepts (the host refuses others with a 400 naming
+    them). ``generate_images`` returns ``request.n`` encoded PNG images. Cancelling the awaiting task (the
+    client went away) must stop the work between denoising steps, not after the last one.
+    """
+
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        """The ``(width, height)`` pairs this model generates."""
+        ...
+
+    async def generate_images(self, request: ImageRequest, progress: ImageProgress) -> list[bytes]:
+        """``request.n`` PNG images for ``request``; call ``progress`` after each denoising step."""
+        ...
+
+
+# What ``Engine.load`` returns: the worker host serves whichever protocol the object implements.
+LoadedModel = TextModel | EmbeddingModel | ImageModel
 
 RegisterModel = Callable[[ModelSpec], None]

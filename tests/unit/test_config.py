@@ -181,6 +181,7 @@ ENV_CASES: list[tuple[str, str, Any]] = [
     ("XINFD_DRAIN_GRACE", "7.5", 7.5),
     ("XINFD_DAEMON_NAME", "gpu-node-07", "gpu-node-07"),
     ("XINFD_INFERENCE_POOL_METRICS", "1", True),
+    ("XINFD_IMAGE_URL_LIFETIME", "120", 120.0),
     ("XINFD_STREAM_WRITE_TIMEOUT", "2.5", 2.5),
     ("XINFD_LOG_MAX_BYTES", "65536", 65536),
     ("XINFD_LOG_BACKUPS", "5", 5),

@@ -335,7 +335,7 @@ def test_builtin_engines_declare_folder_loading_on_the_engine() -> None:
     """What the downloader asks (``loads_weights_folder``) is each engine's own answer, not a table."""
     plugins = make_plugin_manager(env={})
     folder = {name for name, engine in plugins.engines.items() if engine.loads_weights_folder}
-    assert folder == {"transformers", "sentence_transformers", "vllm", "sglang", "mlx"}
+    assert folder == {"transformers", "sentence_transformers", "vllm", "sglang", "mlx", "diffusers"}
 
 
 def test_installed_echo_plugin_is_discovered_through_its_entry_point() -> None:

@@ -22,6 +22,7 @@ REQUIRED = {
     "qwen3",
     "llama-3.2-instruct",
     "GOT-OCR2",
+    "stable-diffusion-v1.5",
 }
 # The spec's rule: an engine a family supports has at least one package entry with that engine's marker.
 _MARKER = re.compile(r'#(?:model_)?engine#\s*==\s*"([^"]+)"')

@@ -74,7 +74,8 @@ def test_the_replica_context_carries_exactly_the_replica_and_engine_settings() -
 
 def test_replica_settings_copy_every_value(tmp_path: Path) -> None:
     settings = load_settings(
-        env={"XINFERENCE_HOME": str(tmp_path), "XINFERENCE_BATCH_SIZE": "7", "XINFERENCE_BATCH_INTERVAL": "0.5"}
+        env={"XINFERENCE_HOME": str(tmp_path), "XINFERENCE_BATCH_SIZE": "7", "XINFERENCE_BATCH_INTERVAL": "0.5",
+             "XINFERENCE_TEXT_TO_IMAGE_BATCHING_SIZE": "512*512"}
     )
     carried = replica_settings(settings)
     for f in dataclasses.fields(ReplicaSettings):

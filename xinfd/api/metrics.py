@@ -48,6 +48,8 @@ class Metrics:
     aborts: Counter = field(init=False)
     venv_builds: Counter = field(init=False)
     venv_build_seconds: Histogram = field(init=False)
+    images: Counter = field(init=False)
+    image_seconds: Histogram = field(init=False)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -114,6 +116,21 @@ class Metrics:
         )
         for result in ("ok", "failed"):
             self.venv_builds.labels(result)
+        self.images = Counter("xinfd_images_generated", "Images generated (/v1/images/generations)", ["model"],
+                              registry=r)
+        self.image_seconds = Histogram(
+            "xinfd_image_seconds_per_image",
+            "Image requests: request duration divided by the images it returned",
+            ["model"],
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+
+    def images_generated(self, model: str, count: int, seconds: float) -> None:
+        """Record one answered image request: ``count`` images in ``seconds``."""
+        if count > 0:
+            self.images.labels(model).inc(count)
+            self.image_seconds.labels(model).observe(seconds / count)
 
     def venv_build(self, seconds: float, ok: bool) -> None:
         """Record one venv build (called by ``xinfd.venvs`` through its ``on_build`` callback)."""

@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from xinfd.api import xinference
+from xinfd.api import images, xinference
 from xinfd.api.control import CONTROL_PREFIX, make_remote_control_app
 from xinfd.api.metrics import StreamStats
 from xinfd.api.middleware import drain_middleware, error_middleware
@@ -89,6 +89,7 @@ def make_api_app(state: DaemonState) -> web.Application:
         app.router.add_post(f"/v1/{endpoint}", _proxy_route(endpoint))
     if state.settings.ui:  # the web console at /ui, a client of the routes above
         add_ui_routes(app)
+    images.add_routes(app, proxy)  # /v1/images/generations through proxy(), and the url answers' files
     if not state.settings.disable_metrics:
         app.router.add_get("/metrics", make_aiohttp_handler(state.metrics.registry))
     return app

@@ -41,8 +41,8 @@ from xinfd.types import ModelSpec
 
 # Xinference's model types that xinfd serves, with the abilities that make a family one of them.
 MODEL_TYPES: dict[str, tuple[str, ...]] = {"LLM": ("chat", "generate"), "embedding": ("embed",),
-                                           "rerank": ("rerank",)}
-OTHER_TYPES = ("image", "audio", "video", "flexible", "world")
+                                           "rerank": ("rerank",), "image": ("image",)}
+OTHER_TYPES = ("audio", "video", "flexible", "world")
 
 # Keys of the launch body with their own mapping; every other key is an engine option.
 _MAPPED = frozenset({
@@ -63,7 +63,7 @@ _REFUSED_UNLESS_NULL = {
 
 
 def model_type(abilities: Iterable[str]) -> str:
-    """Xinference's ``model_type`` of a family: ``embedding``, ``rerank`` or ``LLM``."""
+    """Xinference's ``model_type`` of a family: ``embedding``, ``rerank``, ``image`` or ``LLM``."""
     have = set(abilities)
     for name, wanted in MODEL_TYPES.items():
         if name != "LLM" and have.intersection(wanted):

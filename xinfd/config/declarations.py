@@ -233,11 +233,16 @@ class Settings:
         spec="Default batching interval (seconds).")
     text_to_image_batching_size: str | None = setting(
         None, env="XINFERENCE_TEXT_TO_IMAGE_BATCHING_SIZE", kind="str", check=checks.image_size,
-        consumers=(), section="Serving", example='"1024*1024"',
-        doc='Continuous batching for text-to-image models at this image size, "WIDTH*HEIGHT". Unset by default. '
-        "Checked and shown, but no builtin engine serves images yet, so nothing consumes it.",
+        consumers=("engine",), section="Serving", example='"1024*1024"',
+        doc='Continuous batching for text-to-image models at this image size, "WIDTH*HEIGHT": requests of that '
+        "size arriving together run as one pipeline batch (diffusers engine). Unset: one request at a time.",
         spec="Enable continuous batching for text-to-image models by specifying the target image size (e.g., "
         "1024*1024). Default is unset.")
+    image_url_lifetime: float = setting(
+        3600.0, env="XINFD_IMAGE_URL_LIFETIME", kind="seconds", check=_SECONDS, consumers=("daemon",),
+        section="Serving", reload=True,
+        doc="Images answered as response_format=url are kept under <home>/images/ and served at "
+        "/v1/images/files/<name> for this many seconds (> 0), then removed.")
     # ---- Access control
     allowed_ips: tuple[IPNetwork, ...] = setting(
         (), env="XINFERENCE_ALLOWED_IPS", kind="list", check=checks.networks, consumers=("daemon",),

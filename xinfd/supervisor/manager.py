@@ -333,4 +333,8 @@ def supervision_options(settings: Settings, platform: Platform) -> dict[str, Any
 
 def replica_settings(settings: Settings) -> ReplicaSettings:
     """The part of the daemon's settings that replicas consume, as their context carries it."""
-    return ReplicaSettings(batch_size=settings.batch_size, batch_interval=settings.batch_interval)
+    return ReplicaSettings(
+        batch_size=settings.batch_size,
+        batch_interval=settings.batch_interval,
+        text_to_image_batching_size=settings.text_to_image_batching_size,
+    )

@@ -6,7 +6,8 @@ Validation and response bodies live in ``xinfd.worker.protocol`` (aiohttp-free);
 
 Routes: ``GET /health`` (with the imported library versions), ``GET /info`` (those versions, the files they were
 loaded from and the process id), ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
-``POST /v1/embeddings``, ``POST /abort/{request_id}``. A route whose ability the model lacks answers 404.
+``POST /v1/embeddings``, ``POST /v1/images/generations`` (``xinfd.worker.image_generation``),
+``POST /abort/{request_id}``. A route whose ability the model lacks answers 404.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from aiohttp import web
 
 from xinfd.errors import InvalidRequestError, PluginError, UnsupportedEndpointError, XinfdError
 from xinfd.http_errors import exception_body, make_error_middleware, parse_json_object
-from xinfd.types import EmbeddingModel, GeneratedDelta, GenerateRequest, TextModel
+from xinfd.types import EmbeddingModel, GeneratedDelta, GenerateRequest, ImageModel, TextModel
 from xinfd.worker import images as image_parts
 from xinfd.worker import protocol
 from xinfd.worker.libraries import imported_libraries, module_files
@@ -119,15 +120,17 @@ def make_worker_app(
 ) -> web.Application:
     """Build the replica's HTTP app around a loaded model object.
 
-    :raises TypeError: if ``model`` implements neither ``TextModel`` nor ``EmbeddingModel``.
+    :raises TypeError: if ``model`` implements none of ``TextModel``, ``EmbeddingModel``, ``ImageModel``.
     """
+    from xinfd.worker.image_generation import add_image_routes  # it imports this module's keys
+
     text = model if isinstance(model, TextModel) else None
     embedder = model if isinstance(model, EmbeddingModel) else None
-    if text is None and embedder is None:
-        raise TypeError(f"{type(model).__name__} implements neither TextModel nor EmbeddingModel")
+    image = model if isinstance(model, ImageModel) else None
+    if text is None and embedder is None and image is None:
+        raise TypeError(f"{type(model).__name__} implements neither TextModel nor EmbeddingModel nor ImageModel")
     served = text if text is not None else embedder
-    assert served is not None
-    window = served.context_window
+    window = served.context_window if served is not None else None
     if window is not None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise TypeError(f"{type(model).__name__}.context_window must be a positive int or None, got {window!r}")
@@ -158,6 +161,7 @@ def make_worker_app(
     for path, handler in (("/v1/chat/completions", _chat_completions), ("/v1/completions", _completions)):
         app.router.add_post(path, handler if text is not None else _unsupported("text generation"))
     app.router.add_post("/v1/embeddings", _embeddings if embedder is not None else _unsupported("embeddings"))
+    add_image_routes(app, image)
     return app
 
 

@@ -83,7 +83,7 @@ def test_every_mapped_field() -> None:
     ("field", "fields", "words"),
     [
         ("model_name", {"model_name": None}, "required"),
-        ("model_type", {"model_type": "image"}, "not served"),
+        ("model_type", {"model_type": "audio"}, "not served"),
         ("model_type", {"model_type": "embedding"}, "LLM model"),
         ("model_type", {"model_name": "minilm"}, "embedding model"),
         ("worker_ip", {"worker_ip": "10.0.0.2"}, "one daemon per host"),
