@@ -2,7 +2,8 @@
 default threads, and the launch time of 1 and 2 replicas, against in-process ``generate()`` measured in the
 same run.
 
-The in-process row is the machine's limit for one sequence at a time (torch with every core); the daemon rows
+The in-process rows are the limit for one sequence at a time (torch with one thread, the ratios' base, and
+with every core); the daemon rows
 leave the thread counts to xinfd (no ``OMP_NUM_THREADS`` in its environment), which is what an operator gets by
 default. Before the CPU thread budget each replica started torch with one thread per core, so two replicas on
 two cores oversubscribed the machine. Targets: 2 replicas >= 1 replica's req/s; launch of 1 / 2 replicas
@@ -32,11 +33,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PROMPT = "the quick brown fox jumps over the lazy dog. hello world, how are you today?"
 
 
-def in_process(location: str, tokens: int, seconds: float) -> float:
-    """Requests/s of greedy ``generate()`` of one sequence after another, torch with its default threads."""
+def in_process(location: str, tokens: int, seconds: float, threads: int) -> float:
+    """Requests/s of greedy ``generate()`` of one sequence after another with ``threads`` torch threads."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(location)
     model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32).eval()
     ids = torch.tensor([tokenizer(PROMPT)["input_ids"]])
@@ -90,7 +92,9 @@ def main() -> None:
         from tests.unit.engines.tiny_models import build_tiny_llama
 
         location = str(build_tiny_llama(Path(tmp) / "model", layers=2, hidden=64))
-        limit = in_process(location, args.tokens, args.seconds)
+        cores = len(os.sched_getaffinity(0))
+        limit = in_process(location, args.tokens, args.seconds, 1)
+        all_cores = in_process(location, args.tokens, args.seconds, cores)
         rows: list[tuple[str, float, float]] = []
         launches: dict[int, float] = {}
         with running_daemon(Path(tmp) / "home", one_thread=False) as env:
@@ -110,7 +114,9 @@ def main() -> None:
     print(f"\ntiny random Llama (2x64), {args.tokens} tokens/request, {os.cpu_count()} cores, "
           "daemon threads: its default\n")
     print(f"{'run':<40}{'req/s':>9}{'x in-process':>14}{'p50 ms':>9}")
-    print(f"{'in-process generate(), sequential':<40}{limit:>9.1f}{1.0:>14.2f}{1000 / limit:>9.1f}")
+    print(f"{'in-process generate(), 1 thread':<40}{limit:>9.1f}{1.0:>14.2f}{1000 / limit:>9.1f}")
+    print(f"{f'in-process generate(), {cores} threads':<40}{all_cores:>9.1f}{all_cores / limit:>14.2f}"
+          f"{1000 / all_cores:>9.1f}")
     for name, rate, p50 in rows:
         print(f"{name:<40}{rate:>9.1f}{rate / limit:>14.2f}{p50:>9.1f}")
     two_vs_one = rows[2][1] / rows[0][1]
