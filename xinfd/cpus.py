@@ -19,7 +19,8 @@ Policy (the decisions ``split`` makes, unit-tested in ``tests/unit/test_cpus.py`
   ``cpu_threads_per_replica``) replaces the split for those replicas; cores are still chosen so that they do
   not overlap when enough are free.
 * A replica is pinned only to cores no other CPU replica holds; when that is not possible it is left to the
-  kernel's scheduler (``cores == ()``), which balances better than overlapping pins.
+  kernel's scheduler (``cores == ()``), which balances better than overlapping pins, and its OpenMP threads
+  wait passively (``thread_env``).
 """
 
 from __future__ import annotations
@@ -113,8 +114,17 @@ def split(
 
 
 def thread_env(share: CpuShare, keep: Mapping[str, str]) -> dict[str, str]:
-    """The thread variables of ``share`` for a replica's environment, except those set in ``keep`` (--env)."""
-    return {name: str(share.threads) for name in THREAD_ENV if name not in keep}
+    """The thread variables of ``share`` for a replica's environment, except those set in ``keep`` (--env).
+
+    A replica that is not pinned shares its cores with other replicas, so its OpenMP threads must sleep while
+    they wait instead of spinning (``OMP_WAIT_POLICY=PASSIVE``): spinning threads of one replica steal the cores
+    another one computes on. Measured here with a tiny Llama, 2 threads on 2 busy cores: 0.4 req/s spinning,
+    8.8 req/s passive. Pinned replicas own their cores and keep OpenMP's default (spin, then sleep).
+    """
+    env = {name: str(share.threads) for name in THREAD_ENV}
+    if not share.cores:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return {name: value for name, value in env.items() if name not in keep}
 
 
 def env_thread_count(env: Mapping[str, str]) -> int | None:

@@ -75,6 +75,10 @@ def test_thread_env_keeps_what_the_launch_set_and_reads_omp_num_threads() -> Non
     share = CpuShare(threads=2, cores=(0, 1))
     assert thread_env(share, {}) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
     assert thread_env(share, {"OMP_NUM_THREADS": "3"}) == {"MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
+    # Not pinned (sharing cores with other replicas): OpenMP threads sleep instead of spinning while they wait.
+    unpinned = thread_env(CpuShare(threads=1), {})
+    assert unpinned["OMP_WAIT_POLICY"] == "PASSIVE" and unpinned["OMP_NUM_THREADS"] == "1"
+    assert "OMP_WAIT_POLICY" not in thread_env(CpuShare(threads=1), {"OMP_WAIT_POLICY": "ACTIVE"})
     assert env_thread_count({"OMP_NUM_THREADS": "3"}) == 3
     assert env_thread_count({"OMP_NUM_THREADS": "0"}) is None
     assert env_thread_count({"OMP_NUM_THREADS": "many"}) is None
