@@ -2,7 +2,8 @@
 
 Shared by ``batching.py``, ``load.py`` and ``proxy.py`` (run as scripts, so this folder is on ``sys.path``).
 Venvs are off (the benchmarks measure serving, not installs) and each replica gets one thread unless
-``OMP_NUM_THREADS`` says otherwise.
+``OMP_NUM_THREADS`` says otherwise (passed on as ``XINFD_CPU_THREADS_PER_REPLICA``: the daemon's own
+``OMP_NUM_THREADS`` does not reach replicas), or ``one_thread=False`` leaves them to the daemon's split.
 """
 
 from __future__ import annotations
@@ -22,10 +23,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def running_daemon(home: Path, *, stop_timeout: float = 90) -> Iterator[dict[str, str]]:
-    """Start ``xinfd`` with ``home`` as XINFERENCE_HOME; yields the environment ``xinfctl`` needs."""
+def running_daemon(
+    home: Path, *, stop_timeout: float = 90, one_thread: bool = True
+) -> Iterator[dict[str, str]]:
+    """Start ``xinfd`` with ``home`` as XINFERENCE_HOME; yields the environment ``xinfctl`` needs.
+
+    ``one_thread=False`` leaves the replicas' thread counts to the daemon (its CPU budget), as in production.
+    """
     env = {**os.environ, "XINFERENCE_HOME": str(home), "XINFERENCE_ENABLE_VIRTUAL_ENV": "0"}
-    env.setdefault("OMP_NUM_THREADS", "1")
+    if one_thread:
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("XINFD_CPU_THREADS_PER_REPLICA", env["OMP_NUM_THREADS"])
+    else:
+        env.pop("OMP_NUM_THREADS", None)
+        env.pop("XINFD_CPU_THREADS_PER_REPLICA", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "xinfd.daemon", "--port", "0", "--log-level", "WARNING"],

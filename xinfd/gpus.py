@@ -4,6 +4,9 @@ Declared devices (``[[gpus]]`` in xinfd.toml, or ``XINFD_GPUS``) take precedence
 NVML and make the placement logic testable on machines without a GPU. ``nvidia-ml-py`` is a dependency, but
 without a driver ``nvmlInit`` fails: that is a normal CPU-only host, and the daemon goes on with no GPU and
 keeps the reason (``Platform.nvml_error``) for ``xinfctl gpus`` and the engines' availability messages.
+
+The module is over 400 lines because the slot table and the inventory it places on belong together; the CPU
+thread budget the table also owns is decided in ``xinfd.cpus``.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import os
 import platform as _platform
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from xinfd.cpus import CpuShare, cpu_snapshot, daemon_cpus, split
 from xinfd.errors import ImpossiblePlacementError, PlacementError
 from xinfd.types import GpuInfo, Platform, replica_label
 
@@ -159,6 +163,8 @@ class Placement:
     replica_index: int
     gpu_indices: tuple[int, ...]
     reason: str
+    # A CPU replica's threads and cores (``xinfd.cpus``), set by ``SlotTable.reserve_all``; None on a GPU.
+    cpu: CpuShare | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +185,9 @@ class SlotTable:
     """Which replica holds which GPU. Plans placements without side effects; ``reserve`` records them.
 
     The table is the one owner of placements: every reserved replica is recorded here, CPU-only ones too, and
-    a model asks ``placements(uid)`` for its own instead of keeping a copy.
+    a model asks ``placements(uid)`` for its own instead of keeping a copy. It owns the cores the same way:
+    the replicas without a GPU share ``cpus`` (the daemon's affinity mask) through ``xinfd.cpus.split``, or
+    take ``cpu_threads_per_replica`` threads each when the operator set it (0: split).
 
     Load is the number of replicas holding a GPU: xinfd does not know what a model will allocate, but it
     knows who it put where, which is what "idle first" means in the spec. Free memory, when NVML reports it
@@ -193,6 +201,8 @@ class SlotTable:
         strategy: str = IDLE_FIRST,
         allow_multi_replica_per_gpu: bool = True,
         free_mb: Callable[[int], int | None] | None = None,
+        cpus: Sequence[int] | None = None,
+        cpu_threads_per_replica: int = 0,
     ) -> None:
         if strategy not in (IDLE_FIRST, PACK_FIRST):
             raise ValueError(f"unknown launch strategy {strategy!r}")
@@ -201,6 +211,8 @@ class SlotTable:
         self.allow_multi = allow_multi_replica_per_gpu
         self._free_mb = free_mb or (lambda index: None)
         self._slots: dict[tuple[str, int], _Slot] = {}
+        self.cpus = tuple(sorted(daemon_cpus() if cpus is None else cpus))
+        self.cpu_threads_per_replica = cpu_threads_per_replica
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -241,6 +253,15 @@ class SlotTable:
                 }
             )
         return rows
+
+    def cpu_snapshot(self) -> dict[str, Any]:
+        """What ``xinfctl cpus`` shows: the daemon's cores and each CPU replica's threads, cores and reason."""
+        shares = [
+            (s.label, s.placement.cpu)
+            for s in sorted(self._slots.values(), key=lambda s: (s.model_uid, s.placement.replica_index))
+            if s.placement.cpu is not None
+        ]
+        return cpu_snapshot(self.cpus, shares, per_replica=self.cpu_threads_per_replica)
 
     # -- planning --------------------------------------------------------------------------------------------
 
@@ -339,12 +360,41 @@ class SlotTable:
 
     # -- holding ---------------------------------------------------------------------------------------------
 
-    def reserve(self, model_uid: str, placement: Placement) -> None:
+    def reserve(self, model_uid: str, placement: Placement) -> Placement:
         """Record a planned placement for replica ``placement.replica_index`` of ``model_uid``."""
-        key = (model_uid, placement.replica_index)
-        if key in self._slots:
-            raise ValueError(f"replica {replica_label(*key)} already holds a placement")
-        self._slots[key] = _Slot(model_uid, placement)
+        return self.reserve_all(model_uid, [placement])[0]
+
+    def reserve_all(
+        self, model_uid: str, placements: Sequence[Placement], *, cpu_threads: int | None = None
+    ) -> list[Placement]:
+        """Record the placements of one launch or scale-up; CPU ones get their ``CpuShare``, all split at once.
+
+        ``cpu_threads`` is the launch's own count (``--cpu-threads`` or ``--env OMP_NUM_THREADS``); without it
+        the daemon's ``cpu_threads_per_replica``, and without that an even split of the cores. Returns the
+        placements as recorded (with their shares).
+        """
+        for placement in placements:
+            key = (model_uid, placement.replica_index)
+            if key in self._slots:
+                raise ValueError(f"replica {replica_label(*key)} already holds a placement")
+        on_cpu = [p for p in placements if not p.gpu_indices]
+        held = [s.placement.cpu for s in self._slots.values() if s.placement.cpu is not None]
+        if cpu_threads is not None:
+            threads, why = cpu_threads, f"the launch asked for {cpu_threads} thread(s)"
+        elif self.cpu_threads_per_replica:
+            threads = self.cpu_threads_per_replica
+            why = f"cpu_threads_per_replica = {threads}"
+        else:
+            threads, why = None, ""
+        shares = dict(zip((p.replica_index for p in on_cpu), split(self.cpus, held, len(on_cpu),
+                                                                     threads=threads, why=why), strict=True))
+        recorded = []
+        for placement in placements:
+            if placement.replica_index in shares:
+                placement = replace(placement, cpu=shares[placement.replica_index])
+            self._slots[(model_uid, placement.replica_index)] = _Slot(model_uid, placement)
+            recorded.append(placement)
+        return recorded
 
     def release(self, model_uid: str, replica_index: int) -> None:
         """Free a replica's GPUs; call only once its whole process group is gone. Idempotent."""

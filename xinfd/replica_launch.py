@@ -44,6 +44,7 @@ def decode_context(raw: str) -> tuple[ReplicaContext, ModelSpec]:
     data = json.loads(raw)
     r = dict(data["replica"])
     r["gpu_indices"] = tuple(r.get("gpu_indices", ()))
+    r["cpu_affinity"] = tuple(r.get("cpu_affinity", ()))
     r["settings"] = ReplicaSettings(**r.get("settings", {}))
     m = dict(data["model"])
     m["abilities"] = tuple(m.get("abilities", ()))

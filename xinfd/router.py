@@ -1,7 +1,11 @@
-"""Choosing a replica per request: least outstanding requests among READY replicas, ties round-robin.
+"""Choosing a replica per request: least outstanding requests among READY replicas, ties to the one that
+served last.
 
 Least-outstanding adapts to slow replicas by itself (their requests pile up, so they are picked less), which
-plain round-robin does not. The round-robin tie-break spreads an idle model's traffic evenly.
+plain round-robin does not. Ties go to the replica picked last when it is among them: on CPUs its caches and
+its spinning OpenMP threads are still warm, while a replica idle since its last request pays to wake up;
+sequential traffic thus stays on one replica, and concurrent traffic still spreads because a busy replica's
+count is higher. When the last one is not tied (busy, gone, not ready), ties go round-robin.
 
 Admission (issue 4, "Routing"): each replica takes at most ``max_concurrency`` requests at once; beyond that,
 requests wait in a bounded per-model queue, and when the queue is full the caller answers 429 with
@@ -13,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
@@ -46,17 +49,25 @@ class Router(Generic[R]):
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
         self.waiting = 0
-        self._counter = itertools.count()
+        self._turn = 0
+        # The replica picked last (compared by identity: replicas are not hashable by value).
+        self._last: R | None = None
         self._changed: asyncio.Condition | None = None
 
     def pick(self, replicas: Sequence[R]) -> R | None:
-        """The READY replica with the fewest requests in flight, or None when no replica is READY."""
+        """The READY replica with the fewest requests in flight (ties: the last picked, else round-robin), or
+        None when no replica is READY."""
         ready = [r for r in replicas if r.is_ready]
         if not ready:
             return None
         fewest = min(r.outstanding for r in ready)
         tied = [r for r in ready if r.outstanding == fewest]
-        return tied[next(self._counter) % len(tied)]
+        chosen = next((r for r in tied if r is self._last), None)
+        if chosen is None:
+            chosen = tied[self._turn % len(tied)]
+            self._turn += 1
+        self._last = chosen
+        return chosen
 
     def _condition(self) -> asyncio.Condition:
         if self._changed is None:

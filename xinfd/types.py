@@ -125,6 +125,12 @@ class ReplicaContext:
     # Where engines keep derived weights (e.g. GGUF converted to safetensors) so a restart skips the work.
     cache_dir: str = ""
     settings: ReplicaSettings = field(default_factory=ReplicaSettings)
+    # The CPU thread budget of a replica without a GPU (``xinfd.cpus``): the threads its CPU libraries should
+    # run (torch intra/inter-op, llama.cpp ``n_threads``; 0 = not budgeted, the library's default) and the
+    # cores the worker pins itself to before loading (() = not pinned). The daemon also sets
+    # ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` in the replica's environment.
+    cpu_threads: int = 0
+    cpu_affinity: tuple[int, ...] = ()
 
     @property
     def label(self) -> str:

@@ -85,6 +85,9 @@ class SentenceTransformersEngine(LocalEngine):
         weights_location(model, replica.options)
 
     def load(self, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel:
+        from xinfd_engines._threads import apply_torch_threads
+
+        apply_torch_threads(replica.cpu_threads)
         normalize = bool_option(replica.options, "normalize")
         location = weights_location(model, replica.options)
         return SentenceTransformerModel.load(location, normalize=True if normalize is None else normalize)

@@ -59,8 +59,10 @@ class TransformersEngine(LocalEngine):
         weights_location(model, replica.options)
 
     def load(self, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel:
+        from xinfd_engines._threads import apply_torch_threads
         from xinfd_engines.transformers_model import TransformersOptions, TransformersTextModel
 
+        apply_torch_threads(replica.cpu_threads)
         options = TransformersOptions.from_launch(replica.options, replica.settings, cache_dir=replica.cache_dir)
         if options.reasoning is None and model.extra.get("reasoning") is not None:
             options = replace(options, reasoning=bool(model.extra["reasoning"]))  # e.g. qwen3's registry entry

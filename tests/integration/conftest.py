@@ -203,6 +203,9 @@ def daemon_env(home: Path, extra: Mapping[str, str] = {}) -> dict[str, str]:
             "XINFD_STOP_GRACE_PERIOD": "3",
             "XINFERENCE_ENABLE_VIRTUAL_ENV": "0",
             "OMP_NUM_THREADS": "1",
+            # One thread per replica keeps tests light on a shared machine (the daemon's own OMP_NUM_THREADS
+            # does not reach replicas: the CPU thread budget sets theirs).
+            "XINFD_CPU_THREADS_PER_REPLICA": "1",
             "HF_HUB_OFFLINE": "1",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")])),
             **extra,

@@ -11,6 +11,7 @@ from tests.unit.stub_engines import StubEngine, StubPlugin
 from xinfd.errors import EngineUnavailableError, InvalidRequestError, UnknownModelError
 from xinfd.plugins import make_plugin_manager
 from xinfd.processes import SubprocessSpawner
+from xinfd.replica_launch import CONTEXT_ENV, encode_context
 from xinfd.supervisor import LaunchRequest, ModelManager
 from xinfd.types import Availability, LaunchSpec, ModelSpec, Platform, ReplicaContext
 
@@ -30,6 +31,9 @@ from xinfd.types import Availability, LaunchSpec, ModelSpec, Platform, ReplicaCo
         ({"model_name": "m", "env": {"A": 1}}, "env"),
         ({"model_name": "m", "options": []}, "options"),
         ({"model_name": "m", "surprise": 1}, "surprise"),
+        ({"model_name": "m", "cpu_threads": 0}, "cpu_threads"),
+        ({"model_name": "m", "cpu_threads": "2"}, "cpu_threads"),
+        ({"model_name": "m", "cpu_threads": True}, "cpu_threads"),
     ],
 )
 def test_launch_request_rejects_bad_fields(body: Any, param: str | None) -> None:
@@ -64,7 +68,8 @@ def _gpu_only(model: ModelSpec, platform: Platform) -> Availability:
 def _launch(model: ModelSpec, replica: ReplicaContext) -> LaunchSpec:
     if replica.options.get("bad"):
         raise ValueError("launch option 'bad' is not understood")
-    return LaunchSpec(argv=("true",))
+    # The context travels as the worker's would, so tests can read what the daemon chose for the replica.
+    return LaunchSpec(argv=("true",), env={CONTEXT_ENV: encode_context(replica, model)})
 
 
 class TwoEngines(StubPlugin):

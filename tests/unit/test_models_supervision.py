@@ -16,6 +16,7 @@ from tests.unit.test_replicas import FakeHandle, FakeReplicas, ScriptedSpawner
 from xinfd.errors import InvalidRequestError, PlacementError
 from xinfd.gpus import SlotTable
 from xinfd.plugins import make_plugin_manager
+from xinfd.replica_launch import CONTEXT_ENV, decode_context
 from xinfd.supervisor import LaunchRequest, ModelManager
 from xinfd.supervisor.desired_state import DesiredState
 from xinfd.types import GpuInfo, Platform
@@ -40,6 +41,7 @@ def make_manager(
     gpus: int = 2,
     allow_multi: bool = True,
     desired: bool = True,
+    cpus: range = range(4),
 ) -> ModelManager:
     plugins = make_plugin_manager(load_entrypoints=False, plugins=[TwoEngines()], env={})
     inventory = tuple(GpuInfo(index=i, name=f"G{i}", memory_mb=1000) for i in range(gpus))
@@ -52,7 +54,7 @@ def make_manager(
         stop_grace=0.1,
         launch_timeout=5,
         base_env={"PATH": "/bin"},
-        slots=SlotTable(inventory, allow_multi_replica_per_gpu=allow_multi),
+        slots=SlotTable(inventory, allow_multi_replica_per_gpu=allow_multi, cpus=cpus),
         desired=DesiredState(tmp_path) if desired else None,
         max_concurrency=2,
         max_queue=3,
@@ -82,6 +84,38 @@ async def test_cpu_replica_sees_no_gpu(tmp_path: Path) -> None:
     mgr = make_manager(tmp_path, spawner)
     await launch(mgr, n_gpu=0)
     assert spawner.envs[0]["CUDA_VISIBLE_DEVICES"] == ""
+    await mgr.close()
+
+
+async def test_cpu_replicas_get_their_share_of_the_cores_in_env_and_context(tmp_path: Path) -> None:
+    spawner = RecordingSpawner()
+    mgr = make_manager(tmp_path, spawner, gpus=0, cpus=range(4))
+    await launch(mgr, replica=2, model_uid="split")
+    contexts = [decode_context(e[CONTEXT_ENV])[0] for e in spawner.envs]
+    assert sorted((c.cpu_threads, c.cpu_affinity) for c in contexts) == [(2, (0, 1)), (2, (2, 3))]
+    assert [(e["OMP_NUM_THREADS"], e["MKL_NUM_THREADS"]) for e in spawner.envs] == [("2", "2"), ("2", "2")]
+    # An explicit --env OMP_NUM_THREADS is kept, and counts as the launch's thread count; the other
+    # variables follow it. A scale-up adds a replica with the launch's count, not pinned (no free core).
+    await launch(mgr, model_uid="own", env={"OMP_NUM_THREADS": "3"})
+    own = spawner.envs[2]
+    assert (own["OMP_NUM_THREADS"], own["MKL_NUM_THREADS"]) == ("3", "3")
+    assert decode_context(own[CONTEXT_ENV])[0].cpu_threads == 3
+    await mgr.scale("split", 3)
+    added = decode_context(spawner.envs[3][CONTEXT_ENV])[0]
+    assert (added.cpu_threads, added.cpu_affinity) == (1, ())
+    labels = [r["label"] for r in mgr.slots.cpu_snapshot()["replicas"]]
+    assert labels == ["own-r0", "split-r0", "split-r1", "split-r2"]
+    await mgr.close()
+    assert mgr.slots.cpu_snapshot()["replicas"] == []
+
+
+async def test_a_launch_cpu_threads_is_the_replicas_count(tmp_path: Path) -> None:
+    spawner = RecordingSpawner()
+    mgr = make_manager(tmp_path, spawner, gpus=0, cpus=range(2))
+    await launch(mgr, replica=2, cpu_threads=1)
+    assert [decode_context(e[CONTEXT_ENV])[0].cpu_affinity for e in spawner.envs] == [(0,), (1,)]
+    assert [e["OMP_NUM_THREADS"] for e in spawner.envs] == ["1", "1"]
+    assert DesiredState(tmp_path).load()[0]["cpu_threads"] == 1
     await mgr.close()
 
 
@@ -181,6 +215,7 @@ def test_launch_request_round_trips_through_the_state_file_with_every_field() ->
         model_format="gguf",
         model_size_in_billions=0.5,
         quantization="Q4_K_M",
+        cpu_threads=2,
     )
     body = request.to_json()
     unset = [

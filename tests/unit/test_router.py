@@ -22,13 +22,46 @@ class Fake:
         return self.ready
 
 
-def test_pick_prefers_the_least_outstanding_and_round_robins_ties() -> None:
+def test_pick_prefers_the_least_outstanding_and_ties_go_to_the_replica_picked_last() -> None:
     a, b, c = Fake("a"), Fake("b", outstanding=2), Fake("c")
     router: Router[Fake] = Router()
-    assert Counter(router.pick([a, b, c]).name for _ in range(4)) == {"a": 2, "c": 2}  # type: ignore[union-attr]
-    c.ready = False
+    # Idle and tied: sequential traffic stays on one replica (warm caches and threads), never b (busier).
+    assert Counter(router.pick([a, b, c]).name for _ in range(4)) == {"a": 4}  # type: ignore[union-attr]
+    a.outstanding = 1  # a busy: the least outstanding wins over the warm one
+    assert router.pick([a, b, c]) is c
+    a.outstanding = 0  # tied again: c served last
+    assert router.pick([a, b, c]) is c
+    c.ready = False  # the last one is not READY: the tie falls to another one
     assert router.pick([a, b, c]) is a
     assert router.pick([Fake("x", ready=False)]) is None
+
+
+def test_ties_without_the_last_replica_rotate() -> None:
+    a, b, c = Fake("a"), Fake("b"), Fake("c")
+    router: Router[Fake] = Router()
+    first = router.pick([a, b, c])
+    assert first is a
+    a.outstanding = 1
+    picked = []
+    for _ in range(2):  # the last pick becomes busy each time, so the next tie is among the others
+        chosen = router.pick([a, b, c])
+        assert chosen is not None
+        chosen.outstanding += 1
+        picked.append(chosen.name)
+    assert sorted(picked) == ["b", "c"]
+
+
+async def test_concurrent_leases_still_spread_and_sequential_ones_stay() -> None:
+    a, b = Fake("a"), Fake("b")
+    router: Router[Fake] = Router()
+    async with router.lease(lambda: [a, b]) as one, router.lease(lambda: [a, b]) as two:
+        assert {one.name, two.name} == {"a", "b"}
+        last = two
+    served = []
+    for _ in range(3):
+        async with router.lease(lambda: [a, b]) as replica:
+            served.append(replica)
+    assert served == [last] * 3
 
 
 async def test_lease_counts_outstanding_and_shifts_traffic_from_a_slow_replica() -> None:

@@ -29,7 +29,8 @@ async def list_gpus(request: web.Request) -> web.Response:
     """``gpus``: a list of objects with ``index``, ``name``, ``memory_mb``, ``free_mb`` and ``replicas`` (placed
     there), each replica entry with its label, its GPUs, the placement reason and the replica's state;
     ``inventory``: ``source`` ("NVML", "config file PATH", "environment variable XINFD_GPUS"), ``nvml_error``
-    (why NVML listed nothing, or null) and ``summary`` (the one line ``xinfctl`` prints).
+    (why NVML listed nothing, or null) and ``summary`` (the one line ``xinfctl`` prints); ``cpus``: the CPU
+    thread budget (``xinfd.cpus.cpu_snapshot``: the daemon's cores, each CPU replica's threads, cores, reason).
     """
     manager = request.app[STATE].manager
     states = {r.label: r.state.value for m in manager.models.values() for r in m.replicas}
@@ -49,6 +50,7 @@ async def list_gpus(request: web.Request) -> web.Response:
             "strategy": manager.slots.strategy,
             "allow_multi_replica_per_gpu": manager.slots.allow_multi,
             "gpus": rows,
+            "cpus": manager.slots.cpu_snapshot(),
         }
     )
 

@@ -1,4 +1,4 @@
-"""xinfctl commands of the GPU slot table and live scaling: ``gpus`` and ``scale``."""
+"""xinfctl commands of the slot table and live scaling: ``gpus``, ``cpus`` (the CPU thread budget), ``scale``."""
 
 from __future__ import annotations
 
@@ -44,6 +44,22 @@ def cmd_gpus(client: ControlClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cpus(client: ControlClient, args: argparse.Namespace) -> int:
+    cpus: dict[str, Any] = client.call("GET", "/v1/gpus")["cpus"]
+    if args.json:
+        print_json(cpus)
+        return 0
+    per = cpus["cpu_threads_per_replica"]
+    policy = f"{per} thread(s) per replica (cpu_threads_per_replica)" if per else "split between CPU replicas"
+    print(f"{len(cpus['cores'])} core(s) ({cpus['cores_list']}): {policy}")
+    if not cpus["replicas"]:
+        print("no replica runs on the CPU")
+        return 0
+    rows = [(r["label"], r["threads"], r["cores_list"], r["reason"]) for r in cpus["replicas"]]
+    print(table(rows, ("REPLICA", "THREADS", "CORES", "WHY")))
+    return 0
+
+
 def cmd_scale(client: ControlClient, args: argparse.Namespace) -> int:
     if args.replicas < 1:
         raise CliError(
@@ -67,6 +83,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     sub.add_parser("gpus", parents=[common], help="GPUs, the replicas placed on each, and why").set_defaults(
         func=cmd_gpus
     )
+    sub.add_parser(
+        "cpus", parents=[common], help="the cores, and each CPU replica's threads and pinned cores"
+    ).set_defaults(func=cmd_cpus)
     scale = sub.add_parser("scale", parents=[common], help="add or remove replicas of a running model")
     scale.add_argument("model_uid")
     scale.add_argument("replicas", type=int, help="the new number of replicas (>= 1)")

@@ -141,6 +141,10 @@ def cmd_launch(client: ControlClient, args: argparse.Namespace) -> int:
     if args.model_uid:
         body["model_uid"] = args.model_uid
     body.update(_gpu_flags(args))
+    if args.cpu_threads is not None:
+        if args.cpu_threads < 1:
+            raise CliError(f"--cpu-threads must be at least 1, got {args.cpu_threads}", EXIT_USAGE)
+        body["cpu_threads"] = args.cpu_threads
     # None follows XINFERENCE_ENABLE_VIRTUAL_ENV; -vp entries are validated by the daemon.
     if args.virtual_env is not None:
         body["enable_virtual_env"] = args.virtual_env
@@ -236,6 +240,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--n-gpu", metavar="N|auto", help="GPUs per replica (default auto: one each if any; 0: CPU)"
     )
     launch.add_argument("--gpu-idx", metavar="I[,J...]", help="place every replica on exactly these GPUs")
+    launch.add_argument(
+        "--cpu-threads", type=int, metavar="N",
+        help="threads of each CPU replica (default: the daemon splits its cores between CPU replicas)",
+    )
     toggle = launch.add_mutually_exclusive_group()
     toggle.add_argument(
         "--enable-virtual-env",

@@ -324,6 +324,12 @@ class Settings:
         doc="GPU allocation strategy for replicas: IDLE_FIRST_LAUNCH_STRATEGY (spread over idle GPUs first) or "
         "PACK_FIRST_LAUNCH_STRATEGY (fill a GPU before using the next).",
         spec="GPU allocation strategy for replicas.")
+    cpu_threads_per_replica: int = setting(
+        0, env="XINFD_CPU_THREADS_PER_REPLICA", kind="int", check=checks.at_least(0), consumers=("daemon",),
+        section="GPUs and virtual environments",
+        doc="Threads of each replica that runs on the CPU (torch, OpenMP, MKL, llama.cpp), >= 0. 0 splits the "
+        "daemon's cores between its CPU replicas, pinning each to its own cores when there are enough; a "
+        "launch's --cpu-threads or --env OMP_NUM_THREADS overrides it for that model.")
     enable_virtual_env: bool = setting(
         True, env="XINFERENCE_ENABLE_VIRTUAL_ENV", kind="bool", check=checks.same, consumers=("daemon",),
         section="GPUs and virtual environments", doc="Give each model its own virtual environment, built with "

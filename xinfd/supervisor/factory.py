@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from xinfd.cpus import thread_env
 from xinfd.gpus import Placement, cuda_visible_devices
 from xinfd.plugins import Plugins
 from xinfd.processes import Spawner
@@ -111,6 +112,8 @@ class ReplicaBlueprints:
             port=port,
             cache_dir=str(self._layout.cache_dir),
             settings=self._replica_settings(),
+            cpu_threads=placement.cpu.threads if placement.cpu else 0,
+            cpu_affinity=placement.cpu.cores if placement.cpu else (),
         )
 
     def check(self, model: RunningModel, placement: Placement) -> None:
@@ -129,9 +132,12 @@ class ReplicaBlueprints:
             return spec
 
         # The replica sees its slots only; with none, every GPU is hidden so a CPU engine cannot grab one.
+        # A CPU replica's thread variables follow its share of the cores (the daemon's own OMP_NUM_THREADS is
+        # not a per-replica choice), except those the launch's --env sets.
         env = {
             **self._base_env,
             **model.environment.env,
+            **(thread_env(placement.cpu, model.request.env) if placement.cpu else {}),
             **model.request.env,
             "CUDA_VISIBLE_DEVICES": cuda_visible_devices(placement.gpu_indices),
         }

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from xinfd.cpus import env_thread_count
 from xinfd.errors import InvalidRequestError
 from xinfd.gpus import NGpu
 from xinfd.names import ENV_NAME, MODEL_NAME, MODEL_UID, check_name
@@ -20,6 +21,7 @@ from xinfd.venvs.spec import check_package
 # Variables the daemon owns for each replica; a user --env must not silently undo the slot table.
 _RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "XINFD_WORKER_CONTEXT"})
 MAX_REPLICAS = 256
+MAX_CPU_THREADS = 4096
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,6 +48,13 @@ class LaunchRequest:
     model_format: str | None = None
     model_size_in_billions: float | None = None
     quantization: str | None = None
+    # --cpu-threads: threads of each CPU replica instead of the daemon's split of the cores (``xinfd.cpus``).
+    cpu_threads: int | None = None
+
+    @property
+    def thread_count(self) -> int | None:
+        """The launch's own thread count for its CPU replicas: ``cpu_threads``, else ``--env OMP_NUM_THREADS``."""
+        return self.cpu_threads if self.cpu_threads is not None else env_thread_count(self.env)
 
     @property
     def variant(self) -> Variant:
@@ -59,7 +68,7 @@ class LaunchRequest:
             raise InvalidRequestError("launch request must be a JSON object")
         unknown = set(body) - {"model_name", "model_engine", "replica", "model_uid", "env", "options",
                                "enable_virtual_env", "virtual_env_packages", "n_gpu", "gpu_idx", "python",
-                               "model_format", "model_size_in_billions", "quantization"}
+                               "model_format", "model_size_in_billions", "quantization", "cpu_threads"}
         if unknown:
             raise InvalidRequestError(f"unknown field(s): {', '.join(sorted(unknown))}", param=min(unknown))
         name = check_name(body.get("model_name"), MODEL_NAME, param="model_name")
@@ -110,6 +119,13 @@ class LaunchRequest:
         ):
             raise InvalidRequestError(f"gpu_idx must be a non-empty list of GPU indices, got {gpu_idx!r}",
                                       param="gpu_idx")
+        cpu_threads = body.get("cpu_threads")
+        if cpu_threads is not None and (
+            isinstance(cpu_threads, bool) or not isinstance(cpu_threads, int)
+            or not 1 <= cpu_threads <= MAX_CPU_THREADS
+        ):
+            raise InvalidRequestError(f"cpu_threads must be an integer 1..{MAX_CPU_THREADS} or null, "
+                                      f"got {cpu_threads!r}", param="cpu_threads")
         for text_field in ("model_format", "quantization"):
             value = body.get(text_field)
             if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -121,7 +137,7 @@ class LaunchRequest:
                    gpu_idx=tuple(gpu_idx) if gpu_idx is not None else None,
                    model_format=body.get("model_format"),
                    model_size_in_billions=parse_size(body.get("model_size_in_billions")),
-                   quantization=body.get("quantization"))
+                   quantization=body.get("quantization"), cpu_threads=cpu_threads)
 
     def to_json(self) -> dict[str, Any]:
         """The body ``from_json`` accepts back: what the desired state file stores."""
@@ -135,6 +151,8 @@ class LaunchRequest:
             body["gpu_idx"] = list(self.gpu_idx)
         if self.python is not None:
             body["python"] = self.python
+        if self.cpu_threads is not None:
+            body["cpu_threads"] = self.cpu_threads
         for key, value in self.variant.to_json().items():
             if value is not None:
                 body[key] = value

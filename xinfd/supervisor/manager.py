@@ -138,8 +138,7 @@ class ModelManager:
         router: Router[Replica] = Router(max_concurrency=self._max_concurrency, max_queue=self._max_queue)
         model = RunningModel(uid=launch.uid, spec=launch.spec, engine=launch.engine, request=request, router=router)
         self._blueprints.check(model, launch.placements[0])
-        for placement in launch.placements:
-            self.slots.reserve(model.uid, placement)
+        self.slots.reserve_all(model.uid, launch.placements, cpu_threads=request.thread_count)
         self.models[model.uid] = model
         self._persist()
         model.launch_task = asyncio.create_task(self._launch(model), name=f"launch {model.uid}")
@@ -239,10 +238,11 @@ class ModelManager:
 
     async def _scale_up(self, model: RunningModel, count: int) -> None:
         first = max((r.index for r in model.replicas), default=-1) + 1
-        new = []
-        for placement in plan.plan_scale_up(model.request, first, count, self.slots):
-            self.slots.reserve(model.uid, placement)
-            new.append(self._make_replica(model, placement))
+        placements = self.slots.reserve_all(
+            model.uid, plan.plan_scale_up(model.request, first, count, self.slots),
+            cpu_threads=model.request.thread_count,
+        )
+        new = [self._make_replica(model, placement) for placement in placements]
         results = await asyncio.gather(*(r.start() for r in new), return_exceptions=True)
         failed = [(r, res) for r, res in zip(new, results, strict=True) if isinstance(res, BaseException)]
         model.replicas.extend(r for r in new if r.state is ReplicaState.READY)
@@ -316,6 +316,7 @@ def supervision_options(settings: Settings, platform: Platform) -> dict[str, Any
             strategy=settings.launch_strategy,
             allow_multi_replica_per_gpu=settings.allow_multi_replica_per_gpu,
             free_mb=nvml_free_memory if platform.nvml_available else None,
+            cpu_threads_per_replica=settings.cpu_threads_per_replica,
         ),
         "health": HealthPolicy(
             interval=settings.health_check_interval,

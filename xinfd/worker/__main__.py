@@ -112,12 +112,27 @@ def main(env: Mapping[str, str] | None = None) -> int:
         print(f"xinfd.worker: {CONTEXT_ENV} is invalid: {exc}", file=sys.stderr)
         return EXIT_BAD_ENVIRONMENT
     configure_logging(replica_label(replica), env)
+    pin_to_cores(replica)
     # The parent-death signal (SIGKILL) is set by the daemon's spawner before exec; it survives exec, and is
     # not reset here so that an engine ignoring SIGTERM still dies with the daemon.
     # A stop during a long load exits cleanly; serve() replaces this with its in-loop handler. An engine that
     # sets SIG_IGN while loading keeps it (see serve()).
     signal.signal(signal.SIGTERM, _exit_on_signal)
     return asyncio.run(run(replica, model, env))
+
+
+def pin_to_cores(replica: ReplicaContext) -> None:
+    """Pin the process to its cores from the daemon's CPU budget (``cpu_affinity``) before the engine loads,
+    so every thread its libraries start inherits the mask. A refusal (a cpuset that changed) is logged, not fatal.
+    """
+    if not replica.cpu_affinity:
+        return
+    try:
+        os.sched_setaffinity(0, replica.cpu_affinity)
+    except (AttributeError, OSError) as exc:
+        log.warning("cannot pin to cores %s: %s", list(replica.cpu_affinity), exc)
+        return
+    log.info("pinned to cores %s, %d thread(s)", list(replica.cpu_affinity), replica.cpu_threads)
 
 
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
