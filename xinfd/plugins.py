@@ -29,9 +29,11 @@ from xinfd.types import (
     Availability,
     EmbeddingModel,
     LaunchSpec,
+    LoadedModel,
     ModelSpec,
     Platform,
     ReplicaContext,
+    RerankModel,
     TextModel,
 )
 
@@ -72,6 +74,17 @@ class Plugins:
         except KeyError:
             known = ", ".join(sorted(self.engines)) or "none"
             raise UnknownEngineError(f"unknown engine {name!r} (registered: {known})") from None
+
+    def request_features(self, engine: str) -> frozenset[str] | None:
+        """The optional request fields ``engine`` honours (``Engine.request_features``; absent: none), or ``None``
+        when its own server checks them. A value of the wrong type counts as none, never as "pass all"."""
+        value: object = getattr(self.engine(engine), "request_features", frozenset())
+        if value is None:
+            return None
+        if isinstance(value, frozenset) and all(isinstance(f, str) for f in value):
+            return value
+        log.warning("engine %s: request_features must be a frozenset of names or None; treating it as empty", engine)
+        return frozenset()
 
     def dependencies(self, engine: str) -> list[str]:
         """What ``#<engine>_dependencies#`` expands to."""
@@ -115,13 +128,13 @@ class Plugins:
             raise PluginError(f"engine {engine!r}: launch() must return a LaunchSpec")
         return result
 
-    def load(self, engine: str, model: ModelSpec, replica: ReplicaContext) -> TextModel | EmbeddingModel:
+    def load(self, engine: str, model: ModelSpec, replica: ReplicaContext) -> LoadedModel:
         """Load the model object inside the worker process."""
         result = self.engine(engine).load(model, replica)
-        if not isinstance(result, TextModel | EmbeddingModel):
+        if not isinstance(result, TextModel | EmbeddingModel | RerankModel):
             raise PluginError(
-                f"engine {engine!r}: load() returned {type(result).__name__}, which implements neither "
-                "TextModel nor EmbeddingModel (xinfd.types)"
+                f"engine {engine!r}: load() returned {type(result).__name__}, which implements none of "
+                "TextModel, EmbeddingModel and RerankModel (xinfd.types)"
             )
         return result
 

@@ -24,6 +24,7 @@ A per-request ``seed`` cannot be honoured inside a shared batch and is ignored (
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import math
@@ -35,6 +36,7 @@ from typing import Any
 
 from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest, ReplicaSettings
 from xinfd_engines import gguf_cache
+from xinfd_engines.transformers_logprobs import TokenScorer
 from xinfd_engines.transformers_sampling import skip_noop_top_p
 from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning, to_delta
 
@@ -121,6 +123,7 @@ class TransformersTextModel:
             options.reasoning if options.reasoning is not None else "</think>" in str(template)
         )
         self.eos_ids = _eos_ids(model, tokenizer)
+        self._score_lock = threading.Lock()  # TokenScorer forwards (requests asking for logprobs), one at a time
         self.manager = self._start_manager()
         # Counters for tests and logs: tokens produced, and requests cancelled before their end.
         self.tokens_generated = 0
@@ -252,6 +255,10 @@ class TransformersTextModel:
         self._active += 1
         finished = False
         produced = 0
+        # logprobs (GenerateRequest.logprobs): scored from the raw distribution, attached to the next delta sent.
+        scorer = None if request.logprobs is None else TokenScorer(
+            self.model, self.tokenizer, ids, request.logprobs, self._score_lock)
+        scored: list[Any] = []
         try:
             while True:
                 output = await results.get()
@@ -260,12 +267,17 @@ class TransformersTextModel:
                     raise RuntimeError(f"generation failed: {output.error}")
                 tokens = list(output.generated_tokens)
                 self.tokens_generated += len(tokens) - produced
+                new = [t for t in tokens[produced:] if t not in self.eos_ids]
                 produced = len(tokens)
                 done = output.is_finished()
                 piece = builder.push(self._decode(tokens), final=done)
                 eos = _ended_by_eos(tokens, self.eos_ids)
+                if scorer is not None and new:
+                    scored += await asyncio.to_thread(scorer.score, new)
                 delta = to_delta(piece, done=done, natural_stop=eos, tokens=produced - (1 if eos else 0))
                 if delta is not None:
+                    if scored:
+                        delta, scored = dataclasses.replace(delta, logprobs=tuple(scored)), []
                     yield delta
                     if delta.finish_reason is not None:
                         finished = done

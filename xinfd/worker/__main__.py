@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from types import FrameType
 
 from xinfd.plugins import Plugins, make_plugin_manager
-from xinfd.types import EmbeddingModel, ModelSpec, ReplicaContext, TextModel
+from xinfd.types import LoadedModel, ModelSpec, ReplicaContext
 from xinfd.worker.host import make_worker_app, serve
 from xinfd.worker.launch import CONTEXT_ENV, decode_context
 
@@ -46,7 +46,7 @@ def configure_logging(label: str, env: Mapping[str, str]) -> None:
     logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr, force=True)
 
 
-def load_model(plugins: Plugins, replica: ReplicaContext, model: ModelSpec) -> TextModel | EmbeddingModel:
+def load_model(plugins: Plugins, replica: ReplicaContext, model: ModelSpec) -> LoadedModel:
     """Ask the plugins for the model object; the error names the engine when no plugin provides it."""
     if replica.engine not in plugins.engines:
         failed = "; ".join(f"{f.name}: {f.error}" for f in plugins.failures)
@@ -83,6 +83,8 @@ async def run(replica: ReplicaContext, model: ModelSpec, env: Mapping[str, str])
         # every engine, so a SIGHUP changes it at once; the replica neither knows nor re-reads it.
         max_tokens_cap=None,
         replica_label=replica_label(replica),
+        engine=replica.engine,
+        request_features=plugins.request_features(replica.engine),
     )
     try:
         await serve(app, replica.socket_path)
