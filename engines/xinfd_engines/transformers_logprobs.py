@@ -13,6 +13,7 @@ torch is imported lazily: the daemon imports engine modules without it.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -52,12 +53,20 @@ class TokenScorer:
     def _advance(self, torch: Any) -> None:
         device = next(self.model.parameters()).device
         ids = torch.tensor([self._pending], dtype=torch.long, device=device)
+        # transformers renamed forward's ``past_key_values`` to ``cache`` (5.2x, the old name warns); a
+        # DynamicCache is filled in place, and releases without one hand the cache back in the output.
+        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         if self._cache is None:
-            from transformers import DynamicCache
-
-            self._cache = DynamicCache()
-        out = self.model(input_ids=ids, past_key_values=self._cache, use_cache=True)
-        self._cache = out.past_key_values
+            try:
+                from transformers import DynamicCache
+            except ImportError:  # transformers < 4.36: tuples, returned in the output
+                pass
+            else:
+                self._cache = DynamicCache()
+        out = self.model(input_ids=ids, use_cache=True, **({} if self._cache is None else {name: self._cache}))
+        returned = getattr(out, "past_key_values", None)
+        if returned is not None:
+            self._cache = returned
         self._last = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         self._pending = []
 

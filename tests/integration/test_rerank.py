@@ -59,8 +59,10 @@ def test_rerank_through_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
     assert sorted(r["index"] for r in ranked["results"]) == [0, 1, 2]
     assert ranked["results"][0]["relevance_score"] == pytest.approx(scores[0])
     assert all(r["document"] is None for r in ranked["results"])
-    with pytest.raises(RuntimeError, match="max_chunks_per_doc"):
+    with pytest.raises(RuntimeError, match="max_chunks_per_doc"):  # refused by the daemon
         handle.rerank(DOCS, "quick fox", max_chunks_per_doc=2)
+    with pytest.raises(RuntimeError, match=r"documents\[0\]"):  # refused by the replica (needs the tokenizer)
+        handle.rerank(["fox " * 40], "quick fox")
 
     for body, param in (
         ({"documents": []}, "documents"),

@@ -293,7 +293,8 @@ def test_load_must_return_a_model_object() -> None:
             return "not a model"  # type: ignore[return-value]
 
     plugins = make_plugin_manager(load_entrypoints=False, plugins=[FakePlugin(Loads())], env={})
-    with pytest.raises(PluginError, match="load\\(\\) returned str, which implements none of TextModel, EmbeddingModel and RerankModel"):
+    implements = "which implements none of TextModel, EmbeddingModel and RerankModel"
+    with pytest.raises(PluginError, match=f"load\\(\\) returned str, {implements}"):
         plugins.load("loads", plugins.models["loads-model"], replica("loads"))
 
 

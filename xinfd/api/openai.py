@@ -241,7 +241,7 @@ async def _relay(request: web.Request, replica: Replica, endpoint: str, raw: byt
                     headers=out_headers,
                 )
         async with replica.session().post(url, data=raw, headers=headers) as upstream:
-            data = await _read_answer(upstream, replica)
+            data = xinference.with_detail(request.path, upstream.status, await _read_answer(upstream, replica))
             if upstream.status == 200:
                 request.app[STATE].metrics.usage(replica.model_uid, data)
             return web.Response(
