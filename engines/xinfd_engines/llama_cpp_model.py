@@ -214,14 +214,16 @@ class LlamaCppModel:
 
 
     def _logprob(self, token: int, top: int) -> TokenLogprob:
-        """The sampled token's log probability under the logits it was sampled from (the row of the last
-        evaluated position, which ``Llama.generate`` has not advanced past yet when it yields the token)."""
+        """The sampled token's log probability under the logits it was sampled from: the context's last output
+        row, which ``Llama.generate`` has not advanced past yet when it yields the token (llama-cpp-python 0.3
+        keeps ``Llama.scores`` only with ``logits_all``, so the row is read from the context itself)."""
         import numpy as np
 
-        row = np.asarray(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float64)
+        pointer = self.llm._ctx.get_logits_ith(-1)
+        row = np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),)).astype(np.float64)
         shifted = row - row.max()
         logprobs = shifted - np.log(np.exp(shifted).sum())
-        best = np.argsort(-logprobs)[:top] if top else []
+        best = np.argsort(-logprobs, kind="stable")[:top] if top else []
         text = self._token_text
         return TokenLogprob(token=text(token), logprob=float(logprobs[token]),
                             top=tuple((text(int(i)), float(logprobs[i])) for i in best))
