@@ -22,6 +22,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationW
 DOCS = ["the quick brown fox", "hello world, how are you today?", "a small model for tests"]
 
 
+ADMIN = "sk-admin-rerank"
+
+
+@pytest.fixture
+def daemon(make_daemon: Any) -> Daemon:
+    started: Daemon = make_daemon(env={"XINFD_ADMIN_API_KEYS": ADMIN}).start()
+    return started
+
+
 def post(daemon: Daemon, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(daemon.endpoint + path, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -39,7 +48,17 @@ def test_rerank_through_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
     spec_file = tmp_path / "tiny-ce.json"
     spec_file.write_text(json.dumps(spec))
     daemon.xinfctl("register", "--file", str(spec_file))
-    daemon.xinfctl("launch", "-n", "tiny-ce", timeout=300)
+    from xinference_client import RESTfulClient
+
+    admin = RESTfulClient(daemon.endpoint, api_key=ADMIN)
+    uid = admin.launch_model(model_name="tiny-ce", model_type="rerank", model_engine="sentence_transformers_rerank",
+                             model_uid="tiny-ce")
+    assert uid == "tiny-ce"
+    desc = admin.describe_model(uid)
+    assert desc["model_type"] == "rerank" and desc["model_ability"] == ["rerank"]
+    assert desc["model_engine"] == "sentence_transformers_rerank"
+    assert "tiny-ce" in [r["model_name"] for r in admin.list_model_registrations("rerank")]
+    assert "ms-marco-minilm-l6-v2" in [r["model_name"] for r in admin.list_model_registrations("rerank")]
 
     status, answer = post(daemon, "/v1/rerank", {"model": "tiny-ce", "query": "quick fox", "documents": DOCS,
                                                  "top_n": 2, "return_documents": True, "return_len": True})
@@ -51,9 +70,7 @@ def test_rerank_through_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
     assert answer["meta"]["tokens"]["input_tokens"] > 0
 
     # Xinference's client picks its rerank handle from the describe shape (model_type "rerank").
-    from xinference_client import RESTfulClient
-
-    handle: Any = RESTfulClient(daemon.endpoint).get_model("tiny-ce")
+    handle: Any = admin.get_model("tiny-ce")
     assert type(handle).__name__ == "RESTfulRerankModelHandle"
     ranked = handle.rerank(DOCS, "quick fox")
     assert sorted(r["index"] for r in ranked["results"]) == [0, 1, 2]
@@ -79,4 +96,5 @@ def test_rerank_through_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
     assert 'endpoint="rerank"' in metrics
     assert any(line.startswith("xinfd_prompt_tokens_total{") and 'model="tiny-ce"' in line
                for line in metrics.splitlines()), "rerank usage counts prompt tokens"
-    daemon.xinfctl("terminate", "tiny-ce")
+    admin.terminate_model("tiny-ce")
+    assert "tiny-ce" not in admin.list_models()
