@@ -5,6 +5,7 @@ replica sees them (no ``X-Xinfd-Replica`` header), naming the field and the engi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -46,3 +47,21 @@ def test_logprobs_and_refusals(daemon: Daemon) -> None:
         assert "X-Xinfd-Replica" not in headers  # refused by the daemon, not forwarded
     with pytest.raises(openai.BadRequestError, match="tool_choice"):
         api.chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}], tool_choice="required")
+
+
+@pytest.mark.slow
+def test_transformers_logprobs_through_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from tests.integration.test_engines import register_tiny
+
+    register_tiny(daemon, tmp_path, "tiny-lp", think=False)
+    daemon.xinfctl("launch", "-n", "tiny-lp", "-e", "transformers", timeout=300)
+    api = openai.OpenAI(base_url=daemon.endpoint + "/v1", api_key="none", max_retries=0, timeout=120)
+    reply = api.chat.completions.create(model="tiny-lp", messages=[{"role": "user", "content": "hello"}],
+                                        max_tokens=6, temperature=0, logprobs=True, top_logprobs=2)
+    content = reply.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content and reply.usage is not None and len(content) == reply.usage.completion_tokens
+    assert all(c.logprob <= 0 and len(c.top_logprobs) == 2 for c in content)
+    with pytest.raises(openai.BadRequestError, match="engine 'transformers'"):
+        api.chat.completions.create(model="tiny-lp", messages=[{"role": "user", "content": "x"}],
+                                    response_format={"type": "json_object"})
