@@ -75,6 +75,11 @@ class Engine(Protocol):
     ``launch_options`` names every launch option the engine accepts; the daemon refuses any other with a 400
     before ``launch`` is called. ``None`` means the engine checks option names itself in ``launch`` (vLLM and
     SGLang pass unknown names through to their servers as flags).
+    ``request_features`` names the optional OpenAI request fields the engine honours (see
+    ``xinfd.openai_protocol.REQUEST_FEATURES``: ``"logprobs"`` covers ``logprobs``/``top_logprobs``); the daemon
+    and the worker host refuse any other such field with a 400 naming it and the engine, so no field is
+    silently ignored. ``None`` means the engine's own server sees every field (vLLM, SGLang): nothing is
+    checked. Optional: an engine without the attribute honours none (``frozenset()``).
     """
 
     name: str
@@ -143,7 +148,7 @@ class Engine(Protocol):
         :param model: the model family being served.
         :param replica: this replica's context: options, ``cache_dir`` for derived weights, ``settings``.
         :raises Exception: any exception fails the replica's start with its message.
-        :return: an object implementing ``TextModel``, ``EmbeddingModel`` or ``ImageModel``.
+        :return: an object implementing ``TextModel``, ``EmbeddingModel``, ``RerankModel`` or ``ImageModel``.
         """
         ...
 
@@ -160,6 +165,7 @@ class _EngineDefaults:
     probe_module: str | None = None
     loads_weights_folder: bool = False
     launch_options: frozenset[str] | None = frozenset()
+    request_features: frozenset[str] | None = frozenset()
 
     def dependencies(self) -> list[str]:
         return []
@@ -193,6 +199,7 @@ class ServerEngine(_EngineDefaults):
     """
 
     launch_options: frozenset[str] | None = None
+    request_features: frozenset[str] | None = None  # the engine's server validates its own request fields
 
     def load(self, model: ModelSpec, replica: ReplicaContext) -> LoadedModel:
         raise RuntimeError(f"engine {self.name!r} runs its own server; xinfd's worker host does not load it")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from xinfd.errors import InvalidRequestError, XinfdError
+from xinfd.logprobs import parse_logprobs
 from xinfd.template_kwargs import validate_chat_template_kwargs
 from xinfd.types import ChatMessage, ImageInput, RequestKind
 
@@ -60,6 +61,9 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stream: bool = False
     include_usage: bool = False  # ``stream_options.include_usage``; only meaningful when streaming
+    # ``GenerateRequest.logprobs``: None when not asked, else how many alternatives per token (``top_logprobs``
+    # for chat, ``logprobs: N`` for text completions; ``xinfd.logprobs.parse_logprobs``).
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +127,7 @@ def parse_chat_request(body: Mapping[str, Any]) -> ChatRequest:
         stream=stream,
         include_usage=include_usage,
         template_options=options,
+        logprobs=parse_logprobs(body, "chat"),
     )
 
 
@@ -137,7 +142,8 @@ def parse_completion_request(body: Mapping[str, Any]) -> CompletionRequest:
         raise _invalid("prompt", "'prompt' must be a string (token-id prompts are not supported)")
     stream, include_usage = _parse_stream(body)
     return CompletionRequest(
-        prompt=prompt, sampling=parse_sampling(body), stream=stream, include_usage=include_usage
+        prompt=prompt, sampling=parse_sampling(body), stream=stream, include_usage=include_usage,
+        logprobs=parse_logprobs(body, "completion"),
     )
 
 
@@ -164,8 +170,8 @@ def parse_embedding_request(body: Mapping[str, Any]) -> EmbeddingRequest:
 def parse_sampling(body: Mapping[str, Any]) -> SamplingParams:
     """Validate the sampling fields; absent or ``null`` fields take the OpenAI defaults."""
     n = body.get("n")
-    if n is not None and (not _is_int(n) or n != 1):
-        raise _invalid("n", "only n=1 is supported")
+    if n is not None and (not _is_int(n) or n < 1):
+        raise _invalid("n", f"'n' must be a positive integer, got {n!r}")  # n > 1: xinfd.request_features
     # max_completion_tokens is OpenAI's current name; max_tokens the deprecated one most clients still send.
     param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = body.get(param)
@@ -250,23 +256,26 @@ class CompletionFormat:
         prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
         return cls(kind=kind, response_id=prefix + request_id, model=model, include_usage=include_usage)
 
-    def full(self, text: str, finish_reason: str, usage: Usage, *, reasoning: str = "") -> JsonObject:
-        """The non-streamed response; ``reasoning`` is the message's ``reasoning_content`` (vLLM's name)."""
+    def full(
+        self, text: str, finish_reason: str, usage: Usage, *, reasoning: str = "", logprobs: JsonObject | None = None
+    ) -> JsonObject:
+        """The non-streamed response; ``reasoning`` is the message's ``reasoning_content`` (vLLM's name);
+        ``logprobs`` the choice's, in the kind's shape (``xinfd.logprobs``)."""
         message: JsonObject = {"role": "assistant", "content": text}
         if reasoning:
             message["reasoning_content"] = reasoning
         content = {"message": message} if self.kind == "chat" else {"text": reasoning + text}
-        choice = {"index": 0, **content, "logprobs": None, "finish_reason": finish_reason}
+        choice = {"index": 0, **content, "logprobs": logprobs, "finish_reason": finish_reason}
         return {**self._head(chunk=False), "choices": [choice], "usage": usage.as_dict()}
 
     def opening_chunk(self) -> JsonObject | None:
         """Chat streams announce the assistant role before any content; text streams have no opening."""
         return self._chunk({"role": "assistant", "content": ""}, None) if self.kind == "chat" else None
 
-    def delta_chunk(self, text: str, *, reasoning: str = "") -> JsonObject:
+    def delta_chunk(self, text: str, *, reasoning: str = "", logprobs: JsonObject | None = None) -> JsonObject:
         if self.kind == "completion":
-            return self._chunk(reasoning + text, None)
-        return self._chunk({"reasoning_content": reasoning} if reasoning else {"content": text}, None)
+            return self._chunk(reasoning + text, None, logprobs)
+        return self._chunk({"reasoning_content": reasoning} if reasoning else {"content": text}, None, logprobs)
 
     def closing_chunk(self, finish_reason: str) -> JsonObject:
         return self._chunk({} if self.kind == "chat" else "", finish_reason)
@@ -275,10 +284,12 @@ class CompletionFormat:
         """The extra last chunk sent when ``stream_options.include_usage`` is set (no choices, only usage)."""
         return {**self._head(chunk=True), "choices": [], "usage": usage.as_dict()}
 
-    def _chunk(self, delta: JsonObject | str, finish_reason: str | None) -> JsonObject:
+    def _chunk(
+        self, delta: JsonObject | str, finish_reason: str | None, logprobs: JsonObject | None = None
+    ) -> JsonObject:
         key = "delta" if self.kind == "chat" else "text"
         body = self._head(chunk=True)
-        body["choices"] = [{"index": 0, key: delta, "logprobs": None, "finish_reason": finish_reason}]
+        body["choices"] = [{"index": 0, key: delta, "logprobs": logprobs, "finish_reason": finish_reason}]
         if self.include_usage:
             body["usage"] = None  # OpenAI sends usage: null on every chunk but the usage chunk
         return body

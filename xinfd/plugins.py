@@ -34,6 +34,7 @@ from xinfd.types import (
     ModelSpec,
     Platform,
     ReplicaContext,
+    RerankModel,
     TextModel,
 )
 from xinfd.venv_markers import venv_entry_reason
@@ -75,6 +76,17 @@ class Plugins:
         except KeyError:
             known = ", ".join(sorted(self.engines)) or "none"
             raise UnknownEngineError(f"unknown engine {name!r} (registered: {known})") from None
+
+    def request_features(self, engine: str) -> frozenset[str] | None:
+        """The optional request fields ``engine`` honours (``Engine.request_features``; absent: none), or ``None``
+        when its own server checks them. A value of the wrong type counts as none, never as "pass all"."""
+        value: object = getattr(self.engine(engine), "request_features", frozenset())
+        if value is None:
+            return None
+        if isinstance(value, frozenset) and all(isinstance(f, str) for f in value):
+            return value
+        log.warning("engine %s: request_features must be a frozenset of names or None; treating it as empty", engine)
+        return frozenset()
 
     def dependencies(self, engine: str) -> list[str]:
         """What ``#<engine>_dependencies#`` expands to."""
@@ -124,10 +136,10 @@ class Plugins:
     def load(self, engine: str, model: ModelSpec, replica: ReplicaContext) -> LoadedModel:
         """Load the model object inside the worker process."""
         result = self.engine(engine).load(model, replica)
-        if not isinstance(result, TextModel | EmbeddingModel | ImageModel):
+        if not isinstance(result, TextModel | EmbeddingModel | RerankModel | ImageModel):
             raise PluginError(
-                f"engine {engine!r}: load() returned {type(result).__name__}, which implements neither "
-                "TextModel nor EmbeddingModel nor ImageModel (xinfd.types)"
+                f"engine {engine!r}: load() returned {type(result).__name__}, which implements none of "
+                "TextModel, EmbeddingModel, RerankModel and ImageModel (xinfd.types)"
             )
         return result
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 # What an engine can serve: ``chat`` is ``/v1/chat/completions``, ``generate`` ``/v1/completions``, ``embed``
-# ``/v1/embeddings``, ``image`` ``/v1/images/generations``.
-Ability = Literal["chat", "generate", "embed", "image"]
+# ``/v1/embeddings``, ``rerank`` ``/v1/rerank`` (Xinference's and Jina's/Cohere's format), ``image``
+# ``/v1/images/generations``.
+Ability = Literal["chat", "generate", "embed", "rerank", "image"]
 # Which endpoint a generation came from: engines split ``<think>`` reasoning out of chat answers only, and
 # text completions keep it in the text.
 RequestKind = Literal["chat", "completion"]
@@ -221,6 +222,23 @@ class GenerateRequest:
     seed: int | None = None
     # The request's images in message order (bytes, fetched/decoded by the host); only for image models.
     images: tuple[bytes, ...] = ()
+    # ``None``: the client asked for no log probabilities. ``k >= 0``: report each generated token's logprob
+    # in ``GeneratedDelta.logprobs`` with its ``k`` most likely alternatives (OpenAI's ``top_logprobs``). Only
+    # engines whose ``Engine.request_features`` include ``"logprobs"`` are ever asked.
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenLogprob:
+    """One generated token with its log probability and, when asked, the most likely alternatives.
+
+    ``token`` is the token's text (as the tokenizer decodes it alone); ``top`` holds ``(text, logprob)`` pairs,
+    most likely first, as many as ``GenerateRequest.logprobs`` asked for.
+    """
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -238,6 +256,9 @@ class GeneratedDelta:
     # reports the last value as usage.completion_tokens; when an engine leaves it None, the host re-tokenizes
     # the text instead, which can differ from what was generated (text does not always re-encode to its tokens).
     tokens: int | None = None
+    # The tokens this delta's text came from, with their log probabilities: set only when the request asked
+    # (``GenerateRequest.logprobs``); the host returns them in OpenAI's shape for chat and text completions.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @runtime_checkable
@@ -290,6 +311,31 @@ class EmbeddingModel(Protocol):
         ...
 
 
+@runtime_checkable
+class RerankModel(Protocol):
+    """A loaded model that scores documents against a query (a cross-encoder); ``/v1/rerank``.
+
+    ``context_window`` as for ``TextModel``: the longest query + document pair in tokens, when smaller than the
+    family's ``context_length``; ``None`` for the family's. Longer pairs are refused with a 400 naming the
+    document, never silently truncated.
+    """
+
+    @property
+    def context_window(self) -> int | None:
+        """The longest query + document pair in tokens, or ``None`` for the family's ``context_length``."""
+        ...
+
+    def count_pair_tokens(self, query: str, document: str) -> int:
+        """Number of tokens the pair encodes to, special tokens included (for usage and the length check)."""
+        ...
+
+    async def rerank(self, query: str, documents: list[str]) -> list[float]:
+        """One relevance score per document, in the documents' order (higher is more relevant)."""
+        ...
+
+
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ImageRequest:
     """A text-to-image request as the worker host hands it to an ``ImageModel``, after validation.
@@ -333,6 +379,6 @@ class ImageModel(Protocol):
 
 
 # What ``Engine.load`` returns: the worker host serves whichever protocol the object implements.
-LoadedModel = TextModel | EmbeddingModel | ImageModel
+LoadedModel = TextModel | EmbeddingModel | RerankModel | ImageModel
 
 RegisterModel = Callable[[ModelSpec], None]

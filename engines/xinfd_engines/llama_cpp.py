@@ -60,6 +60,8 @@ class LlamaCppEngine(LocalEngine):
     description = "GGUF models via llama-cpp-python"
     probe_module = "llama_cpp"
     launch_options = frozenset({"model_path", "n_ctx", "n_threads", "enable_thinking", "pooling", "normalize"})
+    # logprobs/top_logprobs from the logits each token was sampled from; other optional fields are refused.
+    request_features = frozenset({"logprobs"})
     modules = ("llama_cpp",)
 
     def dependencies(self) -> list[str]:

@@ -17,10 +17,10 @@ import os
 import random
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest
+from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest, TokenLogprob
 from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning, to_delta
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,8 @@ class LlamaCppModel:
                 if cancel.is_set():
                     return  # closed while waiting for the lock: do not even read the prompt
                 try:
-                    reason, count = self._sample(request, cancel, lambda text, n: post(_Step(text, tokens=n)))
+                    reason, count = self._sample(
+                        request, cancel, lambda text, n, lp=(): post(_Step(text, tokens=n, logprobs=lp)))
                 except Exception as exc:
                     post(_Step(error=exc))
                     return
@@ -135,6 +136,7 @@ class LlamaCppModel:
 
         worker = loop.run_in_executor(None, run)
         text, finished, counted = "", False, 0
+        scored: list[TokenLogprob] = []  # logprobs not yet attached to a delta (text held back)
         try:
             while True:
                 step = await results.get()
@@ -143,10 +145,13 @@ class LlamaCppModel:
                     raise step.error
                 text += step.text
                 counted = step.tokens
+                scored += step.logprobs
                 done = step.finish_reason is not None
                 piece = builder.push(text, final=done)
                 delta = to_delta(piece, done=done, natural_stop=step.finish_reason == "stop", tokens=counted)
                 if delta is not None:
+                    if scored:
+                        delta, scored = replace(delta, logprobs=tuple(scored)), []
                     yield delta
                     if delta.finish_reason is not None:
                         finished = done
@@ -158,9 +163,11 @@ class LlamaCppModel:
             del worker  # the thread ends at its next token
 
     def _sample(self, request: GenerateRequest, cancel: threading.Event,
-                emit: Callable[[str, int], None]) -> tuple[str | None, int]:
+                emit: Callable[..., None]) -> tuple[str | None, int]:
         """Generate in the calling thread, token by token; ``emit`` gets the text of each token as it comes and
-        the tokens generated so far.
+        the tokens generated so far, and when the request asks for logprobs (``GenerateRequest.logprobs``) the
+        token's ``TokenLogprob`` from the raw logits llama.cpp sampled it from (``Llama.scores``, the last
+        evaluated position's row), with the ``k`` most likely alternatives.
 
         Returns the finish reason (None when ``cancel`` was set) and the number of tokens generated (the
         end-of-generation token excluded). This drives ``Llama.generate`` rather than
@@ -195,13 +202,34 @@ class LlamaCppModel:
                 reason = "stop"
                 break
             count = produced
-            if piece := decoder.decode(self.llm.detokenize([token])):
-                emit(piece, count)
+            logprobs = () if request.logprobs is None else (self._logprob(token, request.logprobs),)
+            piece = decoder.decode(self.llm.detokenize([token]))
+            if piece or logprobs:
+                emit(piece, count, logprobs)
             if produced >= budget:
                 break
         # Bytes of a character cut short (max_tokens) end as U+FFFD; the count says the step is the last one.
         emit(decoder.decode(b"", final=True), count)
         return reason, count
+
+
+    def _logprob(self, token: int, top: int) -> TokenLogprob:
+        """The sampled token's log probability under the logits it was sampled from: the context's last output
+        row, which ``Llama.generate`` has not advanced past yet when it yields the token (llama-cpp-python 0.3
+        keeps ``Llama.scores`` only with ``logits_all``, so the row is read from the context itself)."""
+        import numpy as np
+
+        pointer = self.llm._ctx.get_logits_ith(-1)
+        row = np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),)).astype(np.float64)
+        shifted = row - row.max()
+        logprobs = shifted - np.log(np.exp(shifted).sum())
+        best = np.argsort(-logprobs, kind="stable")[:top] if top else []
+        text = self._token_text
+        return TokenLogprob(token=text(token), logprob=float(logprobs[token]),
+                            top=tuple((text(int(i)), float(logprobs[i])) for i in best))
+
+    def _token_text(self, token: int) -> str:
+        return bytes(self.llm.detokenize([token])).decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +240,7 @@ class _Step:
     finish_reason: str | None = None
     error: Exception | None = None
     tokens: int = 0  # generated so far
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the step's token, when the request asked
 
 
 # llama.cpp's pooling types (llama.h: enum llama_pooling_type), by the names the launch option takes. "none"

@@ -46,6 +46,9 @@ class TransformersEngine(LocalEngine):
     probe_module = "transformers"
     loads_weights_folder = True
     launch_options = frozenset({"model_path", "enable_thinking", "reasoning", "kv_cache_tokens", "dtype"})
+    # logprobs/top_logprobs from the raw distribution (transformers_logprobs.TokenScorer); every other optional
+    # OpenAI field is refused with a 400 (xinfd.request_features).
+    request_features = frozenset({"logprobs"})
     modules = ("torch", "transformers")
 
     def dependencies(self) -> list[str]:

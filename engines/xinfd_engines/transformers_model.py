@@ -29,6 +29,7 @@ same deltas, stop strings, cancellation and exact usage. ``path`` says which one
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import math
@@ -41,6 +42,7 @@ from typing import Any
 from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest, ReplicaSettings
 from xinfd_engines import gguf_cache
 from xinfd_engines.transformers_generate import ThreadedGenerator
+from xinfd_engines.transformers_logprobs import TokenScorer
 from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning, to_delta
 
 log = logging.getLogger(__name__)
@@ -126,6 +128,7 @@ class TransformersTextModel:
             options.reasoning if options.reasoning is not None else "</think>" in str(template)
         )
         self.eos_ids = _eos_ids(model, tokenizer)
+        self._score_lock = threading.Lock()  # TokenScorer forwards (requests asking for logprobs), one at a time
         self.manager: Any = None
         self.threaded: ThreadedGenerator | None = None
         if has_continuous_batching(model):
@@ -250,14 +253,23 @@ class TransformersTextModel:
         source = self._batched_tokens(ids, request) if self.threaded is None else self.threaded.tokens(ids, request)
         finished = False
         produced = 0
+        # logprobs (GenerateRequest.logprobs): scored from the raw distribution, attached to the next delta sent.
+        scorer = None if request.logprobs is None else TokenScorer(
+            self.model, self.tokenizer, ids, request.logprobs, self._score_lock)
+        scored: list[Any] = []
         try:
             async for tokens, done in source:
                 self.tokens_generated += len(tokens) - produced
+                new = [t for t in tokens[produced:] if t not in self.eos_ids]
                 produced = len(tokens)
                 piece = builder.push(self._decode(tokens), final=done)
                 eos = _ended_by_eos(tokens, self.eos_ids)
+                if scorer is not None and new:
+                    scored += await asyncio.to_thread(scorer.score, new)
                 delta = to_delta(piece, done=done, natural_stop=eos, tokens=produced - (1 if eos else 0))
                 if delta is not None:
+                    if scored:
+                        delta, scored = dataclasses.replace(delta, logprobs=tuple(scored)), []
                     yield delta
                     if delta.finish_reason is not None:
                         finished = done

@@ -293,7 +293,8 @@ def test_load_must_return_a_model_object() -> None:
             return "not a model"  # type: ignore[return-value]
 
     plugins = make_plugin_manager(load_entrypoints=False, plugins=[FakePlugin(Loads())], env={})
-    with pytest.raises(PluginError, match="load\\(\\) returned str, which implements neither TextModel"):
+    implements = "which implements none of TextModel, EmbeddingModel, RerankModel and ImageModel"
+    with pytest.raises(PluginError, match=f"load\\(\\) returned str, {implements}"):
         plugins.load("loads", plugins.models["loads-model"], replica("loads"))
 
 
@@ -335,7 +336,9 @@ def test_builtin_engines_declare_folder_loading_on_the_engine() -> None:
     """What the downloader asks (``loads_weights_folder``) is each engine's own answer, not a table."""
     plugins = make_plugin_manager(env={})
     folder = {name for name, engine in plugins.engines.items() if engine.loads_weights_folder}
-    assert folder == {"transformers", "sentence_transformers", "vllm", "sglang", "mlx", "diffusers"}
+    assert folder == {
+        "transformers", "sentence_transformers", "sentence_transformers_rerank", "vllm", "sglang", "mlx", "diffusers"
+    }
 
 
 def test_installed_echo_plugin_is_discovered_through_its_entry_point() -> None:

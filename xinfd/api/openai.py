@@ -49,6 +49,7 @@ from xinfd.errors import (
 )
 from xinfd.http_errors import error_body, parse_json_object
 from xinfd.replicas import Replica
+from xinfd.request_features import check_request_features
 from xinfd.router import NoReadyReplica, QueueFull
 from xinfd.supervisor import RunningModel
 
@@ -85,7 +86,7 @@ def make_api_app(state: DaemonState) -> web.Application:
     # a remote xinfctl under /control, both calling xinfd.api.management.
     xinference.add_routes(app)
     app.add_subapp(CONTROL_PREFIX, make_remote_control_app(state))
-    for endpoint in ("chat/completions", "completions", "embeddings"):
+    for endpoint in ("chat/completions", "completions", "embeddings", "rerank"):
         app.router.add_post(f"/v1/{endpoint}", _proxy_route(endpoint))
     if state.settings.ui:  # the web console at /ui, a client of the routes above
         add_ui_routes(app)
@@ -164,6 +165,10 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     validate_request(
         request, endpoint, body
     )  # 400 naming the field, before any replica is involved (issue 6)
+    if endpoint in ("chat/completions", "completions"):
+        # Fields the replica's engine cannot honour are refused here, naming the engine (xinfd.request_features).
+        supported = state.manager.plugins.request_features(model.engine)
+        check_request_features(body, engine=model.engine, supported=supported)
     metrics = state.metrics
     started = time.monotonic()
     status = 500
@@ -240,7 +245,7 @@ async def _relay(request: web.Request, replica: Replica, endpoint: str, raw: byt
                     headers=out_headers,
                 )
         async with replica.session().post(url, data=raw, headers=headers) as upstream:
-            data = await _read_answer(upstream, replica)
+            data = xinference.with_detail(request.path, upstream.status, await _read_answer(upstream, replica))
             if upstream.status == 200:
                 request.app[STATE].metrics.usage(replica.model_uid, data)
             return web.Response(

@@ -33,6 +33,7 @@ from aiohttp import web
 
 from xinfd.api.state import STATE
 from xinfd.openai_protocol import parse_chat_request, parse_completion_request, parse_embedding_request
+from xinfd.rerank_protocol import parse_rerank_request
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ _VALIDATORS = {
     "chat/completions": parse_chat_request,
     "completions": parse_completion_request,
     "embeddings": parse_embedding_request,
+    "rerank": parse_rerank_request,
 }
 
 

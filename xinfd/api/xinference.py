@@ -76,6 +76,23 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/supervisor", supervisor)
 
 
+# Inference routes that never stream, whose refusals Xinference's client also reads as ``detail``.
+_UNSTREAMED_INFERENCE = frozenset({"/v1/rerank", "/v1/embeddings"})
+
+
+def with_detail(path: str, status: int, body: bytes) -> bytes:
+    """A replica's refusal on an unstreamed inference route, with Xinference's ``detail`` added (the replica
+    answers in OpenAI's envelope only); any other answer unchanged."""
+    if status < 400 or path not in _UNSTREAMED_INFERENCE:
+        return body
+    try:
+        decoded = json.loads(body)
+        message = decoded["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return body
+    return json.dumps({**decoded, "detail": message}).encode() if "detail" not in decoded else body
+
+
 @web.middleware
 async def detail_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Errors of management routes (and access refusals anywhere) also carry Xinference's ``detail``.
@@ -87,7 +104,7 @@ async def detail_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except XinfdError as exc:
         management_route = required_scope(request.path, request.method) is Scope.ADMIN or any(
-            request.path.startswith(p + "/") for p in READ_PREFIXES)
+            request.path.startswith(p + "/") for p in READ_PREFIXES) or request.path in _UNSTREAMED_INFERENCE
         if not management_route and not isinstance(exc, AuthenticationError | PermissionDeniedError):
             raise
         response = error_response(exc)

@@ -41,6 +41,7 @@ FORMAT_ENGINES: dict[str, tuple[str, ...]] = {
     "mlx": ("mlx",),
 }
 EMBEDDING_ENGINES = ("sentence_transformers",)
+RERANK_ENGINES = ("sentence_transformers_rerank",)
 _DESCRIPTIVE = frozenset({"model_lang", "language", "model_family", "version", "model_hub", "model_revision"})
 _NOT_HONOURED = ("chat_template", "stop_token_ids", "stop")
 _SPEC_KEYS = frozenset({"model_format", "model_size_in_billions", "quantization", "quantizations", "model_id",
@@ -146,7 +147,8 @@ def _size(value: Any) -> float | int:
 def _engines(kind: str, fmts: list[str], known: Container[str]) -> list[str]:
     wanted: list[str] = []
     for fmt in fmts:
-        candidates = EMBEDDING_ENGINES if kind == "embedding" else FORMAT_ENGINES.get(fmt.lower())
+        candidates = (EMBEDDING_ENGINES if kind == "embedding" else RERANK_ENGINES if kind == "rerank"
+                      else FORMAT_ENGINES.get(fmt.lower()))
         if candidates is None:
             raise InvalidRequestError(
                 f"model_format {fmt!r} is not loaded by any xinfd engine (known: {', '.join(FORMAT_ENGINES)})",
@@ -230,7 +232,7 @@ def engine_params(spec: ModelSpec, plugins: Plugins, platform: Platform) -> dict
             continue
         fitting = [v for v in variants if v["model_format"] is None
                    or engine in FORMAT_ENGINES.get(str(v["model_format"]).lower(), (engine,))
-                   or engine in EMBEDDING_ENGINES]
+                   or engine in EMBEDDING_ENGINES or engine in RERANK_ENGINES]
         result[engine] = [{
             "model_name": spec.name,
             "model_format": v["model_format"],

@@ -83,6 +83,8 @@ async def run(replica: ReplicaContext, model: ModelSpec, env: Mapping[str, str])
         # every engine, so a SIGHUP changes it at once; the replica neither knows nor re-reads it.
         max_tokens_cap=None,
         replica_label=replica_label(replica),
+        engine=replica.engine,
+        request_features=plugins.request_features(replica.engine),
     )
     try:
         await serve(app, replica.socket_path)

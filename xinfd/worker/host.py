@@ -6,8 +6,9 @@ Validation and response bodies live in ``xinfd.worker.protocol`` (aiohttp-free);
 
 Routes: ``GET /health`` (with the imported library versions), ``GET /info`` (those versions, the files they were
 loaded from and the process id), ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
-``POST /v1/embeddings``, ``POST /v1/images/generations`` (``xinfd.worker.image_generation``),
-``POST /abort/{request_id}``. A route whose ability the model lacks answers 404.
+``POST /v1/embeddings``, ``POST /v1/rerank``, ``POST /v1/images/generations``
+(``xinfd.worker.image_generation``), ``POST /abort/{request_id}``. A route whose ability the model lacks answers
+404.
 """
 
 from __future__ import annotations
@@ -18,15 +19,27 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from xinfd import logprobs as logprobs_format
+from xinfd import rerank_protocol
 from xinfd.errors import InvalidRequestError, PluginError, UnsupportedEndpointError, XinfdError
 from xinfd.http_errors import exception_body, make_error_middleware, parse_json_object
-from xinfd.types import EmbeddingModel, GeneratedDelta, GenerateRequest, ImageModel, TextModel
+from xinfd.request_features import check_request_features
+from xinfd.types import (
+    EmbeddingModel,
+    GeneratedDelta,
+    GenerateRequest,
+    ImageModel,
+    RerankModel,
+    TextModel,
+    TokenLogprob,
+)
 from xinfd.worker import images as image_parts
 from xinfd.worker import protocol
 from xinfd.worker.libraries import imported_libraries, module_files
@@ -53,6 +66,10 @@ class WorkerConfig:
     max_tokens_cap: int | None
     replica_label: str
     created: int
+    # The engine's name and the optional request fields it honours (``Engine.request_features``), for the 400
+    # that refuses the others; ``None`` checks nothing.
+    engine: str = ""
+    request_features: frozenset[str] | None = frozenset()
 
 
 class InFlight:
@@ -106,6 +123,7 @@ INFLIGHT_KEY = web.AppKey("xinfd_worker_inflight", InFlight)
 # Protocols are not concrete classes, so these keys are typed by subscription rather than by a ``t`` argument.
 TEXT_MODEL_KEY = web.AppKey[TextModel]("xinfd_worker_text_model")
 EMBEDDING_MODEL_KEY = web.AppKey[EmbeddingModel]("xinfd_worker_embedding_model")
+RERANK_MODEL_KEY = web.AppKey[RerankModel]("xinfd_worker_rerank_model")
 REQUEST_ID_KEY = web.RequestKey("xinfd_request_id", str)
 
 
@@ -117,19 +135,28 @@ def make_worker_app(
     context_length: int,
     max_tokens_cap: int | None,
     replica_label: str,
+    engine: str = "",
+    request_features: frozenset[str] | None = frozenset(),
 ) -> web.Application:
     """Build the replica's HTTP app around a loaded model object.
 
-    :raises TypeError: if ``model`` implements none of ``TextModel``, ``EmbeddingModel``, ``ImageModel``.
+    ``engine`` and ``request_features`` (``Engine.request_features``) decide which optional request fields are
+    honoured; the others are refused with a 400 naming the field and the engine.
+
+    :raises TypeError: if ``model`` implements none of ``TextModel``, ``EmbeddingModel``, ``RerankModel`` and
+        ``ImageModel``.
     """
     from xinfd.worker.image_generation import add_image_routes  # it imports this module's keys
 
     text = model if isinstance(model, TextModel) else None
     embedder = model if isinstance(model, EmbeddingModel) else None
+    reranker = model if isinstance(model, RerankModel) else None
     image = model if isinstance(model, ImageModel) else None
-    if text is None and embedder is None and image is None:
-        raise TypeError(f"{type(model).__name__} implements neither TextModel nor EmbeddingModel nor ImageModel")
-    served = text if text is not None else embedder
+    if text is None and embedder is None and reranker is None and image is None:
+        raise TypeError(
+            f"{type(model).__name__} implements none of TextModel, EmbeddingModel, RerankModel and ImageModel"
+        )
+    served = text if text is not None else embedder if embedder is not None else reranker
     window = served.context_window if served is not None else None
     if window is not None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
@@ -145,6 +172,8 @@ def make_worker_app(
         max_tokens_cap=max_tokens_cap,
         replica_label=replica_label,
         created=int(time.time()),
+        engine=engine,
+        request_features=request_features,
     )
     app[INFLIGHT_KEY] = InFlight()
     app.on_response_prepare.append(_stamp_headers)
@@ -162,6 +191,9 @@ def make_worker_app(
         app.router.add_post(path, handler if text is not None else _unsupported("text generation"))
     app.router.add_post("/v1/embeddings", _embeddings if embedder is not None else _unsupported("embeddings"))
     add_image_routes(app, image)
+    if reranker is not None:
+        app[RERANK_MODEL_KEY] = reranker
+    app.router.add_post("/v1/rerank", _rerank if reranker is not None else _unsupported("rerank"))
     return app
 
 
@@ -290,7 +322,9 @@ def _unsupported(ability: str) -> Handler:
 
 async def _chat_completions(request: web.Request) -> web.StreamResponse:
     model = request.app[TEXT_MODEL_KEY]
-    chat = protocol.parse_chat_request(parse_json_object(await request.read()))
+    body = parse_json_object(await request.read())
+    _check_features(request, body)
+    chat = protocol.parse_chat_request(body)
     images: tuple[bytes, ...] = ()
     if image_parts.has_images(list(chat.messages)):
         if not getattr(model, "accepts_images", False):
@@ -303,8 +337,15 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def _completions(request: web.Request) -> web.StreamResponse:
     model = request.app[TEXT_MODEL_KEY]
-    completion = protocol.parse_completion_request(parse_json_object(await request.read()))
+    body = parse_json_object(await request.read())
+    _check_features(request, body)
+    completion = protocol.parse_completion_request(body)
     return await _complete(request, model, "completion", completion.prompt, completion)
+
+
+def _check_features(request: web.Request, body: Mapping[str, Any]) -> None:
+    cfg = request.app[CONFIG_KEY]
+    check_request_features(body, engine=cfg.engine or "this engine", supported=cfg.request_features)
 
 
 async def _embeddings(request: web.Request) -> web.Response:
@@ -318,6 +359,21 @@ async def _embeddings(request: web.Request) -> web.Response:
         raise PluginError(f"the engine returned {len(vectors)} embeddings for {len(req.texts)} inputs")
     body = protocol.embeddings_body(
         vectors, model=cfg.model_uid, prompt_tokens=sum(counts), encoding_format=req.encoding_format
+    )
+    return web.json_response(body)
+
+
+async def _rerank(request: web.Request) -> web.Response:
+    cfg = request.app[CONFIG_KEY]
+    model = request.app[RERANK_MODEL_KEY]
+    req = rerank_protocol.parse_rerank_request(parse_json_object(await request.read()))
+    counts = [model.count_pair_tokens(req.query, document) for document in req.documents]
+    rerank_protocol.check_pair_lengths(counts, context_length=cfg.context_length)
+    scores = await model.rerank(req.query, list(req.documents))
+    if len(scores) != len(req.documents):
+        raise PluginError(f"the engine returned {len(scores)} scores for {len(req.documents)} documents")
+    body = rerank_protocol.rerank_body(
+        req, scores, response_id=request[REQUEST_ID_KEY], model=cfg.model_uid, input_tokens=sum(counts)
     )
     return web.json_response(body)
 
@@ -356,12 +412,16 @@ async def _complete(
         seed=sampling.seed,
         kind=kind,  # engines split <think> reasoning only out of chat answers
         images=images,
+        logprobs=parsed.logprobs,
     )
     fmt = CompletionFormat.new(kind, request_id, cfg.model_uid, parsed.include_usage)
     stream = CompletionStream(request, fmt) if parsed.stream else None
     started = time.monotonic()
     try:
-        text, finish_reason, reasoning, counted = await _drain(request, model.generate(generate), stream)
+        collected: list[TokenLogprob] | None = [] if parsed.logprobs is not None else None
+        text, finish_reason, reasoning, counted = await _drain(
+            request, model.generate(generate), stream, collected, kind
+        )
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the client (the daemon) disconnects; _drain closed the generator.
         log.info(
@@ -386,12 +446,20 @@ async def _complete(
     usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=generated)
     log.info("%s %s %s finish=%s %.3fs", request_id, kind, usage, finish_reason, time.monotonic() - started)
     if stream is None:
-        return web.json_response(fmt.full(text, finish_reason, usage, reasoning=reasoning))
+        shaped = None
+        if collected is not None:
+            shaped = (logprobs_format.chat_logprobs(collected) if kind == "chat"
+                      else logprobs_format.completion_logprobs(collected))
+        return web.json_response(fmt.full(text, finish_reason, usage, reasoning=reasoning, logprobs=shaped))
     return await stream.finish(finish_reason, usage)
 
 
 async def _drain(
-    request: web.Request, deltas: AsyncIterator[GeneratedDelta], stream: CompletionStream | None
+    request: web.Request,
+    deltas: AsyncIterator[GeneratedDelta],
+    stream: CompletionStream | None,
+    collected: list[TokenLogprob] | None = None,
+    kind: CompletionKind = "chat",
 ) -> tuple[str, str, str, int | None]:
     """Consume the engine's deltas up to the first finish reason; return the text, that reason, the
     reasoning text (``GeneratedDelta.reasoning``, sent as ``reasoning_content``) and the engine's last token
@@ -399,7 +467,8 @@ async def _drain(
 
     The iterator is always closed (``aclose``) on the way out, so an engine stops generating when the client
     disconnects, the request is aborted, or sending fails. A cancellation caused only by ``/abort`` is
-    absorbed and reported as ``finish_reason="abort"``.
+    absorbed and reported as ``finish_reason="abort"``. With ``collected`` (the request asked for logprobs),
+    each delta's ``logprobs`` are appended to it and streamed with the delta's text, in ``kind``'s shape.
     """
     inflight = request.app[INFLIGHT_KEY]
     request_id = request[REQUEST_ID_KEY]
@@ -418,10 +487,15 @@ async def _drain(
                 thoughts.append(delta.reasoning)
                 if stream is not None:
                     await stream.delta("", reasoning=delta.reasoning)
-            if delta.text:
+            shaped = None
+            if collected is not None and delta.logprobs:
+                shaped = (logprobs_format.chat_logprobs(delta.logprobs) if kind == "chat" else
+                          logprobs_format.completion_logprobs(delta.logprobs, offset=sum(len(p) for p in parts)))
+                collected.extend(delta.logprobs)
+            if delta.text or shaped is not None:
                 parts.append(delta.text)
                 if stream is not None:
-                    await stream.delta(delta.text)
+                    await stream.delta(delta.text, logprobs=shaped)
             if delta.finish_reason:
                 finish_reason = delta.finish_reason
                 break

@@ -54,8 +54,9 @@ class CompletionStream:
         """Whether the status line went out, after which errors can only be reported in-band."""
         return self.response.prepared
 
-    async def delta(self, text: str, *, reasoning: str = "") -> None:
-        await self._send(self._fmt.delta_chunk(text, reasoning=reasoning))
+    async def delta(self, text: str, *, reasoning: str = "", logprobs: Mapping[str, Any] | None = None) -> None:
+        await self._send(self._fmt.delta_chunk(text, reasoning=reasoning,
+                                               logprobs=dict(logprobs) if logprobs is not None else None))
 
     async def finish(self, finish_reason: str, usage: Usage) -> web.StreamResponse:
         """End a successful stream."""

@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
-from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest
+from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest, TokenLogprob
 from xinfd_echo.options import EchoOptions
 
 __all__ = ["EchoModel", "EchoOptions", "tokenize"]
@@ -102,20 +102,25 @@ class EchoModel:
                 return
             text = ""  # everything generated so far
             sent = 0  # how much of it has been yielded
+            ends: list[int] = []  # where each generated token ends in ``text``
             for index, token in enumerate(budget):
                 if index:
                     await asyncio.sleep(self.options.delay)
                 text += token
+                ends.append(len(text))
                 hit = _find_stop(text, request.stop, start=sent)
                 if hit is not None:
-                    yield GeneratedDelta(text=text[sent:hit], finish_reason="stop")
+                    logprobs = fake_logprobs(text, ends, sent, hit, request.logprobs, final=True)
+                    yield GeneratedDelta(text=text[sent:hit], finish_reason="stop", logprobs=logprobs)
                     return
                 if index == len(budget) - 1:
-                    yield GeneratedDelta(text=text[sent:], finish_reason=natural_end)
+                    logprobs = fake_logprobs(text, ends, sent, len(text), request.logprobs, final=True)
+                    yield GeneratedDelta(text=text[sent:], finish_reason=natural_end, logprobs=logprobs)
                     return
                 safe = len(text) - _stop_prefix_length(text, request.stop)
                 if safe > sent:
-                    yield GeneratedDelta(text=text[sent:safe])
+                    logprobs = fake_logprobs(text, ends, sent, safe, request.logprobs)
+                    yield GeneratedDelta(text=text[sent:safe], logprobs=logprobs)
                     sent = safe
         finally:
             self._request_ended()
@@ -129,6 +134,30 @@ class EchoModel:
                 asyncio.get_running_loop().call_later(_CRASH_GRACE_S, os._exit, CRASH_EXIT_CODE)
             except RuntimeError:  # no loop (iterator finalised outside one): crash now
                 os._exit(CRASH_EXIT_CODE)
+
+
+def fake_logprobs(
+    text: str, ends: list[int], sent: int, upto: int, top: int | None, *, final: bool = False
+) -> tuple[TokenLogprob, ...]:
+    """Deterministic, made-up log probabilities (echo has no model: these are NOT real probabilities) for the
+    tokens that end in ``text[sent:upto]``, so tests can check the host's logprobs shapes exactly.
+
+    A token of ``n`` characters gets ``-n / 100``; its alternatives are itself, then ``"<alt1>"``,
+    ``"<alt2>"``... each one nat less likely. In the ``final`` delta a token cut by a stop string is reported as
+    the part that was sent. Empty when ``top`` is ``None`` (not asked).
+    """
+    if top is None:
+        return ()
+    found = []
+    for index, end in enumerate(ends):
+        start = ends[index - 1] if index else 0
+        if end <= sent or start >= upto or (end > upto and not final):
+            continue
+        piece = text[start:min(end, upto)]
+        logprob = -len(piece) / 100
+        alternatives = [(piece, logprob)] + [(f"<alt{j}>", logprob - j) for j in range(1, top)]
+        found.append(TokenLogprob(token=piece, logprob=logprob, top=tuple(alternatives[:top])))
+    return tuple(found)
 
 
 def _find_stop(text: str, stops: tuple[str, ...], *, start: int) -> int | None:

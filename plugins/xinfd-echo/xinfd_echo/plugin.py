@@ -47,6 +47,9 @@ class EchoEngine(WorkerEngine):
     loads_weights_folder = False
     # Every launch option echo accepts; the daemon refuses any other with a 400 naming it, before ``launch``.
     launch_options = frozenset(f.name for f in dataclasses.fields(EchoOptions))
+    # Optional OpenAI request fields echo honours (xinfd.request_features); any other is a 400 naming it.
+    # Echo's logprobs are made up (deterministic, for tests of the response shapes), see EchoModel.
+    request_features = frozenset({"logprobs"})
 
     def dependencies(self) -> list[str]:
         """What ``#echo_dependencies#`` expands to in a venv spec: nothing, echo is pure Python."""

@@ -129,7 +129,7 @@ async def test_an_engine_returning_the_wrong_number_of_vectors_is_a_500(make_cli
 
 
 def test_an_object_that_is_no_model_is_refused() -> None:
-    with pytest.raises(TypeError, match="neither TextModel nor EmbeddingModel"):
+    with pytest.raises(TypeError, match="none of TextModel, EmbeddingModel, RerankModel and ImageModel"):
         build_app(object())
 
 

@@ -164,7 +164,7 @@ def test_context_window_is_a_declared_attribute() -> None:
 
     kw: dict[str, Any] = {"model_uid": "m", "model_name": "m", "context_length": 8, "max_tokens_cap": None,
                           "replica_label": "m-r0"}
-    with pytest.raises(TypeError, match="implements neither TextModel nor EmbeddingModel"):
+    with pytest.raises(TypeError, match="implements none of TextModel, EmbeddingModel, RerankModel and ImageModel"):
         make_worker_app(Undeclared(), **kw)
     for bad in (0, "8", True):
         model = EchoModel()
