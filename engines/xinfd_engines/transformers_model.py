@@ -18,7 +18,9 @@ joining between steps); what xinfd adds is what it lacks:
 
 Sampling in transformers' batching is chosen per manager (``do_sample``), with per-request temperature and
 top_p. Requests with ``temperature=0`` get a temperature of 1e-5, which makes sampling pick the arg-max token.
-A per-request ``seed`` cannot be honoured inside a shared batch and is ignored (logged once).
+A per-request ``seed`` cannot be honoured inside a shared batch and is ignored (logged once); so are ``top_k`` and
+``repetition_penalty``, which the batch has no per-request processor for. The weights' ``generation_config.json``
+temperature and top_p (``sampling_defaults``) apply to requests that leave them unset.
 """
 
 from __future__ import annotations
@@ -121,6 +123,9 @@ class TransformersTextModel:
             options.reasoning if options.reasoning is not None else "</think>" in str(template)
         )
         self.eos_ids = _eos_ids(model, tokenizer)
+        # The weights' recommended sampling (generation_config.json), for requests that leave a field unset.
+        self.sampling_defaults = generation_defaults(getattr(model, "generation_config", None))
+        self._unsupported_warned = False
         self.manager = self._start_manager()
         # Counters for tests and logs: tokens produced, and requests cancelled before their end.
         self.tokens_generated = 0
@@ -238,6 +243,10 @@ class TransformersTextModel:
             parse_reasoning=self.parse_reasoning and chat,
             starts_in_reasoning=prompt_opens_reasoning(request.prompt),
         )
+        if (request.top_k is not None or request.repetition_penalty is not None) and not self._unsupported_warned:
+            self._unsupported_warned = True
+            log.warning("top_k and repetition_penalty are ignored: transformers' batching has no per-request "
+                        "processor for them")
         temperature = request.temperature if request.temperature > 0 else GREEDY_TEMPERATURE
         self.manager.register_result_handler(rid, results.put_nowait)
         self.manager.add_request(
@@ -299,6 +308,21 @@ class TransformersTextModel:
 
     def close(self) -> None:
         self.manager.stop(block=True, timeout=5)
+
+
+def generation_defaults(config: Any) -> dict[str, float]:
+    """The temperature and top_p a ``GenerationConfig`` (the weights' ``generation_config.json``) recommends,
+    when it samples (``do_sample``) and sets them away from 1.0 (transformers' own defaults, so not a choice
+    of the model's authors). top_k and repetition_penalty are left out: the batch cannot apply them per
+    request."""
+    if config is None or not getattr(config, "do_sample", False):
+        return {}
+    out: dict[str, float] = {}
+    for name in ("temperature", "top_p"):
+        value = getattr(config, name, None)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value != 1.0:
+            out[name] = float(value)
+    return out
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -20,6 +20,7 @@ pytest.importorskip("transformers")
 import openai
 
 from tests.integration.conftest import Daemon, wait_for
+from tests.integration.test_daemon import post
 from tests.unit.engines.tiny_gguf import tiny_llama_gguf
 from tests.unit.engines.tiny_models import build_tiny_llama
 
@@ -144,6 +145,27 @@ def test_smollm2_gguf_chat_through_transformers(daemon: Daemon) -> None:
     )
     assert streamed == answer.choices[0].message.content
     assert time.monotonic() - started < 600
+    readme_body_answers_in_seconds(daemon)
+
+
+# The README tour's first request, as its curl sends it: no max_tokens, no sampling fields.
+README_BODY = {
+    "model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "What is the capital of France?"}]
+}
+
+
+def readme_body_answers_in_seconds(daemon: Daemon) -> None:
+    """The family's default budget (256 tokens) and recommended sampling end the answer: measured 2-5 s on 2
+    cores where, unbounded, the model rambled until its 8192-token context was full (over ten minutes)."""
+    started = time.monotonic()
+    status, _, raw = post(daemon.endpoint, "/v1/chat/completions", README_BODY)
+    elapsed = time.monotonic() - started
+    assert status == 200, raw
+    answer = json.loads(raw)
+    assert answer["choices"][0]["finish_reason"] in ("stop", "length")
+    assert 0 < answer["usage"]["completion_tokens"] <= 256
+    assert answer["choices"][0]["message"]["content"]
+    assert elapsed < 30, f"the README's request took {elapsed:.1f}s"  # 10 s measured bound, with room for load
 
 
 def test_mlx_engine_through_the_daemon(daemon: Daemon, tmp_path: Path) -> None:

@@ -83,6 +83,7 @@ async def run(replica: ReplicaContext, model: ModelSpec, env: Mapping[str, str])
         # every engine, so a SIGHUP changes it at once; the replica neither knows nor re-reads it.
         max_tokens_cap=None,
         replica_label=replica_label(replica),
+        default_max_tokens=model.default_max_tokens,  # requests sent straight to the replica, not by the daemon
     )
     try:
         await serve(app, replica.socket_path)

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from xinfd.errors import InvalidRequestError, PluginError, UnsupportedEndpointError, XinfdError
 from xinfd.http_errors import exception_body, make_error_middleware, parse_json_object
+from xinfd.sampling_defaults import DEFAULTED_LIMIT_HEADER, with_model_defaults
 from xinfd.types import EmbeddingModel, GeneratedDelta, GenerateRequest, TextModel
 from xinfd.worker import protocol
 from xinfd.worker.protocol import CompletionFormat, CompletionKind, GenerationRequest, Usage
@@ -49,6 +50,8 @@ class WorkerConfig:
     max_tokens_cap: int | None
     replica_label: str
     created: int
+    # The family's default_max_tokens, for a request without a limit that did not come through the daemon.
+    default_max_tokens: int | None = None
 
 
 class InFlight:
@@ -113,6 +116,7 @@ def make_worker_app(
     context_length: int,
     max_tokens_cap: int | None,
     replica_label: str,
+    default_max_tokens: int | None = None,
 ) -> web.Application:
     """Build the replica's HTTP app around a loaded model object.
 
@@ -139,6 +143,7 @@ def make_worker_app(
         max_tokens_cap=max_tokens_cap,
         replica_label=replica_label,
         created=int(time.time()),
+        default_max_tokens=default_max_tokens,
     )
     app[INFLIGHT_KEY] = InFlight()
     app.on_response_prepare.append(_stamp_headers)
@@ -321,7 +326,10 @@ async def _complete(
         context_length=cfg.context_length,
         cap=cfg.max_tokens_cap,
         prompt_param="messages" if kind == "chat" else "prompt",
+        default=cfg.default_max_tokens,
+        fit_to_room=request.headers.get(DEFAULTED_LIMIT_HEADER) == "1",
     )
+    sampling = with_model_defaults(sampling, getattr(model, "sampling_defaults", None))
     generate = GenerateRequest(
         request_id=request_id,
         prompt=prompt,
@@ -331,6 +339,8 @@ async def _complete(
         stop=sampling.stop,
         seed=sampling.seed,
         kind=kind,  # engines split <think> reasoning only out of chat answers
+        top_k=sampling.top_k,
+        repetition_penalty=sampling.repetition_penalty,
     )
     fmt = CompletionFormat.new(kind, request_id, cfg.model_uid, parsed.include_usage)
     stream = CompletionStream(request, fmt) if parsed.stream else None
