@@ -199,8 +199,8 @@ class GenerateRequest:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    # vLLM's extra sampling parameters; None: off (no top-k filter, no penalty). An engine that cannot honour
-    # one says so in its docs and logs it; it does not pretend.
+    # vLLM's extra sampling parameters; None: the engine's own default (llama.cpp: top_k 40, no penalty). An
+    # engine that cannot honour one says so in its docs and logs it; it does not pretend.
     top_k: int | None = None
     repetition_penalty: float | None = None
 
