@@ -132,7 +132,7 @@ def test_default_budget_and_sampling_are_read_and_round_trip(tmp_path: Path) -> 
     smol = ModelRegistry(Path("/nonexistent")).builtin()["smollm2-135m-instruct"]
     # The model card's example generation (temperature 0.2, top_p 0.9) and a budget that answers in seconds.
     assert smol.sampling == {"temperature": 0.2, "top_p": 0.9}
-    assert smol.default_max_tokens == 256
+    assert smol.default_max_tokens == 128
     spec = spec_from_json(minimal(default_max_tokens=64, sampling={"top_k": 40, "repetition_penalty": 1.1}), "x")
     assert (spec.default_max_tokens, spec.sampling) == (64, {"top_k": 40, "repetition_penalty": 1.1})
     assert "sampling" not in spec.extra and "default_max_tokens" not in spec.extra
