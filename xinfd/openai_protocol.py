@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from xinfd.errors import InvalidRequestError, XinfdError
 from xinfd.logprobs import parse_logprobs
+from xinfd.sampling_defaults import check_repetition_penalty, check_top_k, unset_fields
 from xinfd.template_kwargs import validate_chat_template_kwargs
 from xinfd.types import ChatMessage, ImageInput, RequestKind
 
@@ -52,6 +53,11 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # vLLM's extra sampling fields (``xinfd.sampling_defaults``); None: the engine's own default.
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    # Sampling fields the request left unset, which the model's own defaults (generation_config) may fill.
+    unset: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,16 +193,28 @@ def parse_sampling(body: Mapping[str, Any]) -> SamplingParams:
         top_p=_number(body, "top_p", default=1.0, low=0.0, high=1.0, low_open=True),
         stop=_parse_stop(body.get("stop")),
         seed=seed,
+        top_k=check_top_k(body.get("top_k")),
+        repetition_penalty=check_repetition_penalty(body.get("repetition_penalty")),
+        unset=unset_fields(body),
     )
 
 
 def resolve_max_tokens(
-    sampling: SamplingParams, *, prompt_tokens: int, context_length: int, cap: int | None, prompt_param: str
+    sampling: SamplingParams,
+    *,
+    prompt_tokens: int,
+    context_length: int,
+    cap: int | None,
+    prompt_param: str,
+    default: int | None = None,
+    fit_to_room: bool = False,
 ) -> int:
-    """The completion budget: what the client asked for (or all the room left), clamped to the operator's cap.
+    """The completion budget: what the client asked for (or ``default``, or all the room left), clamped to the
+    operator's cap.
 
     A request above the cap is clamped rather than refused, because the cap is the operator's limit, not the
-    client's mistake. A request that does not fit the context is refused with the token counts (as OpenAI).
+    client's mistake. A request that does not fit the context is refused with the token counts (as OpenAI),
+    unless ``fit_to_room``: its ``max_tokens`` is a default the daemon filled in, not the client's limit.
     """
     room = context_length - prompt_tokens
     if room < 1:
@@ -205,9 +223,11 @@ def resolve_max_tokens(
             f"the prompt is {prompt_tokens} tokens long but the model's context length is {context_length} "
             "tokens, which leaves no room for a completion",
         )
-    wanted = room if sampling.max_tokens is None else sampling.max_tokens
+    wanted = (room if default is None else min(room, default)) if sampling.max_tokens is None else sampling.max_tokens
     if cap is not None:
         wanted = min(wanted, cap)
+    if fit_to_room:
+        wanted = min(wanted, room)
     if wanted > room:
         param = sampling.max_tokens_param
         raise _invalid(

@@ -2,9 +2,10 @@
 ``$XINFERENCE_HOME/models/*.json`` (``xinfctl register --file spec.json``).
 
 A family file is one JSON object whose keys are ``ModelSpec`` fields (``name``, ``abilities``, ``engines``,
-``context_length``, ``description``, ``virtualenv``, ``extra``); any other key (``formats``, ``sources``,
-``chat_template``...) is kept in ``extra`` for the engines. The files are the source of truth: the registry
-has no state of its own, so the control API re-reads them, and a registration survives restarts.
+``context_length``, ``description``, ``virtualenv``, ``extra``, ``default_max_tokens``, ``sampling``); any other
+key (``formats``, ``sources``, ``chat_template``...) is kept in ``extra`` for the engines. The files are the source
+of truth: the registry has no state of its own, so the control API re-reads them, and a registration survives
+restarts.
 
 Precedence: a family shipped by a plugin (``xinfd_register_models``) keeps its name; a builtin family comes
 next; a user registration may not reuse a builtin or plugin name (unregistering it could not bring the
@@ -24,6 +25,7 @@ from typing import Any
 from xinfd.atomic import PRIVATE, write_atomic
 from xinfd.errors import InvalidRequestError, UnknownModelError
 from xinfd.names import MODEL_NAME, check_name
+from xinfd.sampling_defaults import family_sampling
 from xinfd.types import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,11 @@ def spec_from_json(data: Any, where: str) -> ModelSpec:
     if not isinstance(extra, dict):
         raise InvalidRequestError(f"{where}: 'extra' must be an object", param="extra")
     extra = {**{k: v for k, v in data.items() if k not in _FIELDS}, **extra}
+    budget = data.get("default_max_tokens")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise InvalidRequestError(
+            f"{where}: 'default_max_tokens' must be a positive integer", param="default_max_tokens"
+        )
     return ModelSpec(
         name=name,
         abilities=tuple(abilities),
@@ -81,6 +88,8 @@ def spec_from_json(data: Any, where: str) -> ModelSpec:
         description=str(data.get("description", "")),
         virtualenv=virtualenv,
         extra=extra,
+        default_max_tokens=budget,
+        sampling=family_sampling(data.get("sampling"), where),
     )
 
 
@@ -93,6 +102,8 @@ def spec_to_json(spec: ModelSpec) -> dict[str, Any]:
         "description": spec.description,
         "virtualenv": dict(spec.virtualenv),
         "extra": dict(spec.extra),
+        **({"default_max_tokens": spec.default_max_tokens} if spec.default_max_tokens is not None else {}),
+        **({"sampling": dict(spec.sampling)} if spec.sampling else {}),
     }
 
 

@@ -37,6 +37,10 @@ class ModelSpec:
     virtualenv: Mapping[str, Any] = field(default_factory=dict)
     # Free-form data for the engine (weights location, chat template notes, quantizations...).
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Completion budget of a request that sets no max_tokens (None: the daemon's ``default_max_tokens``).
+    default_max_tokens: int | None = None
+    # Recommended sampling (``xinfd.sampling_defaults.SAMPLING_FIELDS``), for requests that do not set a field.
+    sampling: Mapping[str, float | int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -226,6 +230,10 @@ class GenerateRequest:
     # in ``GeneratedDelta.logprobs`` with its ``k`` most likely alternatives (OpenAI's ``top_logprobs``). Only
     # engines whose ``Engine.request_features`` include ``"logprobs"`` are ever asked.
     logprobs: int | None = None
+    # vLLM's extra sampling parameters; None: the engine's own default (llama.cpp: top_k 40, no penalty). An
+    # engine that cannot honour one says so in its docs and logs it; it does not pretend.
+    top_k: int | None = None
+    repetition_penalty: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -192,8 +192,13 @@ class LlamaCppModel:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         vocab = self.llm._model.vocab
         reason, count = "length", 0
-        # Sampling as create_completion's defaults (top_k=40, min_p=0.05) with the request's temperature/top_p.
-        tokens = self.llm.generate(prompt, temp=request.temperature, top_p=request.top_p)
+        # Sampling as create_completion's defaults (top_k=40, min_p=0.05, no repetition penalty) with the
+        # request's temperature, top_p, and top_k / repetition_penalty when it sets them.
+        tokens = self.llm.generate(
+            prompt, temp=request.temperature, top_p=request.top_p,
+            top_k=request.top_k if request.top_k is not None else 40,
+            repeat_penalty=request.repetition_penalty if request.repetition_penalty is not None else 1.0,
+        )
         for produced, token in enumerate(tokens, start=1):
             self.tokens_generated += 1
             if cancel.is_set():

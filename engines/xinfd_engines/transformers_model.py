@@ -18,7 +18,9 @@ joining between steps); what xinfd adds is what it lacks:
 
 Sampling in transformers' batching is chosen per manager (``do_sample``), with per-request temperature and
 top_p. Requests with ``temperature=0`` get a temperature of 1e-5, which makes sampling pick the arg-max token.
-A per-request ``seed`` cannot be honoured inside a shared batch and is ignored (logged once).
+A per-request ``seed`` cannot be honoured inside a shared batch and is ignored (logged once); so are ``top_k`` and
+``repetition_penalty``, which the batch has no per-request processor for. The weights' ``generation_config.json``
+temperature and top_p (``sampling_defaults``) apply to requests that leave them unset.
 
 Releases without continuous batching (transformers < 5, which a model venv may pin: GOT-OCR2's 4.37.2) are
 served by ``transformers_generate``: one ``generate()`` per request on a thread, streaming token ids, with the
@@ -128,6 +130,9 @@ class TransformersTextModel:
             options.reasoning if options.reasoning is not None else "</think>" in str(template)
         )
         self.eos_ids = _eos_ids(model, tokenizer)
+        # The weights' recommended sampling (generation_config.json), for requests that leave a field unset.
+        self.sampling_defaults = generation_defaults(getattr(model, "generation_config", None))
+        self._unsupported_warned = False
         self._score_lock = threading.Lock()  # TokenScorer forwards (requests asking for logprobs), one at a time
         self.manager: Any = None
         self.threaded: ThreadedGenerator | None = None
@@ -250,6 +255,10 @@ class TransformersTextModel:
             parse_reasoning=self.parse_reasoning and chat,
             starts_in_reasoning=prompt_opens_reasoning(request.prompt),
         )
+        if (request.top_k is not None or request.repetition_penalty is not None) and not self._unsupported_warned:
+            self._unsupported_warned = True
+            log.warning("top_k and repetition_penalty are ignored: transformers' batching has no per-request "
+                        "processor for them")
         source = self._batched_tokens(ids, request) if self.threaded is None else self.threaded.tokens(ids, request)
         finished = False
         produced = 0
@@ -364,6 +373,21 @@ def dtype_keyword(version: str) -> str:
         digits = "".join(itertools.takewhile(str.isdigit, item))
         parts.append(int(digits or 0))
     return "dtype" if tuple(parts) >= (4, 56) else "torch_dtype"
+
+
+def generation_defaults(config: Any) -> dict[str, float]:
+    """The temperature and top_p a ``GenerationConfig`` (the weights' ``generation_config.json``) recommends,
+    when it samples (``do_sample``) and sets them away from 1.0 (transformers' own defaults, so not a choice
+    of the model's authors). top_k and repetition_penalty are left out: the batch cannot apply them per
+    request."""
+    if config is None or not getattr(config, "do_sample", False):
+        return {}
+    out: dict[str, float] = {}
+    for name in ("temperature", "top_p"):
+        value = getattr(config, name, None)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value != 1.0:
+            out[name] = float(value)
+    return out
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:

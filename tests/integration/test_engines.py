@@ -20,6 +20,7 @@ pytest.importorskip("transformers")
 import openai
 
 from tests.integration.conftest import Daemon, wait_for
+from tests.integration.test_daemon import post
 from tests.unit.engines.tiny_gguf import tiny_llama_gguf
 from tests.unit.engines.tiny_models import build_tiny_llama
 
@@ -144,6 +145,28 @@ def test_smollm2_gguf_chat_through_transformers(daemon: Daemon) -> None:
     )
     assert streamed == answer.choices[0].message.content
     assert time.monotonic() - started < 600
+    readme_body_answers_in_seconds(daemon)
+
+
+# The README tour's first request, as its curl sends it: no max_tokens, no sampling fields.
+README_BODY = {
+    "model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "What is the capital of France?"}]
+}
+
+
+def readme_body_answers_in_seconds(daemon: Daemon) -> None:
+    """The family's default budget (128 tokens) and recommended sampling end the answer, where unbounded the
+    model could ramble until its 8192-token context was full (over ten minutes on 2 cores). The time is printed,
+    not asserted: on a shared 2-core machine it depends on the load more than on xinfd."""
+    started = time.monotonic()
+    status, _, raw = post(daemon.endpoint, "/v1/chat/completions", README_BODY)
+    elapsed = time.monotonic() - started
+    assert status == 200, raw
+    answer = json.loads(raw)
+    assert answer["choices"][0]["finish_reason"] in ("stop", "length")
+    assert 0 < answer["usage"]["completion_tokens"] <= 128
+    assert answer["choices"][0]["message"]["content"]
+    print(f"\nREADME request without max_tokens: {answer['usage']['completion_tokens']} tokens in {elapsed:.1f} s")
 
 
 def test_mlx_engine_through_the_daemon(daemon: Daemon, tmp_path: Path) -> None:

@@ -164,6 +164,7 @@ ENV_CASES: list[tuple[str, str, Any]] = [
     ("XINFERENCE_TEXT_TO_IMAGE_BATCHING_SIZE", "1024*768", "1024*768"),
     ("XINFERENCE_SSE_PING_ATTEMPTS_SECONDS", "15", 15.0),
     ("XINFERENCE_MAX_TOKENS", "4096", 4096),
+    ("XINFD_DEFAULT_MAX_TOKENS", "512", 512),
     (
         "XINFERENCE_ALLOWED_IPS",
         "10.0.0.0/8, 192.168.1.7",
@@ -250,6 +251,7 @@ BAD_ENV_CASES: list[tuple[str, str]] = [
     ("XINFERENCE_SSE_PING_ATTEMPTS_SECONDS", "inf"),
     ("XINFERENCE_MAX_TOKENS", "lots"),
     ("XINFERENCE_MAX_TOKENS", "0"),
+    ("XINFD_DEFAULT_MAX_TOKENS", "0"),
     ("XINFERENCE_ALLOWED_IPS", "10.0.0.0/33"),
     ("XINFD_TRUSTED_PROXIES", "localhost"),
     ("XINFD_API_KEYS", "sk-one,,sk-two"),

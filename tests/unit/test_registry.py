@@ -75,6 +75,14 @@ def test_unknown_keys_go_to_extra_and_engines_are_lowercased() -> None:
         (minimal(context_length=0), "context_length"),
         (minimal(virtualenv={"packages": "torch"}), "virtualenv"),
         (minimal(extra=[]), "extra"),
+        (minimal(default_max_tokens=0), "default_max_tokens"),
+        (minimal(default_max_tokens="512"), "default_max_tokens"),
+        (minimal(sampling=[0.2]), "sampling"),
+        (minimal(sampling={"temprature": 0.2}), "sampling"),
+        (minimal(sampling={"temperature": 3}), "sampling.temperature"),
+        (minimal(sampling={"top_p": 0}), "sampling.top_p"),
+        (minimal(sampling={"top_k": 2.5}), "sampling.top_k"),
+        (minimal(sampling={"repetition_penalty": 0}), "sampling.repetition_penalty"),
     ],
 )
 def test_invalid_specs_name_the_field(data: dict[str, Any], param: str) -> None:
@@ -119,3 +127,21 @@ def test_broken_user_file_is_skipped(tmp_path: Path) -> None:
     (registry.user_dir / "broken.json").write_text("{not json")
     (registry.user_dir / "ok.json").write_text(json.dumps(minimal(name="ok")))
     assert list(registry.registrations()) == ["ok"]
+
+
+def test_default_budget_and_sampling_are_read_and_round_trip(tmp_path: Path) -> None:
+    smol = ModelRegistry(Path("/nonexistent")).builtin()["smollm2-135m-instruct"]
+    # The model card's example generation (temperature 0.2, top_p 0.9) and a budget that answers in seconds.
+    assert smol.sampling == {"temperature": 0.2, "top_p": 0.9}
+    assert smol.default_max_tokens == 128
+    spec = spec_from_json(minimal(default_max_tokens=64, sampling={"top_k": 40, "repetition_penalty": 1.1}), "x")
+    assert (spec.default_max_tokens, spec.sampling) == (64, {"top_k": 40, "repetition_penalty": 1.1})
+    assert "sampling" not in spec.extra and "default_max_tokens" not in spec.extra
+    registry = ModelRegistry.for_home(tmp_path)
+    families: dict[str, ModelSpec] = {}
+    registry.register(minimal(default_max_tokens=64, sampling={"temperature": 0.5}), families)
+    again: dict[str, ModelSpec] = {}
+    ModelRegistry.for_home(tmp_path).install(again)
+    assert (again["my-model"].default_max_tokens, again["my-model"].sampling) == (64, {"temperature": 0.5})
+    plain = spec_from_json(minimal(), "x")
+    assert (plain.default_max_tokens, plain.sampling) == (None, {})

@@ -26,7 +26,7 @@ from xinfd.api.control import CONTROL_PREFIX, make_remote_control_app
 from xinfd.api.metrics import StreamStats
 from xinfd.api.middleware import drain_middleware, error_middleware
 from xinfd.api.readiness import daemon_name, install_readiness
-from xinfd.api.request_policy import forwarded_body
+from xinfd.api.request_policy import DEFAULTED_LIMIT_HEADER, default_budget, forwarded_body, sets_no_limit
 from xinfd.api.security import PolicyHolder, security_middleware
 from xinfd.api.state import STATE, DaemonState
 from xinfd.api.streaming import (
@@ -180,14 +180,23 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
                 request, _lease(model, tried)
             ) as replica:  # pings while queued (issue 6)
                 try:
+                    cap = state.settings.max_tokens  # read per request: SIGHUP applies at once
                     forwarded = forwarded_body(
                         raw,
                         body,
                         endpoint,
-                        max_tokens=state.settings.max_tokens,  # read per request: SIGHUP applies at once
+                        max_tokens=cap,
                         chat_template_kwargs=replica.spec.chat_template_kwargs if replica.spec else {},
+                        default_max_tokens=default_budget(
+                            family=model.spec.default_max_tokens,
+                            daemon=state.settings.default_max_tokens,
+                            context_length=model.spec.context_length,
+                            cap=cap,
+                        ),
+                        sampling=model.spec.sampling,
                     )
-                    response = await _relay(request, replica, endpoint, forwarded)
+                    defaulted = sets_no_limit(body, endpoint)
+                    response = await _relay(request, replica, endpoint, forwarded, defaulted=defaulted)
                 except _NOT_SENT as exc:
                     # The replica died between picking and sending: nothing was generated, so try another one.
                     log.warning(
@@ -214,10 +223,14 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
         metrics.latency.labels(uid, endpoint).observe(time.monotonic() - started)
 
 
-async def _relay(request: web.Request, replica: Replica, endpoint: str, raw: bytes) -> web.StreamResponse:
+async def _relay(
+    request: web.Request, replica: Replica, endpoint: str, raw: bytes, *, defaulted: bool = False
+) -> web.StreamResponse:
     try:  # the router's lease counts the request as outstanding
         url = f"{replica.base_url}{replica.api_prefix}/{endpoint}"
         headers = {"Content-Type": "application/json"}
+        if defaulted:  # the body's max_tokens is the daemon's default: the worker host fits it to the prompt
+            headers[DEFAULTED_LIMIT_HEADER] = "1"
         out_headers = {REPLICA_HEADER: replica.label}
         if request.get(STREAM_KEY, False):
             settings = request.app[STATE].settings

@@ -221,6 +221,13 @@ class Settings:
         doc="Global cap on completion tokens per request (>= 1), for every engine: the daemon lowers a larger "
         "max_tokens (or sets it when a request has none) in each request it forwards. Unset: no cap.",
         spec="Global max tokens limit override for requests. Default is unset.")
+    default_max_tokens: int = setting(
+        1024, env="XINFD_DEFAULT_MAX_TOKENS", kind="int", check=checks.at_least(1), consumers=("daemon",),
+        section="Serving", reload=True,
+        doc="Completion budget of a request that sets neither max_tokens nor max_completion_tokens, when its "
+        "model family declares no default_max_tokens (>= 1). Never above the family's context_length, and "
+        "max_tokens (the cap) still wins. 1024 is a long answer for a chat model yet ends a runaway generation "
+        "in seconds on a GPU and in about a minute for a small model on 2 CPU cores.")
     batch_size: int = setting(
         32, env="XINFERENCE_BATCH_SIZE", kind="int", check=checks.at_least(1), consumers=("engine",),
         section="Serving", doc="Requests per continuous batch of the engines that batch (>= 1). A new value "

@@ -85,6 +85,7 @@ async def run(replica: ReplicaContext, model: ModelSpec, env: Mapping[str, str])
         replica_label=replica_label(replica),
         engine=replica.engine,
         request_features=plugins.request_features(replica.engine),
+        default_max_tokens=model.default_max_tokens,  # requests sent straight to the replica, not by the daemon
     )
     try:
         await serve(app, replica.socket_path)

@@ -31,6 +31,7 @@ from xinfd import rerank_protocol
 from xinfd.errors import InvalidRequestError, PluginError, UnsupportedEndpointError, XinfdError
 from xinfd.http_errors import exception_body, make_error_middleware, parse_json_object
 from xinfd.request_features import check_request_features
+from xinfd.sampling_defaults import DEFAULTED_LIMIT_HEADER, with_model_defaults
 from xinfd.types import (
     EmbeddingModel,
     GeneratedDelta,
@@ -70,6 +71,8 @@ class WorkerConfig:
     # that refuses the others; ``None`` checks nothing.
     engine: str = ""
     request_features: frozenset[str] | None = frozenset()
+    # The family's default_max_tokens, for a request without a limit that did not come through the daemon.
+    default_max_tokens: int | None = None
 
 
 class InFlight:
@@ -137,6 +140,7 @@ def make_worker_app(
     replica_label: str,
     engine: str = "",
     request_features: frozenset[str] | None = frozenset(),
+    default_max_tokens: int | None = None,
 ) -> web.Application:
     """Build the replica's HTTP app around a loaded model object.
 
@@ -174,6 +178,7 @@ def make_worker_app(
         created=int(time.time()),
         engine=engine,
         request_features=request_features,
+        default_max_tokens=default_max_tokens,
     )
     app[INFLIGHT_KEY] = InFlight()
     app.on_response_prepare.append(_stamp_headers)
@@ -401,7 +406,10 @@ async def _complete(
         context_length=cfg.context_length,
         cap=cfg.max_tokens_cap,
         prompt_param="messages" if kind == "chat" else "prompt",
+        default=cfg.default_max_tokens,
+        fit_to_room=request.headers.get(DEFAULTED_LIMIT_HEADER) == "1",
     )
+    sampling = with_model_defaults(sampling, getattr(model, "sampling_defaults", None))
     generate = GenerateRequest(
         request_id=request_id,
         prompt=prompt,
@@ -413,6 +421,8 @@ async def _complete(
         kind=kind,  # engines split <think> reasoning only out of chat answers
         images=images,
         logprobs=parsed.logprobs,
+        top_k=sampling.top_k,
+        repetition_penalty=sampling.repetition_penalty,
     )
     fmt = CompletionFormat.new(kind, request_id, cfg.model_uid, parsed.include_usage)
     stream = CompletionStream(request, fmt) if parsed.stream else None

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from xinfd.api.request_policy import forwarded_body
+from xinfd.api.request_policy import default_budget, forwarded_body, sets_no_limit
 
 
 def forwarded(body: dict[str, Any], endpoint: str = "chat/completions", **policy: Any) -> dict[str, Any] | None:
@@ -69,3 +69,48 @@ def test_template_kwargs_that_are_not_an_object_are_left_for_the_replica_to_refu
 def test_unicode_survives_a_rewrite() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "héllo ☃"}]}
     assert forwarded(body, max_tokens=3) == {**body, "max_tokens": 3}
+
+
+# -- the default completion budget and the family's sampling ---------------------------------------------------
+@pytest.mark.parametrize("endpoint", ["chat/completions", "completions"])
+def test_a_request_without_a_limit_gets_the_default_budget(endpoint: str) -> None:
+    assert forwarded({"model": "m"}, endpoint, default_max_tokens=7) == {"model": "m", "max_tokens": 7}
+    assert forwarded({"model": "m", "max_tokens": None}, endpoint, default_max_tokens=7) == {
+        "model": "m", "max_tokens": 7,
+    }
+
+
+def test_the_cap_wins_over_the_default_and_a_clients_own_limit_is_kept() -> None:
+    assert forwarded({"model": "m"}, default_max_tokens=7, max_tokens=3) == {"model": "m", "max_tokens": 3}
+    assert forwarded({"model": "m", "max_tokens": 50}, default_max_tokens=7) is None
+    assert forwarded({"model": "m", "max_completion_tokens": 50}, default_max_tokens=7) is None
+    assert forwarded({"model": "m", "max_tokens": 50}, default_max_tokens=7, max_tokens=3) == {
+        "model": "m", "max_tokens": 3,
+    }
+
+
+def test_default_budget_prefers_the_family_and_stays_within_the_context_and_cap() -> None:
+    assert default_budget(family=256, daemon=1024, context_length=8192, cap=None) == 256
+    assert default_budget(family=None, daemon=1024, context_length=8192, cap=None) == 1024
+    assert default_budget(family=None, daemon=1024, context_length=512, cap=None) == 512
+    assert default_budget(family=256, daemon=1024, context_length=8192, cap=64) == 64
+
+
+def test_sets_no_limit_names_only_generating_requests_without_one() -> None:
+    assert sets_no_limit({"model": "m"}, "chat/completions")
+    assert sets_no_limit({"model": "m", "max_completion_tokens": None}, "chat/completions")
+    assert not sets_no_limit({"model": "m", "max_completion_tokens": 3}, "chat/completions")
+    assert not sets_no_limit({"model": "m", "max_tokens": 3}, "completions")
+    assert not sets_no_limit({"model": "m"}, "embeddings")
+
+
+def test_family_sampling_fills_only_the_fields_a_request_leaves_unset() -> None:
+    family = {"temperature": 0.2, "top_p": 0.9, "top_k": 40}
+    assert forwarded({"model": "m", "max_tokens": 5}, sampling=family) == {
+        "model": "m", "max_tokens": 5, "temperature": 0.2, "top_p": 0.9, "top_k": 40,
+    }
+    own = {"model": "m", "max_tokens": 5, "temperature": 0, "top_p": None, "top_k": 3}
+    assert forwarded(own, sampling=family) == {**own, "top_p": 0.9}
+    everything = {"model": "m", "max_tokens": 5, "temperature": 1, "top_p": 1, "top_k": 0}
+    assert forwarded(everything, sampling=family) is None
+    assert forwarded({"model": "m", "input": "x"}, "embeddings", sampling=family) is None
