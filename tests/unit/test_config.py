@@ -195,6 +195,18 @@ ENV_CASES: list[tuple[str, str, Any]] = [
     ("XINFD_RESTART_BACKOFF", "0.1", 0.1),
     ("XINFD_RESTART_BUDGET", "0", 0),
     ("XINFD_LAUNCH", "qwen2.5-instruct:2, bge-m3", ("qwen2.5-instruct:2", "bge-m3")),
+    ("XINFD_MAX_CONNECTIONS", "300", 300),
+    ("XINFD_MAX_CONNECTIONS_PER_PEER", "16", 16),
+    ("XINFD_REQUEST_HEAD_TIMEOUT", "2.5", 2.5),
+    ("XINFD_REQUEST_BODY_TIMEOUT", "30", 30.0),
+    ("XINFD_KEEPALIVE_TIMEOUT", "5", 5.0),
+    ("XINFD_ALLOWED_HOSTS", "xinfd.internal, *.Example.com., 10.0.0.5", ("xinfd.internal", "*.example.com",
+                                                                        "10.0.0.5")),
+    ("XINFD_CORS_ALLOWED_ORIGINS", "https://App.example.com, http://localhost:3000",
+     ("https://app.example.com", "http://localhost:3000")),
+    ("XINFD_ALLOW_DIRECT_REFERENCES", "1", True),
+    ("XINFD_ALLOW_LOADER_ENV", "yes", True),
+    ("XINFD_REPLICA_WAIT_TIMEOUT", "0", 0.0),
 ]
 
 
@@ -251,6 +263,11 @@ BAD_ENV_CASES: list[tuple[str, str]] = [
     ("XINFD_LAUNCH", "qwen:0"),
     ("XINFD_LAUNCH", "../etc"),
     ("XINFD_LAUNCH", "a,a:2"),
+    ("XINFD_MAX_CONNECTIONS", "0"),
+    ("XINFD_REQUEST_HEAD_TIMEOUT", "0"),
+    ("XINFD_ALLOWED_HOSTS", "evil.com/path"),
+    ("XINFD_CORS_ALLOWED_ORIGINS", "https://app.example.com/path"),
+    ("XINFD_CORS_ALLOWED_ORIGINS", "null"),
 ]
 
 

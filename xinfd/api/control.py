@@ -24,11 +24,11 @@ from aiohttp import web
 
 from xinfd import __version__
 from xinfd.api import control_gpus, control_ops, control_registry, control_venvs
+from xinfd.api.bodies import CONTROL_MAX_BODY, control_json
 from xinfd.api.middleware import error_middleware
 from xinfd.api.peers import ControlAccess, peer_middleware, request_peer
 from xinfd.api.state import STATE
-from xinfd.http_errors import parse_json
-from xinfd.supervisor import LaunchRequest
+from xinfd.supervisor import LaunchPolicy, LaunchRequest
 from xinfd.types import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def make_control_app(state: Any) -> web.Application:
     # SO_PEERCRED on every request: the socket's mode is the first gate, this is the second.
     access = _AccessHolder(state)
     app = web.Application(
-        middlewares=[error_middleware, peer_middleware(access.current)], client_max_size=1024 * 1024
+        middlewares=[error_middleware, peer_middleware(access.current)], client_max_size=CONTROL_MAX_BODY
     )
     app[STATE] = state
     app.router.add_get("/v1/status", status)
@@ -133,8 +133,8 @@ async def get_model(request: web.Request) -> web.Response:
 
 async def launch(request: web.Request) -> web.StreamResponse:
     """Start a launch, then stream its events; the launch continues if this client goes away."""
-    body = parse_json(await request.read())
-    launch_request = LaunchRequest.from_json(body)
+    body = await control_json(request)
+    launch_request = LaunchRequest.from_json(body, LaunchPolicy.from_settings(request.app[STATE].settings))
     venvs = request.app[STATE].venvs
     if venvs is not None:  # a --python that is not on this machine is a 400, before anything starts
         await venvs.check_launch(launch_request)

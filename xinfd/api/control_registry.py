@@ -14,8 +14,8 @@ import logging
 
 from aiohttp import web
 
+from xinfd.api.bodies import control_json
 from xinfd.api.state import STATE
-from xinfd.http_errors import parse_json
 from xinfd.registry import ModelRegistry, describe
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ async def list_registrations(request: web.Request) -> web.Response:
 
 
 async def register(request: web.Request) -> web.Response:
-    body = parse_json(await request.read())
+    body = await control_json(request)
     spec = _registry(request).register(body, request.app[STATE].manager.plugins.models)
     return web.json_response(describe(spec, "user"))
 

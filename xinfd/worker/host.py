@@ -22,7 +22,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from xinfd.errors import InvalidRequestError, PluginError, UnsupportedEndpointError, XinfdError
+from xinfd.errors import InvalidRequestError, PluginError, ShuttingDownError, UnsupportedEndpointError, XinfdError
 from xinfd.http_errors import exception_body, make_error_middleware, parse_json_object
 from xinfd.types import EmbeddingModel, GeneratedDelta, GenerateRequest, TextModel
 from xinfd.worker import protocol
@@ -356,6 +356,11 @@ async def _complete(
     log.info("%s %s %s finish=%s %.3fs", request_id, kind, usage, finish_reason, time.monotonic() - started)
     if stream is None:
         return web.json_response(fmt.full(text, finish_reason, usage, reasoning=reasoning))
+    if finish_reason == "abort":
+        # Aborted (the replica is stopping, or /abort): "abort" is not an OpenAI finish reason, so a stream ends
+        # with an error frame and no [DONE]; clients see it was cut instead of a seemingly complete answer.
+        aborted = ShuttingDownError("the generation was aborted: the replica stopped serving it")
+        return await stream.fail(exception_body(aborted))
     return await stream.finish(finish_reason, usage)
 
 
