@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from tests.integration.conftest import Daemon, daemon_env, make_daemon, pid_alive, wait_for  # noqa: F401
+from tests.integration.conftest import Daemon, daemon, daemon_env, make_daemon, pid_alive, wait_for  # noqa: F401
 
 
 def host_port(daemon: Daemon) -> tuple[str, int]:
