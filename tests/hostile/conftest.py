@@ -16,11 +16,12 @@ import sys
 import time
 from typing import Any
 
-from tests.integration.conftest import Daemon, daemon, daemon_env, make_daemon, pid_alive, wait_for  # noqa: F401
+from tests.integration.conftest import Daemon, daemon_env, make_daemon, pid_alive, wait_for  # noqa: F401
+from tests.integration.conftest import daemon as daemon  # the fixture, re-exported for this suite
 
 
-def host_port(daemon: Daemon) -> tuple[str, int]:
-    host, port = daemon.endpoint.removeprefix("http://").rsplit(":", 1)
+def host_port(target: Daemon) -> tuple[str, int]:
+    host, port = target.endpoint.removeprefix("http://").rsplit(":", 1)
     return host, int(port)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from typing import Any
 
 from tests.hostile.conftest import Daemon, host_port, launch_echo, request, start_with_fd_limit, wait_for
@@ -98,10 +98,8 @@ def test_silent_and_trickling_connections_are_cut_after_the_head_deadline(make_d
                 break
             time.sleep(0.2)
         trickle.settimeout(5)
-        try:
+        with suppress(ConnectionResetError):  # closed or reset: either way the daemon let go of it
             assert trickle.recv(1) == b""
-        except ConnectionResetError:
-            pass
         assert time.monotonic() - started < 4
 
 

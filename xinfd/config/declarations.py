@@ -303,9 +303,10 @@ class Settings:
     allow_direct_references: bool = setting(
         False, env="XINFD_ALLOW_DIRECT_REFERENCES", kind="bool", check=checks.same, consumers=("daemon",),
         section="Access control", reload=True, guards_access=True,
-        doc="Accept direct references (name @ file:///..., name @ https://...) and paths in a launch's "
-        "--virtual-env-package. Off: they are refused, because installing a package runs its code as the "
-        "daemon's user, so anyone on the control socket could run anything.")
+        doc="Accept direct references (name @ file:///..., name @ https://..., name @ git+...) in a launch's "
+        "--virtual-env-package. Off: they and paths (./pkg, pkg.whl) are refused, because installing a package "
+        "runs its code as the daemon's user, so anyone on the control socket could run anything. A local "
+        "package is written as name @ file:///path once this is on.")
     allow_loader_env: bool = setting(
         False, env="XINFD_ALLOW_LOADER_ENV", kind="bool", check=checks.same, consumers=("daemon",),
         section="Access control", reload=True, guards_access=True,

@@ -126,13 +126,13 @@ class LaunchRequest:
             raise InvalidRequestError("virtual_env_packages must be a list of requirement strings",
                                       param="virtual_env_packages")
         for package in packages:  # PEP 508 or a documented placeholder, never an installer option
-            check_package(package)
             what = direct_reference(package)
             if what is not None and not policy.allow_direct_references:
                 raise InvalidRequestError(
                     f"virtual_env_packages entry {package!r} is {what}: installing it runs code from a place "
                     "the launch chose; refused unless the operator sets allow_direct_references "
                     "(XINFD_ALLOW_DIRECT_REFERENCES=1)", param="virtual_env_packages")
+            check_package(package)
         python = None if body.get("python") is None else check_python_request(body["python"])
         n_gpu = body.get("n_gpu", "auto")
         if n_gpu != "auto" and (isinstance(n_gpu, bool) or not isinstance(n_gpu, int) or n_gpu < 0):
