@@ -3,6 +3,8 @@ direct references and paths in ``-vp``, loader and interpreter variables in ``--
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,3 +42,12 @@ def test_the_operator_can_allow_loader_variables(make_daemon: Any) -> None:
     daemon = make_daemon(env={"XINFD_ALLOW_LOADER_ENV": "1"}).start()
     daemon.xinfctl("launch", "-n", "echo", "--env", "LD_LIBRARY_PATH", "/opt/cuda/lib64", timeout=120)
     assert daemon.xinfctl_json("list")[0]["env"] == ["LD_LIBRARY_PATH"]
+
+
+def test_a_registered_family_cannot_smuggle_a_direct_reference(daemon: Daemon, tmp_path: Path) -> None:
+    spec = tmp_path / "evil.json"
+    spec.write_text(json.dumps({"name": "evil", "abilities": ["chat"], "engines": ["echo"],
+                                "virtualenv": {"packages": ["evil @ file:///tmp/evil"]}}))
+    result = daemon.xinfctl("register", "--file", str(spec), check=False)
+    assert result.returncode == 2 and "allow_direct_references" in result.stderr
+    assert all(f["model_name"] != "evil" for f in daemon.xinfctl_json("families"))
