@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.hostile.conftest import Daemon, host_port, launch_echo, request
-from tests.hostile.test_names import control_post_raw
+from tests.hostile.test_bad_names import control_post_raw
 
 HUGE_INT = b'{"model": "echo", "max_tokens": ' + b"1" * 100_000 + b"}"
 DEEP = b'{"model": "echo", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
