@@ -188,8 +188,8 @@ def direct_reference(entry: str) -> str | None:
     location controls; the daemon runs it as its own user while building the venv.
     """
     head = entry.strip().partition(";")[0].strip()
-    if _PLACEHOLDER_RE.match(head) or _SYSTEM_RE.match(head):
-        return None
+    if head.startswith("-") or _PLACEHOLDER_RE.match(head) or _SYSTEM_RE.match(head):
+        return None  # an installer option is refused by check_package whatever the settings say
     if "@" in head or "://" in head:
         return "a direct reference (name @ URL)"
     lowered = head.lower()
