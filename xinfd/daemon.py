@@ -22,6 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from xinfd import __version__
+from xinfd.api.connections import ConnectionLimits, GuardedAppRunner, raise_fd_limit, tcp_peer, unix_peer
 from xinfd.api.control import make_control_app
 from xinfd.api.metrics import Metrics
 from xinfd.api.openai import make_api_app
@@ -38,7 +39,15 @@ from xinfd.processes import SubprocessSpawner
 from xinfd.reaper import Reaper
 from xinfd.registry import ModelRegistry
 from xinfd.sdnotify import notify, without_notify_env
-from xinfd.supervisor import LaunchRequest, ModelManager, replica_settings, supervision_options
+from xinfd.supervisor import (
+    LaunchPolicy,
+    LaunchRequest,
+    ModelManager,
+    RuntimeDir,
+    UnsafeRuntimeDirError,
+    replica_settings,
+    supervision_options,
+)
 from xinfd.venvs.provider import VenvProvider
 
 log = logging.getLogger("xinfd")
@@ -163,6 +172,13 @@ async def serve(
     log.info("GPU inventory: %s", describe_inventory(platform))
     # Issue 4: replica groups a previous daemon left (kill -9, OOM) die before anything launches.
     kill_orphans(home)
+    # Replica sockets go to a directory only the daemon's user can use; its leftovers go first.
+    try:
+        runtime = RuntimeDir.prepare(home)
+    except UnsafeRuntimeDirError as exc:
+        raise StartupError(exc.message) from exc
+    # Connections are capped below the descriptor limit, so a flood is answered 503, never EMFILE.
+    fd_budget = raise_fd_limit()
     # Model venvs (issue 3): used even with the global toggle off (a launch may pass --enable-virtual-env);
     # crash leftovers of an earlier run (half-built venvs) are removed before anything launches.
     venvs = VenvProvider(
@@ -186,16 +202,33 @@ async def serve(
         environments=venvs,
         base_env=without_notify_env(os.environ),  # replicas must not talk to systemd as the daemon (issue 6)
         replica_settings=lambda: replica_settings(state.settings),
+        run_dir=runtime.path,
     )
     state = DaemonState(settings=settings, manager=manager, metrics=Metrics(), venvs=venvs)
     state.metrics.watch_manager(
         manager, pool_protocol=lambda: state.settings.inference_pool_metrics
     )  # replica states, restarts, queue, GPU slots at scrape time (issue 6); InferencePool gauges if asked
     venvs.on_build = state.metrics.venv_build
-    api_runner = web.AppRunner(
-        make_api_app(state), handler_cancellation=True, access_log=logging.getLogger("aiohttp.access")
+    limits = _connection_limits(state, fd_budget)
+    # keepalive_timeout: an idle connection is closed between requests; the head deadline and the caps are
+    # the guard's (xinfd.api.connections), the body deadline the handlers' (xinfd.api.bodies).
+    api_runner = GuardedAppRunner(
+        make_api_app(state),
+        limits=limits,
+        peer_of=tcp_peer,
+        name="API",
+        handler_cancellation=True,
+        access_log=logging.getLogger("aiohttp.access"),
+        keepalive_timeout=settings.keepalive_timeout,
     )
-    control_runner = web.AppRunner(make_control_app(state), handler_cancellation=True)
+    control_runner = GuardedAppRunner(
+        make_control_app(state),
+        limits=limits,
+        peer_of=unix_peer,
+        name="control socket",
+        handler_cancellation=True,
+        keepalive_timeout=settings.keepalive_timeout,
+    )
     await api_runner.setup()
     await control_runner.setup()
     lifecycle = Lifecycle(
@@ -217,7 +250,7 @@ async def serve(
             ", ".join(sorted(plugins.engines)) or "none",
         )
         notify(f"READY=1\nSTATUS=serving on {state.front_end_url}\nMAINPID={os.getpid()}")
-        manager.restore()  # the desired state of the previous run (issue 4)
+        manager.restore(LaunchPolicy.from_settings(state.settings))  # the desired state of the previous run
         for item in settings.launch:
             if parse_launch_item(item)[0] not in manager.models:  # restored already
                 _launch_at_start(manager, item)
@@ -235,6 +268,7 @@ async def serve(
         await control_runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             settings.control_socket.unlink()
+        runtime.cleanup()
         log.info("xinfd stopped")
 
 
@@ -267,6 +301,27 @@ async def _start_sites(
     if port == 0 and server is not None and server.sockets:
         port = server.sockets[0].getsockname()[1]
     state.front_end_url = f"http://{host}:{port}"
+
+
+def _connection_limits(state: DaemonState, fd_budget: int) -> Callable[[], ConnectionLimits]:
+    """The caps of both sockets, from the current settings (SIGHUP applies them to new connections)."""
+    cache: dict[int, ConnectionLimits] = {}
+
+    def current() -> ConnectionLimits:
+        settings = state.settings
+        limits = cache.get(id(settings))
+        if limits is None:
+            cache.clear()
+            limits = cache[id(settings)] = ConnectionLimits.from_settings(settings, fd_budget=fd_budget)
+            if limits.max_connections < settings.max_connections:
+                log.warning(
+                    "max_connections %d lowered to %d to stay under the descriptor limit",
+                    settings.max_connections,
+                    limits.max_connections,
+                )
+        return limits
+
+    return current
 
 
 def _launch_at_start(manager: ModelManager, item: str) -> None:

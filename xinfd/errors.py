@@ -155,3 +155,11 @@ class DownloadError(XinfdError):
     code = "download_failed"
     status = 502
     error_type = "server_error"
+
+
+class RequestTimeoutError(XinfdError):
+    """The client did not send its request body within the deadline (HTTP 408)."""
+
+    code = "request_timeout"
+    status = 408
+    error_type = "invalid_request_error"

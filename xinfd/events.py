@@ -77,6 +77,9 @@ class Failed(LaunchEvent):
 
     kind: ClassVar[str] = "error"
     code: str
+    # The error's HTTP status (``XinfdError.status``): a 4xx other than 409 is a refusal of the request's input,
+    # for which xinfctl exits 2 as for a refusal up front.
+    status: int | None = None
 
 
 # -- a venv build ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -35,6 +36,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # the response it finished, or None when a normal error response can still be sent.
 LateError = Callable[[web.Request, Mapping[str, Any]], Awaitable[web.StreamResponse | None]]
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
@@ -127,7 +129,7 @@ def parse_json(raw: bytes) -> Any:
     deeper than the recursion limit (``RecursionError``). Both would otherwise be a 500.
     """
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except RecursionError:
         raise InvalidRequestError("request body is not valid JSON: nested too deeply") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -137,6 +139,42 @@ def parse_json(raw: bytes) -> Any:
         raise InvalidRequestError(
             f"request body is not valid JSON: a number has more than {limit} digits"
         ) from None
+    # json.loads turns "\\ud800" (and UTF-8 bytes of a surrogate, decoded with "surrogatepass") into a str that
+    # cannot be encoded again: a tokenizer or an SSE frame would fail on it mid-request. Only bodies that can
+    # hold one at all are walked.
+    if b"\\ud" in raw or b"\\uD" in raw or b"\xed" in raw:
+        where = lone_surrogate(body)
+        if where is not None:
+            field, char = where
+            raise InvalidRequestError(
+                f"request body holds a lone surrogate (\\u{ord(char):04x}) in {field or 'the body'}: text must be "
+                "valid Unicode (a surrogate pair, or UTF-8)",
+                param=field or None,
+            )
+    return body
+
+
+def lone_surrogate(value: Any) -> tuple[str, str] | None:
+    """The first string in a decoded JSON value holding an unpaired surrogate: (its path, the character).
+
+    The path is the field as a request names it (``messages[0].content``); keys are checked too.
+    """
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            bad = _SURROGATE.search(item)
+            if bad is not None:
+                return path, bad.group()
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                bad = _SURROGATE.search(key)
+                if bad is not None:
+                    return path, bad.group()
+                stack.append((f"{path}.{key}" if path else key, child))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", child) for i, child in enumerate(item))
+    return None
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

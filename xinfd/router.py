@@ -10,7 +10,8 @@ count is higher. When the last one is not tied (busy, gone, not ready), ties go 
 Admission (issue 4, "Routing"): each replica takes at most ``max_concurrency`` requests at once; beyond that,
 requests wait in a bounded per-model queue, and when the queue is full the caller answers 429 with
 ``Retry-After`` instead of piling work onto replicas until they time out. With no READY replica at all the
-caller answers 503 (model loading or recovering) — never a 500.
+caller answers 503 (model loading or recovering) — never a 500; a request may first wait a bounded time for a
+replica that is restarting.
 """
 
 from __future__ import annotations
@@ -87,33 +88,39 @@ class Router(Generic[R]):
         # Called from sync code (state listeners); the wake-up runs on the loop right after.
         asyncio.get_running_loop().create_task(wake())
 
-    def _admit(self, replicas: Sequence[R], exclude: Callable[[R], bool]) -> R | None:
+    def _admit(self, replicas: Sequence[R], exclude: Callable[[R], bool]) -> tuple[R | None, bool]:
+        """(the replica to use or None, whether any candidate is READY at all)."""
         candidates = [r for r in replicas if not exclude(r)]
         if not any(r.is_ready for r in candidates):
-            raise NoReadyReplica
+            return None, False
         if self.max_concurrency:
             candidates = [r for r in candidates if r.outstanding < self.max_concurrency]
-        return self.pick(candidates)
+        return self.pick(candidates), True
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, replicas: Callable[[], Sequence[R]], exclude: Callable[[R], bool] = lambda r: False
+        self,
+        replicas: Callable[[], Sequence[R]],
+        exclude: Callable[[R], bool] = lambda r: False,
+        *,
+        wait_ready: float = 0.0,
     ) -> AsyncIterator[R]:
         """Hold one request slot on a replica for the duration of the block.
 
-        ``replicas`` is called on every look, so replicas added by a scale or restarted meanwhile count.
-        Raises ``NoReadyReplica`` or ``QueueFull`` before the block runs.
+        ``replicas`` is called on every look, so replicas added by a scale or restarted meanwhile count. With
+        no READY replica, the request waits up to ``wait_ready`` seconds in the queue for one (a replica
+        restarting after a crash is back within seconds), then ``NoReadyReplica``. Raises ``QueueFull`` when
+        the queue is full, before the block runs.
         """
-        replica = self._admit(replicas(), exclude)
+        replica, ready = self._admit(replicas(), exclude)
         if replica is None:
+            if not ready and wait_ready <= 0:
+                raise NoReadyReplica
             if self.waiting >= self.max_queue:
-                raise QueueFull
+                raise QueueFull if ready else NoReadyReplica
             self.waiting += 1
             try:
-                cond = self._condition()
-                async with cond:
-                    while (replica := self._admit(replicas(), exclude)) is None:
-                        await cond.wait()
+                replica = await self._wait(replicas, exclude, wait_ready)
             finally:
                 self.waiting -= 1
         replica.outstanding += 1
@@ -122,3 +129,27 @@ class Router(Generic[R]):
         finally:
             replica.outstanding -= 1
             self.notify()
+
+    async def _wait(self, replicas: Callable[[], Sequence[R]], exclude: Callable[[R], bool], wait_ready: float) -> R:
+        """Wait for a free slot: without limit while some replica is READY (the queue), at most
+        ``wait_ready`` seconds at a time while none is."""
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        cond = self._condition()
+        async with cond:
+            while True:
+                replica, ready = self._admit(replicas(), exclude)
+                if replica is not None:
+                    return replica
+                if ready:
+                    deadline = None
+                    await cond.wait()
+                    continue
+                if deadline is None:
+                    deadline = loop.time() + wait_ready
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise NoReadyReplica
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await cond.wait()

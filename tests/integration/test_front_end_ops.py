@@ -31,7 +31,7 @@ def open_stream(daemon: Daemon, path: str, body: Any, headers: dict[str, str] | 
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     conn = socket.create_connection((host, int(port)), timeout=30)
     conn.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{extra}"
         f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
         + data
     )

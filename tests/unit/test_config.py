@@ -212,6 +212,18 @@ ENV_CASES: list[tuple[str, str, Any]] = [
             GpuInfo(index=1, name="NVIDIA GeForce RTX 4090", memory_mb=24564),
         ),
     ),
+    ("XINFD_MAX_CONNECTIONS", "300", 300),
+    ("XINFD_MAX_CONNECTIONS_PER_PEER", "16", 16),
+    ("XINFD_REQUEST_HEAD_TIMEOUT", "2.5", 2.5),
+    ("XINFD_REQUEST_BODY_TIMEOUT", "30", 30.0),
+    ("XINFD_KEEPALIVE_TIMEOUT", "5", 5.0),
+    ("XINFD_ALLOWED_HOSTS", "xinfd.internal, *.Example.com., 10.0.0.5", ("xinfd.internal", "*.example.com",
+                                                                        "10.0.0.5")),
+    ("XINFD_CORS_ALLOWED_ORIGINS", "https://App.example.com, http://localhost:3000",
+     ("https://app.example.com", "http://localhost:3000")),
+    ("XINFD_ALLOW_DIRECT_REFERENCES", "1", True),
+    ("XINFD_ALLOW_LOADER_ENV", "yes", True),
+    ("XINFD_REPLICA_WAIT_TIMEOUT", "0", 0.0),
 ]
 
 
@@ -279,6 +291,11 @@ BAD_ENV_CASES: list[tuple[str, str]] = [
     ("XINFD_GPUS", "0:A100:0"),
     ("XINFD_GPUS", '[{"index": 0, "name": "A100"}]'),
     ("XINFD_GPUS", "[{index: 0}]"),
+    ("XINFD_MAX_CONNECTIONS", "0"),
+    ("XINFD_REQUEST_HEAD_TIMEOUT", "0"),
+    ("XINFD_ALLOWED_HOSTS", "evil.com/path"),
+    ("XINFD_CORS_ALLOWED_ORIGINS", "https://app.example.com/path"),
+    ("XINFD_CORS_ALLOWED_ORIGINS", "null"),
 ]
 
 

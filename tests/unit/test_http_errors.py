@@ -22,6 +22,7 @@ from xinfd.errors import InvalidRequestError, LaunchError, ModelNotReadyError, U
 from xinfd.http_errors import make_error_middleware, parse_json, parse_json_object
 
 ClientFactory = Callable[[web.Application], Any]
+JSON = {"Content-Type": "application/json"}
 
 HUGE_INT = b'{"model": "m", "max_tokens": ' + b"1" * 100_000 + b"}"
 DEEP = b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
@@ -117,7 +118,7 @@ async def test_daemon_and_worker_answer_the_same_envelope(tmp_path: Path, aiohtt
             "code": "not_found"}
         error = await _envelope(await client.put("/v1/chat/completions"), 405)
         assert error["message"] == "method PUT not allowed on /v1/chat/completions"
-        error = await _envelope(await client.post("/v1/chat/completions", data=b"[1]"), 400)
+        error = await _envelope(await client.post("/v1/chat/completions", data=b"[1]", headers=JSON), 400)
         assert error["message"] == "request body must be a JSON object, not an array"
 
 
@@ -136,7 +137,7 @@ async def test_front_end_refuses_unholdable_json(
     tmp_path: Path, aiohttp_client: ClientFactory, raw: bytes, fragment: str
 ) -> None:
     client = await aiohttp_client(make_api_app(make_state(tmp_path)))
-    error = await _envelope(await client.post("/v1/chat/completions", data=raw), 400)
+    error = await _envelope(await client.post("/v1/chat/completions", data=raw, headers=JSON), 400)
     assert error["code"] == "invalid_request" and fragment in error["message"]
 
 
@@ -146,7 +147,7 @@ async def test_control_socket_refuses_unholdable_json(
     tmp_path: Path, aiohttp_client: ClientFactory, raw: bytes, fragment: str, path: str
 ) -> None:
     client = await aiohttp_client(make_control_app(make_state(tmp_path)))
-    error = await _envelope(await client.post(path, data=raw), 400)
+    error = await _envelope(await client.post(path, data=raw, headers=JSON), 400)
     assert error["code"] == "invalid_request" and fragment in error["message"]
 
 
@@ -156,5 +157,5 @@ async def test_worker_refuses_unholdable_json(
     aiohttp_client: ClientFactory, raw: bytes, fragment: str, path: str
 ) -> None:
     client = await aiohttp_client(build_app(EchoModel()))
-    error = await _envelope(await client.post(path, data=raw), 400)
+    error = await _envelope(await client.post(path, data=raw, headers=JSON), 400)
     assert error["code"] == "invalid_request" and fragment in error["message"]

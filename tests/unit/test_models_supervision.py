@@ -179,11 +179,17 @@ async def test_desired_state_survives_shutdown_and_is_restored(tmp_path: Path) -
     await again.close()
 
 
-async def test_unrestorable_models_are_logged_and_dropped(tmp_path: Path) -> None:
-    DesiredState(tmp_path).save([{"model_uid": "x", "model_name": "nope"}])
+async def test_invalid_entries_are_dropped_and_unlaunchable_ones_kept_failed(tmp_path: Path) -> None:
+    # An entry that is no launch request (a uid with a newline) is dropped; a valid one that cannot be launched
+    # now (its family or GPU is missing) stays wanted, listed FAILED with the reason.
+    DesiredState(tmp_path).save([{"model_uid": "x", "model_name": "nope"}, {"model_uid": "y\n", "model_name": "m"}])
     mgr = make_manager(tmp_path, RecordingSpawner())
     assert mgr.restore() == []
-    assert DesiredState(tmp_path).load() == []
+    assert [(e["model_uid"], e["model_name"]) for e in DesiredState(tmp_path).load()] == [("x", "nope")]
+    (listed,) = mgr.list()
+    assert listed["model_uid"] == "x" and listed["state"] == "FAILED" and "unknown model 'nope'" in listed["error"]
+    await mgr.terminate("x")
+    assert DesiredState(tmp_path).load() == [] and mgr.list() == []
 
 
 async def test_terminate_while_launching_frees_the_slots(tmp_path: Path) -> None:

@@ -30,12 +30,12 @@ from aiohttp import web
 
 from xinfd import __version__
 from xinfd.api import control_gpus, control_ops, control_registry, control_venvs, management
+from xinfd.api.bodies import CONTROL_MAX_BODY, control_json
 from xinfd.api.middleware import error_middleware
 from xinfd.api.peers import ControlAccess, peer_middleware, request_peer
 from xinfd.api.state import STATE
 from xinfd.errors import InvalidRequestError, UnknownModelError
-from xinfd.http_errors import parse_json
-from xinfd.supervisor import LaunchRequest, ModelManager
+from xinfd.supervisor import LaunchPolicy, LaunchRequest, ModelManager
 from xinfd.types import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def make_control_app(state: Any) -> web.Application:
     # SO_PEERCRED on every request: the socket's mode is the first gate, this is the second.
     access = _AccessHolder(state)
     app = web.Application(
-        middlewares=[error_middleware, peer_middleware(access.current)], client_max_size=1024 * 1024
+        middlewares=[error_middleware, peer_middleware(access.current)], client_max_size=CONTROL_MAX_BODY
     )
     add_control_routes(app, state)
     return app
@@ -182,8 +182,9 @@ async def get_model(request: web.Request) -> web.Response:
 
 async def launch(request: web.Request) -> web.StreamResponse:
     """Start a launch, then stream its events; the launch continues if this client goes away."""
-    body = parse_json(await request.read())
-    model = await management.start_launch(request.app[STATE], LaunchRequest.from_json(body), via=_peer(request))
+    body = await control_json(request)
+    launch_request = LaunchRequest.from_json(body, LaunchPolicy.from_settings(request.app[STATE].settings))
+    model = await management.start_launch(request.app[STATE], launch_request, via=_peer(request))
     response = web.StreamResponse(status=200, headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     async for event in model.follow():

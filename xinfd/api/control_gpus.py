@@ -12,10 +12,10 @@ import logging
 
 from aiohttp import web
 
+from xinfd.api.bodies import control_json
 from xinfd.api.state import STATE
 from xinfd.errors import InvalidRequestError
 from xinfd.gpus import describe_inventory
-from xinfd.http_errors import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ async def list_gpus(request: web.Request) -> web.Response:
 
 async def scale(request: web.Request) -> web.Response:
     uid = request.match_info["uid"]
-    body = parse_json(await request.read())
+    body = await control_json(request)
     if not isinstance(body, dict) or set(body) != {"replicas"}:
         raise InvalidRequestError('expected {"replicas": N}', param="replicas")
     log.info("scale of %s to %r replicas requested over the control socket", uid, body["replicas"])

@@ -11,13 +11,16 @@ The registry is the files under ``$XINFERENCE_HOME``; these routes update them a
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiohttp import web
 
 from xinfd.api import management
+from xinfd.api.bodies import control_json
 from xinfd.api.state import STATE
-from xinfd.http_errors import parse_json
+from xinfd.errors import InvalidRequestError
 from xinfd.registry import describe
+from xinfd.venvs.spec import direct_reference
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,9 @@ async def list_registrations(request: web.Request) -> web.Response:
 
 
 async def register(request: web.Request) -> web.Response:
-    body = parse_json(await request.read())
+    body = await control_json(request)
+    if not request.app[STATE].settings.allow_direct_references:
+        _refuse_direct_references(body)
     spec = management.register(request.app[STATE], body)
     return web.json_response(describe(spec, "user"))
 
@@ -43,3 +48,18 @@ async def unregister(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     management.unregister(request.app[STATE], name)
     return web.json_response({"unregistered": name})
+
+
+def _refuse_direct_references(body: Any) -> None:
+    """A family registered over the socket installs its ``virtualenv.packages`` at launch: a direct reference
+    there would run code of the registrant's choosing, as in ``-vp`` (``allow_direct_references``)."""
+    virtualenv = body.get("virtualenv") if isinstance(body, dict) else None
+    packages = virtualenv.get("packages") if isinstance(virtualenv, dict) else None
+    for package in packages if isinstance(packages, list) else ():
+        what = direct_reference(package) if isinstance(package, str) else None
+        if what is not None:
+            raise InvalidRequestError(
+                f"virtualenv package {package!r} is {what}; refused unless the operator sets "
+                "allow_direct_references (XINFD_ALLOW_DIRECT_REFERENCES=1)",
+                param="virtualenv",
+            )

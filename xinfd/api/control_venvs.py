@@ -19,10 +19,10 @@ import logging
 from aiohttp import web
 
 from xinfd.api import management
+from xinfd.api.bodies import control_json
 from xinfd.api.state import STATE
 from xinfd.errors import InvalidRequestError, UnknownModelError, XinfdError
 from xinfd.events import TERMINAL_EVENTS, Failed, LaunchEvent, Ready
-from xinfd.http_errors import parse_json
 from xinfd.venvs.provider import VenvProvider
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ async def list_venvs(request: web.Request) -> web.Response:
 
 async def create_venv(request: web.Request) -> web.StreamResponse:
     provider = _provider(request)
-    body = parse_json(await request.read())
+    body = await control_json(request)
     if not isinstance(body, dict) or not isinstance(body.get("model_name"), str):
         raise InvalidRequestError("body must be an object with model_name", param="model_name")
     unknown = set(body) - {"model_name", "model_engine", "virtual_env_packages", "python"}
@@ -75,7 +75,7 @@ async def create_venv(request: web.Request) -> web.StreamResponse:
             row = next((r for r in rows if r["path"] == str(path)), {"path": str(path)})
             await events.put(Ready(message=f"venv ready: {path}", venv=row))
         except XinfdError as exc:
-            await events.put(Failed(code=exc.code, message=str(exc)))
+            await events.put(Failed(code=exc.code, message=str(exc), status=exc.status))
         except Exception as exc:  # top of a task: log and report, never leave the client hanging
             log.exception("venv create for %s failed", spec.name)
             await events.put(Failed(code="venv_failed", message=str(exc)))

@@ -4,7 +4,7 @@ The daemon checks the body with the worker's own validators (400 naming the fiel
 ``xinfd.api.streaming``), reads ``model`` to find the replicas, picks one, and relays the replica's answer byte
 for byte. Streams are relayed chunk by chunk, with SSE keepalive pings while the replica is silent and a write
 deadline for slow readers; when the client goes away the handler is cancelled, the upstream connection is
-closed, and the replica aborts the sequence. Access checks and the drain run as middlewares (issue 6).
+closed, and the replica aborts the sequence. Access checks and the drain run as middlewares.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from xinfd.api import images, xinference
+from xinfd.api.bodies import read_body
+from xinfd.api.browser import BrowserPolicyHolder, add_cors_headers, browser_middleware, json_body_middleware
 from xinfd.api.control import CONTROL_PREFIX, make_remote_control_app
 from xinfd.api.metrics import StreamStats
 from xinfd.api.middleware import drain_middleware, error_middleware
@@ -57,6 +59,9 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 REPLICA_HEADER = "X-Xinfd-Replica"
+BODY_KEY = web.RequestKey("xinfd_body", tuple)  # (raw bytes, parsed object) of a proxied request
+COUNTED_KEY = web.RequestKey("xinfd_counted", bool)  # the proxy counted this request in xinfd_requests
+_PROXIED = ("chat/completions", "completions", "embeddings", "rerank")
 # Connection-level failures that prove the request never reached the replica, so retrying elsewhere is safe.
 _NOT_SENT = (
     aiohttp.ClientConnectorError,
@@ -64,19 +69,31 @@ _NOT_SENT = (
     FileNotFoundError,
     ConnectionRefusedError,
     aiohttp.ClientOSError,
-)  # EPIPE/ECONNRESET before the replica answered anything (issue 4)
+)  # EPIPE/ECONNRESET before the replica answered anything
 
 
 def make_api_app(state: DaemonState) -> web.Application:
     """Build the front-end app; tests call this directly with ``aiohttp_client``."""
     # Access checks run inside the error middleware (refusals become JSON envelopes) and before any handler,
-    # for every path and method (issue 6); the policy follows state.settings across SIGHUP reloads.
+    # for every path and method; the policy follows state.settings across SIGHUP reloads.
     access = security_middleware(PolicyHolder(lambda: state.settings))
-    # Xinference's ``detail`` is added to management errors inside the envelope middleware (xinfd.api.xinference).
+    # Host, Origin and Content-Type checks come first: a DNS-rebound or cross-origin page is refused before
+    # anything else, and CORS preflights (which carry no key) are answered before the key check. Xinference's
+    # ``detail`` is added to management errors inside the envelope middleware (xinfd.api.xinference).
+    browser = browser_middleware(BrowserPolicyHolder(lambda: state.settings))
     app = web.Application(
-        middlewares=[error_middleware, xinference.detail_middleware, access, drain_middleware(state)],
+        middlewares=[
+            _count_refusals,
+            error_middleware,
+            xinference.detail_middleware,
+            browser,
+            access,
+            json_body_middleware,
+            drain_middleware(state),
+        ],
         client_max_size=MAX_BODY_BYTES,
     )
+    app.on_response_prepare.append(add_cors_headers)
     app[STATE] = state
     app.router.add_get("/health", health)
     install_readiness(app)  # GET /health/models/{uid} and the X-Xinfd-Host header (load balancers)
@@ -86,7 +103,7 @@ def make_api_app(state: DaemonState) -> web.Application:
     # a remote xinfctl under /control, both calling xinfd.api.management.
     xinference.add_routes(app)
     app.add_subapp(CONTROL_PREFIX, make_remote_control_app(state))
-    for endpoint in ("chat/completions", "completions", "embeddings", "rerank"):
+    for endpoint in _PROXIED:
         app.router.add_post(f"/v1/{endpoint}", _proxy_route(endpoint))
     if state.settings.ui:  # the web console at /ui, a client of the routes above
         add_ui_routes(app)
@@ -94,6 +111,17 @@ def make_api_app(state: DaemonState) -> web.Application:
     if not state.settings.disable_metrics:
         app.router.add_get("/metrics", make_aiohttp_handler(state.metrics.registry))
     return app
+
+
+@web.middleware
+async def _count_refusals(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Count inference requests that middlewares refused before the proxy saw them (421, 403, 401, 415, 503),
+    so ``xinfd_requests`` has every answered status; the proxy counts the others itself."""
+    response: web.StreamResponse = await handler(request)
+    endpoint = request.path.removeprefix("/v1/")
+    if endpoint in _PROXIED and not request.get(COUNTED_KEY, False):
+        request.app[STATE].metrics.requests.labels("", endpoint, str(response.status)).inc()
+    return response
 
 
 async def health(request: web.Request) -> web.Response:
@@ -126,10 +154,19 @@ def _proxy_route(endpoint: str) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def _lease(model: RunningModel, exclude: set[int]) -> AsyncIterator[Replica]:
-    """A request slot on the least busy READY replica (issue 4): 503 while loading, 429 when the queue is full."""
+async def _lease(model: RunningModel, tried: set[tuple[int, int | None]], wait: float) -> AsyncIterator[Replica]:
+    """A request slot on the least busy READY replica: 503 while loading, 429 when the queue is full.
+
+    ``tried`` holds the (index, pid) of replicas this request could not reach: the same process is not tried
+    again, but once it restarted (a new pid) it is eligible again. With no READY replica the request waits up to
+    ``wait`` seconds for one to come back.
+    """
+    if model.state in ("LAUNCHING", "FAILED"):
+        wait = 0.0  # nothing is restarting: answer 503 at once
     try:
-        async with model.router.lease(lambda: model.replicas, lambda r: r.index in exclude) as replica:
+        async with model.router.lease(
+            lambda: model.replicas, lambda r: (r.index, r.pid) in tried, wait_ready=wait
+        ) as replica:
             yield replica
     except NoReadyReplica:
         if model.state == "LAUNCHING":
@@ -145,12 +182,67 @@ async def _lease(model: RunningModel, exclude: set[int]) -> AsyncIterator[Replic
         ) from None
 
 
+def _admit_before_body(state: DaemonState) -> None:
+    """Refuse before the body is read when every running model is at capacity (429), so a refused request
+    never costs its body (up to ``MAX_BODY_BYTES``) in memory. The model is named inside the body, so this is
+    the daemon-wide bound: requests held at once <= the sum of every model's slots and queue."""
+    capacity = state.manager.capacity()
+    if capacity is not None and state.proxying >= capacity:
+        raise TooManyRequestsError(
+            f"every model is at capacity ({state.proxying} requests in progress or queued); retry later",
+            retry_after=1,
+        )
+
+
 async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
-    """Relay one inference request to the least busy READY replica of the requested model."""
+    """Relay one inference request to the least busy READY replica of the requested model.
+
+    Every answer is counted in ``xinfd_requests`` (refusals before a model is known under model ``""``).
+    """
     state = request.app[STATE]
-    if state.draining:
-        raise ShuttingDownError("xinfd is shutting down; retry on another instance")
-    raw = await request.read()
+    metrics = state.metrics
+    started = time.monotonic()
+    status = 500
+    uid = ""  # the metrics label until the request names a running model (never a client-chosen string)
+    request[COUNTED_KEY] = True
+    try:
+        if state.draining:
+            raise ShuttingDownError("xinfd is shutting down; retry on another instance")
+        _admit_before_body(state)
+        state.proxying += 1
+        try:
+            model = await _resolve(request, endpoint, state)
+            uid = model.uid
+            metrics.in_flight.labels(uid).inc()
+            try:
+                response = await _serve(request, endpoint, state, model)
+            finally:
+                metrics.in_flight.labels(uid).dec()
+        finally:
+            state.proxying -= 1
+        status = response.status
+        return response
+    except asyncio.CancelledError:
+        status = 499  # client closed the request
+        if uid:
+            metrics.aborts.labels(uid, "client_disconnect").inc()
+        raise
+    except XinfdError as exc:
+        status = exc.status
+        if status in (429, 503):  # capacity or state refusals
+            metrics.rejections.labels(uid, str(status)).inc()
+        raise
+    except web.HTTPException as exc:  # 413 from the body limit
+        status = exc.status
+        raise
+    finally:
+        metrics.requests.labels(uid, endpoint, str(status)).inc()
+        metrics.latency.labels(uid, endpoint).observe(time.monotonic() - started)
+
+
+async def _resolve(request: web.Request, endpoint: str, state: DaemonState) -> RunningModel:
+    """Read and check the body (400 naming the field), and find the model it names (404)."""
+    raw = await read_body(request, timeout=state.settings.request_body_timeout, max_size=MAX_BODY_BYTES)
     body = parse_json_object(raw)
     uid = body.get("model")
     if not isinstance(uid, str) or not uid:
@@ -162,65 +254,45 @@ async def proxy(request: web.Request, endpoint: str) -> web.StreamResponse:
     except UnknownModelError as exc:
         exc.param = "model"
         raise
-    validate_request(
-        request, endpoint, body
-    )  # 400 naming the field, before any replica is involved (issue 6)
-    if endpoint in ("chat/completions", "completions"):
+    validate_request(request, endpoint, body)  # 400 naming the field, before any replica is involved
+    if endpoint in ("chat/completions", "completions") and model.engine in state.manager.plugins.engines:
         # Fields the replica's engine cannot honour are refused here, naming the engine (xinfd.request_features).
+        # A restored model waiting for its GPU has no engine yet: the lease answers it with 503 + Retry-After.
         supported = state.manager.plugins.request_features(model.engine)
         check_request_features(body, engine=model.engine, supported=supported)
-    metrics = state.metrics
-    started = time.monotonic()
-    status = 500
-    metrics.in_flight.labels(uid).inc()
-    tried: set[int] = set()
-    try:
-        while True:
-            async with queued_keepalive(
-                request, _lease(model, tried)
-            ) as replica:  # pings while queued (issue 6)
-                try:
-                    cap = state.settings.max_tokens  # read per request: SIGHUP applies at once
-                    forwarded = forwarded_body(
-                        raw,
-                        body,
-                        endpoint,
-                        max_tokens=cap,
-                        chat_template_kwargs=replica.spec.chat_template_kwargs if replica.spec else {},
-                        default_max_tokens=default_budget(
-                            family=model.spec.default_max_tokens,
-                            daemon=state.settings.default_max_tokens,
-                            context_length=model.spec.context_length,
-                            cap=cap,
-                        ),
-                        sampling=model.spec.sampling,
-                    )
-                    defaulted = sets_no_limit(body, endpoint)
-                    response = await _relay(request, replica, endpoint, forwarded, defaulted=defaulted)
-                except _NOT_SENT as exc:
-                    # The replica died between picking and sending: nothing was generated, so try another one.
-                    log.warning(
-                        "replica %s unreachable (%s); retrying on another replica", replica.label, exc
-                    )
-                    tried.add(replica.index)
-                    if len(tried) >= len(model.replicas):
-                        raise UpstreamError(f"no replica of {uid!r} could be reached: {exc}") from exc
-                    continue
-            status = response.status
-            return response
-    except asyncio.CancelledError:
-        status = 499  # client closed the request
-        metrics.aborts.labels(uid, "client_disconnect").inc()
-        raise
-    except XinfdError as exc:
-        status = exc.status
-        if status in (429, 503):  # capacity or state refusals (issue 6 metrics)
-            metrics.rejections.labels(uid, str(status)).inc()
-        raise
-    finally:
-        metrics.in_flight.labels(uid).dec()
-        metrics.requests.labels(uid, endpoint, str(status)).inc()
-        metrics.latency.labels(uid, endpoint).observe(time.monotonic() - started)
+    request[BODY_KEY] = (raw, body)
+    return model
+
+
+async def _serve(request: web.Request, endpoint: str, state: DaemonState, model: RunningModel) -> web.StreamResponse:
+    raw, body = request[BODY_KEY]
+    tried: set[tuple[int, int | None]] = set()
+    wait = state.settings.replica_wait_timeout  # read per request: SIGHUP applies at once
+    while True:
+        async with queued_keepalive(request, _lease(model, tried, wait)) as replica:  # pings while queued
+            try:
+                cap = state.settings.max_tokens  # read per request: SIGHUP applies at once
+                forwarded = forwarded_body(
+                    raw,
+                    body,
+                    endpoint,
+                    max_tokens=cap,
+                    chat_template_kwargs=replica.spec.chat_template_kwargs if replica.spec else {},
+                    default_max_tokens=default_budget(
+                        family=model.spec.default_max_tokens,
+                        daemon=state.settings.default_max_tokens,
+                        context_length=model.spec.context_length,
+                        cap=cap,
+                    ),
+                    sampling=model.spec.sampling,
+                )
+                defaulted = sets_no_limit(body, endpoint)
+                return await _relay(request, replica, endpoint, forwarded, defaulted=defaulted)
+            except _NOT_SENT as exc:
+                # The replica died between picking and sending: nothing was generated, so try another one, or
+                # this one once it restarted. The cause (a socket path) goes to the log, not to the client.
+                log.warning("replica %s unreachable (%s); retrying", replica.label, exc)
+                tried.add((replica.index, replica.pid))
 
 
 async def _relay(
@@ -272,7 +344,7 @@ async def _relay(
 
 
 async def _read_answer(upstream: aiohttp.ClientResponse, replica: Replica) -> bytes:
-    """The replica had started answering when it failed: fail fast with a clear 502, no retry (issue 4)."""
+    """The replica had started answering when it failed: fail fast with a clear 502, no retry."""
     try:
         return await upstream.read()
     except aiohttp.ClientError as exc:
@@ -285,7 +357,7 @@ async def _relay_stream(
     relay: SseRelay, upstream: aiohttp.ClientResponse, replica: Replica, stats: StreamStats
 ) -> web.StreamResponse:
     """Relay SSE chunk by chunk, pinging while the replica is silent; every stream ends with [DONE] or an error
-    frame, and a client that stops reading is cut after the write deadline (issue 6)."""
+    frame, and a client that stops reading is cut after the write deadline."""
     try:
         if upstream.status != 200 or "text/event-stream" not in upstream.headers.get("Content-Type", ""):
             # Already pinged, so the 200 is out: the replica's late refusal goes in-band.

@@ -34,6 +34,9 @@ class DaemonState:
     pending: dict[str, tuple[Any, str]] = field(default_factory=dict)
     # Front-end requests being served (xinfd.api.middleware.drain_middleware); SIGTERM drains until it is 0.
     in_flight: int = 0
+    # Inference requests admitted by the front end and not finished (xinfd.api.openai): bounded by the sum of
+    # the models' capacity before any body is read.
+    proxying: int = 0
 
 
 STATE = web.AppKey("xinfd_state", DaemonState)

@@ -19,6 +19,18 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
+def exit_code_for(status: int) -> int:
+    """Refused input (4xx) is the user's to fix: exit 2; busy (409) or failed: exit 1."""
+    return EXIT_USAGE if 400 <= status < 500 and status != 409 else EXIT_FAILURE
+
+
+def exit_code_for_event(event: Mapping[str, Any]) -> int:
+    """The exit code of a long operation's final ``error`` event, from its ``status``: a launch refused for
+    its input during the launch (a bad venv package, an unknown repository) exits 2 like a refusal up front."""
+    status = event.get("status")
+    return exit_code_for(status if isinstance(status, int) else 500)
+
+
 class CliError(Exception):
     """A failure to report as one line; ``code`` is the exit status."""
 
@@ -147,7 +159,7 @@ def _decode(status: int, payload: bytes) -> Any:
         if status in (401, 403):  # a missing or wrong key, a refused address or peer: not a usage error
             raise CliError(f"unauthorized: {message}", EXIT_FAILURE)
         # Validation problems are the user's to fix: exit 2 like any usage error.
-        raise CliError(message, EXIT_USAGE if 400 <= status < 500 and status != 409 else EXIT_FAILURE)
+        raise CliError(message, exit_code_for(status))
     return data
 
 

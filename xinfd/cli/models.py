@@ -9,7 +9,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from xinfd.cli.client import EXIT_USAGE, CliError, ControlClient
+from xinfd.cli.client import EXIT_USAGE, CliError, ControlClient, exit_code_for_event
 from xinfd.cli.output import families_table, print_json, table
 
 
@@ -167,7 +167,7 @@ def cmd_launch(client: ControlClient, args: argparse.Namespace) -> int:
     if final["event"] == "error":
         if args.json:
             print_json(final)
-        raise CliError(f"launch failed: {final['message']}")
+        raise CliError(f"launch failed: {final['message']}", exit_code_for_event(final))
     if args.json:
         print_json(final["model"])
     else:

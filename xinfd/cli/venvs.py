@@ -8,7 +8,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from xinfd.cli.client import CliError, ControlClient
+from xinfd.cli.client import CliError, ControlClient, exit_code_for_event
 from xinfd.cli.output import print_json, table
 
 
@@ -57,7 +57,7 @@ def cmd_create(client: ControlClient, args: argparse.Namespace) -> int:
     if final is None:
         raise CliError("the daemon closed the connection before the venv was built")
     if final["event"] == "error":
-        raise CliError(f"venv build failed: {final['message']}")
+        raise CliError(f"venv build failed: {final['message']}", exit_code_for_event(final))
     if args.json:
         print_json(final["venv"])
     else:

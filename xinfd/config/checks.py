@@ -174,6 +174,51 @@ def keys(items: list[str]) -> tuple[str, ...]:
     return tuple(item.strip() for item in items)
 
 
+_HOST_NAME = re.compile(r"(\*|(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?)", re.ASCII)
+
+
+def host_names(items: list[str]) -> tuple[str, ...]:
+    """Host names the front end answers to: ``name``, ``*.domain`` or ``*`` (any); IP literals too."""
+    result = []
+    for item in items:
+        text = item.strip().lower()
+        literal = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+        try:
+            ipaddress.ip_address(literal)
+        except ValueError:
+            if _HOST_NAME.fullmatch(text) is None or len(text) > 253:
+                raise Invalid(f"{item!r} is not a host name (name, *.domain, * or an IP address)") from None
+        result.append(text.rstrip("."))
+    return tuple(result)
+
+
+def origins(items: list[str]) -> tuple[str, ...]:
+    """Browser origins allowed cross-origin: ``scheme://host[:port]`` exactly as browsers send them, or ``*``."""
+    result = []
+    for item in items:
+        text = item.strip()
+        if text == "*":
+            result.append(text)
+            continue
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018  # raises ValueError on a bad port
+        except ValueError:
+            parts = None
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or parts.username is not None
+        ):
+            raise Invalid(f"{item!r} is not an origin (scheme://host[:port], e.g. https://app.example.com)")
+        result.append(f"{parts.scheme}://{parts.netloc.lower()}")
+    return tuple(result)
+
+
 def _lookup(kind: str, name: str) -> int | None:
     import grp
     import pwd

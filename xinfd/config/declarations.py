@@ -122,6 +122,31 @@ class Settings:
         consumers=("xinfctl",), section="Server",
         doc="Endpoint of the service as clients reach it (an http:// or https:// URL); `xinfctl chat` uses it.",
         spec="Endpoint of Xinference, used to connect to Xinference service.")
+    max_connections: int = setting(
+        1024, env="XINFD_MAX_CONNECTIONS", kind="int", check=checks.at_least(1), consumers=("daemon",),
+        section="Server", reload=True,
+        doc="Open connections each socket (the API and the control socket) accepts at once (>= 1); one more is "
+        "answered 503 and closed, so idle or slow clients cannot use up the daemon's file descriptors. The "
+        "daemon raises its descriptor limit to the hard limit at start and lowers this cap to fit under it.")
+    max_connections_per_peer: int = setting(
+        256, env="XINFD_MAX_CONNECTIONS_PER_PEER", kind="int", check=checks.at_least(1), consumers=("daemon",),
+        section="Server", reload=True,
+        doc="Open connections one client accepts at once (>= 1): per IP address on the API (the socket peer, "
+        "so a reverse proxy is one client), per user id on the control socket. One more is answered 503.")
+    request_head_timeout: float = setting(
+        10.0, env="XINFD_REQUEST_HEAD_TIMEOUT", kind="seconds", check=_SECONDS, consumers=("daemon",),
+        section="Server", reload=True,
+        doc="Seconds a new connection has to send its first request line and headers (> 0); a silent or "
+        "trickling client is disconnected after that, on both sockets.")
+    request_body_timeout: float = setting(
+        60.0, env="XINFD_REQUEST_BODY_TIMEOUT", kind="seconds", check=_SECONDS, consumers=("daemon",),
+        section="Server", reload=True,
+        doc="Seconds a client has to send a request body once its headers arrived (> 0); a slower one gets "
+        "408 Request Timeout.")
+    keepalive_timeout: float = setting(
+        15.0, env="XINFD_KEEPALIVE_TIMEOUT", kind="seconds", check=_SECONDS, consumers=("daemon",),
+        section="Server",
+        doc="Seconds an idle keep-alive connection stays open between requests (> 0), on both sockets.")
     # ---- Models
     model_src: str = setting(
         "huggingface", env="XINFERENCE_MODEL_SRC", kind="str", check=checks.choice(MODEL_SOURCES, upper=False),
@@ -184,6 +209,11 @@ class Settings:
         section="Health checks and replica lifecycle", reload=True,
         doc="Requests that may wait per model when every replica is at its cap (>= 0); beyond that a request "
         "gets 429 Too Many Requests with Retry-After. SIGHUP applies it to running models.")
+    replica_wait_timeout: float = setting(
+        15.0, env="XINFD_REPLICA_WAIT_TIMEOUT", kind="seconds", check=_SECONDS_OR_ZERO, consumers=("daemon",),
+        section="Health checks and replica lifecycle", reload=True,
+        doc="Seconds a request waits for a restarting replica of its model (>= 0) before it gets 503 with "
+        "Retry-After; a replica that comes back within it serves the request.")
     restart_backoff: float = setting(
         0.5, env="XINFD_RESTART_BACKOFF", kind="seconds", check=_SECONDS, consumers=("daemon",),
         section="Health checks and replica lifecycle",
@@ -292,6 +322,32 @@ class Settings:
         (), env="XINFD_CONTROL_ALLOWED_GROUPS", kind="list", check=checks.principals("group"),
         consumers=("daemon",), section="Access control", reload=True, guards_access=True,
         doc="Further groups (names or numeric ids) allowed on the control socket, checked with SO_PEERCRED.")
+    allowed_hosts: tuple[str, ...] = setting(
+        (), env="XINFD_ALLOWED_HOSTS", kind="list", check=checks.host_names, consumers=("daemon",),
+        section="Access control", reload=True, guards_access=True, example='["xinfd.internal", "*.example.com"]',
+        doc="Host header values the API answers besides its bind address, localhost, 127.0.0.1 and [::1] (any "
+        'port): names, "*.domain", or "*" for any. Other Host values get 421, so a web page cannot reach a '
+        "keyless daemon through DNS rebinding. When listening on 0.0.0.0 or ::, any IP address is accepted "
+        "too, and any name once api_keys are set (a browser cannot send the key); list names here to serve "
+        "them without keys.")
+    cors_allowed_origins: tuple[str, ...] = setting(
+        (), env="XINFD_CORS_ALLOWED_ORIGINS", kind="list", check=checks.origins, consumers=("daemon",),
+        section="Access control", reload=True, guards_access=True, example='["https://app.example.com"]',
+        doc='Browser origins (scheme://host[:port], or "*") allowed to call the API cross-origin; they get CORS '
+        "headers and answered preflights. Empty: every request carrying a foreign Origin header is refused "
+        "with 403.")
+    allow_direct_references: bool = setting(
+        False, env="XINFD_ALLOW_DIRECT_REFERENCES", kind="bool", check=checks.same, consumers=("daemon",),
+        section="Access control", reload=True, guards_access=True,
+        doc="Accept direct references (name @ file:///..., name @ https://..., name @ git+...) in a launch's "
+        "--virtual-env-package. Off: they and paths (./pkg, pkg.whl) are refused, because installing a package "
+        "runs its code as the daemon's user, so anyone on the control socket could run anything. A local "
+        "package is written as name @ file:///path once this is on.")
+    allow_loader_env: bool = setting(
+        False, env="XINFD_ALLOW_LOADER_ENV", kind="bool", check=checks.same, consumers=("daemon",),
+        section="Access control", reload=True, guards_access=True,
+        doc="Accept variables that make the replica's loader or interpreter run other code (PATH, LD_*, "
+        "PYTHONPATH, PYTHONHOME, HOME, ...) in a launch's --env. Off: they are refused.")
     # ---- Operations
     drain_grace: float = setting(
         0.0, env="XINFD_DRAIN_GRACE", kind="seconds", check=_SECONDS_OR_ZERO, consumers=("daemon",),

@@ -9,17 +9,21 @@ state), ``identity`` (a replica's label and file paths), ``launch_request`` (the
 from __future__ import annotations
 
 from xinfd.supervisor.factory import ReplicaBlueprint, ReplicaFactory, SupervisedReplicaFactory
-from xinfd.supervisor.launch_request import LaunchRequest
+from xinfd.supervisor.launch_request import LaunchPolicy, LaunchRequest
 from xinfd.supervisor.manager import ModelManager, replica_settings, supervision_options
 from xinfd.supervisor.running import RunningModel
+from xinfd.supervisor.runtime_dir import RuntimeDir, UnsafeRuntimeDirError
 
 __all__ = [
+    "LaunchPolicy",
     "LaunchRequest",
     "ModelManager",
     "ReplicaBlueprint",
     "ReplicaFactory",
     "RunningModel",
+    "RuntimeDir",
     "SupervisedReplicaFactory",
+    "UnsafeRuntimeDirError",
     "replica_settings",
     "supervision_options",
 ]

@@ -7,19 +7,12 @@ with the replica process (``ReplicaContext.label``), which must not import this 
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from xinfd.orphans import pid_dir
+from xinfd.supervisor.runtime_dir import RuntimeDir
 from xinfd.types import replica_label
-
-# Longest ``<label>.sock`` name we allow for: a 64-character uid, "-r", a 3-digit index, ".sock", with margin.
-_SOCKET_NAME_ROOM = 80
-# sun_path is 108 bytes on Linux, 104 on macOS: stay under the smaller.
-_SUN_PATH_MAX = 104
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,10 +38,11 @@ class RuntimeLayout:
     cache_dir: Path  # weights engines derive (e.g. GGUF converted), kept across restarts
 
     @classmethod
-    def for_home(cls, home: Path) -> RuntimeLayout:
+    def for_home(cls, home: Path, run_dir: Path | None = None) -> RuntimeLayout:
+        """The layout of ``home``; ``run_dir`` is the daemon's prepared ``RuntimeDir`` (None: prepare one)."""
         return cls(
             home=home,
-            run_dir=runtime_dir(home),
+            run_dir=run_dir if run_dir is not None else RuntimeDir.prepare(home).path,
             log_dir=home / "logs",
             pid_dir=pid_dir(home),
             cache_dir=home / "cache" / "converted",
@@ -64,13 +58,3 @@ class RuntimeLayout:
             log_path=self.log_dir / f"{label}.log",
             pid_file=self.pid_dir / f"{label}.pid",
         )
-
-
-def runtime_dir(home: Path) -> Path:
-    """Where replica sockets live: under the home, unless that is too long for a Unix socket path."""
-    candidate = home / "run"
-    if len(str(candidate)) + _SOCKET_NAME_ROOM > _SUN_PATH_MAX:
-        digest = hashlib.sha256(str(home).encode()).hexdigest()[:12]
-        candidate = Path(tempfile.gettempdir()) / f"xinfd-{os.getuid()}-{digest}"
-    candidate.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return candidate

@@ -16,12 +16,48 @@ from xinfd.gpus import NGpu
 from xinfd.names import ENV_NAME, MODEL_NAME, MODEL_UID, check_name
 from xinfd.supervisor.variant import Variant, parse_size
 from xinfd.venvs.python import check_python_request
-from xinfd.venvs.spec import check_package
+from xinfd.venvs.spec import check_package, direct_reference
 
 # Variables the daemon owns for each replica; a user --env must not silently undo the slot table.
 _RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "XINFD_WORKER_CONTEXT"})
 MAX_REPLICAS = 256
 MAX_CPU_THREADS = 4096
+
+# Variables that make the dynamic loader, the interpreter or a shell load code from a place the launcher
+# chooses (PYTHONPATH, LD_PRELOAD, ...; HOME moves Python's user site-packages): refused unless the operator
+# sets allow_loader_env. Every other PYTHON* variable is refused too, except these harmless ones.
+_LOADER_ENV = frozenset({"PATH", "HOME", "BASH_ENV", "ENV", "GCONV_PATH", "NODE_OPTIONS", "PERL5OPT", "PERL5LIB",
+                         "RUBYOPT", "RUBYLIB"})
+_LOADER_PREFIXES = ("LD_", "DYLD_", "PYTHON")
+_HARMLESS_PYTHON_ENV = frozenset({"PYTHONUNBUFFERED", "PYTHONHASHSEED", "PYTHONIOENCODING", "PYTHONUTF8",
+                                  "PYTHONFAULTHANDLER", "PYTHONDONTWRITEBYTECODE", "PYTHONDEVMODE",
+                                  "PYTHONTRACEMALLOC", "PYTHONOPTIMIZE"})
+
+
+def is_loader_variable(name: str) -> bool:
+    """Whether setting ``name`` in a replica's environment can make it run code from elsewhere."""
+    if name in _LOADER_ENV:
+        return True
+    return name.startswith(_LOADER_PREFIXES) and name not in _HARMLESS_PYTHON_ENV
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LaunchPolicy:
+    """What the operator allows in launch requests beyond the defaults (settings, off by default)."""
+
+    # -vp entries that are direct references or paths (setting allow_direct_references).
+    allow_direct_references: bool = False
+    # --env variables of the loader and interpreter (setting allow_loader_env).
+    allow_loader_env: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> LaunchPolicy:
+        return cls(
+            allow_direct_references=settings.allow_direct_references, allow_loader_env=settings.allow_loader_env
+        )
+
+
+STRICT = LaunchPolicy()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,8 +98,12 @@ class LaunchRequest:
                        quantization=self.quantization)
 
     @classmethod
-    def from_json(cls, body: Any) -> LaunchRequest:
-        """Validate a JSON body; every problem is an ``InvalidRequestError`` naming the field."""
+    def from_json(cls, body: Any, policy: LaunchPolicy = STRICT) -> LaunchRequest:
+        """Validate a JSON body; every problem is an ``InvalidRequestError`` naming the field.
+
+        ``policy`` says what the operator allows beyond the defaults (the control API and the restore pass the
+        daemon's settings; without one, the strict defaults apply).
+        """
         if not isinstance(body, dict):
             raise InvalidRequestError("launch request must be a JSON object")
         unknown = set(body) - {"model_name", "model_engine", "replica", "model_uid", "env", "options",
@@ -73,10 +113,9 @@ class LaunchRequest:
             raise InvalidRequestError(f"unknown field(s): {', '.join(sorted(unknown))}", param=min(unknown))
         name = check_name(body.get("model_name"), MODEL_NAME, param="model_name")
         engine = body.get("model_engine")
-        if engine is not None and (not isinstance(engine, str) or not engine):
-            raise InvalidRequestError(f"model_engine must be a string, got {engine!r}", param="model_engine")
-        if engine is not None:
-            engine = engine.lower()  # spec: engine names are lowercase internally (-e ECHO, vLLM)
+        if engine is not None:  # an engine name goes into venv paths and log lines: the same rule as names
+            # spec: engine names are lowercase internally (-e ECHO, vLLM)
+            engine = check_name(engine, MODEL_NAME, param="model_engine").lower()
         replica = body.get("replica", 1)
         if isinstance(replica, bool) or not isinstance(replica, int) or not 1 <= replica <= MAX_REPLICAS:
             raise InvalidRequestError(f"replica must be an integer 1..{MAX_REPLICAS}, got {replica!r}",
@@ -94,6 +133,10 @@ class LaunchRequest:
             if key in _RESERVED_ENV:
                 raise InvalidRequestError(f"{key} is set by xinfd for each replica; it cannot be overridden",
                                           param="env")
+            if is_loader_variable(key) and not policy.allow_loader_env:
+                raise InvalidRequestError(
+                    f"--env {key} can make the replica load code from elsewhere; refused unless the operator "
+                    "sets allow_loader_env (XINFD_ALLOW_LOADER_ENV=1)", param="env")
         options = {} if body.get("options") is None else body["options"]
         if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
             raise InvalidRequestError("options must be an object", param="options")
@@ -106,6 +149,12 @@ class LaunchRequest:
             raise InvalidRequestError("virtual_env_packages must be a list of requirement strings",
                                       param="virtual_env_packages")
         for package in packages:  # PEP 508 or a documented placeholder, never an installer option
+            what = direct_reference(package)
+            if what is not None and not policy.allow_direct_references:
+                raise InvalidRequestError(
+                    f"virtual_env_packages entry {package!r} is {what}: installing it runs code from a place "
+                    "the launch chose; refused unless the operator sets allow_direct_references "
+                    "(XINFD_ALLOW_DIRECT_REFERENCES=1)", param="virtual_env_packages")
             check_package(package)
         python = None if body.get("python") is None else check_python_request(body["python"])
         n_gpu = body.get("n_gpu", "auto")

@@ -32,7 +32,7 @@ from xinfd.supervisor import plan
 from xinfd.supervisor.desired_state import DesiredState
 from xinfd.supervisor.factory import ReplicaBlueprints, ReplicaFactory, SupervisedReplicaFactory
 from xinfd.supervisor.identity import RuntimeLayout
-from xinfd.supervisor.launch_request import MAX_REPLICAS, LaunchRequest
+from xinfd.supervisor.launch_request import MAX_REPLICAS, STRICT, LaunchPolicy, LaunchRequest
 from xinfd.supervisor.running import RunningModel
 from xinfd.types import ModelSpec, Platform, ReplicaSettings
 
@@ -65,6 +65,7 @@ class ModelManager:
         downloader: Downloader | None = None,
         replica_settings: Callable[[], ReplicaSettings] = ReplicaSettings,
         replica_factory: ReplicaFactory | None = None,
+        run_dir: Path | None = None,
     ) -> None:
         # The slot table is the one owner of placements; the router's admission limits are a per-replica cap
         # and a per-model queue; ``desired`` is the state file restored at start (None: not persisted).
@@ -77,7 +78,8 @@ class ModelManager:
         self.plugins = plugins
         self.platform = platform
         self.home = home
-        self.layout = RuntimeLayout.for_home(home)
+        # run_dir: the daemon's private socket directory (``RuntimeDir``); None prepares one for ``home``.
+        self.layout = RuntimeLayout.for_home(home, run_dir)
         self._blueprints = ReplicaBlueprints(
             plugins=plugins,
             layout=self.layout,
@@ -106,6 +108,12 @@ class ModelManager:
             model.router.max_concurrency, model.router.max_queue = max_concurrency, max_queue
             model.router.notify()
 
+    def capacity(self) -> int | None:
+        """Requests all models can hold at once (in replicas and queues); None when unbounded or no model runs."""
+        if not self._max_concurrency or not self.models:
+            return None
+        return sum(len(m.replicas) * self._max_concurrency + self._max_queue for m in self.models.values())
+
     def families(self) -> dict[str, ModelSpec]:
         return dict(self.plugins.models)
 
@@ -113,8 +121,9 @@ class ModelManager:
         try:
             return self.models[uid]
         except KeyError:
-            known = ", ".join(sorted(self.models)) or "none running"
-            raise UnknownModelError(f"model {uid!r} is not running ({known})") from None
+            # The other uids are not listed: an unknown name must not enumerate what runs (GET /v1/models does,
+            # behind the same access check as every model).
+            raise UnknownModelError(f"model {uid!r} is not running") from None
 
     def choose_engine(self, spec: ModelSpec, wanted: str | None, *, venv: bool | None = None) -> str:
         """The requested engine if it can serve the model here, else the best available one (``plan``);
@@ -166,7 +175,8 @@ class ModelManager:
             self.models.pop(model.uid, None)
             self._persist()
             log.error("launch of %s failed: %s", model.uid, exc)
-            await model.publish(Failed(code=getattr(exc, "code", "launch_failed"), message=str(exc)))
+            await model.publish(Failed(code=getattr(exc, "code", "launch_failed"), message=str(exc),
+                                       status=getattr(exc, "status", 500)))
             return
         except asyncio.CancelledError:
             model.launch_error = "launch cancelled"
@@ -196,6 +206,8 @@ class ModelManager:
         self.models.pop(uid, None)
         if not self._closing:  # a daemon shutdown keeps the desired state, so a restart brings the model back
             self._persist()
+            if not model.unplaced:
+                self.retry_unplaced()  # its slots are free: a restored model waiting for them may fit now
         log.info("model %s terminated", uid)
         return model.snapshot()
 
@@ -219,6 +231,8 @@ class ModelManager:
                 f"replicas must be an integer 1..{MAX_REPLICAS} (use terminate for 0), got {replicas!r}",
                 param="replicas",
             )
+        if model.unplaced:
+            raise InvalidRequestError(f"model {uid!r} is FAILED ({model.launch_error}); terminate it first")
         if model.terminating or (model.launch_task is not None and not model.launch_task.done()):
             raise InvalidRequestError(f"model {uid!r} is {model.state.lower()}; scale it once it is launched")
         async with model.scale_lock:
@@ -269,23 +283,56 @@ class ModelManager:
         except OSError as exc:  # a full disk must not take serving down; the next write may succeed
             log.error("cannot write desired state %s: %s", self._desired.path, exc)
 
-    def restore(self) -> list[RunningModel]:
-        """Launch the models of the desired state (daemon start); one that cannot be launched is logged."""
+    def restore(self, policy: LaunchPolicy = STRICT) -> list[RunningModel]:
+        """Launch the models of the desired state (daemon start).
+
+        An entry that is not a valid launch request (under ``policy``, the operator's current opt-ins) is
+        logged and dropped. A valid one that cannot be launched now (its GPU is gone, its engine or family is
+        not available) stays in the desired state, listed FAILED with the reason, and is launched again when
+        slots are freed (``retry_unplaced``) or at the next start, when the GPU may be back.
+        """
         if self._desired is None:
             return []
         started = []
         for body in self._desired.load():
             try:
-                started.append(self.start_launch(LaunchRequest.from_json(body)))
-                log.info(
-                    "restoring model %s (%s, %s replica(s))",
-                    body.get("model_uid"),
-                    body.get("model_name"),
-                    body.get("replica", 1),
-                )
+                request = LaunchRequest.from_json(body, policy)
             except XinfdError as exc:
-                log.error("cannot restore model %s: %s", body.get("model_uid"), exc)
-        self._persist()  # drop what could not be restored, so the file says what is really wanted now
+                log.error("cannot restore model %s: %s; dropped from the desired state", body.get("model_uid"), exc)
+                continue
+            try:
+                started.append(self.start_launch(request))
+                log.info("restoring model %s (%s, %s replica(s))", request.model_uid, request.model_name,
+                         request.replica)
+            except XinfdError as exc:
+                self._keep_unplaced(request, exc)
+        self._persist()  # drop what is not a launch request, so the file says what is really wanted now
+        return started
+
+    def _keep_unplaced(self, request: LaunchRequest, exc: XinfdError) -> None:
+        uid = request.model_uid or request.model_name
+        log.error("cannot restore model %s now: %s; kept in the desired state as FAILED", uid, exc)
+        spec = self.plugins.models.get(request.model_name) or ModelSpec(
+            name=request.model_name, abilities=(), engines=()
+        )
+        model = RunningModel(uid=uid, spec=spec, engine=request.model_engine or "", request=request)
+        model.launch_error = f"not restored: {exc.message}"
+        model.unplaced = True
+        self.models[uid] = model
+
+    def retry_unplaced(self) -> list[RunningModel]:
+        """Try again to launch restored models that could not be placed (called when slots are freed)."""
+        started = []
+        for uid, model in list(self.models.items()):
+            if not model.unplaced or self._closing:
+                continue
+            del self.models[uid]
+            try:
+                started.append(self.start_launch(model.request))
+                log.info("model %s restored now that it can be placed", uid)
+            except XinfdError as exc:
+                self.models[uid] = model
+                model.launch_error = f"not restored: {exc.message}"
         return started
 
     # -- reading and shutdown ----------------------------------------------------------------------------------

@@ -43,6 +43,8 @@ class RunningModel:
         self.launch_task: asyncio.Task[None] | None = None
         self.terminating = False
         self.launch_error: str | None = None
+        # A restored model that could not be placed (its GPU is gone): listed FAILED, kept in the desired state.
+        self.unplaced = False
         # Folder fetched from the model hub at launch, given to replicas as the model_path option.
         self.weights_path: str | None = None
         self.environment = ReplicaEnvironment(python=sys.executable)

@@ -182,6 +182,29 @@ def check_package(entry: str) -> str:
     return text
 
 
+_ARCHIVE_SUFFIXES = (".whl", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
+# Virtualenv block keys that choose where packages come from (an index or a folder of wheels of one's own).
+SOURCE_KEYS = frozenset({"index_url", "extra_index_url", "find_links", "trusted_host"})
+
+
+def direct_reference(entry: str) -> str | None:
+    """Why ``entry`` installs from a URL or a path instead of the package index, or None if it does not.
+
+    A PEP 508 direct reference (``name @ file:///...``, ``name @ https://...``, ``name @ git+...``) and what uv
+    reads as a path (``./pkg``, ``/x/y``, ``pkg.whl``, ``pkg.tar.gz``) install code that whoever chose the
+    location controls; the daemon runs it as its own user while building the venv.
+    """
+    head = entry.strip().partition(";")[0].strip()
+    if head.startswith("-") or _PLACEHOLDER_RE.match(head) or _SYSTEM_RE.match(head):
+        return None  # an installer option is refused by check_package whatever the settings say
+    if "@" in head or "://" in head:
+        return "a direct reference (name @ URL)"
+    lowered = head.lower()
+    if head.startswith((".", "~")) or "/" in head or "\\" in head or lowered.endswith(_ARCHIVE_SUFFIXES):
+        return "a path"
+    return None
+
+
 def _marker_text(marker: str, engine: str) -> Marker:
     text = marker.strip()
     if _ENGINE_TOKEN_RE.search(text) and _ENGINE_VARIABLE in text:

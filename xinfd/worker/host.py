@@ -28,7 +28,7 @@ from aiohttp import web
 
 from xinfd import logprobs as logprobs_format
 from xinfd import rerank_protocol
-from xinfd.errors import InvalidRequestError, PluginError, UnsupportedEndpointError, XinfdError
+from xinfd.errors import InvalidRequestError, PluginError, ShuttingDownError, UnsupportedEndpointError, XinfdError
 from xinfd.http_errors import exception_body, make_error_middleware, parse_json_object
 from xinfd.request_features import check_request_features
 from xinfd.sampling_defaults import DEFAULTED_LIMIT_HEADER, with_model_defaults
@@ -461,6 +461,11 @@ async def _complete(
             shaped = (logprobs_format.chat_logprobs(collected) if kind == "chat"
                       else logprobs_format.completion_logprobs(collected))
         return web.json_response(fmt.full(text, finish_reason, usage, reasoning=reasoning, logprobs=shaped))
+    if finish_reason == "abort":
+        # Aborted (the replica is stopping, or /abort): "abort" is not an OpenAI finish reason, so a stream ends
+        # with an error frame and no [DONE]; clients see it was cut instead of a seemingly complete answer.
+        aborted = ShuttingDownError("the generation was aborted: the replica stopped serving it")
+        return await stream.fail(exception_body(aborted))
     return await stream.finish(finish_reason, usage)
 
 

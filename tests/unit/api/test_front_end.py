@@ -90,7 +90,9 @@ async def test_unknown_route_and_method_are_json(api: TestClient) -> None:  # ty
 
 
 async def test_body_too_large_is_413(api: TestClient) -> None:  # type: ignore[type-arg]
-    resp = await api.post("/v1/completions", data=io.BytesIO(b"x" * (9 * 1024 * 1024)))
+    resp = await api.post(
+        "/v1/completions", data=io.BytesIO(b"x" * (9 * 1024 * 1024)), headers={"Content-Type": "application/json"}
+    )
     assert resp.status == 413
     assert "error" in await resp.json()
 

@@ -133,7 +133,7 @@ def test_an_object_that_is_no_model_is_refused() -> None:
         build_app(object())
 
 
-async def test_abort_ends_a_stream_with_finish_reason_abort(make_client: ClientFactory) -> None:
+async def test_abort_ends_a_stream_with_an_error_frame(make_client: ClientFactory) -> None:
     model = RecordingEcho()
     client = await make_client(model)
     headers = {"X-Xinfd-Request-Id": "req-1"}
@@ -143,8 +143,8 @@ async def test_abort_ends_a_stream_with_finish_reason_abort(make_client: ClientF
     abort = await client.post("/abort/req-1")
     assert await abort.json() == {"aborted": True}
     events = decode_events(await resp.read())
-    assert events[-1] == "[DONE]"
-    assert events[-2]["choices"][0]["finish_reason"] == "abort"
+    assert events[-1]["error"]["code"] == "shutting_down"  # an error frame, no [DONE]: "abort" is not OpenAI's
+    assert "[DONE]" not in events
     assert model.closed.is_set()
     assert model.deltas < 200
     assert await (await client.post("/abort/req-1")).json() == {"aborted": False}
@@ -231,7 +231,7 @@ async def test_serve_on_a_unix_socket_and_abort_running_work_at_shutdown(short_s
             events = decode_events(await resp.read())
     with pytest.raises(asyncio.CancelledError):
         await server
-    assert events[-2]["choices"][0]["finish_reason"] == "abort"
-    assert events[-1] == "[DONE]"
+    assert events[-1]["error"]["code"] == "shutting_down"  # an error frame, no [DONE]: "abort" is not OpenAI's
+    assert "[DONE]" not in events
     assert model.closed.is_set()
     assert not socket_path.exists()
