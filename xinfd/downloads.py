@@ -32,6 +32,9 @@ tries per listing, 5 per file; pycsghub: 5 per file), so one of xinfd's attempts
 reports its failed files together (modelscope's ``failed_files``) is retried when every one of them is
 retryable; the files already done are kept, so the next attempt fetches only the rest. The blocking client runs in
 a worker thread; the daemon imports no hub library at module level (``tests/unit/test_daemon_imports.py``).
+
+Just over 400 lines: the three hub clients share one retry, resume and marker discipline that is clearer read
+in one place than split across modules.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 The worker host (``xinfd.worker.host``) is thin HTTP glue over this module. Nothing here imports aiohttp, so
 the daemon's front end can run the same validators before it proxies, and a client gets the same 400 with the
 same ``param`` (OpenAI style: ``messages[2].role``) whether the daemon or the replica refused the request.
+
+Over 400 lines: it is the one validator of every OpenAI request field (chat, completions, embeddings, images
+parts, logprobs, sampling) shared by the daemon and the worker; the response formatting (CompletionFormat) is
+the next piece to split out.
 """
 
 from __future__ import annotations

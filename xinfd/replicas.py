@@ -4,6 +4,9 @@ The life of a replica is one small state machine; every change goes through ``tr
 fixed-form line, so an operator can grep a replica's whole history::
 
     replica echo-r0 STARTING -> READY (pid 1234, ready in 0.41s)
+
+Over 400 lines: the state machine, its supervision loop and the stop path share the replica's private state;
+the health probing is the next piece to split into its own module.
 """
 
 from __future__ import annotations

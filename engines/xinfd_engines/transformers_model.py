@@ -26,6 +26,10 @@ Releases without continuous batching (transformers < 5, which a model venv may p
 served by ``transformers_generate``: one ``generate()`` per request on a thread, streaming token ids, with the
 same deltas, stop strings, cancellation and exact usage. ``path`` says which one a replica uses
 ("continuous_batching" or "generate"); tested with transformers 4.37.2 and 5.x.
+
+Over 400 lines because it holds both generation paths' shared delta logic; the generate() fallback lives in
+transformers_generate and logprobs in transformers_logprobs, and the continuous-batching manager setup is the
+next piece to move out.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ Skip-installed: uv reinstalls packages that a ``--system-site-packages`` venv al
 (astral-sh/uv#4466), so we resolve first (``uv pip compile``, with the base environment's versions as
 preferences), subtract what the base already has at the same version, and install the rest with
 ``--no-deps``.
+
+Just over 400 lines: one build is a single sequence under one deadline (create, resolve, subtract, install,
+probe, record); splitting its steps would spread the deadline and kill-on-cancel rules across files.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ loaded from and the process id), ``GET /v1/models``, ``POST /v1/chat/completions
 ``POST /v1/embeddings``, ``POST /v1/rerank``, ``POST /v1/images/generations``
 (``xinfd.worker.image_generation``), ``POST /abort/{request_id}``. A route whose ability the model lacks answers
 404.
+
+Over 400 lines (about 530): HTTP glue for every endpoint the worker serves (chat, completions, embeddings,
+rerank, images, abort, health); the per-endpoint handlers are the next split (rerank and image generation
+already live in their own modules), kept here for now because they share the request context and streaming
+helpers.
 """
 
 from __future__ import annotations
