@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -48,9 +49,15 @@ def old_model_folder() -> Path:
         return folder
     venv = CACHE / f"venv-transformers-{OLD}"
     if not (venv / "bin" / "python").exists():
-        _run([sys.executable, "-m", "venv", str(venv)])
-        # pip with this machine's config: torch from its local wheels, transformers 4.37.2 from the index.
-        _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"transformers=={OLD}", "torch"])
+        # Built beside and renamed into place, so an interrupted build is never taken for a finished one.
+        building = venv.with_name(venv.name + ".partial")
+        shutil.rmtree(building, ignore_errors=True)
+        _run([sys.executable, "-m", "venv", str(building)])
+        # pip with this machine's config: torch 2.13.0 (the CPU build on local disk; any other version is a
+        # multi-GB CUDA download), transformers 4.37.2 from the index.
+        _run([str(building / "bin" / "python"), "-m", "pip", "install", "-q", f"transformers=={OLD}",
+              "torch==2.13.0"])
+        building.rename(venv)
     partial = folder.with_name(folder.name + ".partial")
     _run([str(venv / "bin" / "python"), "-c", BUILD, str(partial)])
     partial.rename(folder)
