@@ -291,7 +291,8 @@ class TransformersTextModel:
             await source.aclose()  # cancels the request in the batch, or stops its generate() thread
             if not finished:
                 self.cancelled += 1
-                log.info("%s cancelled after %d token(s)", request.request_id, produced)
+                where = "in the batch" if self.threaded is None else "in its generate() thread"
+                log.info("%s cancelled %s after %d token(s)", request.request_id, where, produced)
 
     async def _batched_tokens(
         self, ids: list[int], request: GenerateRequest

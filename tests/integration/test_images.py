@@ -110,7 +110,7 @@ def test_disconnect_stops_the_steps(image_daemon: Daemon) -> None:
                        "response_format": "b64_json"}).encode()
     log = image_daemon.home / "logs" / "tiny-sd-r0.log"
     with socket.create_connection((host, int(port)), timeout=10) as conn:
-        conn.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        conn.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         wait_for(lambda: re.search(r"step \d+/500", log.read_text()), timeout=60)
     line = wait_for(lambda: re.search(r"image generation cancelled after (\d+) step", log.read_text()), timeout=30)

@@ -52,7 +52,8 @@ MODELS = {
         'xinfdtestpkg==2.0 ; sys_platform != "win32" and #engine# == "pkgver"',
         "#system_pluggy#",
     ),
-    "bad-placeholder": _block("#nosuch_dependencies#"),
+    # Offered for pkgver (its marked entry: with venvs on, an engine needs one), with a placeholder no engine knows.
+    "bad-placeholder": _block('#pkgver_dependencies# ; #engine# == "pkgver"', "#nosuch_dependencies#"),
 }
 
 
