@@ -16,8 +16,6 @@ import os
 import signal
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -25,55 +23,19 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from proxy import Result  # noqa: E402  # the benchmarks' shared result and load client
+from proxy import load as load_with  # noqa: E402
+
 from tests.integration.balancer import Haproxy, free_port, haproxy_binary  # noqa: E402  # needs REPO on the path
 from tests.integration.conftest import Daemon, daemon_env  # noqa: E402
 
 
-@dataclass
-class Result:
-    name: str
-    latencies: list[float]
-    errors: int
-    seconds: float
-
-    @property
-    def rps(self) -> float:
-        return len(self.latencies) / self.seconds
-
-    def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
-
-
 async def load(name: str, url: str, *, seconds: float, concurrency: int, stream: bool) -> Result:
-    body = {
-        "model": "echo",
-        "messages": [{"role": "user", "content": "the quick brown fox jumps over the lazy dog"}],
-        "stream": stream,
-    }
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
+    """The proxy benchmark's load client (one for every benchmark), aimed at a daemon or a balancer."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-
-        async def client() -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                try:
-                    async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
-                        await resp.read()
-                        if resp.status != 200:
-                            errors += 1
-                            continue
-                except aiohttp.ClientError:
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        return Result(name, latencies, errors, time.perf_counter() - started)
+        return await load_with(
+            name, session, f"{url}/v1/chat/completions", seconds=seconds, concurrency=concurrency, stream=stream
+        )
 
 
 def start_daemon(root: Path, name: str) -> tuple[Daemon, int]:
