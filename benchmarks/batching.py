@@ -84,8 +84,7 @@ def in_process_batching(location: str, tokens: int, repeats: int) -> float:
     async def one() -> tuple[int, float]:
         started = time.perf_counter()
         produced = 0
-        request = GenerateRequest(request_id="b", prompt=PROMPT, max_tokens=tokens, temperature=0.0,
-                                  kind="completion")
+        request = GenerateRequest(request_id="b", prompt=PROMPT, max_tokens=tokens, temperature=0.0, kind="completion")
         async for delta in model.generate(request):
             produced = delta.tokens or produced
         return produced, time.perf_counter() - started
@@ -170,9 +169,7 @@ def main() -> None:
             # Warm-up: the first requests after a launch allocate the cache and warm torch's kernels.
             asyncio.run(through_daemon(url, args.tokens, 2, 4))
             sequential = asyncio.run(through_daemon(url, args.tokens, 1, 8))
-            rows = [
-                (n, asyncio.run(through_daemon(url, args.tokens, n, 2 if n > 1 else 4))) for n in (1, 4, 16)
-            ]
+            rows = [(n, asyncio.run(through_daemon(url, args.tokens, n, 2 if n > 1 else 4))) for n in (1, 4, 16)]
     print(
         f"\ntransformers engine, {args.tokens} tokens/request, "
         f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
@@ -180,8 +177,10 @@ def main() -> None:
     )
     print(f"{'run':<34}{'tokens/s':>10}{'x sequential':>14}{'time x in-process':>19}")
     print(f"{'in-process generate(), 1 stream':<34}{limit:>10.1f}{limit / sequential:>14.2f}{1.0:>19.2f}")
-    print(f"{'in-process engine (no server)':<34}{engine_alone:>10.1f}{engine_alone / sequential:>14.2f}"
-          f"{limit / engine_alone:>19.2f}")
+    print(
+        f"{'in-process engine (no server)':<34}{engine_alone:>10.1f}{engine_alone / sequential:>14.2f}"
+        f"{limit / engine_alone:>19.2f}"
+    )
     print(f"{'daemon, sequential requests':<34}{sequential:>10.1f}{1.0:>14.2f}{limit / sequential:>19.2f}")
     for n, rate in rows:
         print(
