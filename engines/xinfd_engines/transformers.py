@@ -46,7 +46,7 @@ class TransformersEngine(LocalEngine):
     probe_module = "transformers"
     loads_weights_folder = True
     launch_options = frozenset({"model_path", "enable_thinking", "reasoning", "kv_cache_tokens", "dtype"})
-    # logprobs/top_logprobs from the raw distribution (transformers_logprobs.TokenScorer); every other optional
+    # logprobs/top_logprobs from the raw distribution (transformers_rows, transformers_logprobs); every other optional
     # OpenAI field is refused with a 400 (xinfd.request_features).
     request_features = frozenset({"logprobs"})
     modules = ("torch", "transformers")

@@ -13,8 +13,10 @@ which is all this needs:
   a stop string matched) sets it and ``generate()`` returns at its next step;
 * at most ``batch_size`` generations at once (``ReplicaSettings.batch_size``); more wait for a slot.
 
-``temperature == 0`` is greedy decoding (``do_sample=False``); a per-request ``seed`` seeds torch's generator
-for that request only when it runs alone (the generator is process-wide), else it is ignored with one warning.
+``temperature == 0`` is greedy decoding (``do_sample=False``). A request with a ``seed`` draws its tokens with
+its own ``torch.Generator`` (``SeededDraw``, after the temperature and top-p warpers, leaving one token possible
+for a greedy pick): ``generate()`` would otherwise sample from torch's process-wide generator, which every
+concurrent generation consumes, so seeding it could never make one request reproducible.
 """
 
 from __future__ import annotations
@@ -74,10 +76,7 @@ class ThreadedGenerator:
                     return
                 with self._lock:
                     self._running += 1
-                    alone = self._running == 1
                 try:
-                    if request.seed is not None and alone:
-                        torch.manual_seed(request.seed)
                     with torch.inference_mode():
                         self.model.generate(**kwargs)
                     loop.call_soon_threadsafe(queue.put_nowait, _END)
@@ -127,9 +126,34 @@ class ThreadedGenerator:
             "eos_token_id": self.eos_ids or None,
             "pad_token_id": self.eos_ids[0] if self.eos_ids else 0,
         }
-        if request.temperature > 0:
-            kwargs.update(do_sample=True, temperature=float(request.temperature), top_p=float(request.top_p),
-                          top_k=0)
+        if request.temperature > 0 and request.seed is not None:
+            from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+            warpers: list[Any] = [TemperatureLogitsWarper(float(request.temperature))]
+            if request.top_p < 1:
+                warpers.append(TopPLogitsWarper(float(request.top_p)))
+            kwargs.update(do_sample=False, logits_processor=LogitsProcessorList([*warpers, SeededDraw(request.seed)]))
+        elif request.temperature > 0:
+            kwargs.update(do_sample=True, temperature=float(request.temperature), top_p=float(request.top_p), top_k=0)
         else:
             kwargs.update(do_sample=False)
         return kwargs
+
+
+class SeededDraw:
+    """A logits processor (the ``(input_ids, scores)`` protocol of every transformers release) that samples each
+    row from its warped scores with its own generator, then leaves only the drawn token possible."""
+
+    def __init__(self, seed: int) -> None:
+        import torch
+
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(seed)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        probs = torch.softmax(scores.float(), dim=-1).cpu()
+        drawn = torch.multinomial(probs, 1, generator=self.generator).to(scores.device)
+        only = torch.full_like(scores, float("-inf"))
+        return only.scatter(-1, drawn, 0.0)

@@ -2,20 +2,26 @@
 
 Transformers' continuous batching reports at most the sampled token's probability after temperature and top-p
 (``return_logprobs``), with no alternatives; OpenAI's ``logprobs``/``top_logprobs`` are the model's own
-distribution with the ``k`` most likely tokens. So a request that asks for them gets a ``TokenScorer``: it runs
-the model over the prompt once, then over each batch of newly generated tokens, keeping its own KV cache, and
-reads the log-softmax at every position (one extra forward per generated token, only for such requests).
+distribution with the ``k`` most likely tokens. Two sources feed ``token_entry``:
 
-Any generation path can use it (the continuous-batching one in ``transformers_model`` and a plain
-``generate()`` fallback alike): give it the prompt's token ids, then ``score(new_ids)`` as tokens arrive.
+* on the continuous-batching path, the batch step itself copies each asking row's raw log-softmax
+  (``transformers_rows``): no extra forward, and the numbers are those of the logits the token was drawn from;
+* elsewhere (the ``generate()`` path, or a batch running CUDA graphs / ``torch.compile``, where the step's
+  Python hooks do not run) a ``TokenScorer``: it runs the model over the prompt once, then over each batch of
+  newly generated tokens, keeping its own KV cache. Its forwards must never overlap a batch step: transformers'
+  forward wrapper writes the step's ``is_causal=False`` into the shared ``model.config`` while the step runs, and
+  a plain forward at that moment builds a bidirectional mask. ``serialise`` is the context that excludes them
+  (the manager's ``pause()`` beside a batch; a plain lock among ``generate()`` threads, which pass no
+  ``is_causal`` and so never write the config).
+
 torch is imported lazily: the daemon imports engine modules without it.
 """
 
 from __future__ import annotations
 
 import inspect
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from xinfd.types import TokenLogprob
@@ -24,15 +30,22 @@ from xinfd.types import TokenLogprob
 class TokenScorer:
     """Scores one request's generated tokens incrementally (see the module docstring).
 
-    ``lock`` serialises the forwards of every scorer of a model (one per request), so concurrent requests do
-    not run several extra forwards at once on top of the batch.
+    ``serialise()`` is entered around every forward (see the module docstring for why it must exclude the
+    batch step).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, prompt_ids: Sequence[int], top: int, lock: threading.Lock) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompt_ids: Sequence[int],
+        top: int,
+        serialise: Callable[[], AbstractContextManager[Any]],
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.top = top
-        self._lock = lock
+        self._serialise = serialise
         self._cache: Any = None
         self._pending = list(prompt_ids)  # fed to the model on the next call; its last logits predict the next
         self._last: Any = None  # log-softmax predicting the next token
@@ -42,11 +55,12 @@ class TokenScorer:
         import torch
 
         found: list[TokenLogprob] = []
-        with self._lock, torch.no_grad():
+        with self._serialise(), torch.no_grad():
             for token in new_ids:
                 if self._pending:
                     self._advance(torch)
-                found.append(self._entry(torch, int(token)))
+                assert self._last is not None
+                found.append(token_entry(self._last, int(token), self.top, self.tokenizer))
                 self._pending = [int(token)]
         return found
 
@@ -70,14 +84,17 @@ class TokenScorer:
         self._last = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         self._pending = []
 
-    def _entry(self, torch: Any, token: int) -> TokenLogprob:
-        assert self._last is not None
-        logprob = float(self._last[token])
-        top: tuple[tuple[str, float], ...] = ()
-        if self.top:
-            values, indices = torch.topk(self._last, self.top)
-            top = tuple((self._text(int(i)), float(v)) for v, i in zip(values, indices, strict=True))
-        return TokenLogprob(token=self._text(token), logprob=logprob, top=top)
 
-    def _text(self, token: int) -> str:
-        return str(self.tokenizer.decode([token], skip_special_tokens=False))
+def token_entry(row: Any, token: int, top: int, tokenizer: Any) -> TokenLogprob:
+    """``token``'s entry from ``row``, the log-softmax over the vocabulary that predicted it."""
+    import torch
+
+    alternatives: tuple[tuple[str, float], ...] = ()
+    if top:
+        values, indices = torch.topk(row, top)
+        alternatives = tuple((_text(tokenizer, int(i)), float(v)) for v, i in zip(values, indices, strict=True))
+    return TokenLogprob(token=_text(tokenizer, token), logprob=float(row[token]), top=alternatives)
+
+
+def _text(tokenizer: Any, token: int) -> str:
+    return str(tokenizer.decode([token], skip_special_tokens=False))

@@ -17,10 +17,13 @@ joining between steps); what xinfd adds is what it lacks:
   at every step, which at 16 streams of SmolLM2 was a quarter of the replica's time.
 
 Sampling in transformers' batching is chosen per manager (``do_sample``), with per-request temperature and
-top_p. Requests with ``temperature=0`` get a temperature of 1e-5, which makes sampling pick the arg-max token.
-A per-request ``seed`` cannot be honoured inside a shared batch and is ignored (logged once); so are ``top_k`` and
-``repetition_penalty``, which the batch has no per-request processor for. The weights' ``generation_config.json``
-temperature and top_p (``sampling_defaults``) apply to requests that leave them unset.
+top_p (each row's own values: ``test_transformers_rows`` checks a greedy row beside a hot one). Requests with
+``temperature=0`` get a temperature of 1e-5, which makes sampling pick the arg-max token. A per-request
+``seed`` and ``logprobs`` are served by hooks in the batch step (``transformers_rows``): the row draws with
+its own generator, and its raw log-softmax is copied from the batch's logits. ``top_k`` and
+``repetition_penalty`` are ignored (logged once): the batch has no per-request processor for them. The
+weights' ``generation_config.json`` temperature and top_p (``sampling_defaults``) apply to requests that
+leave them unset.
 
 Releases without continuous batching (transformers < 5, which a model venv may pin: GOT-OCR2's 4.37.2) are
 served by ``transformers_generate``: one ``generate()`` per request on a thread, streaming token ids, with the
@@ -40,15 +43,18 @@ import itertools
 import logging
 import math
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest, ReplicaSettings
+from xinfd.errors import InvalidRequestError
+from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest, ReplicaSettings, TokenLogprob
 from xinfd_engines import gguf_cache
 from xinfd_engines.transformers_generate import ThreadedGenerator
-from xinfd_engines.transformers_logprobs import TokenScorer
+from xinfd_engines.transformers_logprobs import TokenScorer, token_entry
+from xinfd_engines.transformers_rows import BatchRowHooks, RowPlan
 from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning, to_delta
 
 log = logging.getLogger(__name__)
@@ -110,9 +116,7 @@ class TransformersOptions:
         if options.get("dtype") is not None:
             dtype = str(options["dtype"])
             if dtype not in ("auto", "float32", "bfloat16", "float16"):
-                raise ValueError(
-                    f"launch option 'dtype' must be auto, float32, bfloat16 or float16, got {dtype!r}"
-                )
+                raise ValueError(f"launch option 'dtype' must be auto, float32, bfloat16 or float16, got {dtype!r}")
             values["dtype"] = dtype
         return cls(**values)
 
@@ -128,17 +132,15 @@ class TransformersTextModel:
         self.options = options
         self._ids = itertools.count()
         self._active = 0
-        self._seed_warned = False
         template = getattr(tokenizer, "chat_template", None) or ""
-        self.parse_reasoning = (
-            options.reasoning if options.reasoning is not None else "</think>" in str(template)
-        )
+        self.parse_reasoning = options.reasoning if options.reasoning is not None else "</think>" in str(template)
         self.eos_ids = _eos_ids(model, tokenizer)
         # The weights' recommended sampling (generation_config.json), for requests that leave a field unset.
         self.sampling_defaults = generation_defaults(getattr(model, "generation_config", None))
         self._unsupported_warned = False
-        self._score_lock = threading.Lock()  # TokenScorer forwards (requests asking for logprobs), one at a time
+        self._score_lock = threading.Lock()  # TokenScorer forwards on the generate() path, one at a time
         self.manager: Any = None
+        self.rows: BatchRowHooks | None = None  # the batch step's per-request hooks (seed, logprobs)
         self.threaded: ThreadedGenerator | None = None
         if has_continuous_batching(model):
             self.path = "continuous_batching"
@@ -167,7 +169,9 @@ class TransformersTextModel:
             if not path.is_file():
                 raise FileNotFoundError(f"GGUF file {location} does not exist")
             converted = gguf_cache.cache_entry(
-                path, transformers_version=transformers.__version__, dtype=str(options.dtype),
+                path,
+                transformers_version=transformers.__version__,
+                dtype=str(options.dtype),
                 root=options.cache_dir,
             )
             if converted is not None and gguf_cache.is_complete(converted):
@@ -195,7 +199,9 @@ class TransformersTextModel:
 
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
+        from xinfd_engines.transformers_rows import attach
         from xinfd_engines.transformers_sampling import skip_noop_top_p
+
         # Temperature and top_p differ from 1.0 here only so that their per-request processors exist;
         # every request passes its own values. top_k=None: OpenAI's API has no top-k.
         generation = GenerationConfig(
@@ -216,11 +222,15 @@ class TransformersTextModel:
             per_request_processors=True,
             allow_block_sharing=False,
         )
-        manager = self.model.init_continuous_batching(
-            generation_config=generation, continuous_batching_config=config
-        )
+        manager = self.model.init_continuous_batching(generation_config=generation, continuous_batching_config=config)
         if not skip_noop_top_p(manager):  # transformers_sampling: top_p=1 rows no longer sort the vocabulary
             log.warning("transformers' batching has no per-request top-p warper to replace; every row is sorted")
+        self.rows = attach(manager)
+        if self.rows is None:
+            log.warning(
+                "the batch step runs CUDA graphs or torch.compile: logprobs pause the batch for an extra "
+                "forward, and requests with a seed are refused"
+            )
         # A thread inherits daemon-ness from its creator: starting the manager from a daemon thread makes its
         # generation thread a daemon too, so the replica exits on SIGTERM instead of waiting for it.
         starter = threading.Thread(target=manager.start, daemon=True, name="xinfd-cb-start")
@@ -239,9 +249,7 @@ class TransformersTextModel:
         if not getattr(self.tokenizer, "chat_template", None):
             # A base model without a template: a plain transcript, as transformers' old default did.
             return "".join(f"{t['role']}: {t['content']}\n" for t in turns) + "assistant:"
-        return str(
-            self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True, **kwargs)
-        )
+        return str(self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True, **kwargs))
 
     def count_tokens(self, text: str) -> int:
         return len(self._encode(text))
@@ -249,9 +257,11 @@ class TransformersTextModel:
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GeneratedDelta]:
         """Stream the request's tokens (from the running batch, or its own ``generate()`` thread); closing the
         iterator cancels the request."""
-        if request.seed is not None and not self._seed_warned and self.manager is not None:
-            self._seed_warned = True
-            log.warning("per-request seeds are ignored: requests share one batch and one random generator")
+        if request.seed is not None and self.manager is not None and self.rows is None:
+            raise InvalidRequestError(
+                "this replica's batch runs CUDA graphs or torch.compile, where a per-request seed cannot be applied",
+                param="seed",
+            )
         ids = self._encode(request.prompt)
         chat = request.kind == "chat"  # text completions keep <think> in the text
         builder = DeltaBuilder(
@@ -261,23 +271,35 @@ class TransformersTextModel:
         )
         if (request.top_k is not None or request.repetition_penalty is not None) and not self._unsupported_warned:
             self._unsupported_warned = True
-            log.warning("top_k and repetition_penalty are ignored: transformers' batching has no per-request "
-                        "processor for them")
-        source = self._batched_tokens(ids, request) if self.threaded is None else self.threaded.tokens(ids, request)
+            log.warning(
+                "top_k and repetition_penalty are ignored: transformers' batching has no per-request processor for them"
+            )
+        rid = f"{request.request_id}-{next(self._ids)}"
+        plan = (
+            None if self.rows is None else self.rows.plan(rid, logprobs=request.logprobs is not None, seed=request.seed)
+        )
+        if self.threaded is not None:
+            source = self.threaded.tokens(ids, request)
+        else:
+            source = self._batched_tokens(rid, ids, request)
+        # logprobs (GenerateRequest.logprobs): the batch's own raw rows, or a scorer serialised with the batch.
+        scorer = None
+        if request.logprobs is not None and (plan is None or not plan.logprobs):
+            scorer = TokenScorer(self.model, self.tokenizer, ids, request.logprobs, self._scorer_exclusion())
         finished = False
         produced = 0
-        # logprobs (GenerateRequest.logprobs): scored from the raw distribution, attached to the next delta sent.
-        scorer = None if request.logprobs is None else TokenScorer(
-            self.model, self.tokenizer, ids, request.logprobs, self._score_lock)
         scored: list[Any] = []
         try:
             async for tokens, done in source:
                 self.tokens_generated += len(tokens) - produced
-                new = [t for t in tokens[produced:] if t not in self.eos_ids]
+                fresh = tokens[produced:]
+                new = [t for t in fresh if t not in self.eos_ids]
                 produced = len(tokens)
                 piece = builder.push(self._decode(tokens), final=done)
                 eos = _ended_by_eos(tokens, self.eos_ids)
-                if scorer is not None and new:
+                if plan is not None and plan.logprobs:
+                    scored += self._captured_logprobs(plan, fresh, request.logprobs or 0)
+                elif scorer is not None and new:
                     scored += await asyncio.to_thread(scorer.score, new)
                 delta = to_delta(piece, done=done, natural_stop=eos, tokens=produced - (1 if eos else 0))
                 if delta is not None:
@@ -289,18 +311,36 @@ class TransformersTextModel:
                         return
         finally:
             await source.aclose()  # cancels the request in the batch, or stops its generate() thread
+            if self.rows is not None:
+                self.rows.forget(rid)
             if not finished:
                 self.cancelled += 1
                 where = "in the batch" if self.threaded is None else "in its generate() thread"
                 log.info("%s cancelled %s after %d token(s)", request.request_id, where, produced)
 
+    def _captured_logprobs(self, plan: RowPlan, fresh: list[int], top: int) -> list[TokenLogprob]:
+        """Entries for ``fresh`` tokens from the rows the batch step copied (one per generated token, EOS
+        included, in order; EOS gets no entry, as it is not part of the text)."""
+        found = []
+        for token in fresh:
+            row = plan.rows.popleft()
+            if token not in self.eos_ids:
+                found.append(token_entry(row, int(token), top, self.tokenizer))
+        return found
+
+    def _scorer_exclusion(self) -> Callable[[], AbstractContextManager[Any]]:
+        """What keeps a TokenScorer's forwards apart from everything else on the model (transformers_logprobs)."""
+        if self.manager is not None:
+            return self.manager.pause  # type: ignore[no-any-return]
+        lock = self._score_lock
+        return lambda: lock
+
     async def _batched_tokens(
-        self, ids: list[int], request: GenerateRequest
+        self, rid: str, ids: list[int], request: GenerateRequest
     ) -> AsyncGenerator[tuple[list[int], bool], None]:
         """``(tokens so far, finished)`` from transformers' continuous batching; closing cancels in the batch."""
         if self._active == 0 and self.options.batch_interval > 0:
             await asyncio.sleep(self.options.batch_interval)  # gathering window after an idle period
-        rid = f"{request.request_id}-{next(self._ids)}"
         results: asyncio.Queue[Any] = asyncio.Queue()
         temperature = request.temperature if request.temperature > 0 else GREEDY_TEMPERATURE
         self.manager.register_result_handler(rid, results.put_nowait)

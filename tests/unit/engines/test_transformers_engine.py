@@ -35,9 +35,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(tiny_dir: Path) -> Iterator[TransformersTextModel]:
-    loaded = TransformersTextModel.load(
-        str(tiny_dir), TransformersOptions(batch_size=8, enable_thinking=True)
-    )
+    loaded = TransformersTextModel.load(str(tiny_dir), TransformersOptions(batch_size=8, enable_thinking=True))
     yield loaded
     loaded.close()
 
@@ -47,7 +45,7 @@ async def collect(model: TransformersTextModel, prompt: str, **kw: object) -> tu
         request_id="r",
         prompt=prompt,
         max_tokens=kw.pop("max_tokens", 24),  # type: ignore[arg-type]
-        temperature=0.0,
+        temperature=kw.pop("temperature", 0.0),  # type: ignore[arg-type]
         kind=kw.pop("kind", "chat"),  # type: ignore[arg-type]
         **kw,
     )  # type: ignore[arg-type]
@@ -105,9 +103,7 @@ async def test_stop_string_ends_the_request(model: TransformersTextModel) -> Non
 async def test_closing_the_iterator_cancels_in_the_batch(model: TransformersTextModel) -> None:
     before = model.cancelled
     gen = model.generate(
-        GenerateRequest(
-            request_id="c", prompt="hello", max_tokens=400, temperature=1.0, kind="completion"
-        )
+        GenerateRequest(request_id="c", prompt="hello", max_tokens=400, temperature=1.0, kind="completion")
     )
     async for _ in gen:
         break
@@ -135,11 +131,9 @@ def test_options_are_validated_at_launch(tiny_dir: Path) -> None:
     spec = make_model(name="tiny", engines=("transformers",), extra={"model_path": str(tiny_dir)})
     assert launch(engine, spec, make_replica(engine="transformers")) is not None
     with pytest.raises(InvalidRequestError, match="unknown launch option"):
-        launch(engine, spec, make_replica(engine="transformers", options={"tempreature": 1})
-        )
+        launch(engine, spec, make_replica(engine="transformers", options={"tempreature": 1}))
     with pytest.raises(InvalidRequestError, match="enable_thinking"):
-        launch(engine, spec, make_replica(engine="transformers", options={"enable_thinking": "maybe"})
-        )
+        launch(engine, spec, make_replica(engine="transformers", options={"enable_thinking": "maybe"}))
     # Batching comes from the replica's settings (the daemon's config), never from the replica's environment.
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         TransformersOptions.from_launch({}, ReplicaSettings(batch_size=0))
@@ -174,13 +168,10 @@ def test_weights_location_order(tmp_path: Path) -> None:
 
 def test_availability_and_dependencies() -> None:
     spec = make_model(name="m", engines=("transformers",), extra={})
-    assert engine.ENGINE.availability(spec, make_platform(gpus=(), venv_enabled=False)
-    ).available
+    assert engine.ENGINE.availability(spec, make_platform(gpus=(), venv_enabled=False)).available
     other = make_model(name="m", engines=("vllm",))
     reason = engine.ENGINE.availability(other, make_platform()).reason
     assert "does not support engine transformers" in reason
     deps = engine.ENGINE.dependencies()
     assert deps is not None and any(d.startswith("transformers>=") for d in deps)
-    assert any(
-        d.startswith("torch>=") for d in deps
-    )  # a range: the venv builder's pip config picks the wheel
+    assert any(d.startswith("torch>=") for d in deps)  # a range: the venv builder's pip config picks the wheel

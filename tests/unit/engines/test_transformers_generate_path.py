@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 import pytest
 
@@ -43,8 +44,9 @@ async def test_greedy_matches_generate_and_counts_exact_tokens(model: Transforme
     text, _, _ = await collect(model, "hello world", kind="completion", max_tokens=12)
     assert text == reference_greedy(model, "hello world", 12)
     last = None
-    async for delta in model.generate(GenerateRequest(request_id="u", prompt="hello world", max_tokens=7,
-                                                      temperature=0.0, kind="completion")):
+    async for delta in model.generate(
+        GenerateRequest(request_id="u", prompt="hello world", max_tokens=7, temperature=0.0, kind="completion")
+    ):
         last = delta
     assert last is not None and last.finish_reason in ("stop", "length")
     if last.finish_reason == "length":
@@ -53,9 +55,20 @@ async def test_greedy_matches_generate_and_counts_exact_tokens(model: Transforme
 
 async def test_concurrent_requests_each_get_their_own_answer(model: TransformersTextModel) -> None:
     alone = await collect(model, "the quick", kind="completion", max_tokens=10)
-    together = await asyncio.gather(*(collect(model, "the quick", kind="completion", max_tokens=10)
-                                      for _ in range(3)))
+    together = await asyncio.gather(*(collect(model, "the quick", kind="completion", max_tokens=10) for _ in range(3)))
     assert all(result == alone for result in together)
+
+
+async def test_the_same_seed_gives_the_same_tokens_even_beside_other_sampling_requests(
+    model: TransformersTextModel,
+) -> None:
+    def sampled(seed: int | None, prompt: str = "the quick") -> Coroutine[Any, Any, tuple[str, str, str | None]]:
+        return collect(model, prompt, kind="completion", max_tokens=16, temperature=1.0, top_p=0.9, seed=seed)
+
+    alone = await sampled(1234)
+    crowded = await asyncio.gather(sampled(1234), sampled(None, "hello"), sampled(None, "a small"), sampled(1234))
+    assert crowded[0] == crowded[3] == alone  # the others drew from the global generator meanwhile
+    assert await sampled(99) != alone
 
 
 async def test_stop_string_and_cancel(model: TransformersTextModel) -> None:
@@ -64,8 +77,9 @@ async def test_stop_string_and_cancel(model: TransformersTextModel) -> None:
     text, _, reason = await collect(model, "hello world", kind="completion", stop=(stop,))
     assert reason == "stop" and stop not in text and full.startswith(text)
     before = model.cancelled
-    gen = model.generate(GenerateRequest(request_id="c", prompt="hello", max_tokens=400, temperature=1.0,
-                                         kind="completion"))
+    gen = model.generate(
+        GenerateRequest(request_id="c", prompt="hello", max_tokens=400, temperature=1.0, kind="completion")
+    )
     async for _ in gen:
         break
     await gen.aclose()  # type: ignore[attr-defined]
