@@ -42,7 +42,7 @@ def _builtin_dir() -> Path:
 
 
 BUILTIN_DIR = _builtin_dir()
-_ABILITIES = ("chat", "generate", "embed", "rerank", "image")
+_ABILITIES = ("chat", "generate", "embed", "rerank", "image", "vision")
 _FIELDS = frozenset(f.name for f in fields(ModelSpec))
 
 

@@ -17,8 +17,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 # What an engine can serve: ``chat`` is ``/v1/chat/completions``, ``generate`` ``/v1/completions``, ``embed``
 # ``/v1/embeddings``, ``rerank`` ``/v1/rerank`` (Xinference's and Jina's/Cohere's format), ``image``
-# ``/v1/images/generations``.
-Ability = Literal["chat", "generate", "embed", "rerank", "image"]
+# ``/v1/images/generations``; ``vision``: chat messages may carry ``image_url`` parts (Xinference's name for it).
+Ability = Literal["chat", "generate", "embed", "rerank", "image", "vision"]
 # Which endpoint a generation came from: engines split ``<think>`` reasoning out of chat answers only, and
 # text completions keep it in the text.
 RequestKind = Literal["chat", "completion"]

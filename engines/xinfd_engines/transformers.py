@@ -12,6 +12,9 @@ transformers from its cache). Launch options: ``enable_thinking`` (the chat temp
 overridable per request with ``chat_template_kwargs``), ``reasoning`` (split ``<think>`` into
 ``reasoning_content``; default: the spec's ``extra["reasoning"]``, else whether the template mentions
 ``</think>``), ``kv_cache_tokens``, ``dtype``.
+
+GOT-OCR2 weights (``config.json`` of model_type ``got_ocr2``, or the ``GOT`` remote code) load as an OCR model
+that takes ``image_url`` parts instead (``got_ocr2``).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class TransformersEngine(LocalEngine):
     """``transformers``: a causal LM with transformers' continuous batching, in xinfd's worker host."""
 
     name = NAME
-    abilities: tuple[Ability, ...] = ("chat", "generate")
+    abilities: tuple[Ability, ...] = ("chat", "generate", "vision")
     description = "Hugging Face transformers with continuous batching (CPU or CUDA)"
     probe_module = "transformers"
     loads_weights_folder = True
@@ -69,7 +72,14 @@ class TransformersEngine(LocalEngine):
         options = TransformersOptions.from_launch(replica.options, replica.settings, cache_dir=replica.cache_dir)
         if options.reasoning is None and model.extra.get("reasoning") is not None:
             options = replace(options, reasoning=bool(model.extra["reasoning"]))  # e.g. qwen3's registry entry
-        return TransformersTextModel.load(weights_location(model, replica.options), options)
+        location = weights_location(model, replica.options)
+        from xinfd_engines.got_ocr2 import got_ocr2_variant, load_got_ocr2
+
+        if (variant := got_ocr2_variant(location)) is not None:  # OCR weights: images in, text out
+            return load_got_ocr2(
+                location, variant, options, trust_remote_code=bool(model.extra.get("trust_remote_code"))
+            )
+        return TransformersTextModel.load(location, options)
 
 
 ENGINE = TransformersEngine()

@@ -22,6 +22,7 @@ REQUIRED = {
     "qwen3",
     "llama-3.2-instruct",
     "GOT-OCR2",
+    "GOT-OCR2-hf",
     "stable-diffusion-v1.5",
 }
 # The spec's rule: an engine a family supports has at least one package entry with that engine's marker.
@@ -54,6 +55,10 @@ def test_builtin_families_are_package_data() -> None:
 def test_registry_facts_engines_rely_on() -> None:
     builtin = ModelRegistry(Path("/nonexistent")).builtin()
     assert 'transformers==4.37.2 ; #engine# == "transformers"' in builtin["GOT-OCR2"].virtualenv["packages"]
+    # Both GOT-OCR2 families take image_url parts (Xinference's "vision" ability); the remote code needs trust.
+    assert builtin["GOT-OCR2"].abilities == builtin["GOT-OCR2-hf"].abilities == ("chat", "vision")
+    assert builtin["GOT-OCR2"].extra["trust_remote_code"] is True
+    assert builtin["GOT-OCR2-hf"].extra["model_id"] == "stepfun-ai/GOT-OCR-2.0-hf"
     assert builtin["qwen3"].extra["reasoning"] is True
     assert builtin["all-minilm-l6-v2"].abilities == ("embed",)
     assert builtin["all-minilm-l6-v2"].engines == ("sentence_transformers",)

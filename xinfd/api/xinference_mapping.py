@@ -40,7 +40,7 @@ from xinfd.supervisor.variant import launched_variant
 from xinfd.types import ModelSpec
 
 # Xinference's model types that xinfd serves, with the abilities that make a family one of them.
-MODEL_TYPES: dict[str, tuple[str, ...]] = {"LLM": ("chat", "generate"), "embedding": ("embed",),
+MODEL_TYPES: dict[str, tuple[str, ...]] = {"LLM": ("chat", "generate", "vision"), "embedding": ("embed",),
                                            "rerank": ("rerank",), "image": ("image",)}
 OTHER_TYPES = ("audio", "video", "flexible", "world")
 

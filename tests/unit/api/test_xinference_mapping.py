@@ -147,6 +147,8 @@ def test_model_types_fit_llm_embedding_and_rerank() -> None:
     assert model_type(("chat", "generate")) == "LLM" and model_ability(("chat", "generate")) == ["chat", "generate"]
     assert model_type(("embed",)) == "embedding" and model_ability(("embed",)) == ["embed"]
     assert model_type(("rerank",)) == "rerank" and model_ability(("rerank",)) == ["rerank"]
+    # Image input to a chat model (GOT-OCR2): an LLM with Xinference's "vision" ability, as its VL models.
+    assert model_type(("chat", "vision")) == "LLM" and model_ability(("chat", "vision")) == ["chat", "vision"]
     rows = registration_rows(FAMILIES, {"echo": "user"}, "LLM", detailed=False)
     assert rows == [{"model_name": "echo", "is_builtin": False}, {"model_name": "qwen2.5-instruct", "is_builtin": True}]
     assert [r["model_name"] for r in registration_rows(FAMILIES, {}, "embedding", detailed=True)] == ["minilm"]
