@@ -146,6 +146,7 @@ class VenvProvider:
             system_version=system_version,
             environment=marker_environment(python_version),
             overrides=overrides,
+            overrides_param="virtual_env_packages",
         )
         return VenvSpec(
             model_name=model.name,
@@ -289,7 +290,6 @@ class VenvProvider:
             index = index.merged(await self._pip_config.options())
             if spec.index.index_strategy is None:
                 index = dataclasses.replace(index, index_strategy=PIP_INDEX_STRATEGY)
-        index = await usable_indexes(index, publish, timeout=min(PROBE_TIMEOUT_S, self.stall_timeout))
         target = paths.build_dir()
         log_dir = self.home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -301,7 +301,9 @@ class VenvProvider:
         info = self.plugins.engines.get(spec.engine)
         probes = [info.probe_module] if info is not None and info.probe_module else []
         try:
-            meta = await build(spec, target, uv=self.uv, index=index, probe_modules=probes, log=build_log,
+            # The indexes are checked while uv creates the venv: the build awaits the check when uv needs them.
+            checked = usable_indexes(index, publish, timeout=min(PROBE_TIMEOUT_S, self.stall_timeout))
+            meta = await build(spec, target, uv=self.uv, index=checked, probe_modules=probes, log=build_log,
                                publish=publish, deadline=started + self.build_timeout, wheels=self.wheels)
             os.rename(target, paths.published)
         except BaseException as exc:
@@ -322,7 +324,10 @@ class VenvProvider:
 
     # ---- management --------------------------------------------------------------------------------------
 
-    def entries(self, model: str | None = None) -> list[dict[str, Any]]:
+    def entries(self, model: str | None = None, *, verify: bool = False) -> list[dict[str, Any]]:
+        """One row per published venv (``venv list``). ``verify`` adds ``damaged``: every file of the venv's
+        installed distributions whose content no longer matches its ``RECORD`` hash, plus the reason the
+        per-launch check would refuse the venv, if any. It reads every file: run it in a thread."""
         rows = []
         for group in cache.iter_groups(self.home):
             if model is not None and group.parent.name != model:
@@ -331,6 +336,9 @@ class VenvProvider:
                 current = (group / venv.name.rsplit("-", 1)[0]).resolve() == venv.resolve()
                 row = cache.describe(venv, cache.read_metadata(venv), current=current)
                 row["in_use_by"] = sorted(self.in_use.get(str(venv), ()))
+                if verify:
+                    problem = cache.verify(venv, row["digest"] or "")
+                    row["damaged"] = ([problem] if problem else []) + cache.verify_records(venv)
                 rows.append(row)
         return rows
 
