@@ -155,7 +155,7 @@ class LaunchRequest:
                     f"virtual_env_packages entry {package!r} is {what}: installing it runs code from a place "
                     "the launch chose; refused unless the operator sets allow_direct_references "
                     "(XINFD_ALLOW_DIRECT_REFERENCES=1)", param="virtual_env_packages")
-            check_package(package)
+            check_package(package, param="virtual_env_packages")
         python = None if body.get("python") is None else check_python_request(body["python"])
         n_gpu = body.get("n_gpu", "auto")
         if n_gpu != "auto" and (isinstance(n_gpu, bool) or not isinstance(n_gpu, int) or n_gpu < 0):
