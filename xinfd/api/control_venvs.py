@@ -25,6 +25,7 @@ from xinfd.api.state import STATE
 from xinfd.errors import InvalidRequestError, UnknownModelError, XinfdError
 from xinfd.events import TERMINAL_EVENTS, Failed, LaunchEvent, Ready
 from xinfd.venvs.provider import VenvProvider
+from xinfd.venvs.spec import check_requested_packages
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ async def create_venv(request: web.Request) -> web.StreamResponse:
     if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
         raise InvalidRequestError("virtual_env_packages must be a list of strings",
                                   param="virtual_env_packages")
+    # The launch's rules (xinfd.supervisor.launch_request): a venv built ahead runs the same installers.
+    check_requested_packages(packages, allow_direct_references=request.app[STATE].settings.allow_direct_references)
     manager = request.app[STATE].manager
     spec = manager.plugins.models.get(body["model_name"])
     if spec is None:

@@ -9,8 +9,9 @@ Skip-installed: uv reinstalls packages that a ``--system-site-packages`` venv al
 preferences), subtract what the base already has at the same version, and install the rest with
 ``--no-deps``.
 
-Just over 400 lines: one build is a single sequence under one deadline (create, resolve, subtract, install,
-probe, record); splitting its steps would spread the deadline and kill-on-cancel rules across files.
+About 490 lines: one build is a single sequence under one deadline (create, resolve, subtract, install,
+probe, record); splitting its steps would spread the deadline and kill-on-cancel rules across files. What
+splits out next is the runner (``Uv``, ``run_logged``, ``_run_python``), which has no build logic.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from xinfd.events import Publish, VenvProgress
 from xinfd.venvs import installed
 from xinfd.venvs.bundle import requirement_lines
 from xinfd.venvs.cache import MANIFEST, METADATA, METADATA_FORMAT, manifest, site_packages, write_json_atomic
-from xinfd.venvs.reach import DEFAULT_INDEX, where
+from xinfd.venvs.reach import first_index_use, index_args, waiting_hosts
 from xinfd.venvs.spec import IndexOptions, VenvError, VenvSpec
 from xinfd.venvs.wheels import WheelCache, declared_build_env, source_builds_for
 
@@ -49,7 +50,7 @@ PTH_NAME = "_xinfd_daemon_env.pth"
 # Seconds without output after which a running build tool's progress says what it is waiting on.
 HEARTBEAT_S = 10.0
 DEFAULT_STALL_TIMEOUT = 30.0
-_INSTALLED_RE = re.compile(r"Installed (\d+) packages? in ([\d.]+)(ms|s)")
+INSTALLED_RE = re.compile(r"Installed (\d+) packages? in ([\d.]+)(ms|s)")
 # Lists every distribution the new (still empty) venv's interpreter sees: the daemon's and the base's.
 # The first distribution of a name on sys.path wins, as it does for imports.
 _BASE_DISTS = (
@@ -62,16 +63,12 @@ _BASE_DISTS = (
 )
 
 
-# Imports the modules (argv[2:]) and prints, as JSON, the distributions of argv[1] (name -> version) that
-# this interpreter does not see at that version.
+# Prints, as JSON, the distributions of argv[1] (name -> version) this interpreter does not see at that version
+# (checked first: a missing distribution is the precise reason an import below would fail), then, when all are
+# there, imports the modules argv[2:].
 _PROBE = (
     "import importlib, importlib.metadata as md, json, sys\n"
     "from packaging.version import Version\n"
-    "for m in sys.argv[2:]:\n"
-    "    try:\n"
-    "        importlib.import_module(m)\n"
-    "    except BaseException as exc:\n"
-    "        sys.exit(f'{m}: {exc!r}')\n"
     "wrong = {}\n"
     "for name, version in json.loads(sys.argv[1]).items():\n"
     "    try:\n"
@@ -81,6 +78,13 @@ _PROBE = (
     "    if found is None or Version(found) != Version(version):\n"
     "        wrong[name] = found\n"
     "print(json.dumps(wrong))\n"
+    "if wrong:\n"
+    "    sys.exit(0)\n"
+    "for m in sys.argv[2:]:\n"
+    "    try:\n"
+    "        importlib.import_module(m)\n"
+    "    except BaseException as exc:\n"
+    "        sys.exit(f'{m}: {exc!r}')\n"
 )
 
 _ENGINE_PROBE = (
@@ -221,7 +225,7 @@ def daemon_site_dirs() -> list[str]:
 
 def count_installed(log: BuildLog) -> int:
     for line in reversed(log.lines):
-        if m := _INSTALLED_RE.search(line):
+        if m := INSTALLED_RE.search(line):
             return int(m.group(1))
     return 0
 
@@ -244,18 +248,21 @@ async def build(
     target: Path,
     *,
     uv: Uv,
-    index: IndexOptions | Awaitable[IndexOptions],
+    index: IndexOptions,
     probe_modules: Sequence[str],
     log: BuildLog,
     publish: Publish,
     deadline: float,
     wheels: WheelCache | None = None,
+    check_index: Awaitable[IndexOptions] | None = None,
 ) -> dict[str, Any]:
     """Build ``spec`` into the (new, unpublished) directory ``target``; returns the metadata written there.
 
-    ``index`` may still be being checked (``xinfd.venvs.reach``): it is awaited only when uv first needs it, so
-    the check overlaps creating the venv. Packages the engine wants built from source (``spec.source_builds``)
-    come from ``wheels``, which builds each one once with the engine's settings (``xinfd.venvs.wheels``).
+    ``check_index`` (``xinfd.venvs.reach.usable_indexes``) runs alongside the build: the first uv call that
+    needs an index starts with ``index`` as given and is redone only when the check drops a location or fails
+    (``xinfd.venvs.reach.first_index_use``), so a build whose indexes all answer never waits for the check.
+    Packages the engine wants built from source (``spec.source_builds``) come from ``wheels``, which builds
+    each one once with the engine's settings (``xinfd.venvs.wheels``).
     The metadata's ``phase_seconds`` says where the time went (``benchmarks/venv.py`` prints it)."""
     started = time.monotonic()
     phases: dict[str, float] = {}
@@ -267,7 +274,7 @@ async def build(
         finally:
             phases[name] = round(phases.get(name, 0.0) + time.monotonic() - t0, 3)
 
-    checking = None if isinstance(index, IndexOptions) else asyncio.ensure_future(timed("index check", index))
+    checking = None if check_index is None else asyncio.ensure_future(timed("index check", check_index))
     try:
         return await _build(spec, target, uv=uv, index=index, checking=checking, probe_modules=probe_modules,
                             log=log, publish=publish, deadline=deadline, wheels=wheels, timed=timed,
@@ -280,7 +287,7 @@ async def build(
 
 
 async def _build(
-    spec: VenvSpec, target: Path, *, uv: Uv, index: IndexOptions | Awaitable[IndexOptions],
+    spec: VenvSpec, target: Path, *, uv: Uv, index: IndexOptions,
     checking: asyncio.Future[IndexOptions] | None, probe_modules: Sequence[str], log: BuildLog,
     publish: Publish, deadline: float, wheels: WheelCache | None,
     timed: Callable[[str, Awaitable[Any]], Awaitable[Any]], phases: dict[str, float], started: float,
@@ -311,13 +318,6 @@ async def _build(
         await publish(VenvProgress(message=f"Python {spec.python_version} is not xinfd's: copying "
                                    f"{', '.join(spec.bundled)} into the venv"))
         todo = [*await asyncio.to_thread(requirement_lines, spec.bundled, target / "xinfd-wheels"), *todo]
-    if checking is not None:
-        index = await checking
-    assert isinstance(index, IndexOptions)
-    common = index.uv_args()
-    hosts = ", ".join(dict.fromkeys(where(u) for u in (index.index_url or DEFAULT_INDEX, *index.extra_index_urls,
-                                                        *index.find_links)))
-    constraints = [a for c in index.constraints for a in ("--constraint", c)]
     requirements = target / "xinfd-requirements.in"
     requirements.write_text("".join(r + "\n" for r in todo))
     lock = target / "xinfd-resolved.txt"
@@ -330,9 +330,9 @@ async def _build(
         # Nothing to subtract and nothing to build first: one ``uv pip install`` resolves and installs, as a
         # hand-rolled launcher would (uv ignores the base's copies in a --system-site-packages venv anyway).
         await publish(VenvProgress(message=f"installing {len(todo)} requirement(s) (skip-installed off)"))
-        await timed("uv pip install", uv.run(["pip", "install", "--python", python, "-r", str(requirements),
-                                              *common, *constraints], deadline=deadline, log=log,
-                                             publish=publish, waiting_on=hosts))
+        index = await timed("uv pip install", first_index_use(checking, index, lambda idx: uv.run(
+            ["pip", "install", "--python", python, "-r", str(requirements), *index_args(idx)], deadline=deadline,
+            log=log, publish=publish, waiting_on=waiting_hosts(idx))))
         resolved = dict(pin.split("==", 1) for pin in installed.freeze(sp) if "==" in pin)
         lock.write_text("".join(f"{n}=={v}\n" for n, v in sorted(resolved.items())))
         installed_count = count_installed(log) or len(resolved)
@@ -342,10 +342,10 @@ async def _build(
             lock.write_text("".join(f"{n}=={v}\n" for n, v in sorted(base.items())))
         await publish(VenvProgress(message=f"resolving {len(todo)} requirement(s) "
                                    f"({len(satisfied)} already satisfied by {base_name})"))
-        await timed("uv pip compile", uv.run(
+        index = await timed("uv pip compile", first_index_use(checking, index, lambda idx: uv.run(
             ["pip", "compile", str(requirements), "--python", python, "--no-header", "--no-annotate", "--quiet",
-             "-o", str(lock), *common, *constraints], deadline=deadline, log=log, publish=publish,
-            waiting_on=hosts))
+             "-o", str(lock), *index_args(idx)], deadline=deadline, log=log, publish=publish,
+            waiting_on=waiting_hosts(idx))))
         resolved = parse_pins(lock.read_text())
     wanted = [n for n, v in resolved.items() if not (spec.skip_installed and base.get(n) == v)]
     skipped = sorted((set(resolved) - set(wanted)) | set(satisfied))
@@ -357,8 +357,8 @@ async def _build(
         install_file.write_text("".join(
             f"{local_wheels[n]}\n" if n in local_wheels else _pin_line(n, resolved[n]) for n in wanted))
         await timed("uv pip install", uv.run(["pip", "install", "--python", python, "--no-deps", "-r",
-                                              str(install_file), *common, *constraints], deadline=deadline,
-                                             log=log, publish=publish, waiting_on=hosts))
+                                              str(install_file), *index_args(index)], deadline=deadline,
+                                             log=log, publish=publish, waiting_on=waiting_hosts(index)))
         installed_count = count_installed(log) or len(wanted)
     install_s = time.monotonic() - t0
     await publish(VenvProgress(message=f"installed {installed_count} package(s) in {install_s:.2f}s "

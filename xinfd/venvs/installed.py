@@ -83,4 +83,4 @@ def freeze(venv_site: Path) -> list[str]:
         except (OSError, ValueError, AttributeError):
             url = None
         lines.append(f"{name} @ {url}" if isinstance(url, str) and url else f"{name}=={version}")
-    return lines
+    return sorted(lines)  # by name, as uv prints them

@@ -301,10 +301,11 @@ class VenvProvider:
         info = self.plugins.engines.get(spec.engine)
         probes = [info.probe_module] if info is not None and info.probe_module else []
         try:
-            # The indexes are checked while uv creates the venv: the build awaits the check when uv needs them.
-            checked = usable_indexes(index, publish, timeout=min(PROBE_TIMEOUT_S, self.stall_timeout))
-            meta = await build(spec, target, uv=self.uv, index=checked, probe_modules=probes, log=build_log,
-                               publish=publish, deadline=started + self.build_timeout, wheels=self.wheels)
+            # The indexes are checked alongside the build, not before it (xinfd.venvs.reach.first_index_use).
+            meta = await build(spec, target, uv=self.uv, index=index, probe_modules=probes, log=build_log,
+                               publish=publish, deadline=started + self.build_timeout, wheels=self.wheels,
+                               check_index=usable_indexes(index, publish,
+                                                          timeout=min(PROBE_TIMEOUT_S, self.stall_timeout)))
             os.rename(target, paths.published)
         except BaseException as exc:
             if self.on_build is not None:

@@ -210,6 +210,22 @@ def direct_reference(entry: str) -> str | None:
     return None
 
 
+def check_requested_packages(packages: Sequence[str], *, allow_direct_references: bool,
+                             param: str = "virtual_env_packages") -> None:
+    """The rules for packages a *request* adds (a launch's or ``venv create``'s ``-vp``), naming ``param``:
+    each is a requirement or a placeholder (``check_package``), and a direct reference or a path is refused
+    unless the operator allows them (setting ``allow_direct_references``): installing one runs code from a
+    place the caller chose, as the daemon's user."""
+    for package in packages:
+        what = direct_reference(package)
+        if what is not None and not allow_direct_references:
+            raise VenvSpecError(
+                f"{param} entry {package!r} is {what}: installing it runs code from a place the launch chose; "
+                "refused unless the operator sets allow_direct_references (XINFD_ALLOW_DIRECT_REFERENCES=1)",
+                param=param)
+        check_package(package, param=param)
+
+
 def _marker_text(marker: str, engine: str, *, param: str | None = None) -> Marker:
     text = marker.strip()
     if _ENGINE_TOKEN_RE.search(text) and _ENGINE_VARIABLE in text:
