@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,3 +269,80 @@ def test_launch_on_another_python(make_daemon: Any, runtime_index_url: str) -> N
     assert Path(here["sys.prefix"]).is_dir() and Path(echo["path"]).is_dir()
     assert [r["python_version"] for r in daemon.xinfctl_json("venv", "list", "--model", "pinned-b")] == [
         here["python"]]
+
+
+def control_request(daemon: Daemon, method: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+    """One request to the control socket, as any HTTP client would send it (status, JSON answer)."""
+    import http.client
+    import socket
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(60)
+            self.sock.connect(str(daemon.socket))
+
+    conn = UnixConnection("localhost")
+    try:
+        conn.request(method, path, json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+ADMIN_KEY = "venv-test-admin-key"
+
+
+def http_error(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {ADMIN_KEY}"}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.parametrize("entry", ["foo==", "foo>=1; python_version >>", "evil @ file:///tmp/evil", "--index-url=x"])
+def test_a_refused_virtual_env_packages_entry_names_the_field(
+    make_daemon: Any, index_url: str, entry: str
+) -> None:
+    daemon = venv_daemon(make_daemon, index_url, XINFD_ADMIN_API_KEYS=ADMIN_KEY).start()
+    status, answer = http_error(f"{daemon.endpoint}/v1/models",  # Xinference's REST API
+                                {"model_name": "pinned-a", "model_type": "LLM", "virtual_env_packages": [entry]})
+    assert status == 400 and answer["error"]["param"] == "virtual_env_packages", answer
+    body = {"model_name": "pinned-a", "virtual_env_packages": [entry]}
+    for path in ("/v1/models", "/v1/venvs"):  # launch and venv create: control socket and its HTTP mount
+        status, answer = control_request(daemon, "POST", path, body)
+        assert status == 400 and answer["error"]["param"] == "virtual_env_packages", (path, answer)
+        status, answer = http_error(f"{daemon.endpoint}/control{path}", body)
+        assert status == 400 and answer["error"]["param"] == "virtual_env_packages", (path, answer)
+    assert daemon.xinfctl_json("list") == []
+
+
+def test_an_unknown_placeholder_in_virtual_env_packages_names_the_field(make_daemon: Any, index_url: str) -> None:
+    daemon = venv_daemon(make_daemon, index_url).start()
+    status, answer = control_request(daemon, "POST", "/v1/venvs",
+                                     {"model_name": "pinned-a", "virtual_env_packages": ["#nosuch_dependencies#"]})
+    assert status == 400 and answer["error"]["param"] == "virtual_env_packages", answer
+
+
+def test_venv_list_verify_names_a_file_changed_in_place(make_daemon: Any, index_url: str) -> None:
+    daemon = venv_daemon(make_daemon, index_url).start()
+    venv = daemon.xinfctl_json("venv", "create", "-n", "pinned-a")["path"]
+    clean = daemon.xinfctl("venv", "list", "--verify")
+    assert "every installed file matches its RECORD" in clean.stderr
+    init = next(Path(venv).glob("lib/python*/site-packages/xinfdtestpkg/__init__.py"))
+    st = init.stat()
+    data = init.read_bytes()
+    init.write_bytes(data[:-1] + bytes([data[-1] ^ 0x20]))  # one byte flipped, same size and mtime
+    os.utime(init, ns=(st.st_atime_ns, st.st_mtime_ns))
+    damaged = daemon.xinfctl("venv", "list", "--verify", check=False)
+    assert damaged.returncode == 1, damaged.stderr
+    assert f"{venv}: 1 damaged file(s)" in damaged.stdout
+    assert "xinfdtestpkg-1.0: xinfdtestpkg/__init__.py (content differs from RECORD)" in damaged.stdout
+    rows = json.loads(daemon.xinfctl("venv", "list", "--verify", "--json", check=False).stdout)
+    assert [r["damaged"] for r in rows] == [
+        ["xinfdtestpkg-1.0: xinfdtestpkg/__init__.py (content differs from RECORD)"]]
+    assert daemon.xinfctl("venv", "list").returncode == 0  # the plain list does not hash

@@ -1,6 +1,7 @@
 """Control-API routes for model venvs (spec "Manage Virtual Environments").
 
-* ``GET    /v1/venvs[?model=NAME]``                  list (model, engine, python, size, packages, in use by)
+* ``GET    /v1/venvs[?model=NAME][&verify=1]``       list (model, engine, python, size, packages, in use by);
+  ``verify=1`` hashes every installed file against its ``RECORD`` and adds ``damaged`` (a list) to each row
 * ``POST   /v1/venvs``                               build ahead of a launch; NDJSON progress, last line
   ``ready`` (with the venv) or ``error``. Body: ``model_name``, ``model_engine``, ``virtual_env_packages``,
   ``python`` (a version like 3.12 or an absolute interpreter path; default the daemon's)
@@ -24,6 +25,7 @@ from xinfd.api.state import STATE
 from xinfd.errors import InvalidRequestError, UnknownModelError, XinfdError
 from xinfd.events import TERMINAL_EVENTS, Failed, LaunchEvent, Ready
 from xinfd.venvs.provider import VenvProvider
+from xinfd.venvs.spec import check_requested_packages
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,11 @@ def _provider(request: web.Request) -> VenvProvider:
 
 
 async def list_venvs(request: web.Request) -> web.Response:
-    return web.json_response(await management.list_venvs(request.app[STATE], request.query.get("model")))
+    verify = request.query.get("verify", "0").lower()
+    if verify not in ("0", "1", "true", "false"):
+        raise InvalidRequestError(f"verify must be 0 or 1, got {verify!r}", param="verify")
+    return web.json_response(await management.list_venvs(
+        request.app[STATE], request.query.get("model"), verify=verify in ("1", "true")))
 
 
 async def create_venv(request: web.Request) -> web.StreamResponse:
@@ -55,6 +61,8 @@ async def create_venv(request: web.Request) -> web.StreamResponse:
     if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
         raise InvalidRequestError("virtual_env_packages must be a list of strings",
                                   param="virtual_env_packages")
+    # The launch's rules (xinfd.supervisor.launch_request): a venv built ahead runs the same installers.
+    check_requested_packages(packages, allow_direct_references=request.app[STATE].settings.allow_direct_references)
     manager = request.app[STATE].manager
     spec = manager.plugins.models.get(body["model_name"])
     if spec is None:

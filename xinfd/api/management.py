@@ -90,9 +90,11 @@ def venv_provider(state: DaemonState) -> VenvProvider:
     return state.venvs
 
 
-async def list_venvs(state: DaemonState, model: str | None = None) -> list[dict[str, Any]]:
-    """Every model venv (or one model's): model, engine, python, size, packages, in use by."""
-    rows: list[dict[str, Any]] = await asyncio.to_thread(venv_provider(state).entries, model)
+async def list_venvs(state: DaemonState, model: str | None = None, *, verify: bool = False) -> list[dict[str, Any]]:
+    """Every model venv (or one model's): model, engine, python, size, packages, in use by; with ``verify``,
+    each row's ``damaged`` files (every file is hashed against its ``RECORD``)."""
+    provider = venv_provider(state)
+    rows: list[dict[str, Any]] = await asyncio.to_thread(lambda: provider.entries(model, verify=verify))
     return rows
 
 

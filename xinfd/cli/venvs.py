@@ -1,4 +1,4 @@
-"""xinfctl venv list/create/remove/gc: model virtual environments (formatting only)."""
+"""xinfctl venv list [--verify]/create/remove/gc: model virtual environments (formatting only)."""
 
 from __future__ import annotations
 
@@ -26,17 +26,26 @@ def _when(ts: float | None) -> str:
 
 
 def cmd_list(client: ControlClient, args: argparse.Namespace) -> int:
-    query = f"?{urllib.parse.urlencode({'model': args.model})}" if args.model else ""
-    rows = client.call("GET", f"/v1/venvs{query}")
+    """The venv table; with ``--verify``, each damaged file under its venv and exit code 1 if there is one."""
+    params = {k: v for k, v in (("model", args.model), ("verify", "1" if args.verify else None)) if v}
+    query = f"?{urllib.parse.urlencode(params)}" if params else ""
+    rows = client.call("GET", f"/v1/venvs{query}", timeout=600.0 if args.verify else None)
+    damaged = [r for r in rows if r.get("damaged")]
     if args.json:
         print_json(rows)
-        return 0
+        return 1 if damaged else 0
     print(table([(r["model_name"], r["model_engine"], r["python_version"], r["digest"] or "invalid",
                   "*" if r["current"] else "", _size(r["size_bytes"]), r["packages"],
                   ",".join(r["in_use_by"]) or "-", _when(r["created"]), _when(r["last_used"])) for r in rows],
                 ("MODEL", "ENGINE", "PYTHON", "DIGEST", "CURRENT", "SIZE", "PACKAGES", "IN USE BY", "CREATED",
                  "LAST USED")))
-    return 0
+    for row in damaged:
+        print(f"\n{row['path']}: {len(row['damaged'])} damaged file(s)")
+        for problem in row["damaged"]:
+            print(f"  {problem}")
+    if args.verify and not damaged:
+        print(f"\nverified {len(rows)} venv(s): every installed file matches its RECORD", file=sys.stderr)
+    return 1 if damaged else 0
 
 
 def cmd_create(client: ControlClient, args: argparse.Namespace) -> int:
@@ -95,6 +104,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     vsub = venv.add_subparsers(dest="venv_command", required=True, parser_class=type(venv))
     ls = vsub.add_parser("list", parents=[common], help="list model venvs")
     ls.add_argument("--model", help="only this model's venvs")
+    ls.add_argument("--verify", action="store_true",
+                    help="hash every installed file against its RECORD (slow: reads every file); exit 1 and "
+                         "list the damaged files if any")
     ls.set_defaults(func=cmd_list)
     create = vsub.add_parser("create", parents=[common], help="build a model's venv ahead of a launch")
     create.add_argument("-n", "--model-name", required=True)

@@ -16,7 +16,7 @@ from xinfd.gpus import NGpu
 from xinfd.names import ENV_NAME, MODEL_NAME, MODEL_UID, check_name
 from xinfd.supervisor.variant import Variant, parse_size
 from xinfd.venvs.python import check_python_request
-from xinfd.venvs.spec import check_package, direct_reference
+from xinfd.venvs.spec import check_requested_packages
 
 # Variables the daemon owns for each replica; a user --env must not silently undo the slot table.
 _RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "XINFD_WORKER_CONTEXT"})
@@ -148,14 +148,8 @@ class LaunchRequest:
         if not isinstance(packages, list) or not all(isinstance(p, str) and p.strip() for p in packages):
             raise InvalidRequestError("virtual_env_packages must be a list of requirement strings",
                                       param="virtual_env_packages")
-        for package in packages:  # PEP 508 or a documented placeholder, never an installer option
-            what = direct_reference(package)
-            if what is not None and not policy.allow_direct_references:
-                raise InvalidRequestError(
-                    f"virtual_env_packages entry {package!r} is {what}: installing it runs code from a place "
-                    "the launch chose; refused unless the operator sets allow_direct_references "
-                    "(XINFD_ALLOW_DIRECT_REFERENCES=1)", param="virtual_env_packages")
-            check_package(package)
+        # PEP 508 or a documented placeholder, never an installer option; a direct reference only if allowed.
+        check_requested_packages(packages, allow_direct_references=policy.allow_direct_references)
         python = None if body.get("python") is None else check_python_request(body["python"])
         n_gpu = body.get("n_gpu", "auto")
         if n_gpu != "auto" and (isinstance(n_gpu, bool) or not isinstance(n_gpu, int) or n_gpu < 0):

@@ -9,8 +9,9 @@ Skip-installed: uv reinstalls packages that a ``--system-site-packages`` venv al
 preferences), subtract what the base already has at the same version, and install the rest with
 ``--no-deps``.
 
-Just over 400 lines: one build is a single sequence under one deadline (create, resolve, subtract, install,
-probe, record); splitting its steps would spread the deadline and kill-on-cancel rules across files.
+About 490 lines: one build is a single sequence under one deadline (create, resolve, subtract, install,
+probe, record); splitting its steps would spread the deadline and kill-on-cancel rules across files. What
+splits out next is the runner (``Uv``, ``run_logged``, ``_run_python``), which has no build logic.
 """
 
 from __future__ import annotations
@@ -25,29 +26,31 @@ import signal
 import site
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from xinfd.childproc import spawn_child
 from xinfd.events import Publish, VenvProgress
+from xinfd.venvs import installed
 from xinfd.venvs.bundle import requirement_lines
 from xinfd.venvs.cache import MANIFEST, METADATA, METADATA_FORMAT, manifest, site_packages, write_json_atomic
-from xinfd.venvs.reach import DEFAULT_INDEX, where
+from xinfd.venvs.reach import first_index_use, index_args, waiting_hosts
 from xinfd.venvs.spec import IndexOptions, VenvError, VenvSpec
 from xinfd.venvs.wheels import WheelCache, declared_build_env, source_builds_for
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 PTH_NAME = "_xinfd_daemon_env.pth"
 # Seconds without output after which a running build tool's progress says what it is waiting on.
 HEARTBEAT_S = 10.0
 DEFAULT_STALL_TIMEOUT = 30.0
-_INSTALLED_RE = re.compile(r"Installed (\d+) packages? in ([\d.]+)(ms|s)")
+INSTALLED_RE = re.compile(r"Installed (\d+) packages? in ([\d.]+)(ms|s)")
 # Lists every distribution the new (still empty) venv's interpreter sees: the daemon's and the base's.
 # The first distribution of a name on sys.path wins, as it does for imports.
 _BASE_DISTS = (
@@ -59,6 +62,30 @@ _BASE_DISTS = (
     "print(json.dumps(seen))\n"
 )
 
+
+# Prints, as JSON, the distributions of argv[1] (name -> version) this interpreter does not see at that version
+# (checked first: a missing distribution is the precise reason an import below would fail), then, when all are
+# there, imports the modules argv[2:].
+_PROBE = (
+    "import importlib, importlib.metadata as md, json, sys\n"
+    "from packaging.version import Version\n"
+    "wrong = {}\n"
+    "for name, version in json.loads(sys.argv[1]).items():\n"
+    "    try:\n"
+    "        found = md.version(name)\n"
+    "    except md.PackageNotFoundError:\n"
+    "        found = None\n"
+    "    if found is None or Version(found) != Version(version):\n"
+    "        wrong[name] = found\n"
+    "print(json.dumps(wrong))\n"
+    "if wrong:\n"
+    "    sys.exit(0)\n"
+    "for m in sys.argv[2:]:\n"
+    "    try:\n"
+    "        importlib.import_module(m)\n"
+    "    except BaseException as exc:\n"
+    "        sys.exit(f'{m}: {exc!r}')\n"
+)
 
 _ENGINE_PROBE = (
     "import sys\n"
@@ -198,7 +225,7 @@ def daemon_site_dirs() -> list[str]:
 
 def count_installed(log: BuildLog) -> int:
     for line in reversed(log.lines):
-        if m := _INSTALLED_RE.search(line):
+        if m := INSTALLED_RE.search(line):
             return int(m.group(1))
     return 0
 
@@ -227,26 +254,61 @@ async def build(
     publish: Publish,
     deadline: float,
     wheels: WheelCache | None = None,
+    check_index: Awaitable[IndexOptions] | None = None,
 ) -> dict[str, Any]:
     """Build ``spec`` into the (new, unpublished) directory ``target``; returns the metadata written there.
 
+    ``check_index`` (``xinfd.venvs.reach.usable_indexes``) runs alongside the build: the first uv call that
+    needs an index starts with ``index`` as given and is redone only when the check drops a location or fails
+    (``xinfd.venvs.reach.first_index_use``), so a build whose indexes all answer never waits for the check.
     Packages the engine wants built from source (``spec.source_builds``) come from ``wheels``, which builds
-    each one once with the engine's settings (``xinfd.venvs.wheels``)."""
+    each one once with the engine's settings (``xinfd.venvs.wheels``).
+    The metadata's ``phase_seconds`` says where the time went (``benchmarks/venv.py`` prints it)."""
     started = time.monotonic()
-    common = index.uv_args()
-    hosts = ", ".join(dict.fromkeys(where(u) for u in (index.index_url or DEFAULT_INDEX, *index.extra_index_urls,
-                                                        *index.find_links)))
-    constraints = [a for c in index.constraints for a in ("--constraint", c)]
-    await uv.run(["venv", "--relocatable", "--system-site-packages", "--python", spec.python, "--quiet",
-                  str(target)], deadline=deadline, log=log)
+    phases: dict[str, float] = {}
+
+    async def timed(name: str, step: Awaitable[_T]) -> _T:
+        t0 = time.monotonic()
+        try:
+            return await step
+        finally:
+            phases[name] = round(phases.get(name, 0.0) + time.monotonic() - t0, 3)
+
+    checking = None if check_index is None else asyncio.ensure_future(timed("index check", check_index))
+    try:
+        return await _build(spec, target, uv=uv, index=index, checking=checking, probe_modules=probe_modules,
+                            log=log, publish=publish, deadline=deadline, wheels=wheels, timed=timed,
+                            phases=phases, started=started)
+    finally:
+        if checking is not None and not checking.done():
+            checking.cancel()
+            with contextlib.suppress(BaseException):
+                await checking
+
+
+async def _build(
+    spec: VenvSpec, target: Path, *, uv: Uv, index: IndexOptions,
+    checking: asyncio.Future[IndexOptions] | None, probe_modules: Sequence[str], log: BuildLog,
+    publish: Publish, deadline: float, wheels: WheelCache | None,
+    timed: Callable[[str, Awaitable[Any]], Awaitable[Any]], phases: dict[str, float], started: float,
+) -> dict[str, Any]:
     python = str(target / "bin" / "python")
-    sp = site_packages(target)
+    sp = target / "lib" / f"python{'.'.join(spec.python_version.split('.')[:2])}" / "site-packages"
     # Only the daemon's own interpreter may see its site-packages: compiled extensions are ABI-specific.
     extra_dirs = [] if spec.own_copies else daemon_site_dirs()
+    create = timed("uv venv", uv.run(["venv", "--relocatable", "--system-site-packages", "--python", spec.python,
+                                      "--quiet", str(target)], deadline=deadline, log=log))
+    if spec.own_copies:  # another Python: only its interpreter knows its site-packages
+        await create
+        base: dict[str, str] = json.loads(await timed("base scan", _run_python(python, ["-c", _BASE_DISTS],
+                                                                              deadline, log)))
+    else:  # the daemon's own: read the directories it will see, while uv creates the venv
+        scan = asyncio.to_thread(installed.visible, installed.predicted_path(sp, extra_dirs, env=dict(_probe_env())))
+        _, base = await asyncio.gather(create, timed("base scan", scan))
+    sp = site_packages(target)
     if extra_dirs:
         # Appended after the venv's own site-packages: venv packages shadow the daemon's.
         (sp / PTH_NAME).write_text("".join(f"import site; site.addsitedir({d!r})\n" for d in extra_dirs))
-    base = json.loads(await _run_python(python, ["-c", _BASE_DISTS], deadline, log))
     todo, satisfied = split_satisfied(spec.requirements, base) if spec.skip_installed else (
         list(spec.requirements), [])
     base_name = f"Python {spec.python_version}'s site-packages" if spec.own_copies else "xinfd's environment"
@@ -259,48 +321,66 @@ async def build(
     requirements = target / "xinfd-requirements.in"
     requirements.write_text("".join(r + "\n" for r in todo))
     lock = target / "xinfd-resolved.txt"
-    if spec.skip_installed:
-        # The existing output file is uv's preference list: the base's versions win where they fit.
-        lock.write_text("".join(f"{n}=={v}\n" for n, v in sorted(base.items())))
     resolved: dict[str, str] = {}
-    if todo:
+    installed_count = 0
+    t0 = time.monotonic()
+    local_wheels: dict[str, Path] = {}
+    one_step = bool(todo) and not spec.skip_installed and not spec.source_builds
+    if one_step:
+        # Nothing to subtract and nothing to build first: one ``uv pip install`` resolves and installs, as a
+        # hand-rolled launcher would (uv ignores the base's copies in a --system-site-packages venv anyway).
+        await publish(VenvProgress(message=f"installing {len(todo)} requirement(s) (skip-installed off)"))
+        index = await timed("uv pip install", first_index_use(checking, index, lambda idx: uv.run(
+            ["pip", "install", "--python", python, "-r", str(requirements), *index_args(idx)], deadline=deadline,
+            log=log, publish=publish, waiting_on=waiting_hosts(idx))))
+        resolved = dict(pin.split("==", 1) for pin in installed.freeze(sp) if "==" in pin)
+        lock.write_text("".join(f"{n}=={v}\n" for n, v in sorted(resolved.items())))
+        installed_count = count_installed(log) or len(resolved)
+    elif todo:
+        if spec.skip_installed:
+            # The existing output file is uv's preference list: the base's versions win where they fit.
+            lock.write_text("".join(f"{n}=={v}\n" for n, v in sorted(base.items())))
         await publish(VenvProgress(message=f"resolving {len(todo)} requirement(s) "
                                    f"({len(satisfied)} already satisfied by {base_name})"))
-        await uv.run(["pip", "compile", str(requirements), "--python", python, "--no-header", "--no-annotate",
-                      "--quiet", "-o", str(lock), *common, *constraints], deadline=deadline, log=log,
-                     publish=publish, waiting_on=hosts)
+        index = await timed("uv pip compile", first_index_use(checking, index, lambda idx: uv.run(
+            ["pip", "compile", str(requirements), "--python", python, "--no-header", "--no-annotate", "--quiet",
+             "-o", str(lock), *index_args(idx)], deadline=deadline, log=log, publish=publish,
+            waiting_on=waiting_hosts(idx))))
         resolved = parse_pins(lock.read_text())
     wanted = [n for n, v in resolved.items() if not (spec.skip_installed and base.get(n) == v)]
     skipped = sorted((set(resolved) - set(wanted)) | set(satisfied))
-    installed = 0
-    local_wheels = await _source_wheels(spec, {n: resolved[n] for n in wanted}, wheels, index=index, uv=uv,
-                                        log=log, publish=publish, deadline=deadline)
-    t0 = time.monotonic()
-    if wanted:
+    if wanted and not one_step:
+        local_wheels = await _source_wheels(spec, {n: resolved[n] for n in wanted}, wheels, index=index, uv=uv,
+                                            log=log, publish=publish, deadline=deadline)
+        t0 = time.monotonic()
         install_file = target / "xinfd-install.txt"
         install_file.write_text("".join(
             f"{local_wheels[n]}\n" if n in local_wheels else _pin_line(n, resolved[n]) for n in wanted))
-        await uv.run(["pip", "install", "--python", python, "--no-deps", "-r", str(install_file), *common,
-                      *constraints], deadline=deadline, log=log, publish=publish,
-                     waiting_on=hosts)
-        installed = count_installed(log) or len(wanted)
+        await timed("uv pip install", uv.run(["pip", "install", "--python", python, "--no-deps", "-r",
+                                              str(install_file), *index_args(index)], deadline=deadline,
+                                             log=log, publish=publish, waiting_on=waiting_hosts(index)))
+        installed_count = count_installed(log) or len(wanted)
     install_s = time.monotonic() - t0
-    await publish(VenvProgress(message=f"installed {installed} package(s) in {install_s:.2f}s "
+    await publish(VenvProgress(message=f"installed {installed_count} package(s) in {install_s:.2f}s "
                                f"({len(skipped)} already provided by {base_name})"))
-    # The import probe (one interpreter start for all modules) and the freeze run at the same time: neither
-    # changes the venv, and together they were most of xinfd's overhead over a raw ``uv pip install``.
-    probe = "import importlib, sys\nfor m in sys.argv[1:]:\n    try:\n        importlib.import_module(m)\n" \
-            "    except BaseException as exc:\n        sys.exit(f'{m}: {exc!r}')\n"
-    checks = [_run_python(python, ["-c", probe, "xinfd.worker", *probe_modules], deadline, log,
-                          what="probe: a module does not import in the new venv")]
+    # One interpreter start proves the venv: its modules import, and every distribution the build skipped is
+    # there at the version the skip assumed (the base scan read directories; this is the interpreter's word).
+    # The record (freeze from .dist-info, the file manifest) is written meanwhile: neither changes the venv.
+    expected = {n: base[n] for n in skipped if n in base}
+    checks = [timed("import probe", _run_python(
+        python, ["-c", _PROBE, json.dumps(expected), "xinfd.worker", *probe_modules], deadline, log,
+        what="probe: a module does not import in the new venv"))]
     if spec.own_copies:
         # The worker finds its engine through the plugins it can load with this interpreter (entry points of
         # the copied distributions, XINFD_PLUGINS): prove the engine is among them before publishing.
         checks.append(_run_python(python, ["-c", _ENGINE_PROBE, spec.engine], deadline, log,
                                   what=f"probe: engine {spec.engine!r} with Python {spec.python_version}"))
-    frozen, *_ = await asyncio.gather(uv.run(["pip", "freeze", "--python", python], deadline=deadline, log=log),
-                                      *checks)
-    freeze = frozen.split()
+    record = timed("record", asyncio.to_thread(lambda: (installed.freeze(sp), manifest(target))))
+    (freeze, files), uv_version, probed, *_ = await asyncio.gather(record, uv.version(), *checks)
+    missing = json.loads(probed.strip().splitlines()[-1]) if probed.strip() else {}
+    if missing:
+        raise VenvError("the new venv does not see what the build skipped as already installed: " + ", ".join(
+            f"{n} {expected[n]} (found {v or 'none'})" for n, v in sorted(missing.items())))
     meta = {
         "format": METADATA_FORMAT,
         "model_name": spec.model_name,
@@ -319,13 +399,16 @@ async def build(
         "daemon_site_dirs": extra_dirs,
         "bundled": list(spec.bundled),
         "built_from_source": {n: str(w) for n, w in sorted(local_wheels.items())},
-        "uv_version": await uv.version(),
+        "uv_version": uv_version,
         "created": time.time(),
         "build_seconds": round(time.monotonic() - started, 3),
         "install_seconds": round(install_s, 3),
+        "phase_seconds": phases,
     }
-    write_json_atomic(target / MANIFEST, manifest(target))
+    t0 = time.monotonic()
+    write_json_atomic(target / MANIFEST, files)
     write_json_atomic(target / METADATA, meta)
+    phases["record"] = round(phases.get("record", 0.0) + time.monotonic() - t0, 3)
     return meta
 
 

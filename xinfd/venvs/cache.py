@@ -179,10 +179,13 @@ def verify(venv: Path, digest: str) -> str | None:
         files = recorded.get("files", {})
     else:  # a venv built before mtimes were recorded: sizes only
         files = {rel: [size, None] for rel, size in recorded.items()}
-    root = site_packages(venv)
+    # Plain strings, not Path objects: building a Path per file cost more than the lstat itself, and this loop
+    # is most of a cached relaunch's venv step (one lstat per installed file).
+    root = str(site_packages(venv)) + os.sep
+    lstat = os.lstat
     for rel, (size, mtime_ns) in files.items():
         try:
-            st = os.lstat(root / rel)
+            st = lstat(root + rel)
         except OSError:
             return f"{rel} is missing from {venv}"
         if st.st_size != size:

@@ -146,6 +146,7 @@ class VenvProvider:
             system_version=system_version,
             environment=marker_environment(python_version),
             overrides=overrides,
+            overrides_param="virtual_env_packages",
         )
         return VenvSpec(
             model_name=model.name,
@@ -289,7 +290,6 @@ class VenvProvider:
             index = index.merged(await self._pip_config.options())
             if spec.index.index_strategy is None:
                 index = dataclasses.replace(index, index_strategy=PIP_INDEX_STRATEGY)
-        index = await usable_indexes(index, publish, timeout=min(PROBE_TIMEOUT_S, self.stall_timeout))
         target = paths.build_dir()
         log_dir = self.home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -301,8 +301,11 @@ class VenvProvider:
         info = self.plugins.engines.get(spec.engine)
         probes = [info.probe_module] if info is not None and info.probe_module else []
         try:
+            # The indexes are checked alongside the build, not before it (xinfd.venvs.reach.first_index_use).
             meta = await build(spec, target, uv=self.uv, index=index, probe_modules=probes, log=build_log,
-                               publish=publish, deadline=started + self.build_timeout, wheels=self.wheels)
+                               publish=publish, deadline=started + self.build_timeout, wheels=self.wheels,
+                               check_index=usable_indexes(index, publish,
+                                                          timeout=min(PROBE_TIMEOUT_S, self.stall_timeout)))
             os.rename(target, paths.published)
         except BaseException as exc:
             if self.on_build is not None:
@@ -322,7 +325,10 @@ class VenvProvider:
 
     # ---- management --------------------------------------------------------------------------------------
 
-    def entries(self, model: str | None = None) -> list[dict[str, Any]]:
+    def entries(self, model: str | None = None, *, verify: bool = False) -> list[dict[str, Any]]:
+        """One row per published venv (``venv list``). ``verify`` adds ``damaged``: every file of the venv's
+        installed distributions whose content no longer matches its ``RECORD`` hash, plus the reason the
+        per-launch check would refuse the venv, if any. It reads every file: run it in a thread."""
         rows = []
         for group in cache.iter_groups(self.home):
             if model is not None and group.parent.name != model:
@@ -331,6 +337,9 @@ class VenvProvider:
                 current = (group / venv.name.rsplit("-", 1)[0]).resolve() == venv.resolve()
                 row = cache.describe(venv, cache.read_metadata(venv), current=current)
                 row["in_use_by"] = sorted(self.in_use.get(str(venv), ()))
+                if verify:
+                    problem = cache.verify(venv, row["digest"] or "")
+                    row["damaged"] = ([problem] if problem else []) + cache.verify_records(venv)
                 rows.append(row)
         return rows
 

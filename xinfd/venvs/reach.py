@@ -14,6 +14,10 @@ events and the daemon log show it), and the build goes on with the others. The p
 or PyPI when none is set) is the one uv falls back to for everything: unreachable, the build fails at once,
 naming the host. Probing costs one round trip per index, concurrently: only cold builds pay it.
 
+The check runs *alongside* the build, not before it: the first uv call that needs an index starts at once
+with every location and is redone only when the check drops one (``first_index_use``). A build whose indexes
+all answer, the usual case, never waits for the probes.
+
 A stall *during* the build (an index that answered the probe, then stops) is bounded by uv's own
 ``UV_HTTP_TIMEOUT`` (``virtual_env_stall_timeout``; ``xinfd.venvs.builder.Uv``).
 """
@@ -21,9 +25,12 @@ A stall *during* the build (an index that answered the probe, then stops) is bou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -94,3 +101,52 @@ async def usable_indexes(index: IndexOptions, publish: Publish, *, timeout: floa
         extra_index_urls=tuple(u for u in index.extra_index_urls if u not in dead),
         find_links=tuple(u for u in index.find_links if u not in dead),
     )
+
+
+def index_args(index: IndexOptions) -> list[str]:
+    """uv's index arguments and constraints for ``index``."""
+    return [*index.uv_args(), *(a for c in index.constraints for a in ("--constraint", c))]
+
+
+def waiting_hosts(index: IndexOptions) -> str:
+    """The locations a silent uv may be waiting on, for the progress line."""
+    urls = (index.index_url or DEFAULT_INDEX, *index.extra_index_urls, *index.find_links)
+    return ", ".join(dict.fromkeys(where(u) for u in urls))
+
+
+async def first_index_use(checking: asyncio.Future[IndexOptions] | None, assumed: IndexOptions,
+                           run: Callable[[IndexOptions], Awaitable[str]]) -> IndexOptions:
+    """Run the build's first uv call that needs an index while the index check may still be running; returns
+    the index options the rest of the build uses.
+
+    The call starts with ``assumed`` (every configured location). If the check finishes first and keeps them
+    all, the call goes on; if it drops a location (or fails: the primary index is down), the call is cancelled,
+    which kills uv, and redone with the check's answer (or the check's error is raised). If the call fails
+    first, the check's answer decides whether that was a dead location (redo without it) or uv's own error. If
+    it succeeds first, every location it needed answered: the check is not waited for."""
+    if checking is None:
+        await run(assumed)
+        return assumed
+    attempt = asyncio.ensure_future(run(assumed))
+    racing: set[asyncio.Future[Any]] = {attempt, checking}
+    try:
+        await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        attempt.cancel()
+        with contextlib.suppress(BaseException):
+            await attempt
+        raise
+    if attempt.done() and attempt.exception() is None:
+        return assumed
+    if not attempt.done():
+        if checking.exception() is None and checking.result() == assumed:
+            await attempt
+            return assumed
+        attempt.cancel()
+        with contextlib.suppress(BaseException):
+            await attempt
+    checked = await checking  # raises the check's error (the primary index is unreachable)
+    if checked == assumed:
+        await attempt  # uv's own failure: re-raised as it was
+    await run(checked)
+    return checked

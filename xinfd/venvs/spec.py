@@ -162,23 +162,28 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
-def check_package(entry: str) -> str:
-    """A package entry is a PEP 508 requirement or a documented placeholder, never an option or a path."""
+def check_package(entry: str, *, param: str | None = None) -> str:
+    """A package entry is a PEP 508 requirement or a documented placeholder, never an option or a path.
+
+    ``param`` is the request field the entry came from (``virtual_env_packages``), for the error's ``param``;
+    None for a model family's own ``virtualenv.packages`` (no request field to name)."""
     text = entry.strip()
     if not text:
-        raise VenvSpecError("empty virtualenv package entry")
+        raise VenvSpecError("empty virtualenv package entry", param=param)
     if text.startswith("-") or "\n" in text or "\0" in text:
-        raise VenvSpecError(f"virtualenv package {entry!r} looks like an installer option, not a requirement")
+        raise VenvSpecError(f"virtualenv package {entry!r} looks like an installer option, not a requirement",
+                             param=param)
     head, _, marker = text.partition(";")
     head = head.strip()
     if _PLACEHOLDER_RE.match(head) or _SYSTEM_RE.match(head):
         if marker.strip():
-            _marker_text(marker, "probe")  # syntax check now, evaluation later
+            _marker_text(marker, "probe", param=param)  # syntax check now, evaluation later
         return text
     try:
         Requirement(_ENGINE_TOKEN_RE.sub(_ENGINE_VARIABLE, text))
     except InvalidRequirement as exc:
-        raise VenvSpecError(f"virtualenv package {entry!r} is not a valid requirement: {exc}") from None
+        raise VenvSpecError(f"virtualenv package {entry!r} is not a valid requirement: {exc}",
+                             param=param) from None
     return text
 
 
@@ -205,25 +210,42 @@ def direct_reference(entry: str) -> str | None:
     return None
 
 
-def _marker_text(marker: str, engine: str) -> Marker:
+def check_requested_packages(packages: Sequence[str], *, allow_direct_references: bool,
+                             param: str = "virtual_env_packages") -> None:
+    """The rules for packages a *request* adds (a launch's or ``venv create``'s ``-vp``), naming ``param``:
+    each is a requirement or a placeholder (``check_package``), and a direct reference or a path is refused
+    unless the operator allows them (setting ``allow_direct_references``): installing one runs code from a
+    place the caller chose, as the daemon's user."""
+    for package in packages:
+        what = direct_reference(package)
+        if what is not None and not allow_direct_references:
+            raise VenvSpecError(
+                f"{param} entry {package!r} is {what}: installing it runs code from a place the launch chose; "
+                "refused unless the operator sets allow_direct_references (XINFD_ALLOW_DIRECT_REFERENCES=1)",
+                param=param)
+        check_package(package, param=param)
+
+
+def _marker_text(marker: str, engine: str, *, param: str | None = None) -> Marker:
     text = marker.strip()
     if _ENGINE_TOKEN_RE.search(text) and _ENGINE_VARIABLE in text:
-        raise VenvSpecError(f"marker {text!r} uses #engine# and {_ENGINE_VARIABLE} together; not supported")
+        raise VenvSpecError(f"marker {text!r} uses #engine# and {_ENGINE_VARIABLE} together; not supported",
+                            param=param)
     try:
         return Marker(_ENGINE_TOKEN_RE.sub(_ENGINE_VARIABLE, text))
     except InvalidMarker as exc:
-        raise VenvSpecError(f"invalid marker {text!r}: {exc}") from None
+        raise VenvSpecError(f"invalid marker {text!r}: {exc}", param=param) from None
 
 
-def _applies(marker: str, engine: str, environment: Mapping[str, str]) -> bool:
+def _applies(marker: str, engine: str, environment: Mapping[str, str], *, param: str | None = None) -> bool:
     """Evaluate a PEP 508 marker where ``#engine#``/``#model_engine#`` stand for ``engine`` (exact case)."""
     if not marker.strip():
         return True
-    parsed = _marker_text(marker, engine)
+    parsed = _marker_text(marker, engine, param=param)
     try:
         return bool(parsed.evaluate({**environment, _ENGINE_VARIABLE: engine}))
     except (UndefinedComparison, UndefinedEnvironmentName) as exc:
-        raise VenvSpecError(f"cannot evaluate marker {marker.strip()!r}: {exc}") from None
+        raise VenvSpecError(f"cannot evaluate marker {marker.strip()!r}: {exc}", param=param) from None
 
 
 def placeholder_engine(name: str, engines: Sequence[str]) -> str | None:
@@ -243,16 +265,20 @@ def expand_packages(
     system_version: Callable[[str], str | None],
     environment: Mapping[str, str],
     overrides: Sequence[str] = (),
+    overrides_param: str | None = None,
 ) -> tuple[str, ...]:
     """The final requirement list: placeholders expanded, markers applied, ``-vp`` overrides merged in.
+
+    A bad override is a ``VenvSpecError`` whose ``param`` is ``overrides_param``: the request field the
+    overrides came from (``virtual_env_packages``), so the 400 names what the caller must fix.
 
     An override replaces every default entry of the same normalised name (``#system_<name>#`` included) at the
     first one's position; otherwise it is appended (spec: "your version replaces the default instead of being
     appended").
     """
     defaults = _expand(packages, engine, engines, dependencies, system_version, environment, depth=0)
-    extra = _expand([check_package(p) for p in overrides], engine, engines, dependencies, system_version,
-                     environment, depth=0)
+    extra = _expand([check_package(p, param=overrides_param) for p in overrides], engine, engines,
+                    dependencies, system_version, environment, depth=0, param=overrides_param)
     result: list[tuple[str, str]] = list(defaults)
     for name, requirement in extra:
         positions = [i for i, (n, _) in enumerate(result) if n == name]
@@ -273,15 +299,16 @@ def _expand(
     environment: Mapping[str, str],
     *,
     depth: int,
+    param: str | None = None,
 ) -> list[tuple[str, str]]:
     if depth > 3:
-        raise VenvSpecError("engine dependency placeholders nest too deeply (one expands to itself?)")
+        raise VenvSpecError("engine dependency placeholders nest too deeply (one expands to itself?)", param=param)
     out: list[tuple[str, str]] = []
     for entry in packages:
-        text = check_package(entry)
+        text = check_package(entry, param=param)
         head, _, marker = text.partition(";")
         head = head.strip()
-        if not _applies(marker, engine, environment):
+        if not _applies(marker, engine, environment, param=param):
             continue
         if match := _PLACEHOLDER_RE.match(head):
             owner = placeholder_engine(match.group(1), engines)
@@ -291,13 +318,16 @@ def _expand(
                 expanded = list(FALLBACK_DEPENDENCIES[match.group(1)])
             else:
                 raise VenvSpecError(f"unknown placeholder {head} (no installed engine provides it; known "
-                                    f"without one: {', '.join(f'#{n}_dependencies#' for n in FALLBACK_DEPENDENCIES)})")
-            out += _expand(expanded, engine, engines, dependencies, system_version, environment, depth=depth + 1)
+                                    f"without one: {', '.join(f'#{n}_dependencies#' for n in FALLBACK_DEPENDENCIES)})",
+                                    param=param)
+            out += _expand(expanded, engine, engines, dependencies, system_version, environment, depth=depth + 1,
+                           param=param)
         elif match := _SYSTEM_RE.match(head):
             name = match.group(1)
             version = system_version(name)
             if version is None:
-                raise VenvSpecError(f"{head}: package {name!r} is not installed in xinfd's environment")
+                raise VenvSpecError(f"{head}: package {name!r} is not installed in xinfd's environment",
+                                    param=param)
             out.append((str(canonicalize_name(name)), f"{name}=={version}"))
         else:
             requirement = Requirement(_ENGINE_TOKEN_RE.sub(_ENGINE_VARIABLE, text))

@@ -19,7 +19,7 @@ from xinfd.events import LaunchEvent
 from xinfd.plugins import Plugins, make_plugin_manager
 from xinfd.supervisor import LaunchRequest
 from xinfd.types import ModelSpec
-from xinfd.venvs import cache
+from xinfd.venvs import cache, installed
 from xinfd.venvs.provider import VenvProvider
 from xinfd.venvs.spec import VenvError, VenvInUseError
 
@@ -198,3 +198,33 @@ async def test_venv_sees_xinfd_and_plugins_after_its_own_packages(
                                                 stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     assert proc.returncode == 0 and out.strip() == b"True"
+
+
+async def test_verify_reports_a_file_whose_bytes_changed_by_its_record_hash(
+    tmp_path: Path, plugins: Plugins, index_url: str
+) -> None:
+    p = provider(tmp_path, plugins)
+    venv = await p.create(model(index_url, "xinfdtestpkg==2.0"), "pkgver")
+    assert [row["damaged"] for row in p.entries(verify=True)] == [[]]
+    init = next(venv.glob("lib/python*/site-packages/xinfdtestpkg/__init__.py"))
+    st = init.stat()
+    data = init.read_bytes()
+    init.write_bytes(bytes([data[0] ^ 0x01]) + data[1:])  # same size; mtime put back below
+    os.utime(init, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cache.verify(venv, venv.name.rsplit("-", 1)[1]) is None  # the per-launch check cannot see it
+    [row] = p.entries(verify=True)
+    assert row["damaged"] == ["xinfdtestpkg-2.0: xinfdtestpkg/__init__.py (content differs from RECORD)"]
+    assert "damaged" not in p.entries()[0]  # only asked for: it reads every file
+
+
+async def test_a_wrongly_predicted_skip_fails_the_build_naming_the_package(
+    tmp_path: Path, plugins: Plugins, index_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The base scan reads directories; if it claims a distribution the venv's interpreter does not see, the
+    # build's import probe must refuse to publish a venv that lacks it.
+    real = installed.visible
+    monkeypatch.setattr(installed, "visible", lambda paths: {**real(paths), "xinfdtestpkg": "2.0"})
+    p = provider(tmp_path, plugins)
+    with pytest.raises(VenvError, match=r"does not see .*xinfdtestpkg 2\.0 \(found none\)"):
+        await p.create(model(index_url, "xinfdtestpkg==2.0"), "pkgver")
+    assert p.entries() == []

@@ -15,6 +15,7 @@ from xinfd.venvs.spec import (
     VenvSpecError,
     check_name,
     check_package,
+    check_requested_packages,
     expand_packages,
     index_options,
 )
@@ -156,3 +157,26 @@ def test_skip_installed_helpers() -> None:
     assert todo == ["requests[socks]", "new==1"] and satisfied == ["numpy", "torch"]
     assert parse_pins("# c\nFoo_Bar==1.0\npkg @ https://x/pkg.whl\n") == {"foo-bar": "1.0",
                                                                        "pkg": "pkg @ https://x/pkg.whl"}
+
+
+@pytest.mark.parametrize("override", ["foo==", "--index-url=x", "foo ; python_version >>", "#nosuch_dependencies#",
+                                      "#system_nosuch#", ""])
+def test_a_bad_override_names_the_request_field_a_bad_family_entry_names_none(override: str) -> None:
+    with pytest.raises(VenvSpecError) as bad_override:
+        expand_packages(["accelerate"], engine="vllm", engines=ENGINES, dependencies=lambda e: DEPS[e],
+                        system_version=SYSTEM.get, environment=LINUX, overrides=[override],
+                        overrides_param="virtual_env_packages")
+    assert bad_override.value.param == "virtual_env_packages"
+    with pytest.raises(VenvSpecError) as bad_family:
+        expand([override])
+    assert bad_family.value.param is None  # the family's own block: no request field to blame
+
+
+def test_requested_direct_references_are_refused_unless_allowed() -> None:
+    with pytest.raises(VenvSpecError, match="allow_direct_references") as refused:
+        check_requested_packages(["evil @ file:///tmp/evil"], allow_direct_references=False)
+    assert refused.value.param == "virtual_env_packages"
+    check_requested_packages(["evil @ file:///tmp/evil", "foo>=1"], allow_direct_references=True)
+    with pytest.raises(VenvSpecError) as malformed:
+        check_requested_packages(["foo=="], allow_direct_references=True)
+    assert malformed.value.param == "virtual_env_packages"
