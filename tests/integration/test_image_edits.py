@@ -49,8 +49,13 @@ def png_size(data: bytes) -> tuple[int, int]:
 def keyed_daemon(make_daemon: Any, tmp_path: Path) -> Daemon:
     daemon: Daemon = make_daemon(env={"XINFD_API_KEYS": KEY}).start()
     folder = build_tiny_sd(tmp_path / "tiny-sd")
-    spec = {"name": "tiny-sd", "abilities": ["image"], "engines": ["diffusers"], "context_length": 77,
-            "extra": {"model_path": str(folder), "sizes": ["32x32", "64x64"], "num_inference_steps": 4}}
+    spec = {
+        "name": "tiny-sd",
+        "abilities": ["image"],
+        "engines": ["diffusers"],
+        "context_length": 77,
+        "extra": {"model_path": str(folder), "sizes": ["32x32", "64x64"], "num_inference_steps": 4},
+    }
     spec_file = tmp_path / "tiny-sd.json"
     spec_file.write_text(json.dumps(spec))
     daemon.xinfctl("register", "--file", str(spec_file))
@@ -64,22 +69,35 @@ def sdk(daemon: Daemon) -> openai.OpenAI:
 
 def test_edits_with_the_sdk_and_xinference_client(keyed_daemon: Daemon) -> None:
     api = sdk(keyed_daemon)
-    edited = api.images.edit(model="tiny-sd", image=("in.png", png((200, 30, 30)), "image/png"), prompt="a fox",
-                             n=2, size="32x32", response_format="b64_json",  # type: ignore[arg-type]
-                             extra_body={"seed": 3, "strength": 0.5})
+    edited = api.images.edit(
+        model="tiny-sd",
+        image=("in.png", png((200, 30, 30)), "image/png"),
+        prompt="a fox",
+        n=2,
+        size="32x32",
+        response_format="b64_json",  # type: ignore[arg-type]
+        extra_body={"seed": 3, "strength": 0.5},
+    )
     assert edited.data is not None and len(edited.data) == 2
     assert all(png_size(base64.b64decode(d.b64_json or "")) == (32, 32) for d in edited.data)
 
     # A url answer is a link that works without the key (its random name is the permission) ...
-    linked = api.images.edit(model="tiny-sd", image=("in.png", png((0, 90, 0)), "image/png"), prompt="a fox",
-                             size="64x64", response_format="url")  # type: ignore[arg-type]
+    linked = api.images.edit(
+        model="tiny-sd",
+        image=("in.png", png((0, 90, 0)), "image/png"),
+        prompt="a fox",
+        size="64x64",
+        response_format="url",
+    )  # type: ignore[arg-type]
     assert linked.data is not None and linked.data[0].url
     with urllib.request.urlopen(linked.data[0].url, timeout=10) as answer:
         assert png_size(answer.read()) == (64, 64)
     # ... while generating still needs it, and a made-up link is a 404, not a way to probe for keys.
     body = json.dumps({"model": "tiny-sd", "prompt": "a fox"}).encode()
-    for url, data, status in ((keyed_daemon.endpoint + "/v1/images/generations", body, 401),
-                              (keyed_daemon.endpoint + "/v1/images/files/" + "0" * 32 + ".png", None, 404)):
+    for url, data, status in (
+        (keyed_daemon.endpoint + "/v1/images/generations", body, 401),
+        (keyed_daemon.endpoint + "/v1/images/files/" + "0" * 32 + ".png", None, 404),
+    ):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=10)
         assert refused.value.code == status
@@ -88,8 +106,9 @@ def test_edits_with_the_sdk_and_xinference_client(keyed_daemon: Daemon) -> None:
     from xinference_client import RESTfulClient
 
     model = RESTfulClient(keyed_daemon.endpoint, api_key=KEY).get_model("tiny-sd")
-    result: Any = model.image_to_image(png((10, 10, 200)), "a fox", n=1, size="32*32", response_format="b64_json",
-                                       strength=0.75, seed=1)
+    result: Any = model.image_to_image(
+        png((10, 10, 200)), "a fox", n=1, size="32*32", response_format="b64_json", strength=0.75, seed=1
+    )
     assert png_size(base64.b64decode(result["data"][0]["b64_json"])) == (32, 32)
     with pytest.raises(RuntimeError, match="allowed sizes"):
         model.image_to_image(png((1, 1, 1)), "a fox", size="1024*1024")
@@ -97,8 +116,13 @@ def test_edits_with_the_sdk_and_xinference_client(keyed_daemon: Daemon) -> None:
     import httpx
 
     # Multipart is taken on the upload routes only: anywhere else a form body is still a 415.
-    form = httpx.post(keyed_daemon.endpoint + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                      data={"model": "tiny-sd"}, files={"image": ("in.png", png((1, 1, 1)))}, timeout=60)
+    form = httpx.post(
+        keyed_daemon.endpoint + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        data={"model": "tiny-sd"},
+        files={"image": ("in.png", png((1, 1, 1)))},
+        timeout=60,
+    )
     assert form.status_code == 415
 
 
@@ -115,8 +139,13 @@ def test_bad_uploads_are_400s_naming_the_field(keyed_daemon: Daemon) -> None:
     import httpx
 
     for files, param, words in BAD_UPLOADS:
-        answer = httpx.post(keyed_daemon.endpoint + "/v1/images/edits", headers={"Authorization": f"Bearer {KEY}"},
-                            data={"model": "tiny-sd", "prompt": "a fox"}, files=files, timeout=60)
+        answer = httpx.post(
+            keyed_daemon.endpoint + "/v1/images/edits",
+            headers={"Authorization": f"Bearer {KEY}"},
+            data={"model": "tiny-sd", "prompt": "a fox"},
+            files=files,
+            timeout=60,
+        )
         assert answer.status_code == 400, answer.text
         error = answer.json()["error"]
         assert error["param"] == param and words in error["message"], error
@@ -127,8 +156,14 @@ def test_streams_with_the_sdk(keyed_daemon: Daemon) -> None:
     api = sdk(keyed_daemon)
     kinds: list[str] = []
     completed: list[Any] = []
-    for event in api.images.generate(model="tiny-sd", prompt="a fox", size="32x32", stream=True,  # type: ignore[arg-type]
-                                     partial_images=1, n=1):
+    for event in api.images.generate(
+        model="tiny-sd",
+        prompt="a fox",
+        size="32x32",
+        stream=True,  # type: ignore[arg-type]
+        partial_images=1,
+        n=1,
+    ):
         kinds.append(event.type)
         if event.type == "image_generation.completed":
             completed.append(event)
@@ -136,20 +171,27 @@ def test_streams_with_the_sdk(keyed_daemon: Daemon) -> None:
     assert "image_generation.partial_image" in kinds
     assert len(completed) == 1 and png_size(base64.b64decode(completed[0].b64_json)) == (32, 32)
 
-    edit_kinds = [event.type for event in api.images.edit(
-        model="tiny-sd", image=("in.png", png((5, 5, 5)), "image/png"), prompt="a fox", size="32x32",
-        stream=True)]  # type: ignore[arg-type]
+    edit_kinds = [
+        event.type
+        for event in api.images.edit(
+            model="tiny-sd", image=("in.png", png((5, 5, 5)), "image/png"), prompt="a fox", size="32x32", stream=True
+        )
+    ]  # type: ignore[arg-type]
     assert edit_kinds[-1] == "image_edit.completed" and "image_edit.progress" in edit_kinds
 
 
 def test_leaving_mid_stream_stops_the_steps(keyed_daemon: Daemon) -> None:
     host, port = keyed_daemon.endpoint.removeprefix("http://").split(":")
-    body = json.dumps({"model": "tiny-sd", "prompt": "a fox", "size": "32x32", "num_inference_steps": 500,
-                       "stream": True}).encode()
+    body = json.dumps(
+        {"model": "tiny-sd", "prompt": "a fox", "size": "32x32", "num_inference_steps": 500, "stream": True}
+    ).encode()
     log = keyed_daemon.home / "logs" / "tiny-sd-r0.log"
     with socket.create_connection((host, int(port)), timeout=60) as conn:
-        conn.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        conn.sendall(
+            b"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         received = b""
         while b"image_generation.progress" not in received:
             chunk = conn.recv(65536)

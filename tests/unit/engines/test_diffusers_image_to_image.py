@@ -58,8 +58,16 @@ def source(color: tuple[int, int, int]) -> Any:
 
 
 def edit(image: Any, *, seed: int = 3, strength: float | None = 0.5, steps: int = 4) -> ImageRequest:
-    return ImageRequest(request_id="e1", prompt="the quick brown fox", width=NATIVE_SIZE[0], height=NATIVE_SIZE[1],
-                        seed=seed, num_inference_steps=steps, image=image, strength=strength)
+    return ImageRequest(
+        request_id="e1",
+        prompt="the quick brown fox",
+        width=NATIVE_SIZE[0],
+        height=NATIVE_SIZE[1],
+        seed=seed,
+        num_inference_steps=steps,
+        image=image,
+        strength=strength,
+    )
 
 
 def test_the_image_to_image_pipeline_shares_the_loaded_components(model: DiffusersImageModel) -> None:
@@ -96,16 +104,23 @@ def test_partial_images_are_spread_over_the_steps_and_never_the_last() -> None:
 
 
 async def worker(model: DiffusersImageModel, aiohttp_client: Any) -> Any:
-    app = make_worker_app(model, model_uid="tiny-sd", model_name="tiny-sd", context_length=77, max_tokens_cap=None,
-                          replica_label="tiny-sd-r0")
+    app = make_worker_app(
+        model,
+        model_uid="tiny-sd",
+        model_name="tiny-sd",
+        context_length=77,
+        max_tokens_cap=None,
+        replica_label="tiny-sd-r0",
+    )
     return await aiohttp_client(app)
 
 
 async def test_worker_edits_route_decodes_the_upload(model: DiffusersImageModel, aiohttp_client: Any) -> None:
     client = await worker(model, aiohttp_client)
     image = base64.b64encode(png_of((0, 200, 0))).decode()
-    ok = await client.post("/v1/images/edits", json={"prompt": "a fox", "image": image, "n": 2,
-                                                     "kwargs": '{"strength": 0.75, "seed": 2}'})
+    ok = await client.post(
+        "/v1/images/edits", json={"prompt": "a fox", "image": image, "n": 2, "kwargs": '{"strength": 0.75, "seed": 2}'}
+    )
     assert ok.status == 200, await ok.text()
     data = (await ok.json())["data"]
     assert len(data) == 2 and all(pixels(base64.b64decode(d["b64_json"])) is not None for d in data)
@@ -133,11 +148,13 @@ def events(raw: str) -> list[tuple[str | None, Any]]:
     return out
 
 
-async def test_stream_sends_progress_partial_and_completed_events(model: DiffusersImageModel,
-                                                                  aiohttp_client: Any) -> None:
+async def test_stream_sends_progress_partial_and_completed_events(
+    model: DiffusersImageModel, aiohttp_client: Any
+) -> None:
     client = await worker(model, aiohttp_client)
-    answer = await client.post("/v1/images/generations", json={"prompt": "a fox", "n": 2, "stream": True,
-                                                               "partial_images": 1, "seed": 4})
+    answer = await client.post(
+        "/v1/images/generations", json={"prompt": "a fox", "n": 2, "stream": True, "partial_images": 1, "seed": 4}
+    )
     assert answer.status == 200 and answer.content_type == "text/event-stream"
     frames = events(await answer.text())
     names = [name for name, _ in frames]
@@ -151,8 +168,9 @@ async def test_stream_sends_progress_partial_and_completed_events(model: Diffuse
     completed = [data for name, data in frames if name == "image_generation.completed"]
     assert [c["index"] for c in completed] == [0, 1] and completed[0]["size"] == "32x32"
     assert names.index("image_generation.completed") > max(i for i, n in enumerate(names) if n and "partial" in n)
-    plain = await client.post("/v1/images/generations", json={"prompt": "a fox", "n": 2, "seed": 4,
-                                                              "response_format": "b64_json"})
+    plain = await client.post(
+        "/v1/images/generations", json={"prompt": "a fox", "n": 2, "seed": 4, "response_format": "b64_json"}
+    )
     assert [d["b64_json"] for d in (await plain.json())["data"]] == [c["b64_json"] for c in completed]
 
     image = base64.b64encode(png_of((10, 20, 30))).decode()
