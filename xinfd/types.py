@@ -342,14 +342,15 @@ class RerankModel(Protocol):
         ...
 
 
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ImageRequest:
     """A text-to-image request as the worker host hands it to an ``ImageModel``, after validation.
 
     ``width``/``height`` are one of the model's ``sizes``; ``seed`` makes the ``n`` images reproducible (image
-    ``i`` uses ``seed + i``); ``None`` for the engine's defaults (steps, guidance).
+    ``i`` uses ``seed + i``); ``None`` for the engine's defaults (steps, guidance). Image-to-image: ``image``
+    is the input, decoded (``PIL.Image.Image``), ``strength`` how far the result may move from it; only a model
+    whose ``accepts_image`` is true gets one. ``partial_images``: how many intermediate images the client
+    streams, delivered through ``progress.partial(image_index, partial_index, png)`` if the progress has it.
     """
 
     request_id: str
@@ -361,6 +362,9 @@ class ImageRequest:
     negative_prompt: str | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
+    image: Any = None
+    strength: float | None = None
+    partial_images: int = 0
 
 
 # Called by an image model after each denoising step with (steps done, total steps), from any thread.
@@ -373,7 +377,8 @@ class ImageModel(Protocol):
 
     ``sizes`` are the ``(width, height)`` pairs the model accepts (the host refuses others with a 400 naming
     them). ``generate_images`` returns ``request.n`` encoded PNG images. Cancelling the awaiting task (the
-    client went away) must stop the work between denoising steps, not after the last one.
+    client went away) must stop the work between denoising steps, not after the last one. A model that also
+    does image-to-image has an ``accepts_image`` attribute that is true (the host refuses edits otherwise).
     """
 
     @property

@@ -7,6 +7,14 @@ are waiting together are run as one pipeline call, up to ``max_batch`` images: w
 next requests gather, so batches form by themselves under load and a lone request is not delayed. Each image
 has its own seeded generator, so an image is the same whether it ran alone or in a batch.
 
+Image-to-image: ``AutoPipelineForImage2Image.from_pipe`` builds the image-to-image pipeline over the *same*
+loaded components (no second copy of the weights); a pipeline family without one (``from_pipe`` refuses it)
+leaves ``accepts_image`` false and the host refuses edits. An edit runs alone (never batched): its input image
+and strength are its own, and the step count depends on the strength.
+
+Partial images (``stream`` with ``partial_images``): at evenly spaced steps the callback decodes the current
+latents of each asking request with the pipeline's VAE and hands the PNG to ``progress.partial``.
+
 Cancellation: a request whose awaiting task is cancelled (the client went away) is marked; the pipeline's
 ``callback_on_step_end`` raises between steps once every request of the running batch is marked, so the
 pipeline stops at the next step instead of finishing for nobody.
@@ -24,9 +32,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from xinfd.errors import InvalidRequestError
 from xinfd.types import ImageProgress, ImageRequest
 
 log = logging.getLogger(__name__)
+# diffusers' image-to-image default: keep a fifth of the input's structure.
+_DEFAULT_STRENGTH = 0.8
 
 
 class _Cancelled(Exception):
@@ -54,6 +65,7 @@ class DiffusersImageModel:
         self,
         pipe: Any,
         *,
+        image_pipe: Any = None,
         sizes: tuple[tuple[int, int], ...],
         default_steps: int,
         batching_size: tuple[int, int] | None = None,
@@ -61,6 +73,8 @@ class DiffusersImageModel:
         device: str = "cpu",
     ) -> None:
         self.pipe = pipe
+        self.image_pipe = image_pipe
+        self.accepts_image = image_pipe is not None
         self._sizes = sizes
         self.default_steps = default_steps
         self.batching_size = batching_size
@@ -94,18 +108,40 @@ class DiffusersImageModel:
         pipe = AutoPipelineForText2Image.from_pretrained(location, torch_dtype=dtype)
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)  # progress goes to the replica log, per request
+        image_pipe = _image_to_image(pipe)
         native = _native_size(pipe)
         allowed = sizes or (native,)
-        log.info("loaded %s on %s (sizes %s, %d steps, batching %s)", location, device,
-                 ", ".join(f"{w}x{h}" for w, h in allowed), default_steps,
-                 "off" if batching_size is None else f"{batching_size[0]}x{batching_size[1]}")
-        return cls(pipe, sizes=allowed, default_steps=default_steps, batching_size=batching_size,
-                   max_batch=max_batch, device=device)
+        log.info(
+            "loaded %s on %s (sizes %s, %d steps, batching %s, image-to-image %s)",
+            location,
+            device,
+            ", ".join(f"{w}x{h}" for w, h in allowed),
+            default_steps,
+            "off" if batching_size is None else f"{batching_size[0]}x{batching_size[1]}",
+            "no" if image_pipe is None else type(image_pipe).__name__,
+        )
+        return cls(
+            pipe,
+            image_pipe=image_pipe,
+            sizes=allowed,
+            default_steps=default_steps,
+            batching_size=batching_size,
+            max_batch=max_batch,
+            device=device,
+        )
 
     async def generate_images(self, request: ImageRequest, progress: ImageProgress) -> list[bytes]:
         loop = asyncio.get_running_loop()
-        job = _Job(request=request, progress=progress, steps=request.num_inference_steps or self.default_steps,
-                   future=loop.create_future())
+        steps = request.num_inference_steps or self.default_steps
+        if request.image is not None:
+            if self.image_pipe is None:
+                raise InvalidRequestError("this model's pipeline has no image-to-image variant", param="image")
+            strength = request.strength if request.strength is not None else _DEFAULT_STRENGTH
+            if int(steps * strength) < 1:
+                raise InvalidRequestError(
+                    f"strength {strength:g} x {steps} step(s) runs no denoising step: raise either", param="strength"
+                )
+        job = _Job(request=request, progress=progress, steps=steps, future=loop.create_future())
         self._queue.append(job)
         self._ensure_runner()
         try:
@@ -150,11 +186,13 @@ class DiffusersImageModel:
         """The first waiting request, with the later ones it can share a pipeline call with."""
         first = self._queue.pop(0)
         batch = [first]
+        if first.request.image is not None:
+            return batch
         if self.batching_size is None or (first.request.width, first.request.height) != self.batching_size:
             return batch
         images = first.request.n
         for job in list(self._queue):
-            if job.key == first.key and images + job.request.n <= self.max_batch:
+            if job.key == first.key and job.request.image is None and images + job.request.n <= self.max_batch:
                 self._queue.remove(job)
                 batch.append(job)
                 images += job.request.n
@@ -178,21 +216,34 @@ class DiffusersImageModel:
                 negatives.append(job.request.negative_prompt or "")
                 generators.append(torch.Generator(device="cpu").manual_seed(seed + i))
         steps = first.steps
+        edit = first.request.image is not None
+        pipe = self.image_pipe if edit else self.pipe
 
         def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            # An edit runs only the last strength * steps steps; the pipeline knows how many (num_timesteps).
+            total = int(getattr(pipe, "num_timesteps", 0) or steps)
+            offset = 0
             for job in batch:
-                job.progress(step + 1, steps)
+                job.progress(step + 1, total)
+                _send_partials(pipe, job, step + 1, total, tensors.get("latents"), offset)
+                offset += job.request.n
             if all(job.cancelled.is_set() for job in batch):
-                raise _Cancelled(f"stopped after step {step + 1}/{steps}: every request was cancelled")
+                raise _Cancelled(f"stopped after step {step + 1}/{total}: every request was cancelled")
             return tensors
 
         kwargs: dict[str, Any] = {
             "prompt": prompts,
-            "width": first.request.width,
-            "height": first.request.height,
             "num_inference_steps": steps,
             "generator": generators,
         }
+        if edit:
+            source = first.request.image.convert("RGB").resize((first.request.width, first.request.height))
+            kwargs["image"] = [source] * len(prompts)
+            if first.request.strength is not None:
+                kwargs["strength"] = first.request.strength
+        else:
+            kwargs["width"] = first.request.width
+            kwargs["height"] = first.request.height
         if any(negatives):
             kwargs["negative_prompt"] = negatives
         if first.request.guidance_scale is not None:
@@ -202,7 +253,7 @@ class DiffusersImageModel:
         self.batches.append(len(prompts))
         with torch.inference_mode():
             try:
-                result = self.pipe(**kwargs)
+                result = pipe(**kwargs)
             except _Cancelled as exc:
                 log.info("pipeline %s", exc)
                 raise
@@ -210,7 +261,7 @@ class DiffusersImageModel:
         out: list[list[bytes]] = []
         for job in batch:
             out.append(pngs[: job.request.n])
-            pngs = pngs[job.request.n:]
+            pngs = pngs[job.request.n :]
         return out
 
     async def aclose(self) -> None:
@@ -218,6 +269,39 @@ class DiffusersImageModel:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
+
+
+def _image_to_image(pipe: Any) -> Any:
+    """The image-to-image pipeline over ``pipe``'s components, or ``None`` when its family has none."""
+    from diffusers import AutoPipelineForImage2Image
+
+    try:
+        image_pipe = AutoPipelineForImage2Image.from_pipe(pipe)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.info("no image-to-image pipeline for %s: %s", type(pipe).__name__, exc)
+        return None
+    image_pipe.set_progress_bar_config(disable=True)
+    return image_pipe
+
+
+def _partial_steps(partials: int, total: int) -> list[int]:
+    """The steps after which ``partials`` intermediate images are sent: evenly spaced, never the last step
+    (whose image is the final one)."""
+    steps = {round(total * (i + 1) / (partials + 1)) for i in range(partials)}
+    return sorted(s for s in steps if 0 < s < total)
+
+
+def _send_partials(pipe: Any, job: _Job, done: int, total: int, latents: Any, offset: int) -> None:
+    """Decode ``job``'s slice of the current latents and hand each PNG to ``job.progress.partial``."""
+    deliver = getattr(job.progress, "partial", None)
+    wanted = _partial_steps(job.request.partial_images, total)
+    if deliver is None or latents is None or done not in wanted or job.cancelled.is_set():
+        return
+    vae = pipe.vae
+    mine = latents[offset : offset + job.request.n]
+    decoded = vae.decode(mine / vae.config.scaling_factor, return_dict=False)[0]
+    for index, image in enumerate(pipe.image_processor.postprocess(decoded, output_type="pil")):
+        deliver(index, wanted.index(done), _png(image))
 
 
 def _native_size(pipe: Any) -> tuple[int, int]:

@@ -17,10 +17,17 @@ from xinfd.api.state import STATE
 from xinfd.errors import RequestTimeoutError
 from xinfd.http_errors import parse_json
 
+# A body a handler built from what the client sent (the image routes turn a multipart upload into JSON):
+# ``read_body`` answers it instead of the wire's, so the shared proxy path serves that request too.
+PREPARED_BODY_KEY = web.RequestKey("xinfd_prepared_body", bytes)
+
 
 async def read_body(request: web.Request, *, timeout: float, max_size: int) -> bytes:
     """The whole body of ``request``; 413 when its declared size is over ``max_size`` (the app's
-    ``client_max_size``, which aiohttp enforces again while reading), 408 after ``timeout`` seconds."""
+    ``client_max_size``, which aiohttp enforces again while reading), 408 after ``timeout`` seconds.
+    A ``PREPARED_BODY_KEY`` body is answered as is (its handler already read and limited the upload)."""
+    if PREPARED_BODY_KEY in request:
+        return request[PREPARED_BODY_KEY]
     declared = request.content_length
     if declared is not None and declared > max_size:
         raise web.HTTPRequestEntityTooLarge(max_size=max_size, actual_size=declared)

@@ -13,7 +13,10 @@ the daemon as the page's origin. So, on every request, before the access check:
   lists it (or ``*``); allowed origins get CORS headers and answered preflights (``OPTIONS``), which carry no
   key and so are answered here, before the key check;
 * **Content-Type**: a body sent with ``POST``/``PUT``/``PATCH``/``DELETE`` must be ``application/json``
-  (else 415): the content types a page may send cross-origin without a preflight are never JSON.
+  (else 415): the content types a page may send cross-origin without a preflight are never JSON. The one
+  exception is ``multipart/form-data`` on the image-to-image uploads (``MULTIPART_PATHS``), whose API (OpenAI's
+  and Xinference's) is a file upload; there a foreign page is still stopped by the Origin and Host checks
+  (browsers send ``Origin`` with every cross-origin POST), and it could only start an image generation.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 ALLOWED_ORIGIN_KEY = web.RequestKey("xinfd_allowed_origin", str)
+# Routes whose body is a multipart file upload (xinfd.api.images): OpenAI's edits and Xinference's variations.
+MULTIPART_PATHS = frozenset({"/v1/images/edits", "/v1/images/variations"})
 
 
 class MisdirectedRequestError(XinfdError):
@@ -143,6 +148,8 @@ def _check_content_type(request: web.Request) -> None:
     if not has_body:
         return
     mimetype = request.content_type.lower()
+    if mimetype == "multipart/form-data" and request.path in MULTIPART_PATHS:
+        return
     if mimetype != "application/json" and not (mimetype.startswith("application/") and mimetype.endswith("+json")):
         raise UnsupportedMediaTypeError(
             f"request body must be sent with Content-Type: application/json, not {mimetype!r}"

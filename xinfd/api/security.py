@@ -4,10 +4,11 @@ Xinference serves without authentication and several servers have let one HTTP m
 check; so the rules here are decided per request *before* routing matters, from the path and method alone
 (``required_scope``), and default to the inference scope: only ``/health``, ``/health/models/<uid>`` and
 ``/v1/cluster/auth`` are open (load balancers and container health checks carry no key; Xinference's client
-asks the latter whether to send its key), only ``/metrics`` takes the metrics scope, management takes the
-admin scope, and every other path and method — known routes, unknown routes, OPTIONS, HEAD — needs the
-inference scope. The IP check comes first: a denied address gets 403
-whatever key it sends.
+asks the latter whether to send its key), with reading the console's files and generated-image links
+(``/v1/images/files/*``, whose unguessable names are the permission), only ``/metrics`` takes the metrics
+scope, management takes the admin scope, and every other path and method — known routes, unknown routes,
+OPTIONS, HEAD — needs the inference scope. The IP check comes first: a denied address gets 403 whatever key
+it sends.
 
 Management over HTTP (``xinfd.api.xinference`` and the ``/control`` mount of the control API) is what changes
 the daemon or describes the host: every method of ``/control/*``, ``/v1/virtualenvs``, ``/v1/cluster/*``,
@@ -52,6 +53,10 @@ PUBLIC_PATHS = frozenset({"/health", "/v1/cluster/auth"})
 # The web console's static files (xinfd.api.ui): public, since they hold no data; every API call the page
 # makes is authorised by the admin key the operator types into it.
 PUBLIC_PREFIXES = ("/ui",)
+# Generated images behind ``response_format=url`` links: the link's 128-bit random name, valid for the image
+# lifetime, is the permission (like OpenAI's pre-signed links), so a browser or another program can fetch
+# it without the key (``xinfd.api.images``). Read methods only, and still subject to the IP check.
+IMAGE_FILES_PREFIX = "/v1/images/files"
 METRICS_PATH = "/metrics"
 # Management: every method of these paths and everything below them (see the module docstring).
 ADMIN_PREFIXES = ("/control", "/v1/virtualenvs", "/v1/cluster", "/v1/workers", "/v1/supervisor", "/v1/clusters")
@@ -237,6 +242,8 @@ def required_scope(path: str, method: str = "GET") -> Scope | None:
     if path in PUBLIC_PATHS or is_model_readiness_path(path):  # health checks carry no key
         return None
     if _under(path, PUBLIC_PREFIXES) and method in READ_METHODS:  # the console's files, never data
+        return None
+    if path.startswith(IMAGE_FILES_PREFIX + "/") and method in READ_METHODS:  # capability links
         return None
     if path == METRICS_PATH:
         return Scope.METRICS

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
@@ -32,6 +33,7 @@ import aiohttp
 from aiohttp import web
 
 from xinfd.api.state import STATE
+from xinfd.image_protocol import parse_image_request
 from xinfd.openai_protocol import parse_chat_request, parse_completion_request, parse_embedding_request
 from xinfd.rerank_protocol import parse_rerank_request
 
@@ -42,11 +44,14 @@ PING_FRAME = b": ping\n\n"
 STREAM_KEY = web.RequestKey("xinfd_stream", bool)
 STARTED_KEY = web.RequestKey("xinfd_started", float)  # monotonic arrival time, for time-to-first-token
 
-_VALIDATORS = {
+_VALIDATORS: dict[str, Callable[[Mapping[str, Any]], object]] = {
     "chat/completions": parse_chat_request,
     "completions": parse_completion_request,
     "embeddings": parse_embedding_request,
     "rerank": parse_rerank_request,
+    # Checked again here only to learn whether the request streams (the image routes checked the fields).
+    "images/generations": parse_image_request,
+    "images/edits": functools.partial(parse_image_request, edit=True),
 }
 
 

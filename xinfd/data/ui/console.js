@@ -225,7 +225,7 @@ function modelCard(m) {
     el("div", { class: "actions" },
       el("label", {}, "Replicas ", scaleInput), scaleButton,
       el("button", { type: "button", class: "logs-button", onclick: () => openLogs(uid) }, "Log"),
-      m.abilities.includes("chat") || m.abilities.includes("embed")
+      ["chat", "embed", "rerank"].some((a) => m.abilities.includes(a))
         ? el("button", { type: "button", onclick: () => openTry(uid) }, "Try") : null,
       terminateButton),
   );
@@ -257,6 +257,7 @@ function fillModelSelects() {
   fillSelect($("logs-model"), uids());
   fillSelect($("chat-model"), uids("chat"));
   fillSelect($("embed-model"), uids("embed"));
+  fillSelect($("rerank-model"), uids("rerank"));
 }
 
 // ---- launch -------------------------------------------------------------------------------------------------
@@ -470,7 +471,9 @@ async function followLogs(event) {
 function openTry(uid) {
   selectView("try");
   if ([...$("chat-model").options].some((o) => o.value === uid)) $("chat-model").value = uid;
-  if ([...$("embed-model").options].some((o) => o.value === uid)) $("embed-model").value = uid;
+  for (const id of ["embed-model", "rerank-model"]) {
+    if ([...$(id).options].some((o) => o.value === uid)) $(id).value = uid;
+  }
 }
 
 async function chat(event) {
@@ -519,6 +522,34 @@ async function embed(event) {
   }
 }
 
+// The documents are the textarea's non-empty lines; the answer is shown best first, each with its score.
+async function rerank(event) {
+  event.preventDefault();
+  const output = $("rerank-output");
+  output.replaceChildren();
+  const documents = $("rerank-documents").value.split("\n").map((d) => d.trim()).filter((d) => d);
+  if (!documents.length) {
+    show("rerank-status", "enter at least one document (one per line)", "error");
+    return;
+  }
+  show("rerank-status", "ranking…");
+  $("rerank-send").disabled = true;
+  try {
+    const answer = await (await call("/v1/rerank", { method: "POST",
+      body: { model: $("rerank-model").value, query: $("rerank-query").value, documents,
+        return_documents: true } })).json();
+    const ranked = [...answer.results].sort((a, b) => b.relevance_score - a.relevance_score);
+    output.replaceChildren(...ranked.map((r) => el("li", { "data-index": String(r.index) },
+      el("span", { class: "score" }, r.relevance_score.toFixed(4)), " ",
+      el("span", { class: "document" }, r.document ? r.document.text : documents[r.index]))));
+    show("rerank-status", `${ranked.length} document${ranked.length === 1 ? "" : "s"}, best first`);
+  } catch (err) {
+    show("rerank-status", err instanceof ApiError ? err.describe() : err.message, "error");
+  } finally {
+    $("rerank-send").disabled = false;
+  }
+}
+
 // ---- wiring -------------------------------------------------------------------------------------------------
 
 function wire() {
@@ -547,6 +578,7 @@ function wire() {
   $("logs-stop").addEventListener("click", stopLogs);
   $("chat-form").addEventListener("submit", chat);
   $("embed-form").addEventListener("submit", embed);
+  $("rerank-form").addEventListener("submit", rerank);
   const key = sessionStorage.getItem(KEY_STORAGE);
   if (key) signIn(key).catch(reportError);
 }
