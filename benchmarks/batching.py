@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from _daemon import running_daemon, xinfctl
@@ -74,6 +75,18 @@ def default_model() -> str | None:
     return str(found[0]) if found else None
 
 
+async def greedy_request(model: Any, tokens: int) -> tuple[int, float]:
+    """One greedy completion through an engine model object: (tokens it reports, seconds)."""
+    from xinfd.types import GenerateRequest
+
+    started = time.perf_counter()
+    produced = 0
+    request = GenerateRequest(request_id="b", prompt=PROMPT, max_tokens=tokens, temperature=0.0, kind="completion")
+    async for delta in model.generate(request):
+        produced = delta.tokens or produced
+    return produced, time.perf_counter() - started
+
+
 def in_process_batching(location: str, tokens: int, repeats: int) -> float:
     """Tokens/s of one greedy sequence through the engine's model object (transformers' continuous batching
     manager, as the replica runs it) without any server: separates the engine's cost from the serving path."""
@@ -82,22 +95,12 @@ def in_process_batching(location: str, tokens: int, repeats: int) -> float:
     sys.path.insert(0, str(REPO / "engines"))
     from xinfd_engines.transformers_model import TransformersOptions, TransformersTextModel
 
-    from xinfd.types import GenerateRequest
-
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     model = TransformersTextModel.load(location, TransformersOptions())
 
-    async def one() -> tuple[int, float]:
-        started = time.perf_counter()
-        produced = 0
-        request = GenerateRequest(request_id="b", prompt=PROMPT, max_tokens=tokens, temperature=0.0, kind="completion")
-        async for delta in model.generate(request):
-            produced = delta.tokens or produced
-        return produced, time.perf_counter() - started
-
     try:
-        asyncio.run(one())  # warm-up
-        best = max(n / t for n, t in (asyncio.run(one()) for _ in range(repeats)))
+        asyncio.run(greedy_request(model, tokens))  # warm-up
+        best = max(n / t for n, t in (asyncio.run(greedy_request(model, tokens)) for _ in range(repeats)))
     finally:
         model.close()
     return best
@@ -140,8 +143,6 @@ def engine_in_process(location: str, tokens: int, repeats: int) -> tuple[float, 
     sys.path.insert(0, str(REPO / "engines"))
     from xinfd_engines.transformers_model import TransformersOptions, TransformersTextModel
 
-    from xinfd.types import GenerateRequest
-
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     tokenizer = AutoTokenizer.from_pretrained(location)
     plain = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32).eval()
@@ -167,22 +168,14 @@ def engine_in_process(location: str, tokens: int, repeats: int) -> tuple[float, 
     model = TransformersTextModel.load(location, TransformersOptions(batch_size=8))
     model.eos_ids = []  # as above: exactly ``tokens`` tokens per request
 
-    async def one() -> tuple[int, float]:
-        started = time.perf_counter()
-        produced = 0
-        request = GenerateRequest(request_id="b", prompt=PROMPT, max_tokens=tokens, temperature=0.0, kind="completion")
-        async for delta in model.generate(request):
-            produced = delta.tokens or produced
-        return produced, time.perf_counter() - started
-
     async def concurrent(n: int) -> float:
         started = time.perf_counter()
-        done = await asyncio.gather(*(one() for _ in range(n)))
+        done = await asyncio.gather(*(greedy_request(model, tokens) for _ in range(n)))
         return sum(p for p, _ in done) / (time.perf_counter() - started)
 
     try:
         asyncio.run(concurrent(8))  # warm-up
-        engine_p50 = statistics.median(asyncio.run(one())[1] for _ in range(repeats * 3))
+        engine_p50 = statistics.median(asyncio.run(greedy_request(model, tokens))[1] for _ in range(repeats * 3))
         engine8 = max(asyncio.run(concurrent(8)) for _ in range(repeats))
     finally:
         model.close()
