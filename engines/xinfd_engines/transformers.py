@@ -28,10 +28,12 @@ from xinfd_engines._local import LocalEngine
 
 NAME = "transformers"
 # What #transformers_dependencies# expands to. torch is a range, not a pin: the venv builder applies the
-# host's pip constraints / find-links (a CPU wheel here, a CUDA one elsewhere). transformers>=5 for its
-# continuous batching; gguf for GGUF files; jinja2 renders chat templates.
+# host's pip constraints / find-links (a CPU wheel here, a CUDA one elsewhere). transformers>=4.37: the engine
+# serves 5.x with continuous batching and older releases with its batched generate() path, so a venv may pin any
+# release from GOT-OCR2's 4.37.2 on (an unpinned venv still resolves to the newest); gguf for GGUF files; jinja2
+# renders chat templates.
 REQUIREMENTS = [
-    "transformers>=5.0",
+    "transformers>=4.37",
     "torch>=2.4",
     "gguf>=0.10",
     "accelerate>=0.26",

@@ -48,7 +48,7 @@ from xinfd.api.xinference_mapping import check_model_type, describe, launch_requ
 from xinfd.api.xinference_registry import engine_params, family_description, registration_rows, spec_json
 from xinfd.errors import InvalidRequestError, XinfdError
 from xinfd.http_errors import error_response, parse_json
-from xinfd.supervisor import RunningModel
+from xinfd.supervisor import LaunchPolicy, RunningModel
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _DOWNLOAD_EVENTS = frozenset({"downloading", "download_progress", "download_retry"})
@@ -157,7 +157,8 @@ async def launch(request: web.Request) -> web.Response:
     state = _state(request)
     wait = request.query.get("wait_ready", "true").lower() not in ("0", "false", "no")
     body = await _json(request)
-    launch = launch_request(body, state.manager.families(), model_src=state.settings.model_src)
+    launch = launch_request(body, state.manager.families(), model_src=state.settings.model_src,
+                            policy=LaunchPolicy.from_settings(state.settings))
     model = await management.start_launch(state, launch, via=f"over HTTP from {request.remote}")
     if wait:
         await state.manager.wait_until_launched(model)

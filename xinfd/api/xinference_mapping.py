@@ -35,7 +35,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from xinfd.errors import InvalidRequestError, UnknownModelError
-from xinfd.supervisor import LaunchRequest, RunningModel
+from xinfd.supervisor import LaunchPolicy, LaunchRequest, RunningModel
+from xinfd.supervisor.launch_request import STRICT
 from xinfd.supervisor.variant import launched_variant
 from xinfd.types import ModelSpec
 
@@ -94,8 +95,11 @@ def check_model_type(value: Any, spec: ModelSpec | None = None, param: str = "mo
     return value
 
 
-def launch_request(body: Any, families: Mapping[str, ModelSpec], *, model_src: str) -> LaunchRequest:
-    """Xinference's launch body as xinfd's ``LaunchRequest``; a field that cannot be honoured is a 400."""
+def launch_request(body: Any, families: Mapping[str, ModelSpec], *, model_src: str,
+                   policy: LaunchPolicy = STRICT) -> LaunchRequest:
+    """Xinference's launch body as xinfd's ``LaunchRequest``; a field that cannot be honoured is a 400. ``policy``
+    is the daemon's (direct references, loader variables): HTTP launches follow the same operator settings as the
+    Unix socket's."""
     if not isinstance(body, dict):
         raise InvalidRequestError("launch request must be a JSON object")
     given = {k: v for k, v in body.items() if v is not None}
@@ -146,7 +150,7 @@ def launch_request(body: Any, families: Mapping[str, ModelSpec], *, model_src: s
         out["env"] = given["envs"]
     out["options"] = {k: v for k, v in given.items() if k not in _MAPPED}
     try:
-        return LaunchRequest.from_json(out)
+        return LaunchRequest.from_json(out, policy)
     except InvalidRequestError as exc:
         if exc.param == "env":  # name Xinference's field, not ours
             raise InvalidRequestError(str(exc).replace("env must", "envs must"), param="envs") from None

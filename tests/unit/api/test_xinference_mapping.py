@@ -177,3 +177,16 @@ def test_xinference_custom_model_translation() -> None:
     with pytest.raises(InvalidRequestError) as info:
         spec_json("LLM", {"name": "x", "abilities": ["embed"], "engines": ["e"]}, engines)
     assert info.value.param == "model_type"
+
+
+def test_http_launches_follow_the_daemons_launch_policy() -> None:
+    """A direct reference in ``virtual_env_packages`` is refused by default and accepted when the operator allows
+    it: the HTTP launch obeys the same ``allow_direct_references`` as the Unix socket (it used to be always
+    strict)."""
+    from xinfd.supervisor import LaunchPolicy
+
+    reference = "mypkg @ https://example.invalid/mypkg-1.0-py3-none-any.whl"
+    assert "allow_direct_references" in refused("virtual_env_packages", virtual_env_packages=[reference])
+    allowed = launch_request({**CLIENT_DEFAULTS, "virtual_env_packages": [reference]}, FAMILIES,
+                             model_src="huggingface", policy=LaunchPolicy(allow_direct_references=True))
+    assert allowed.virtual_env_packages == (reference,)

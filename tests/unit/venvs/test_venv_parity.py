@@ -161,6 +161,20 @@ def test_builtin_engines_answer_the_spec_placeholders() -> None:
         assert out, name
 
 
+def test_transformers_placeholder_admits_the_old_releases_the_engine_serves() -> None:
+    """The engine serves transformers < 5 through its generate() path, so ``#transformers_dependencies#`` beside a
+    pin of GOT-OCR2's 4.37.2 (or the spec's ``-vp transformers==4.46.3``) must not be a resolver conflict."""
+    from packaging.requirements import Requirement
+
+    plugins = make_plugin_manager()
+    out = expand_packages(["#transformers_dependencies#"], engine="transformers", engines=sorted(plugins.engines),
+                          dependencies=plugins.dependencies, system_version=lambda n: None,
+                          environment={"sys_platform": "linux"})
+    (entry,) = [Requirement(e) for e in out if Requirement(e).name == "transformers"]
+    for version in ("4.37.2", "4.46.3", "5.0.0"):
+        assert entry.specifier.contains(version), (entry, version)
+
+
 def test_reuse_sees_a_same_size_edit_and_pyvenv_cfg(tmp_path: Path) -> None:
     venv = tmp_path / "v"
     sp = venv / "lib" / "python3.11" / "site-packages"
