@@ -178,6 +178,11 @@ def test_streams_with_the_sdk(keyed_daemon: Daemon) -> None:
         )
     ]  # type: ignore[arg-type]
     assert edit_kinds[-1] == "image_edit.completed" and "image_edit.progress" in edit_kinds
+    # Streamed images count in the image metrics as whole answers do: one generated, one edited.
+    scrape = urllib.request.Request(keyed_daemon.endpoint + "/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(scrape, timeout=10) as answer:
+        metrics = answer.read().decode()
+    assert re.search(r'xinfd_images_generated_total\{model="tiny-sd"\} 2\.0', metrics), metrics
 
 
 def test_leaving_mid_stream_stops_the_steps(keyed_daemon: Daemon) -> None:

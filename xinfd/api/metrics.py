@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,7 +117,7 @@ class Metrics:
         )
         for result in ("ok", "failed"):
             self.venv_builds.labels(result)
-        self.images = Counter("xinfd_images_generated", "Images generated (/v1/images/generations)", ["model"],
+        self.images = Counter("xinfd_images_generated", "Images generated (generations and edits, whole or streamed)", ["model"],
                               registry=r)
         self.image_seconds = Histogram(
             "xinfd_image_seconds_per_image",
@@ -171,6 +172,10 @@ class Metrics:
 _DELTA = re.compile(rb'"finish_reason":\s*null')
 _OPENING = re.compile(rb'"role":\s*"assistant",\s*"content":\s*""')
 _USAGE_FRAME = re.compile(rb'^data: (\{.*"usage":\s*\{.*\})\s*$', re.MULTILINE)
+# A streamed image: one ``completed`` event per image (``xinfd.image_protocol.stream_event``). The relay reads
+# whatever bytes arrived, so the event line may be split between two reads: ``StreamStats`` keeps a short tail.
+_IMAGE_COMPLETED = re.compile(rb"^event: image_(?:generation|edit)\.completed\r?$", re.MULTILINE)
+_IMAGE_TAIL = 64
 
 
 class StreamStats:
@@ -181,8 +186,14 @@ class StreamStats:
         self._last: float | None = None
         self._deltas = 0
         self._usage: dict[str, Any] | None = None
+        # Image streams (endpoint ``images/...``): the completed images, counted as whole answers count them.
+        self._images = 0 if endpoint.startswith("images/") else None
+        self._tail = b""
 
     def chunk(self, data: bytes, now: float) -> None:
+        if self._images is not None:
+            self._count_images(data)
+            return
         deltas = len(_DELTA.findall(data)) - len(_OPENING.findall(data))
         if deltas > 0:
             if self._last is None:
@@ -202,7 +213,20 @@ class StreamStats:
         self._metrics.aborts.labels(self._model, reason).inc()
         self.finish()
 
+    def _count_images(self, data: bytes) -> None:
+        """Count the ``completed`` events whose line ends in ``data``: one split across reads is counted once,
+        when its end arrives (a match wholly inside the kept tail was counted with the read that ended it)."""
+        seen = self._tail + data
+        self._images = (self._images or 0) + sum(
+            1 for m in _IMAGE_COMPLETED.finditer(seen) if m.end() > len(self._tail)
+        )
+        self._tail = seen[-_IMAGE_TAIL:]
+
     def finish(self) -> None:
+        if self._images is not None:
+            self._metrics.images_generated(self._model, self._images, time.monotonic() - self._started)
+            self._images = None  # finish() may be reached twice (abort, then the caller's finish)
+            return
         if isinstance(self._usage, dict):
             self._metrics._count(self._model, self._usage)
         elif self._deltas:

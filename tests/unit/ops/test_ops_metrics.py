@@ -54,6 +54,32 @@ def test_stream_stats_prefers_the_usage_chunk() -> None:
     assert value(metrics, "xinfd_aborted_requests_total", model="m", reason="slow_reader") == 1
 
 
+def test_stream_stats_count_streamed_images_however_the_reads_split() -> None:
+    """A streamed image request counts its completed images (not the partial ones) in xinfd_images_generated,
+    as a whole answer does, even when an event line is split between two reads of the relay."""
+    from xinfd.image_protocol import stream_event
+
+    progress = stream_event("image_generation", "progress", {"step": 1, "steps": 2})
+    partial = stream_event("image_generation", "partial_image", {"b64_json": "AAAA", "partial_image_index": 0})
+    done = [stream_event("image_generation", "completed", {"b64_json": "QUJD" * 50, "index": i}) for i in (0, 1)]
+    body = progress + partial + done[0] + done[1] + b"data: [DONE]\n\n"
+    for cut in range(1, len(body), 7):
+        metrics = Metrics()
+        stats = StreamStats(metrics, "sd", "images/generations", started=0.0)
+        stats.chunk(body[:cut], 1.0)
+        stats.chunk(body[cut:], 2.0)
+        stats.finish()
+        stats.finish()  # reached twice on some paths (abort, then the caller): counted once
+        assert value(metrics, "xinfd_images_generated_total", model="sd") == 2, cut
+        assert value(metrics, "xinfd_image_seconds_per_image_count", model="sd") == 1
+    edits = Metrics()
+    stats = StreamStats(edits, "sd", "images/edits", started=0.0)
+    stats.chunk(stream_event("image_edit", "completed", {"b64_json": "QUJD", "index": 0}), 1.0)
+    stats.abort("slow_reader")
+    assert value(edits, "xinfd_images_generated_total", model="sd") == 1
+    assert value(edits, "xinfd_completion_tokens_total", model="sd") is None
+
+
 def test_usage_of_whole_responses_and_venv_builds() -> None:
     metrics = Metrics()
     metrics.usage("m", json.dumps({"usage": {"prompt_tokens": 4, "completion_tokens": 2}}).encode())
