@@ -117,8 +117,10 @@ class Metrics:
         )
         for result in ("ok", "failed"):
             self.venv_builds.labels(result)
-        self.images = Counter("xinfd_images_generated", "Images generated (generations and edits, whole or streamed)", ["model"],
-                              registry=r)
+        self.images = Counter(
+            "xinfd_images_generated", "Images generated (generations and edits, whole or streamed)", ["model"],
+            registry=r,
+        )
         self.image_seconds = Histogram(
             "xinfd_image_seconds_per_image",
             "Image requests: request duration divided by the images it returned",
