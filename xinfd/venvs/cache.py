@@ -145,16 +145,30 @@ def _pyvenv_digest(venv: Path) -> str:
 def manifest(venv: Path) -> dict[str, Any]:
     """Size and mtime of every file the venv's own site-packages holds, and ``pyvenv.cfg``'s hash (recorded at
     build time, compared at reuse: a changed, truncated or touched file shows, for the cost of a stat)."""
-    root = site_packages(venv)
+    return {"format": 2, "files": _file_stats(site_packages(venv)), "pyvenv_cfg": _pyvenv_digest(venv)}
+
+
+def _file_stats(root: Path) -> dict[str, list[int]]:
+    """relative path -> [size, mtime_ns] of every file under ``root``, ``__pycache__`` left out; symlinks to
+    directories are neither followed nor listed (``os.walk``'s rule). ``os.scandir`` with relative names built
+    on the way down: a build records thousands of files, and ``os.walk`` + ``os.path.relpath`` took 3x longer."""
     files: dict[str, list[int]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-        for name in filenames:
-            full = os.path.join(dirpath, name)
+    pending = [("", str(root))]
+    while pending:
+        prefix, directory = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
             with contextlib.suppress(OSError):
-                st = os.lstat(full)
-                files[os.path.relpath(full, root)] = [st.st_size, st.st_mtime_ns]
-    return {"format": 2, "files": files, "pyvenv_cfg": _pyvenv_digest(venv)}
+                if entry.is_dir():
+                    if not entry.is_symlink() and entry.name != "__pycache__":
+                        pending.append((f"{prefix}{entry.name}/", entry.path))
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                files[prefix + entry.name] = [st.st_size, st.st_mtime_ns]
+    return files
 
 
 def verify(venv: Path, digest: str) -> str | None:

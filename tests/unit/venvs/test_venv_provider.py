@@ -228,3 +228,28 @@ async def test_a_wrongly_predicted_skip_fails_the_build_naming_the_package(
     with pytest.raises(VenvError, match=r"does not see .*xinfdtestpkg 2\.0 \(found none\)"):
         await p.create(model(index_url, "xinfdtestpkg==2.0"), "pkgver")
     assert p.entries() == []
+
+
+def test_import_probe_checks_skipped_versions_on_the_interpreters_path(tmp_path: Path) -> None:
+    """The probe reads dist-info names on the interpreter's own sys.path: an equal version under another
+    spelling passes (1.0 == 1.0.0), a different or missing one is reported, and nothing is imported then."""
+    import json
+    import subprocess
+    import sys
+
+    from xinfd.venvs.builder import _PROBE
+
+    (tmp_path / "pkg_a-1.0.dist-info").mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path[1:]])}
+
+    def probe(expected: dict[str, str], *modules: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", _PROBE, json.dumps(expected), *modules], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    ok = probe({"pkg-a": "1.0"}, "xinfd.worker")
+    assert ok.returncode == 0 and json.loads(ok.stdout) == {}, ok.stderr
+    assert json.loads(probe({"pkg-a": "1.0.0"}).stdout) == {}
+    wrong = probe({"pkg-a": "2.0", "absent-pkg": "1"}, "module_that_does_not_exist")
+    assert wrong.returncode == 0 and json.loads(wrong.stdout) == {"pkg-a": "1.0", "absent-pkg": None}
+    broken = probe({}, "module_that_does_not_exist")
+    assert broken.returncode != 0 and "module_that_does_not_exist" in broken.stderr
