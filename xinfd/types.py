@@ -391,7 +391,10 @@ class ImageModel(Protocol):
         ...
 
 
-# What ``Engine.load`` returns: the worker host serves whichever protocol the object implements.
+# What ``Engine.load`` returns: the worker host serves whichever protocol the object implements. Any of them may
+# also have a ``close()`` method (optional, so not in the protocols): the worker host calls it once when it stops,
+# after the last request, to stop the engine's own threads (a batching loop) before the interpreter exits: a
+# thread still inside torch at exit aborts the process ("terminate called without an active exception").
 LoadedModel = TextModel | EmbeddingModel | RerankModel | ImageModel
 
 RegisterModel = Callable[[ModelSpec], None]

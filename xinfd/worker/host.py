@@ -188,6 +188,7 @@ def make_worker_app(
     app[INFLIGHT_KEY] = InFlight()
     app.on_response_prepare.append(_stamp_headers)
     app.on_shutdown.append(_abort_in_flight)
+    app.on_cleanup.append(_closer(model))
     app.router.add_get("/health", _health)
     app.router.add_get("/info", _info)
     app.router.add_get("/v1/models", _models)
@@ -284,6 +285,29 @@ async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> 
     if REQUEST_ID_KEY in request:
         response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID_KEY]
     response.headers[REPLICA_HEADER] = request.app[CONFIG_KEY].replica_label
+
+
+# How long a model's ``close()`` may take at stop; the daemon's SIGKILL after its grace period is the backstop.
+_CLOSE_TIMEOUT_S = 10.0
+
+
+def _closer(model: object) -> Callable[[web.Application], Awaitable[None]]:
+    """The cleanup step that calls the model's optional ``close()`` (see ``xinfd.types.LoadedModel``) off the loop,
+    after the handlers finished: an engine's batching thread then stops cleanly instead of dying inside torch
+    when the interpreter exits (which aborts the replica: exit status -6 on every stop)."""
+
+    async def close(app: web.Application) -> None:
+        method = getattr(model, "close", None)
+        if not callable(method):
+            return
+        try:
+            await asyncio.wait_for(asyncio.to_thread(method), timeout=_CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("the model's close() did not return within %gs", _CLOSE_TIMEOUT_S)
+        except Exception:
+            log.warning("the model's close() failed", exc_info=True)
+
+    return close
 
 
 async def _abort_in_flight(app: web.Application) -> None:

@@ -235,3 +235,39 @@ async def test_serve_on_a_unix_socket_and_abort_running_work_at_shutdown(short_s
     assert "[DONE]" not in events
     assert model.closed.is_set()
     assert not socket_path.exists()
+
+
+async def test_stopping_calls_the_models_close_once_after_the_last_request(short_socket_dir: Path) -> None:
+    """A model's optional close() (an engine's batching thread) runs when the worker stops, off the loop and
+    after in-flight work was aborted: without it transformers' batching thread died inside torch at exit and
+    every replica stop ended in SIGABRT (exit status -6)."""
+    import threading
+
+    class ClosingEcho(RecordingEcho):
+        def __init__(self) -> None:
+            super().__init__()
+            self.close_calls: list[tuple[bool, bool]] = []  # (generation already closed, ran off the loop)
+
+        def close(self) -> None:
+            self.close_calls.append((self.closed.is_set(), threading.current_thread() is not threading.main_thread()))
+
+    socket_path = short_socket_dir / "replica.sock"
+    model = ClosingEcho()
+    app = make_worker_app(model, model_uid="echo-1", model_name="echo", context_length=4096, max_tokens_cap=None,
+                          replica_label="echo-1-0")
+    server = asyncio.create_task(serve(app, str(socket_path), stop_signals=()))
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket_path))) as session:
+        for _ in range(200):
+            try:
+                async with session.get("http://worker/health"):
+                    break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.01)
+        async with session.post("http://worker/v1/chat/completions", json=chat_body(LONG, stream=True)) as resp:
+            await resp.content.readuntil(b"\n\n")
+            assert model.close_calls == []
+            server.cancel()
+            await resp.read()
+    with pytest.raises(asyncio.CancelledError):
+        await server
+    assert model.close_calls == [(True, True)]
