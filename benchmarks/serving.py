@@ -1,0 +1,345 @@
+"""Serving close to the hardware, in one run: the whole table of issue 13 on a tiny random Qwen2, each xinfd
+figure beside a baseline measured in the same run.
+
+Rows (baseline -> xinfd, target):
+
+* sequential requests, p50 ms, 1 thread: in-process greedy ``generate()`` -> xinfd, 1 replica (<= 1.1x);
+* 8 clients, tokens/s, 1 thread: one in-process batch-8 ``generate()`` -> xinfd, 1 replica (>= 0.8x);
+* 8 clients, tokens/s, default threads: xinfd 1 replica -> xinfd 2 replicas on the same cores (>= 1.0x: two
+  replicas must never fall below one);
+* launch of 1 and 2 replicas, s: the in-process load (import + from_pretrained in a fresh interpreter) -> xinfd
+  ``xinfctl launch`` until READY (<= 1.5 s / <= 2 s);
+* memory, MiB: the in-process process after its runs -> the replica after its load runs (<= 1.15x);
+* idle daemon RSS and start -> healthy: a bare ``asyncio`` + ``aiohttp.web`` interpreter -> ``xinfd``
+  (<= 40 MiB, <= 0.3 s), median of ``--starts``;
+* venv build: raw ``uv venv`` + ``uv pip install`` -> xinfd's build of the same spec with skip-installed off
+  (<= 1.2x), warm uv cache (``benchmarks/venv.py`` has the phase breakdown).
+
+Requests are greedy (``temperature`` 0) completions of one fixed prompt, so every request produces the same
+tokens on both sides; tokens/s are counted from what each side reports (``usage`` for xinfd). Before measuring
+it waits up to ``--quiet-wait`` seconds for the 1-minute load average to fall below ``--quiet-load`` and says
+in the header whether the machine was quiet; figures from a busy machine are indicative only.
+
+    python benchmarks/serving.py [--tokens 16] [--seconds 10] [--starts 5] [--no-venv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import importlib.util
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import aiohttp
+from _daemon import running_daemon, xinfctl
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PROMPT = "the quick brown fox jumps over the lazy dog. hello world, how are you today?"
+MODEL = "bench"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: a baseline, xinfd's figure and the target on their ratio."""
+
+    measure: str
+    baseline: float
+    value: float
+    target: str  # ">= 0.8" / "<= 1.1" on value / baseline, or "<= 40" on value alone (absolute: baseline 0)
+    absolute: bool = False
+
+    def ratio(self) -> float:
+        return self.value / self.baseline if self.baseline else float("nan")
+
+    def met(self) -> bool:
+        op, bound = self.target.split()
+        got = self.value if self.absolute else self.ratio()
+        return got >= float(bound) if op == ">=" else got <= float(bound)
+
+
+def wait_for_quiet(limit: float, seconds: float) -> str:
+    """Wait until the 1-minute load average is under ``limit`` (at most ``seconds``); the header's words."""
+    deadline = time.monotonic() + seconds
+    while os.getloadavg()[0] >= limit and time.monotonic() < deadline:
+        time.sleep(2)
+    load = os.getloadavg()[0]
+    quiet = "quiet" if load < limit else f"NOT quiet (still {load:.2f} >= {limit} after {seconds:g}s)"
+    return f"load average {load:.2f} on {len(os.sched_getaffinity(0))} cores: {quiet}"
+
+
+# -- in-process baselines, each in a fresh interpreter so its memory and import time are its own -----------------
+
+_IN_PROCESS = r"""
+import json, statistics, sys, time
+started = time.perf_counter()
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+location, tokens, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(1)
+tokenizer = AutoTokenizer.from_pretrained(location)
+model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32).eval()
+load_s = time.perf_counter() - started
+ids = torch.tensor([tokenizer(sys.argv[4])["input_ids"]])
+
+def generate(batch):
+    inputs = ids.repeat(batch, 1)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=tokens,
+                             do_sample=False, pad_token_id=0)
+    return time.perf_counter() - t0, out.shape[1] - inputs.shape[1]
+
+generate(1)
+one = [generate(1) for _ in range(repeats)]
+eight = [generate(8) for _ in range(max(3, repeats // 4))]
+rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:")) / 1024
+print(json.dumps({"load_s": load_s, "p50_ms": 1000 * statistics.median(t for t, _ in one),
+                  "tokens": one[0][1], "batch8_tokens_s": max(8 * n / t for t, n in eight), "rss_mib": rss}))
+"""
+
+
+def in_process(location: str, tokens: int, repeats: int) -> dict[str, float]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", _IN_PROCESS, location, str(tokens), str(repeats), PROMPT],
+                         env=env, check=True, capture_output=True, text=True, timeout=600)
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+# -- through the daemon ------------------------------------------------------------------------------------------
+
+async def load(url: str, tokens: int, clients: int, seconds: float) -> tuple[float, float]:
+    """(completion tokens/s, p50 request ms) of ``clients`` back-to-back non-streamed completions."""
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0}
+    latencies: list[float] = []
+    generated = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        deadline = time.perf_counter() + seconds
+
+        async def client() -> None:
+            nonlocal generated
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                async with session.post(url, json=body) as resp:
+                    resp.raise_for_status()
+                    answer = await resp.json()
+                latencies.append(time.perf_counter() - started)
+                generated += answer["usage"]["completion_tokens"]
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return generated / elapsed, 1000 * statistics.median(latencies)
+
+
+def launch(env: dict[str, str], replicas: int) -> float:
+    """Seconds from ``xinfctl launch`` to its return (every replica READY)."""
+    args = ["launch", "-n", MODEL, "-e", "transformers", "-u", MODEL, "-r", str(replicas)]
+    started = time.perf_counter()
+    xinfctl(env, *args)
+    return time.perf_counter() - started
+
+
+def replica_rss_mib(env: dict[str, str]) -> float:
+    models = xinfctl(env, "list")
+    pids = [r["pid"] for m in models if m["model_uid"] == MODEL for r in m["replicas"]]
+    return max(rss_mib(pid) for pid in pids)
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+def register(env: dict[str, str], tmp: Path, location: str) -> str:
+    spec = tmp / "bench.json"
+    spec.write_text(json.dumps({"name": MODEL, "abilities": ["generate"], "engines": ["transformers"],
+                                "context_length": 1024, "extra": {"model_path": location}}))
+    xinfctl(env, "register", "--file", str(spec))
+    endpoint: str = xinfctl(env, "status")["endpoint"]
+    return endpoint + "/v1/completions"
+
+
+def serving_rows(location: str, tmp: Path, args: argparse.Namespace, base: dict[str, float]) -> list[Row]:
+    rows: list[Row] = []
+    with running_daemon(tmp / "home-1t") as env:  # every replica with one thread
+        url = register(env, tmp, location)
+        launch(env, 1)
+        asyncio.run(load(url, args.tokens, 2, 2))  # warm-up
+        _, p50 = asyncio.run(load(url, args.tokens, 1, args.seconds))
+        rate8, _ = asyncio.run(load(url, args.tokens, 8, args.seconds))
+        rows.append(Row("sequential p50 ms, 1 thread", base["p50_ms"], p50, "<= 1.1"))
+        rows.append(Row("8 clients tokens/s, 1 thread", base["batch8_tokens_s"], rate8, ">= 0.8"))
+        rows.append(Row("memory MiB, 1 replica", base["rss_mib"], replica_rss_mib(env), "<= 1.15"))
+    with running_daemon(tmp / "home-default", one_thread=False) as env:  # the daemon's own CPU budget
+        url = register(env, tmp, location)
+        launches = {}
+        rates = {}
+        for replicas in (1, 2):
+            launches[replicas] = launch(env, replicas)
+            asyncio.run(load(url, args.tokens, 2, 2))
+            rates[replicas], _ = asyncio.run(load(url, args.tokens, 8, args.seconds))
+            xinfctl(env, "terminate", MODEL)
+        rows.append(Row("8 clients tokens/s, default threads: 1 -> 2 replicas", rates[1], rates[2], ">= 1.0"))
+        rows.append(Row("launch s, 1 replica (baseline: in-process load)", base["load_s"], launches[1], "<= 1.5",
+                        absolute=True))
+        rows.append(Row("launch s, 2 replicas (baseline: in-process load)", base["load_s"], launches[2], "<= 2.0",
+                        absolute=True))
+    return rows
+
+
+# -- the idle daemon ---------------------------------------------------------------------------------------------
+
+_BARE = "import asyncio, aiohttp.web, sys; print('ok', flush=True); sys.stdin.read()"
+
+
+def start_and_rss(argv: list[str], env: dict[str, str],
+                  ready: Callable[[subprocess.Popen[bytes]], bool]) -> tuple[float, float]:
+    """(seconds until ``ready(proc)`` is true, RSS MiB once settled) of one fresh process."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        while not ready(proc):
+            if proc.poll() is not None:
+                raise SystemExit(f"{argv[:3]} exited with status {proc.returncode}")
+            time.sleep(0.005)
+        seconds = time.perf_counter() - started
+        time.sleep(1.0)  # let it settle (the daemon's first housekeeping ticks)
+        return seconds, rss_mib(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def idle_rows(tmp: Path, starts: int) -> list[Row]:
+    bare_t, bare_m, xinfd_t, xinfd_m = [], [], [], []
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for n in range(starts):
+        seconds, mib = start_and_rss([sys.executable, "-c", _BARE], env,
+                                     lambda p: p.stdout is not None and p.stdout.readline() == b"ok\n")
+        bare_t.append(seconds)
+        bare_m.append(mib)
+        home = tmp / f"idle-{n}"
+        home.mkdir()
+        daemon_env = {**env, "XINFERENCE_HOME": str(home), "XINFERENCE_ENABLE_VIRTUAL_ENV": "0",
+                      "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))}
+        seconds, mib = start_and_rss([sys.executable, "-m", "xinfd.daemon", "--port", "0", "--log-level", "WARNING"],
+                                     daemon_env, lambda p, h=home: healthy(h))
+        xinfd_t.append(seconds)
+        xinfd_m.append(mib)
+    return [
+        Row("idle daemon RSS MiB (baseline: bare aiohttp)", statistics.median(bare_m), statistics.median(xinfd_m),
+            "<= 40", absolute=True),
+        Row("start -> healthy s (baseline: bare aiohttp)", statistics.median(bare_t), statistics.median(xinfd_t),
+            "<= 0.3", absolute=True),
+    ]
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("xinfd", timeout=5)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(5)
+        self.sock.connect(self._path)
+
+
+def healthy(home: Path) -> bool:
+    """The control socket answers ``GET /v1/status`` with 200 (what ``xinfctl status`` waits for)."""
+    sock = home / "xinfd.sock"
+    if not sock.exists():
+        return False
+    connection = _UnixConnection(str(sock))
+    try:
+        connection.request("GET", "/v1/status")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+# -- the venv build ----------------------------------------------------------------------------------------------
+
+def sibling(name: str) -> ModuleType:
+    """A benchmark module of this folder by file (``venv.py`` must not be imported as ``venv``: the stdlib's)."""
+    spec = importlib.util.spec_from_file_location(f"xinfd_benchmark_{name}", Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def venv_row(tmp: Path, packages: list[str], rounds: int) -> Row:
+    bench = sibling("venv")
+    build_once, raw_uv = bench.build_once, bench.raw_uv
+    from xinfd.venvs.builder import Uv
+    from xinfd.venvs.pipconfig import PipConfig
+
+    async def measure() -> tuple[float, float]:
+        uv = Uv(cache_dir=tmp / "uv-cache")
+        pip = PipConfig()
+        index = await pip.options()
+        index_args = (index.uv_args() + ["--index-strategy", "unsafe-best-match"]
+                      + [a for c in index.constraints for a in ("--constraint", c)])
+        await uv.version()
+        await build_once(tmp, "venv-warm", packages, skip=False, uv=uv, pip=pip)  # warm uv's cache
+        raw, ours = [], []
+        for n in range(rounds):
+            raw.append(raw_uv(tmp / f"venv-raw-{n}", packages, uv, index_args)[0])
+            ours.append((await build_once(tmp, f"venv-{n}", packages, skip=False, uv=uv, pip=pip))[0])
+        return statistics.median(raw), statistics.median(ours)
+
+    raw, ours = asyncio.run(measure())
+    return Row(f"venv build s ({' '.join(packages)}), skip-installed off vs raw uv", raw, ours, "<= 1.2")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--tokens", type=int, default=16, help="max_tokens per request")
+    parser.add_argument("--seconds", type=float, default=10, help="length of each load run")
+    parser.add_argument("--repeats", type=int, default=20, help="in-process sequential generations")
+    parser.add_argument("--starts", type=int, default=5, help="daemon starts for the idle rows")
+    parser.add_argument("--quiet-load", type=float, default=0.5)
+    parser.add_argument("--quiet-wait", type=float, default=120)
+    parser.add_argument("--no-venv", action="store_true", help="skip the venv row (it needs the package index)")
+    parser.add_argument("--venv-package", action="append", help="the venv row's spec (default transformers==4.37.2)")
+    args = parser.parse_args()
+    header = wait_for_quiet(args.quiet_load, args.quiet_wait)
+    with tempfile.TemporaryDirectory(prefix="xinfd-serving-bench-") as name:
+        tmp = Path(name)
+        from batching import build_tiny_qwen2  # benchmarks/batching.py
+
+        location = build_tiny_qwen2(tmp / "model")
+        base = in_process(location, args.tokens, args.repeats)
+        rows = serving_rows(location, tmp, args, base)
+        rows += idle_rows(tmp, args.starts)
+        if not args.no_venv:
+            rows.append(venv_row(tmp, args.venv_package or ["transformers==4.37.2"], rounds=3))
+    print(f"\n{header}; tiny random Qwen2 (2x64), greedy, max_tokens {args.tokens} "
+          f"({int(base['tokens'])} generated), {args.seconds:g}s per load run\n")
+    print(f"{'measure':<62}{'baseline':>10}{'xinfd':>10}{'ratio':>8}{'target':>10}{'met':>5}")
+    for row in rows:
+        target = row.target + ("" if row.absolute else "x")
+        print(f"{row.measure:<62}{row.baseline:>10.2f}{row.value:>10.2f}{row.ratio():>8.2f}{target:>10}"
+              f"{'yes' if row.met() else 'NO':>5}")
+
+
+if __name__ == "__main__":
+    main()
