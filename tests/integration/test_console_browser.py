@@ -4,7 +4,9 @@ An operator's session: open the page, enter the admin key, see a refused launch'
 package added with the plus button), launch echo with 2 replicas and an environment variable from the form and
 watch the progress reach READY, chat and read the streamed answer, scale, follow a replica's log while it
 grows, look at the venv and GPU views, terminate. Plus: a page without the key can do nothing, the CSP is
-set, the page fits a phone's width, and the browser's console shows no error but the expected refusal.
+set, the page fits a phone's width, and the browser's console shows no error but the expected refusal. And the
+try area on a tiny embedding model and a tiny cross-encoder built in the test, driven by keyboard alone, its
+ranked list and embedding checked against the same requests over HTTP, at desktop and phone width.
 
 Screenshots of the main views go to ``$XINFD_TEST_SCREENSHOTS`` (default ``build/console-screenshots``, which
 git ignores). Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/system-packages`` installs them) and
@@ -13,6 +15,7 @@ the ``selenium`` package; skipped with the reason where they are missing.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -203,12 +206,14 @@ def test_operator_session_launch_chat_scale_log_terminate(daemon: Daemon, browse
         By.CSS_SELECTOR, "tbody tr td:nth-child(4)")])) == ["0", "1"]
     shot(driver, "04-models-two-replicas")
 
-    # Chat: the answer streams into the page.
+    # Chat: the answer streams into the page. Try focuses the message; Ctrl+Enter sends it (the venv test
+    # below uses the Send button).
     fresh(lambda: card_of(driver, "echo-ui").find_element(By.XPATH, ".//button[text()='Try']").click())
     assert Select(driver.find_element(By.ID, "chat-model")).first_selected_option.text == "echo-ui"
+    assert driver.switch_to.active_element.get_attribute("id") == "chat-input"
     answer = "hello from the console, one word at a time"
-    driver.find_element(By.ID, "chat-input").send_keys(answer)
-    driver.find_element(By.ID, "chat-send").click()
+    driver.switch_to.active_element.send_keys(answer)
+    driver.switch_to.active_element.send_keys(Keys.CONTROL, Keys.ENTER)
     # Part of the answer is on the page before the stream ends: it is shown as it comes, not at the end.
     partial = until(driver, lambda: (t := text(driver, "chat-output")) and t != answer and t, what="a partial answer")
     assert answer.startswith(partial) and driver.find_element(By.ID, "chat-output").get_attribute("data-done") is None
@@ -393,3 +398,186 @@ def test_venv_launch_with_an_extra_package_and_the_venv_refusals(make_daemon: An
     until(driver, lambda: "No venvs." in text(driver, "venvs-table"), what="the emptied list")
     errors = console_errors(driver)
     assert len(errors) == 1 and "409" in errors[0], errors  # the refusal only
+
+
+# ---- the try area on embedding and rerank models ------------------------------------------------------------
+
+TRY_QUERY = "quick brown fox"
+# One unbroken long "word" among them: on a phone it must wrap inside the ranked list, not widen the page.
+TRY_DOCUMENTS = ["the quick brown fox jumps over the lazy dog", "hello world, how are you today?",
+                 "a small model for tests answers with random words",
+                 "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
+EMBED_DIMENSION = 48  # not the cross-encoder's 32, so the number shown is the embedding model's own
+
+
+def build_tiny_sentence_encoder(path: Path, tokenizer_from: Path, *, hidden: int = EMBED_DIMENSION) -> Path:
+    """Write a random tiny BERT with mean pooling as a sentence-transformers folder (``modules.json``), with the
+    WordPiece tokenizer of the folder at ``tokenizer_from``; ``SentenceTransformer`` loads it like a hub model."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    try:  # sentence-transformers 6 moved the modules (the old path warns)
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:
+        from sentence_transformers import models  # type: ignore[no-redef]
+
+    bert = path.with_name(path.name + "-bert")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+    tokenizer.save_pretrained(bert)
+    torch.manual_seed(1)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=2 * hidden, max_position_embeddings=128, pad_token_id=0)
+              ).save_pretrained(bert)
+    word = models.Transformer(str(bert), max_seq_length=128)
+    SentenceTransformer(modules=[word, models.Pooling(hidden, "mean")]).save(str(path))
+    return path
+
+
+def _launch_family(daemon: Daemon, tmp_path: Path, name: str, ability: str, engine: str, folder: Path) -> None:
+    """Register ``folder`` as a custom family (``extra.model_path``) and launch it under its own name."""
+    spec = {"name": name, "abilities": [ability], "engines": [engine], "context_length": 128,
+            "extra": {"model_path": str(folder)}}
+    spec_file = tmp_path / f"{name}.json"
+    spec_file.write_text(json.dumps(spec))
+    daemon.xinfctl("register", "--file", str(spec_file))
+    daemon.xinfctl("launch", "-n", name, "-e", engine, "-u", name, timeout=300)
+
+
+def _post(daemon: Daemon, path: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(daemon.endpoint + path, data=json.dumps(body).encode(), headers={
+        "Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as resp:
+        return json.loads(resp.read())
+
+
+def ranked_rows(driver: WebDriver) -> list[dict[str, str]]:
+    """The rerank answer as the page shows it: one row per ``li``, in the page's order."""
+    return list(driver.execute_script(
+        "return [...document.querySelectorAll('#rerank-output li')].map((li) => ({index: li.dataset.index, "
+        "score: li.querySelector('.score').textContent, document: li.querySelector('.document').textContent}))"))
+
+
+def focused_id(driver: WebDriver) -> str:
+    return str(driver.execute_script("return document.activeElement.id"))
+
+
+def test_try_embedding_and_rerank_models(daemon: Daemon, browser: WebDriver, tmp_path: Path) -> None:
+    """The try area on a tiny cross-encoder and a tiny sentence encoder built here: rerank by keyboard only
+    (Try focuses the query, Tab through the form, Enter on the button, Enter in the query, Ctrl+Enter in the
+    documents), each ranked list equal to ``/v1/rerank``'s answer for the same input, the embedding's dimension
+    and first values equal to ``/v1/embeddings``'s, a form without a model refused by the page itself, and the
+    same view at a phone's width."""
+    pytest.importorskip("sentence_transformers")
+    from tests.unit.engines.tiny_models import build_tiny_cross_encoder
+
+    cross_encoder = build_tiny_cross_encoder(tmp_path / "tiny-ce")
+    encoder = build_tiny_sentence_encoder(tmp_path / "tiny-st", tokenizer_from=cross_encoder)
+    _launch_family(daemon, tmp_path, "tiny-ce", "rerank", "sentence_transformers_rerank", cross_encoder)
+    _launch_family(daemon, tmp_path, "tiny-st", "embed", "sentence_transformers", encoder)
+
+    driver = browser
+    driver.get(daemon.endpoint + "/ui/")
+    sign_in(driver, ADMIN)
+    until(driver, lambda: driver.find_element(By.ID, "console").is_displayed(), what="the console")
+    until(driver, lambda: replica_states(driver, "tiny-ce") == ["READY"] and
+          replica_states(driver, "tiny-st") == ["READY"], what="both models READY")
+
+    # The rerank model's Try button opens the try area with it picked, and the query field focused.
+    fresh(lambda: card_of(driver, "tiny-ce").find_element(By.XPATH, ".//button[text()='Try']").click())
+    assert driver.find_element(By.ID, "view-try").is_displayed()
+    assert focused_id(driver) == "rerank-query"
+    rerank_model = Select(driver.find_element(By.ID, "rerank-model"))
+    assert [o.text for o in rerank_model.options] == ["tiny-ce"]  # only models that rerank are offered
+    assert rerank_model.first_selected_option.text == "tiny-ce"
+    assert [o.text for o in Select(driver.find_element(By.ID, "embed-model")).options] == ["tiny-st"]
+
+    # No chat model runs: the chat form says so and does not send (the select is required and empty).
+    chat_model = Select(driver.find_element(By.ID, "chat-model"))
+    assert [(o.get_attribute("value"), o.text) for o in chat_model.options] == [("", "no chat model is running")]
+    driver.find_element(By.ID, "chat-input").send_keys("anyone there?")
+    driver.find_element(By.ID, "chat-send").click()
+    assert driver.execute_script("return document.getElementById('chat-model').validity.valueMissing")
+    assert text(driver, "chat-output") == ""
+
+    # Keyboard only: Shift+Tab from the query is the model, Tab the documents, where Enter is a new line (one
+    # document per line, nothing sent), Tab the button, and Enter there sends.
+    query = driver.find_element(By.ID, "rerank-query")
+    query.send_keys(Keys.SHIFT, Keys.TAB)
+    assert focused_id(driver) == "rerank-model"
+    driver.switch_to.active_element.send_keys(Keys.TAB)
+    assert focused_id(driver) == "rerank-query"
+    driver.switch_to.active_element.send_keys(TRY_QUERY, Keys.TAB)
+    assert focused_id(driver) == "rerank-documents"
+    driver.switch_to.active_element.send_keys(*[part for d in TRY_DOCUMENTS for part in (d, Keys.ENTER)])
+    assert driver.find_element(By.ID, "rerank-documents").get_attribute("value") == "\n".join(TRY_DOCUMENTS) + "\n"
+    assert ranked_rows(driver) == [] and text(driver, "rerank-status") == ""  # Enter there did not send
+    driver.switch_to.active_element.send_keys(Keys.TAB)
+    assert focused_id(driver) == "rerank-send"
+    driver.switch_to.active_element.send_keys(Keys.ENTER)
+    shown = ranking_shown(driver, daemon, TRY_QUERY, TRY_DOCUMENTS)
+    driver.execute_script("document.getElementById('rerank-output').scrollIntoView({block: 'end'})")
+    shot(driver, "12-try-rerank")
+
+    # Enter in the query field sends the form too (implicit submission): a new query, a new ranking.
+    query.send_keys(Keys.CONTROL, "a")
+    query.send_keys("hello, how are you", Keys.ENTER)
+    assert ranking_shown(driver, daemon, "hello, how are you", TRY_DOCUMENTS) != shown
+    # Ctrl+Enter in the documents sends, where a plain Enter is a new line: one more document, one more row.
+    documents = driver.find_element(By.ID, "rerank-documents")
+    documents.send_keys(Keys.CONTROL, Keys.END)
+    documents.send_keys("how are you")
+    documents.send_keys(Keys.CONTROL, Keys.ENTER)
+    assert len(ranking_shown(driver, daemon, "hello, how are you", [*TRY_DOCUMENTS, "how are you"])) == 5
+
+    # Embeddings: the model picked, Tab to the text, Enter; the page shows the model's dimension and first values.
+    Select(driver.find_element(By.ID, "embed-model")).select_by_visible_text("tiny-st")
+    driver.find_element(By.ID, "embed-model").send_keys(Keys.TAB)
+    assert focused_id(driver) == "embed-input"
+    driver.switch_to.active_element.send_keys("the quick brown fox", Keys.ENTER)
+    output = until(driver, lambda: "dimensions" in (t := text(driver, "embed-output")) and t, timeout=60,
+                   what="the embedding")
+    vector = _post(daemon, "/v1/embeddings", {"model": "tiny-st", "input": "the quick brown fox"})
+    vector = vector["data"][0]["embedding"]
+    assert len(vector) == EMBED_DIMENSION
+    assert output.startswith(f"{EMBED_DIMENSION} dimensions: [") and output.endswith(", …]"), output
+    values = [float(v) for v in output.split("[", 1)[1].rstrip("]").split(", ")[:-1]]
+    assert len(values) == 8
+    assert all(abs(v - x) <= 0.5e-4 + 1e-9 for v, x in zip(values, vector[:8], strict=True)), (values, vector[:8])
+    driver.execute_script("document.getElementById('embed-form').scrollIntoView()")
+    shot(driver, "13-try-embedding")
+
+    # A phone's width: the try area fits (the long document wraps in the list), the forms in one column.
+    driver.set_window_size(390, 844)
+    assert driver.execute_script(
+        "return document.documentElement.scrollWidth <= document.documentElement.clientWidth + 1")
+    form = driver.find_element(By.ID, "rerank-form").rect
+    for element_id in ("rerank-model", "rerank-query", "rerank-documents", "rerank-send", "rerank-output"):
+        box = driver.find_element(By.ID, element_id).rect
+        assert form["x"] - 1 <= box["x"] and box["x"] + box["width"] <= form["x"] + form["width"] + 1, element_id
+    driver.execute_script("document.getElementById('rerank-output').scrollIntoView({block: 'end'})")
+    shot(driver, "14-try-phone")
+    assert console_errors(driver) == []
+
+
+def ranking_shown(driver: WebDriver, daemon: Daemon, query: str, documents: list[str]) -> list[dict[str, str]]:
+    """Wait for the page's ranked list and check it against ``/v1/rerank``'s answer for the same input: the
+    order, the documents, and the scores to the decimals shown (one precision for the list, at least four, and
+    enough that different scores look different). Sending clears the list at once, so no old list is read."""
+    until(driver, lambda: "best first" in text(driver, "rerank-status"), timeout=60, what="the ranked documents")
+    assert text(driver, "rerank-status") == f"{len(documents)} document{'s' if len(documents) > 1 else ''}, best first"
+    shown = ranked_rows(driver)
+    answer = _post(daemon, "/v1/rerank", {"model": "tiny-ce", "query": query, "documents": documents,
+                                          "return_documents": True})["results"]
+    assert [int(r["index"]) for r in shown] == [r["index"] for r in answer], (shown, answer)  # best first
+    assert [r["document"] for r in shown] == [documents[r["index"]] for r in answer]
+    scores = [r["relevance_score"] for r in answer]
+    assert scores == sorted(scores, reverse=True)
+    (digits,) = {len(r["score"].split(".")[1]) for r in shown}
+    assert digits >= 4
+    pairs = list(zip(shown, scores, strict=True))
+    for row, score in pairs:
+        assert abs(float(row["score"]) - score) <= 0.5 * 10**-digits + 1e-12, (row, score)
+    for (row, score), (next_row, next_score) in itertools.pairwise(pairs):
+        assert (row["score"] == next_row["score"]) == (score == next_score), (shown, scores)
+    return shown

@@ -9,6 +9,9 @@ const KEY_STORAGE = "xinfd-admin-key";
 const CONTROL = "/control/v1";
 const POLL_MS = 2000;
 const LOG_LIMIT = 400000; // characters kept in the log view while following
+// The try forms: each one's model select, the ability its models need, and the field to type in first.
+const TRY_FORMS = [["chat-model", "chat", "chat-input"], ["embed-model", "embed", "embed-input"],
+  ["rerank-model", "rerank", "rerank-query"]];
 
 const $ = (id) => document.getElementById(id);
 
@@ -245,9 +248,13 @@ async function terminateModel(uid) {
   await refreshModels();
 }
 
-function fillSelect(select, values, labelOf = (v) => v) {
+/** Fill a select with ``values``, keeping the current choice; with no values and a ``placeholder``, one empty
+ * option says why the list is empty (a required select then refuses to submit it, natively). */
+function fillSelect(select, values, labelOf = (v) => v, placeholder = "") {
   const kept = select.value;
-  select.replaceChildren(...values.map((v) => el("option", { value: v }, labelOf(v))));
+  const options = values.map((v) => el("option", { value: v }, labelOf(v)));
+  if (!options.length && placeholder) options.push(el("option", { value: "" }, placeholder));
+  select.replaceChildren(...options);
   if (values.includes(kept)) select.value = kept;
 }
 
@@ -255,9 +262,9 @@ function fillModelSelects() {
   const uids = (ability) => state.models.filter((m) => !ability || m.abilities.includes(ability))
     .map((m) => m.model_uid);
   fillSelect($("logs-model"), uids());
-  fillSelect($("chat-model"), uids("chat"));
-  fillSelect($("embed-model"), uids("embed"));
-  fillSelect($("rerank-model"), uids("rerank"));
+  for (const [id, ability] of TRY_FORMS) {
+    fillSelect($(id), uids(ability), undefined, `no ${ability} model is running`);
+  }
 }
 
 // ---- launch -------------------------------------------------------------------------------------------------
@@ -468,12 +475,17 @@ async function followLogs(event) {
 
 // ---- try ----------------------------------------------------------------------------------------------------
 
+/** The try view with ``uid`` picked wherever it fits; the first fitting form's text field gets the focus, so a
+ * keyboard user types straight away (and the form is scrolled into view on a small screen). */
 function openTry(uid) {
   selectView("try");
-  if ([...$("chat-model").options].some((o) => o.value === uid)) $("chat-model").value = uid;
-  for (const id of ["embed-model", "rerank-model"]) {
-    if ([...$(id).options].some((o) => o.value === uid)) $(id).value = uid;
+  let first = null;
+  for (const [id, , input] of TRY_FORMS) {
+    if (![...$(id).options].some((o) => o.value === uid)) continue;
+    $(id).value = uid;
+    first = first || input;
   }
+  if (first) $(first).focus();
 }
 
 async function chat(event) {
@@ -509,17 +521,30 @@ async function chat(event) {
 
 async function embed(event) {
   event.preventDefault();
-  const output = $("embed-output");
-  output.textContent = "";
+  show("embed-output", "embedding…");
+  $("embed-send").disabled = true;
   try {
     const answer = await (await call("/v1/embeddings", { method: "POST",
       body: { model: $("embed-model").value, input: $("embed-input").value } })).json();
     const vector = answer.data[0].embedding;
-    output.textContent = `${vector.length} dimensions: [${vector.slice(0, 8).map((x) => x.toFixed(4)).join(", ")}` +
-      `${vector.length > 8 ? ", …" : ""}]`;
+    show("embed-output", `${vector.length} dimensions: [${vector.slice(0, 8).map((x) => x.toFixed(4)).join(", ")}` +
+      `${vector.length > 8 ? ", …" : ""}]`);
   } catch (err) {
-    output.textContent = err instanceof ApiError ? err.describe() : err.message;
+    show("embed-output", err instanceof ApiError ? err.describe() : err.message, "error");
+  } finally {
+    $("embed-send").disabled = false;
   }
+}
+
+/** Decimals enough to tell every two different scores apart, at least 4: a cross-encoder's sigmoid scores often
+ * agree to four places (all near 1, or all near 0.5 on a weak model), and equal-looking scores in a ranked list
+ * hide the ranking. ``sorted`` is best first, so neighbours are the only pairs to compare. */
+function scoreDecimals(sorted) {
+  let digits = 4;
+  const clash = (d) => sorted.some((s, i) => i > 0 && s !== sorted[i - 1] &&
+    s.toFixed(d) === sorted[i - 1].toFixed(d));
+  while (digits < 12 && clash(digits)) digits += 1;
+  return digits;
 }
 
 // The documents are the textarea's non-empty lines; the answer is shown best first, each with its score.
@@ -539,8 +564,9 @@ async function rerank(event) {
       body: { model: $("rerank-model").value, query: $("rerank-query").value, documents,
         return_documents: true } })).json();
     const ranked = [...answer.results].sort((a, b) => b.relevance_score - a.relevance_score);
+    const digits = scoreDecimals(ranked.map((r) => r.relevance_score));
     output.replaceChildren(...ranked.map((r) => el("li", { "data-index": String(r.index) },
-      el("span", { class: "score" }, r.relevance_score.toFixed(4)), " ",
+      el("span", { class: "score" }, r.relevance_score.toFixed(digits)), " ",
       el("span", { class: "document" }, r.document ? r.document.text : documents[r.index]))));
     show("rerank-status", `${ranked.length} document${ranked.length === 1 ? "" : "s"}, best first`);
   } catch (err) {
@@ -548,6 +574,15 @@ async function rerank(event) {
   } finally {
     $("rerank-send").disabled = false;
   }
+}
+
+/** Ctrl+Enter (⌘+Enter on a Mac) in a try form's text area sends the form, where a plain Enter is a new line;
+ * not while the form's answer is still coming (its button is disabled then), so one request runs at a time. */
+function sendOnCtrlEnter(event) {
+  if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey) || event.target.tagName !== "TEXTAREA") return;
+  event.preventDefault();
+  const form = event.currentTarget;
+  if (!form.querySelector('button[type="submit"]').disabled) form.requestSubmit();
 }
 
 // ---- wiring -------------------------------------------------------------------------------------------------
@@ -579,6 +614,7 @@ function wire() {
   $("chat-form").addEventListener("submit", chat);
   $("embed-form").addEventListener("submit", embed);
   $("rerank-form").addEventListener("submit", rerank);
+  for (const form of document.querySelectorAll("form.try")) form.addEventListener("keydown", sendOnCtrlEnter);
   const key = sessionStorage.getItem(KEY_STORAGE);
   if (key) signIn(key).catch(reportError);
 }
