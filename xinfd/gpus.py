@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from xinfd.cpus import CpuShare, cpu_snapshot, daemon_cpus, split
+from xinfd.cpus import CpuBudget, CpuShare, cpu_budget, cpu_snapshot, split
 from xinfd.errors import ImpossiblePlacementError, PlacementError
 from xinfd.types import GpuInfo, Platform, replica_label
 
@@ -211,7 +211,9 @@ class SlotTable:
         self.allow_multi = allow_multi_replica_per_gpu
         self._free_mb = free_mb or (lambda index: None)
         self._slots: dict[tuple[str, int], _Slot] = {}
-        self.cpus = tuple(sorted(daemon_cpus() if cpus is None else cpus))
+        # The daemon's cores cut to its cgroup's CPU quota (xinfd.cpus.cpu_budget); given ones are used as given.
+        budget = cpu_budget() if cpus is None else CpuBudget(cores=tuple(sorted(cpus)), source="the caller's list")
+        self.cpus, self.cpu_source = budget.cores, budget.source
         self.cpu_threads_per_replica = cpu_threads_per_replica
 
     # -- reading ---------------------------------------------------------------------------------------------
@@ -261,7 +263,7 @@ class SlotTable:
             for s in sorted(self._slots.values(), key=lambda s: (s.model_uid, s.placement.replica_index))
             if s.placement.cpu is not None
         ]
-        return cpu_snapshot(self.cpus, shares, per_replica=self.cpu_threads_per_replica)
+        return cpu_snapshot(self.cpus, shares, per_replica=self.cpu_threads_per_replica, source=self.cpu_source)
 
     # -- planning --------------------------------------------------------------------------------------------
 

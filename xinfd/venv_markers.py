@@ -19,8 +19,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from packaging.markers import InvalidMarker, Marker, UndefinedComparison, UndefinedEnvironmentName, default_environment
-
 _PLACEHOLDER_RE = re.compile(r"^#([a-z0-9_]+)_dependencies#$")
 ENGINE_TOKEN_RE = re.compile(r"#(?:model_)?engine#")
 # PEP 508 has no "literal == literal" comparison, so #engine# becomes a marker variable whose value we set
@@ -36,6 +34,15 @@ def placeholder_name(engine: str) -> str:
 def _holds(marker: str, engine: str) -> bool:
     if not marker.strip():
         return True
+    # packaging is imported here, not at the top: the daemon's start never evaluates a marker (idle memory).
+    from packaging.markers import (
+        InvalidMarker,
+        Marker,
+        UndefinedComparison,
+        UndefinedEnvironmentName,
+        default_environment,
+    )
+
     try:
         parsed = Marker(ENGINE_TOKEN_RE.sub(ENGINE_VARIABLE, marker.strip()))
         env: dict[str, str] = {k: str(v) for k, v in default_environment().items()}

@@ -1,10 +1,23 @@
-"""The CPU thread budget's decisions: even splits, scale-ups, operator counts, pinning, and the slot table."""
+"""The CPU thread budget's decisions: even splits, scale-ups, operator counts, pinning, the slot table, and the
+cgroup CPU quota (fake ``/proc/self/cgroup`` and ``/sys/fs/cgroup`` trees under a temp root)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from xinfd.cpus import CpuShare, env_thread_count, format_cores, split, split_sizes, thread_env
+from xinfd.cpus import (
+    CpuShare,
+    cgroup_cpu_quota,
+    cpu_budget,
+    cpu_snapshot,
+    env_thread_count,
+    format_cores,
+    split,
+    split_sizes,
+    thread_env,
+)
 from xinfd.gpus import Placement, SlotTable
 from xinfd.types import GpuInfo
 
@@ -127,3 +140,88 @@ def test_gpu_replicas_get_no_cpu_share() -> None:
     assert cpu.cpu is not None and cpu.cpu.threads == 2  # the GPU replica is not counted in the split
     with pytest.raises(ValueError, match="already holds"):
         table.reserve_all("c", table.plan(range(1), n_gpu=0))
+
+
+def fake_cgroups(root: Path, own: str, files: dict[str, str]) -> Path:
+    """A root with ``proc/self/cgroup`` = ``own`` and each ``sys/fs/cgroup/<path>`` file of ``files``."""
+    (root / "proc/self").mkdir(parents=True)
+    (root / "proc/self/cgroup").write_text(own)
+    for path, text in files.items():
+        target = root / "sys/fs/cgroup" / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text + "\n")
+    return root
+
+
+V1_OWN = "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n1:name=systemd:/docker/abc\n0::/\n"
+
+
+@pytest.mark.parametrize(
+    ("own", "files", "cpus"),
+    [
+        # v2: the process's own cgroup, rounded up, and the tightest of its ancestors.
+        ("0::/app.slice/x.service\n", {"app.slice/x.service/cpu.max": "200000 100000"}, 2),
+        ("0::/app.slice/x.service\n", {"app.slice/x.service/cpu.max": "150000 100000"}, 2),
+        ("0::/app.slice/x.service\n", {"app.slice/x.service/cpu.max": "50000 100000"}, 1),
+        ("0::/a/b\n", {"a/b/cpu.max": "max 100000", "a/cpu.max": "100000 100000", "cpu.max": "max 100000"}, 1),
+        ("0::/a/b\n", {"a/b/cpu.max": "400000 100000", "a/cpu.max": "300000 100000"}, 3),
+        # A container without a cgroup namespace: the host's path is absent, the mount's root is its own cgroup.
+        ("0::/system.slice/docker-abc.scope\n", {"cpu.max": "300000 100000"}, 3),
+        # v1, with the controllers' own mount or the cpu link, its ancestors too.
+        (V1_OWN, {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "300000",
+                  "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000"}, 3),
+        (V1_OWN, {"cpu/docker/cpu.cfs_quota_us": "100000", "cpu/docker/cpu.cfs_period_us": "50000",
+                  "cpu/docker/abc/cpu.cfs_quota_us": "-1", "cpu/docker/abc/cpu.cfs_period_us": "100000"}, 2),
+    ],
+)
+def test_the_cgroup_cpu_quota_in_whole_cores(tmp_path: Path, own: str, files: dict[str, str], cpus: int) -> None:
+    quota = cgroup_cpu_quota(fake_cgroups(tmp_path, own, files))
+    assert quota is not None and quota.cpus == cpus
+    assert ("cgroup v1 cpu.cfs_quota_us" if "cpu,cpuacct" in own else "cgroup v2 cpu.max") in quota.source
+    assert str(tmp_path / "sys/fs/cgroup") in quota.source  # names the file it read
+
+
+@pytest.mark.parametrize(
+    ("own", "files"),
+    [
+        ("0::/a\n", {"a/cpu.max": "max 100000", "cpu.max": "max 100000"}),  # v2 "max": no quota
+        (V1_OWN, {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "-1",
+                  "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000"}),  # v1 -1: no quota
+        (V1_OWN, {"cpu.max": "100000 100000"}),  # hybrid: the cpu controller is on v1, which has no limit
+        ("0::/a\n", {}),  # no cpu controller files at all
+        ("0::/a\n", {"a/cpu.max": "garbage", "cpu.max": "100000 zero"}),  # unreadable: ignored
+        (V1_OWN, {"cpu/docker/abc/cpu.cfs_quota_us": "200000"}),  # a quota without its period
+        ("", {"cpu.max": "100000 100000"}),  # an empty /proc/self/cgroup
+    ],
+)
+def test_no_quota_when_the_files_say_max_or_are_missing(tmp_path: Path, own: str, files: dict[str, str]) -> None:
+    assert cgroup_cpu_quota(fake_cgroups(tmp_path, own, files)) is None
+
+
+def test_no_quota_without_proc_self_cgroup(tmp_path: Path) -> None:
+    assert cgroup_cpu_quota(tmp_path) is None
+
+
+def test_the_budget_is_the_affinity_mask_cut_to_the_quota_and_says_why(tmp_path: Path) -> None:
+    root = fake_cgroups(tmp_path, "0::/\n", {"cpu.max": "200000 100000"})
+    budget = cpu_budget(root=root, affinity=[4, 5, 6, 7, 0, 1, 2, 3])
+    assert budget.cores == (0, 1)
+    assert budget.source.startswith("the CPU quota: 2 of the 8 core(s) of the affinity mask (cgroup v2 cpu.max")
+    # The split then shares the quota's cores: two replicas, one thread each, on disjoint cores.
+    assert [(s.threads, s.cores) for s in split(budget.cores, [], 2)] == [(1, (0,)), (1, (1,))]
+    assert cpu_snapshot(budget.cores, [], per_replica=0, source=budget.source)["source"] == budget.source
+
+
+def test_a_quota_above_the_mask_or_none_leaves_the_mask(tmp_path: Path) -> None:
+    wide = cpu_budget(root=fake_cgroups(tmp_path / "wide", "0::/\n", {"cpu.max": "1600000 100000"}),
+                      affinity=range(8))
+    assert wide.cores == tuple(range(8))
+    assert wide.source.startswith("the affinity mask (8 core(s)); the CPU quota allows 16 (cgroup v2")
+    plain = cpu_budget(root=fake_cgroups(tmp_path / "plain", "0::/\n", {"cpu.max": "max 100000"}),
+                       affinity=range(4))
+    assert (plain.cores, plain.source) == ((0, 1, 2, 3), "the affinity mask (4 core(s))")
+
+
+def test_the_slot_table_shows_where_its_cores_come_from() -> None:
+    assert SlotTable([], cpus=range(2)).cpu_snapshot()["source"] == "the caller's list"
+    assert SlotTable([]).cpu_snapshot()["source"].startswith(("the affinity mask", "the CPU quota"))

@@ -52,6 +52,8 @@ def cmd_cpus(client: ControlClient, args: argparse.Namespace) -> int:
     per = cpus["cpu_threads_per_replica"]
     policy = f"{per} thread(s) per replica (cpu_threads_per_replica)" if per else "split between CPU replicas"
     print(f"{len(cpus['cores'])} core(s) ({cpus['cores_list']}): {policy}")
+    if cpus.get("source"):  # absent from a daemon older than the cgroup CPU quota
+        print(f"cores from {cpus['source']}")
     if not cpus["replicas"]:
         print("no replica runs on the CPU")
         return 0

@@ -8,7 +8,6 @@ not where; the loader prefixes the file and key, the variable or the flag.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import json
 import math
@@ -327,6 +326,8 @@ def gpu_tables(value: object) -> tuple[GpuInfo, ...]:
         here = f"[{n}]"
         for key in table:
             if key not in GPU_KEYS:
+                import difflib  # only for a misspelled key: not loaded by a daemon whose settings are valid
+
                 close = difflib.get_close_matches(str(key), GPU_KEYS, n=1, cutoff=0.75)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise Invalid(f"{here}: unknown key {key!r}{hint}")

@@ -14,9 +14,7 @@ control socket's users) the warning says that access is not restricted by it.
 
 from __future__ import annotations
 
-import difflib
 import os
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -54,6 +52,8 @@ def parse_value(name: str, value: object, *, text: bool, where: str, base: Path 
 
 
 def suggest(word: str, candidates: Iterable[str]) -> str | None:
+    import difflib  # only for a misspelled name: not loaded by a daemon whose settings are all known
+
     close = difflib.get_close_matches(word, sorted(candidates), n=1, cutoff=0.75)
     return close[0] if close else None
 
@@ -101,6 +101,8 @@ def _unknown_variables(env: Mapping[str, str]) -> list[_Unknown]:
 
 
 def _read_file(path: Path, unknown: list[_Unknown]) -> dict[str, Any]:
+    import tomllib  # only with a config file: a daemon configured by flags and variables never parses TOML
+
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)

@@ -31,9 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
-
 from xinfd.childproc import spawn_child
 from xinfd.events import Publish, VenvProgress
 from xinfd.venvs import installed
@@ -42,6 +39,9 @@ from xinfd.venvs.cache import MANIFEST, METADATA, METADATA_FORMAT, manifest, sit
 from xinfd.venvs.reach import first_index_use, index_args, waiting_hosts
 from xinfd.venvs.spec import IndexOptions, VenvError, VenvSpec
 from xinfd.venvs.wheels import WheelCache, declared_build_env, source_builds_for
+
+# packaging is imported in the functions that use it: the daemon imports this module at start and needs
+# packaging only once it builds a venv (idle memory, tests/unit/test_daemon_imports.py).
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -241,6 +241,8 @@ def count_installed(log: BuildLog) -> int:
 
 def parse_pins(text: str) -> dict[str, str]:
     """``name==version`` lines of a compiled requirements file (other lines kept verbatim by their name)."""
+    from packaging.utils import canonicalize_name
+
     pins: dict[str, str] = {}
     for raw in text.splitlines():
         line = raw.split("#", 1)[0].strip()
@@ -450,6 +452,9 @@ def split_satisfied(requirements: Sequence[str], base: Mapping[str, str]) -> tup
     """Requirements the base environment already satisfies (name present, version in the specifier, no
     extras) are not resolved at all: the index need not even have them (``#system_x#`` pins, mirrors that lack
     what the image ships). Returns (to resolve, satisfied names)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
     todo: list[str] = []
     satisfied: list[str] = []
     for text in requirements:

@@ -34,12 +34,12 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.utils import canonicalize_name
-
 from xinfd.plugins import ENTRY_POINT_GROUP, Plugins
 from xinfd.venvs.python import PythonNotFoundError
 from xinfd.venvs.spec import VenvError
+
+# packaging is imported in the functions that use it: the daemon imports this module at start and needs
+# packaging only once it builds a venv (idle memory, tests/unit/test_daemon_imports.py).
 
 CORE_DISTRIBUTION = "xinfd"
 # Written by the installer, not part of what a wheel carries.
@@ -79,6 +79,8 @@ def plugin_distribution(plugins: Plugins, engine: str) -> str | None:
 def worker_distributions(plugins: Plugins, engine: str) -> tuple[str, ...]:
     """``name==version`` of what a foreign-Python venv for ``engine`` gets copied (part of the spec hash, so
     upgrading xinfd or the plugin yields a new venv rather than a stale copy)."""
+    from packaging.utils import canonicalize_name
+
     names = [CORE_DISTRIBUTION]
     extra = plugin_distribution(plugins, engine)
     if extra is not None and canonicalize_name(extra) != CORE_DISTRIBUTION:
@@ -89,6 +91,8 @@ def worker_distributions(plugins: Plugins, engine: str) -> tuple[str, ...]:
 def check_python_supported(bundled: Sequence[str], version: str) -> None:  # items: name or name==version
     """Refuse, before building, an interpreter that a copied distribution does not support (xinfd's
     ``Requires-Python`` is >= 3.11): uv would only say so after resolving."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
     for item in bundled:
         name = item.partition("==")[0]
         requires = (_distribution(name).metadata.get_all("Requires-Python") or [None])[0]

@@ -13,14 +13,16 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-from packaging.markers import InvalidMarker, Marker, UndefinedComparison, UndefinedEnvironmentName
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
+from typing import TYPE_CHECKING, Any
 
 from xinfd.errors import InvalidRequestError, XinfdError
 from xinfd.names import DIRECTORY_NAME, is_valid_name
+
+if TYPE_CHECKING:
+    from packaging.markers import Marker
+
+# packaging is imported in the functions that parse requirements and markers: the daemon imports this module
+# at start, and parses a package entry only at a launch (idle memory, tests/unit/test_daemon_imports.py).
 
 # Bumped when the venv layout or build recipe changes, so old venvs are not reused by a new recipe.
 LAYOUT_VERSION = 1
@@ -179,6 +181,8 @@ def check_package(entry: str, *, param: str | None = None) -> str:
         if marker.strip():
             _marker_text(marker, "probe", param=param)  # syntax check now, evaluation later
         return text
+    from packaging.requirements import InvalidRequirement, Requirement
+
     try:
         Requirement(_ENGINE_TOKEN_RE.sub(_ENGINE_VARIABLE, text))
     except InvalidRequirement as exc:
@@ -231,6 +235,8 @@ def _marker_text(marker: str, engine: str, *, param: str | None = None) -> Marke
     if _ENGINE_TOKEN_RE.search(text) and _ENGINE_VARIABLE in text:
         raise VenvSpecError(f"marker {text!r} uses #engine# and {_ENGINE_VARIABLE} together; not supported",
                             param=param)
+    from packaging.markers import InvalidMarker, Marker
+
     try:
         return Marker(_ENGINE_TOKEN_RE.sub(_ENGINE_VARIABLE, text))
     except InvalidMarker as exc:
@@ -242,6 +248,8 @@ def _applies(marker: str, engine: str, environment: Mapping[str, str], *, param:
     if not marker.strip():
         return True
     parsed = _marker_text(marker, engine, param=param)
+    from packaging.markers import UndefinedComparison, UndefinedEnvironmentName
+
     try:
         return bool(parsed.evaluate({**environment, _ENGINE_VARIABLE: engine}))
     except (UndefinedComparison, UndefinedEnvironmentName) as exc:
@@ -303,6 +311,9 @@ def _expand(
 ) -> list[tuple[str, str]]:
     if depth > 3:
         raise VenvSpecError("engine dependency placeholders nest too deeply (one expands to itself?)", param=param)
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
     out: list[tuple[str, str]] = []
     for entry in packages:
         text = check_package(entry, param=param)

@@ -26,11 +26,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.utils import canonicalize_name, parse_wheel_filename
-
 from xinfd.events import Publish, VenvProgress
 from xinfd.venvs.cache import FileLock, write_json_atomic
 from xinfd.venvs.spec import IndexOptions, VenvError
+
+# packaging is imported in the functions that use it: the daemon imports this module at start and needs
+# packaging only once it builds a venv (idle memory, tests/unit/test_daemon_imports.py).
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class SourceBuild:
     @property
     def key(self) -> str:
         """Directory name: readable prefix plus a digest of the build settings (a change means a new build)."""
+        from packaging.utils import canonicalize_name
+
         major_minor = "".join(self.python_version.split(".")[:2])
         settings = hashlib.sha256(json.dumps(sorted(self.env.items())).encode()).hexdigest()[:12]
         return f"{canonicalize_name(self.name)}-{self.version}-py{major_minor}-{settings}"
@@ -123,6 +126,8 @@ class WheelCache:
             wheels = sorted(out.glob("*.whl"))
             if len(wheels) != 1:
                 raise VenvError(f"building {build.name} {build.version} produced {len(wheels)} wheels, expected 1")
+            from packaging.utils import canonicalize_name, parse_wheel_filename
+
             name, version, _, _ = parse_wheel_filename(wheels[0].name)
             if name != canonicalize_name(build.name) or str(version) != build.version:
                 raise VenvError(f"building {build.name}=={build.version} produced {wheels[0].name}")
@@ -162,6 +167,8 @@ def source_builds_for(
     wanted: Mapping[str, str], declared: Mapping[str, Mapping[str, str]], python_version: str
 ) -> list[SourceBuild]:
     """The resolved ``wanted`` pins (name -> version) that an engine declared must be built from source."""
+    from packaging.utils import canonicalize_name
+
     by_name = {str(canonicalize_name(n)): env for n, env in declared.items()}
     return [
         SourceBuild(name=name, version=version, python_version=python_version, env=dict(by_name[name]))
