@@ -10,8 +10,8 @@ Rows (baseline -> xinfd, target):
 * launch of 1 and 2 replicas, s: the in-process load (import + from_pretrained in a fresh interpreter) -> xinfd
   ``xinfctl launch`` until READY (<= 1.5 s / <= 2 s);
 * memory, MiB: the in-process process after its runs -> the replica after its load runs (<= 1.15x);
-* idle daemon RSS and start -> healthy: a bare ``asyncio`` + ``aiohttp.web`` interpreter -> ``xinfd``
-  (<= 40 MiB, <= 0.3 s), median of ``--starts``;
+* idle daemon RSS and start -> ``/health`` 200: a bare ``asyncio`` + ``aiohttp.web`` interpreter -> ``xinfd``
+  (<= 40 MiB, <= 0.3 s), median of ``--starts`` (``benchmarks/startup.py``'s measurement);
 * venv build: raw ``uv venv`` + ``uv pip install`` -> xinfd's build of the same spec with skip-installed off
   (<= 1.2x), warm uv cache (``benchmarks/venv.py`` has the phase breakdown).
 
@@ -27,17 +27,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
+import compileall
 import importlib.util
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -69,6 +67,15 @@ class Row:
         op, bound = self.target.split()
         got = self.value if self.absolute else self.ratio()
         return got >= float(bound) if op == ">=" else got <= float(bound)
+
+
+def sibling(name: str) -> ModuleType:
+    """A benchmark module of this folder by file (``venv.py`` must not be imported as ``venv``: the stdlib's)."""
+    spec = importlib.util.spec_from_file_location(f"xinfd_benchmark_{name}", Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def wait_for_quiet(limit: float, seconds: float) -> str:
@@ -157,12 +164,8 @@ def launch(env: dict[str, str], replicas: int) -> float:
 def replica_rss_mib(env: dict[str, str]) -> float:
     models = xinfctl(env, "list")
     pids = [r["pid"] for m in models if m["model_uid"] == MODEL for r in m["replicas"]]
-    return max(rss_mib(pid) for pid in pids)
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+    startup = sibling("startup")
+    return max(startup.rss_bytes(pid) for pid in pids) / startup.MIB
 
 
 def register(env: dict[str, str], tmp: Path, location: str) -> str:
@@ -202,89 +205,20 @@ def serving_rows(location: str, tmp: Path, args: argparse.Namespace, base: dict[
     return rows
 
 
-# -- the idle daemon ---------------------------------------------------------------------------------------------
+# -- the idle daemon (benchmarks/startup.py measures it; its functions are reused here) --------------------------
 
-_BARE = "import asyncio, aiohttp.web, sys; print('ok', flush=True); sys.stdin.read()"
-
-
-def start_and_rss(argv: list[str], env: dict[str, str],
-                  ready: Callable[[subprocess.Popen[bytes]], bool]) -> tuple[float, float]:
-    """(seconds until ``ready(proc)`` is true, RSS MiB once settled) of one fresh process."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        while not ready(proc):
-            if proc.poll() is not None:
-                raise SystemExit(f"{argv[:3]} exited with status {proc.returncode}")
-            time.sleep(0.005)
-        seconds = time.perf_counter() - started
-        time.sleep(1.0)  # let it settle (the daemon's first housekeeping ticks)
-        return seconds, rss_mib(proc.pid)
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-def idle_rows(tmp: Path, starts: int) -> list[Row]:
-    bare_t, bare_m, xinfd_t, xinfd_m = [], [], [], []
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    for n in range(starts):
-        seconds, mib = start_and_rss([sys.executable, "-c", _BARE], env,
-                                     lambda p: p.stdout is not None and p.stdout.readline() == b"ok\n")
-        bare_t.append(seconds)
-        bare_m.append(mib)
-        home = tmp / f"idle-{n}"
-        home.mkdir()
-        daemon_env = {**env, "XINFERENCE_HOME": str(home), "XINFERENCE_ENABLE_VIRTUAL_ENV": "0",
-                      "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))}
-        seconds, mib = start_and_rss([sys.executable, "-m", "xinfd.daemon", "--port", "0", "--log-level", "WARNING"],
-                                     daemon_env, lambda p, h=home: healthy(h))
-        xinfd_t.append(seconds)
-        xinfd_m.append(mib)
+def idle_rows(starts: int) -> list[Row]:
+    startup = sibling("startup")
+    compileall.compile_dir(REPO / "xinfd", quiet=1)  # warm bytecode, as an installed wheel has
+    floor_s, floor_mib, _ = startup.median_of(starts, lambda: startup.script_start(startup.FLOOR))
+    daemon_s, daemon_mib, _ = startup.median_of(starts, lambda: startup.daemon_start(1.0))
     return [
-        Row("idle daemon RSS MiB (baseline: bare aiohttp)", statistics.median(bare_m), statistics.median(xinfd_m),
-            "<= 40", absolute=True),
-        Row("start -> healthy s (baseline: bare aiohttp)", statistics.median(bare_t), statistics.median(xinfd_t),
-            "<= 0.3", absolute=True),
+        Row("idle daemon RSS MiB (baseline: bare aiohttp.web)", floor_mib, daemon_mib, "<= 40", absolute=True),
+        Row("start -> /health 200 s (baseline: bare aiohttp.web)", floor_s, daemon_s, "<= 0.3", absolute=True),
     ]
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("xinfd", timeout=5)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(5)
-        self.sock.connect(self._path)
-
-
-def healthy(home: Path) -> bool:
-    """The control socket answers ``GET /v1/status`` with 200 (what ``xinfctl status`` waits for)."""
-    sock = home / "xinfd.sock"
-    if not sock.exists():
-        return False
-    connection = _UnixConnection(str(sock))
-    try:
-        connection.request("GET", "/v1/status")
-        return connection.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        connection.close()
-
-
 # -- the venv build ----------------------------------------------------------------------------------------------
-
-def sibling(name: str) -> ModuleType:
-    """A benchmark module of this folder by file (``venv.py`` must not be imported as ``venv``: the stdlib's)."""
-    spec = importlib.util.spec_from_file_location(f"xinfd_benchmark_{name}", Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def venv_row(tmp: Path, packages: list[str], rounds: int) -> Row:
     bench = sibling("venv")
@@ -329,7 +263,7 @@ def main() -> None:
         location = build_tiny_qwen2(tmp / "model")
         base = in_process(location, args.tokens, args.repeats)
         rows = serving_rows(location, tmp, args, base)
-        rows += idle_rows(tmp, args.starts)
+        rows += idle_rows(args.starts)
         if not args.no_venv:
             rows.append(venv_row(tmp, args.venv_package or ["transformers==4.37.2"], rounds=3))
     print(f"\n{header}; tiny random Qwen2 (2x64), greedy, max_tokens {args.tokens} "

@@ -66,8 +66,30 @@ class NvmlInventory:
         return self.error is None
 
 
+# The library pynvml's nvmlInit opens on Linux (its name there; other systems go straight to pynvml).
+NVML_LIBRARY = "libnvidia-ml.so.1"
+
+
+def nvml_library_missing(library: str = NVML_LIBRARY) -> str | None:
+    """Why NVML cannot work here, when the driver's library is not loadable (``None``: it is, or not Linux).
+    Checked before ``import pynvml``: on a CPU-only host, the usual case for a CPU daemon, that import and its
+    ctypes bindings cost 1.8 MiB of the idle daemon for nothing. The words are pynvml's own for this case."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        ctypes.CDLL(library)
+    except OSError:
+        return "no NVML: driver not found (NVML Shared Library Not Found)"
+    return None
+
+
 def nvml_inventory(env: Mapping[str, str]) -> NvmlInventory:
     """Read the GPUs through NVML. Never raises: a failure is returned as ``error``."""
+    if (missing := nvml_library_missing()) is not None:
+        log.info("%s; no GPU is used unless declared ([[gpus]] or XINFD_GPUS)", missing)
+        return NvmlInventory(error=missing)
     try:
         import pynvml  # type: ignore[import-not-found,import-untyped,unused-ignore]  # pure Python, a dependency
     except ImportError as exc:  # installed without its dependencies (pip --no-deps)

@@ -6,7 +6,14 @@ from collections.abc import Mapping
 
 import pytest
 
-from xinfd.gpus import NvmlInventory, describe_inventory, detect_platform, nvml_failure, nvml_inventory
+from xinfd.gpus import (
+    NvmlInventory,
+    describe_inventory,
+    detect_platform,
+    nvml_failure,
+    nvml_inventory,
+    nvml_library_missing,
+)
 from xinfd.types import GpuInfo
 
 A100 = GpuInfo(index=0, name="NVIDIA A100-SXM4-80GB", memory_mb=81920)
@@ -67,3 +74,16 @@ def test_the_real_nvml_on_this_host_never_raises() -> None:
     assert found.gpus == ()
     assert found.error is not None and found.error.startswith("no NVML: ")
     assert "nvidia-ml-py is not installed" not in found.error  # a dependency: only the driver can be missing
+
+
+def test_a_missing_nvml_library_is_known_without_asking_pynvml() -> None:
+    """The driver's library is probed with ctypes first: no library, no pynvml import, pynvml's own words."""
+    import sys
+
+    assert nvml_library_missing("libxinfd-no-such-library.so.1") == (
+        "no NVML: driver not found (NVML Shared Library Not Found)"
+    )
+    assert nvml_library_missing("libc.so.6") is None  # a library that loads: pynvml is asked
+    if nvml_library_missing() is not None and "pynvml" not in sys.modules:
+        assert nvml_inventory({}).error == "no NVML: driver not found (NVML Shared Library Not Found)"
+        assert "pynvml" not in sys.modules
