@@ -43,6 +43,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from xinfd.errors import InvalidRequestError
 from xinfd.types import GenerateRequest
 from xinfd_engines.transformers_rows import RowPlan
 
@@ -92,6 +93,7 @@ class StaticBatcher:
         self._waiting: list[_Row] = []
         self._cond = threading.Condition()
         self._closed = False
+        self._running: list[_Row] = []  # the batch being decoded, so that close() can end it
         params = inspect.signature(model.forward).parameters
         # transformers renamed forward's ``past_key_values`` to ``cache`` (5.2x; the old name warns).
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -123,6 +125,9 @@ class StaticBatcher:
             plan=plan,
             post=post,
         )
+        if not row.ids:
+            raise InvalidRequestError("the prompt is empty: there is nothing to continue", param="prompt")
+        row.warpers = _warpers(row)  # here, so that a value the warpers refuse fails this request only
         with self._cond:
             if self._closed:
                 raise RuntimeError("the model is closed")
@@ -158,6 +163,9 @@ class StaticBatcher:
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            for row in self._running:
+                row.cancelled.set()
+                row.post(RuntimeError("the model was closed"))
             self._cond.notify()
         self._thread.join(timeout=5)
 
@@ -179,6 +187,7 @@ class StaticBatcher:
                         self._cond.wait(left)
                 live = [r for r in self._waiting if not r.cancelled.is_set()]
                 rows, self._waiting = live[: self.batch_size], live[self.batch_size :]
+                self._running = rows
             if not rows:
                 continue
             try:
@@ -187,6 +196,9 @@ class StaticBatcher:
                 log.exception("a static batch of %d request(s) failed", len(rows))
                 for row in rows:
                     row.post(exc)
+            finally:
+                with self._cond:
+                    self._running = []
 
     def _decode(self, rows: list[_Row]) -> None:
         import torch
@@ -199,7 +211,6 @@ class StaticBatcher:
         for i, row in enumerate(rows):
             input_ids[i, width - len(row.ids) :] = torch.tensor(row.ids, dtype=torch.long)
             mask[i, width - len(row.ids) :] = 1
-            row.warpers = _warpers(row)
         input_ids, mask = input_ids.to(device), mask.to(device)
         # Position ids counted from the mask, as generate() does for a left-padded batch.
         positions = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 1)

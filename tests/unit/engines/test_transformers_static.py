@@ -18,6 +18,7 @@ from xinfd_engines.transformers_static import StaticBatcher, row_plan
 
 from tests.unit.engines.test_transformers_engine import collect
 from tests.unit.engines.tiny_models import build_tiny_llama
+from xinfd.errors import InvalidRequestError
 from xinfd.types import GenerateRequest
 
 pytestmark = [
@@ -191,6 +192,21 @@ async def test_thinking_is_split_as_on_the_other_paths(model: TransformersTextMo
     prompt = model.render_chat([ChatMessage(role="user", content="hello")], {})
     _, reasoning, reason = await collect(model, prompt, kind="chat", max_tokens=12)
     assert reasoning and reason is not None  # the prompt opened <think>: generation starts as reasoning
+
+
+async def test_a_request_the_batch_cannot_take_fails_alone(
+    batcher: StaticBatcher, model: TransformersTextModel
+) -> None:
+    with pytest.raises(InvalidRequestError, match="prompt is empty"):
+        async for _ in batcher.tokens([], request("", 4), None):
+            pass
+    bad, good = await asyncio.gather(
+        ids_of(batcher, model, PROMPTS[0], 8, temperature=1.0, top_p=-0.5),  # the top-p warper refuses it
+        ids_of(batcher, model, PROMPTS[1], 8),
+        return_exceptions=True,
+    )
+    assert isinstance(bad, ValueError) and "top_p" in str(bad)
+    assert good == reference_ids(model, PROMPTS[1], 8)
 
 
 def test_auto_takes_static_batches_on_cpu_and_continuous_batching_on_cuda() -> None:
