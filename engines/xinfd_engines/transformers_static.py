@@ -17,7 +17,7 @@ How a batch runs (one worker thread, one batch at a time):
   has a ``seed`` (the same seed gives the same tokens whatever else is in the batch), else torch's global one;
 * a row stops on an end-of-sequence token, at ``max_tokens``, or when its iterator is closed (client gone,
   ``/abort``, a stop string matched in ``DeltaBuilder``); a stopped row's cache rows are dropped
-  (``batch_select_indices``) so it costs nothing more, and the batch ends when no row is left;
+  (``_select_rows``) so it costs nothing more, and the batch ends when no row is left;
 * ``logprobs``: the raw log-softmax of each asking row's logits is copied into its ``RowPlan`` before the token
   is posted, the form ``transformers_model`` already reads on the continuous-batching path.
 
@@ -99,6 +99,9 @@ class StaticBatcher:
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         keep = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in params), None)
         self._keep_last: dict[str, Any] = {keep: 1} if keep else {}
+        # Architectures with position embeddings take the mask-counted ids; ALiBi ones (BLOOM) have no such
+        # argument and derive positions from the mask themselves.
+        self._positions = "position_ids" in params
         # Counters for tests and logs: batches run, and rows dropped from a running batch's cache.
         self.batches = 0
         self.rows_dropped = 0
@@ -231,12 +234,12 @@ class StaticBatcher:
                 if not keep:
                     return
                 last = torch.tensor(picked, dtype=torch.long, device=device).unsqueeze(-1)
-                if len(keep) < len(rows) and hasattr(cache, "batch_select_indices"):
-                    self.rows_dropped += len(rows) - len(keep)
+                if len(keep) < len(rows):
                     index = torch.tensor(keep, dtype=torch.long, device=device)
-                    cache.batch_select_indices(index)
-                    rows = [rows[i] for i in keep]
-                    last, mask, positions = last[index], mask[index], positions[index]
+                    if (selected := _select_rows(cache, index)) is not None:
+                        self.rows_dropped += len(rows) - len(keep)
+                        rows, cache = [rows[i] for i in keep], selected
+                        last, mask, positions = last[index], mask[index], positions[index]
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
                 positions = positions[:, -1:] + 1
                 logits, cache = self._forward(last, mask, positions, cache)
@@ -244,14 +247,12 @@ class StaticBatcher:
     def _forward(self, input_ids: Any, mask: Any, positions: Any, cache: Any) -> tuple[Any, Any]:
         """The last position's logits, and the cache (a DynamicCache is filled in place; releases without one
         hand back tuples in the output)."""
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **({} if cache is None else {self._cache_arg: cache}),
-            **self._keep_last,
-        )
+        extra: dict[str, Any] = dict(self._keep_last)
+        if self._positions:
+            extra["position_ids"] = positions
+        if cache is not None:
+            extra[self._cache_arg] = cache
+        out = self.model(input_ids=input_ids, attention_mask=mask, use_cache=True, **extra)
         returned = getattr(out, "past_key_values", None)
         if returned is None:
             returned = getattr(out, "cache", None)
@@ -287,6 +288,22 @@ def _warpers(row: _Row) -> list[Any]:
     if row.top_p < 1:
         warpers.append(TopPLogitsWarper(row.top_p))
     return warpers
+
+
+def _select_rows(cache: Any, index: Any) -> Any:
+    """``cache`` with only the batch rows in ``index``, or None where its layout is unknown (the finished rows
+    then stay in the batch, computed but never posted)."""
+    if hasattr(cache, "batch_select_indices"):  # transformers >= 4.38
+        cache.batch_select_indices(index)
+        return cache
+    keys, values = getattr(cache, "key_cache", None), getattr(cache, "value_cache", None)
+    if isinstance(keys, list) and isinstance(values, list):  # 4.36 / 4.37 DynamicCache
+        cache.key_cache = [k[index] for k in keys]
+        cache.value_cache = [v[index] for v in values]
+        return cache
+    if isinstance(cache, tuple) and all(isinstance(layer, tuple) for layer in cache):  # legacy tuples
+        return tuple(tuple(t[index] for t in layer) for layer in cache)
+    return None
 
 
 def _new_cache(model: Any) -> Any:

@@ -209,12 +209,13 @@ async def test_a_request_the_batch_cannot_take_fails_alone(
     assert good == reference_ids(model, PROMPTS[1], 8)
 
 
-def test_auto_takes_static_batches_on_cpu_and_continuous_batching_on_cuda() -> None:
+def test_auto_takes_continuous_batching_on_cuda_and_static_batches_elsewhere() -> None:
     assert choose_path("auto", continuous_batching=True, cuda=False) == "static"
     assert choose_path("auto", continuous_batching=True, cuda=True) == "continuous_batching"
-    assert choose_path("auto", continuous_batching=False, cuda=False) == "generate"
-    assert choose_path("auto", continuous_batching=False, cuda=True) == "generate"
-    assert choose_path("static", continuous_batching=False, cuda=True) == "static"
+    assert choose_path("auto", continuous_batching=False, cuda=False) == "static"  # transformers < 5
+    assert choose_path("auto", continuous_batching=False, cuda=True) == "static"
+    assert choose_path("static", continuous_batching=True, cuda=True) == "static"
+    assert choose_path("threads", continuous_batching=True, cuda=False) == "generate"
     assert choose_path("continuous", continuous_batching=True, cuda=False) == "continuous_batching"
     with pytest.raises(ValueError, match="batching=continuous needs"):
         choose_path("continuous", continuous_batching=False, cuda=False)
@@ -223,5 +224,5 @@ def test_auto_takes_static_batches_on_cpu_and_continuous_batching_on_cuda() -> N
 def test_the_batching_option_is_validated() -> None:
     assert TransformersOptions.from_launch({}).batching == "auto"
     assert TransformersOptions.from_launch({"batching": "static"}).batching == "static"
-    with pytest.raises(ValueError, match="'batching' must be auto, continuous or static"):
+    with pytest.raises(ValueError, match="'batching' must be auto, continuous, static or threads"):
         TransformersOptions.from_launch({"batching": "dynamic"})
