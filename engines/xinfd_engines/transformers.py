@@ -1,5 +1,6 @@
 """The transformers engine: Hugging Face models (folders, or GGUF files through transformers' GGUF loader)
-served by xinfd's worker host with transformers' own continuous batching.
+served by xinfd's worker host, batched: transformers' own continuous batching on CUDA, our padded static batches
+elsewhere (launch option ``batching``).
 
 Imported by the daemon: standard library and xinfd's public types only. torch and transformers are imported by
 ``TransformersEngine.load`` inside the replica (``transformers_model``). Batching follows the replica's
@@ -44,11 +45,11 @@ REQUIREMENTS = [
 
 
 class TransformersEngine(LocalEngine):
-    """``transformers``: a causal LM with transformers' continuous batching, in xinfd's worker host."""
+    """``transformers``: a causal LM, batched (``transformers_model.choose_path``), in xinfd's worker host."""
 
     name = NAME
     abilities: tuple[Ability, ...] = ("chat", "generate", "vision")
-    description = "Hugging Face transformers with continuous batching (CPU or CUDA)"
+    description = "Hugging Face transformers with continuous or static batching (CPU or CUDA)"
     probe_module = "transformers"
     loads_weights_folder = True
     launch_options = frozenset({"model_path", "enable_thinking", "reasoning", "kv_cache_tokens", "dtype", "batching"})

@@ -327,14 +327,14 @@ class TransformersTextModel:
         wants_logprobs = request.logprobs is not None
         if self.static is not None:
             plan = row_plan(logprobs=wants_logprobs, seed=request.seed)
+            source = self.static.tokens(ids, request, plan)
         else:
             plan = None if self.rows is None else self.rows.plan(rid, logprobs=wants_logprobs, seed=request.seed)
-        if self.static is not None:
-            source = self.static.tokens(ids, request, plan)
-        elif self.threaded is not None:
-            source = self.threaded.tokens(ids, request)
-        else:
-            source = self._batched_tokens(rid, ids, request)
+            source = (
+                self.threaded.tokens(ids, request)
+                if self.threaded is not None
+                else self._batched_tokens(rid, ids, request)
+            )
         # logprobs (GenerateRequest.logprobs): the batch's own raw rows, or a scorer serialised with the batch.
         scorer = None
         if request.logprobs is not None and (plan is None or not plan.logprobs):
