@@ -25,10 +25,10 @@ The trade-off of a static batch, on purpose: a request that arrives while a batc
 batch ends (at most its longest ``max_tokens``) before it is prefilled with the others that queued meanwhile.
 Continuous batching joins it at the next step instead; it is the better choice when requests are long and
 arrive steadily, or on CUDA, where its step overhead is small beside the model. The batch interval
-(``XINFERENCE_BATCH_INTERVAL``) is kept as on the other path: after an idle period the worker waits that long
-so that requests arriving together are prefilled together; requests submitted in the same event-loop turn
-always share a batch (the worker is woken only at the end of that turn), and the window ends as soon as a
-full batch is waiting.
+(``XINFERENCE_BATCH_INTERVAL``) is kept as on the other path: a request that arrives while the model is idle
+waits that long, so that requests arriving together are prefilled together; requests submitted in the same
+event-loop turn always share a batch (the worker is woken only at the end of that turn), and the window ends
+as soon as a full batch is waiting.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ class _Row:
     plan: RowPlan | None
     post: Post
     cancelled: threading.Event = field(default_factory=threading.Event)
+    arrived: float = 0.0  # time.monotonic() at submission
+    after_idle: bool = False  # submitted while no other request was waiting or being decoded
     produced: int = 0
     warpers: list[Any] = field(default_factory=list)
 
@@ -134,6 +136,10 @@ class StaticBatcher:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the model is closed")
+            # A finished request's row is marked cancelled by its own iterator's exit, so a request that
+            # follows another back to back counts as arriving while idle even before the worker has noticed.
+            row.after_idle = not self._waiting and all(r.cancelled.is_set() for r in self._running)
+            row.arrived = time.monotonic()
             self._waiting.append(row)
         # Woken at the end of this loop turn, so requests submitted together are prefilled together.
         loop.call_soon(self._wake)
@@ -176,17 +182,20 @@ class StaticBatcher:
     def _run(self) -> None:
         while True:
             with self._cond:
-                idle = not self._waiting
                 while not self._waiting and not self._closed:
                     self._cond.wait()
                 if self._closed:
                     for row in self._waiting:
                         row.post(RuntimeError("the model was closed"))
                     return
-                if idle and self.batch_interval > 0:
-                    # The gathering window after an idle period; it ends early once the batch is full.
-                    deadline = time.monotonic() + self.batch_interval
-                    while len(self._waiting) < self.batch_size and (left := deadline - time.monotonic()) > 0:
+                first = self._waiting[0]
+                if first.after_idle and self.batch_interval > 0:
+                    # The gathering window, from the arrival of a request that found the model idle; it ends
+                    # early once the batch is full.
+                    deadline = first.arrived + self.batch_interval
+                    while len(self._waiting) < self.batch_size and not self._closed:
+                        if (left := deadline - time.monotonic()) <= 0:
+                            break
                         self._cond.wait(left)
                 live = [r for r in self._waiting if not r.cancelled.is_set()]
                 rows, self._waiting = live[: self.batch_size], live[self.batch_size :]

@@ -194,6 +194,22 @@ async def test_thinking_is_split_as_on_the_other_paths(model: TransformersTextMo
     assert reasoning and reason is not None  # the prompt opened <think>: generation starts as reasoning
 
 
+async def test_the_gathering_window_joins_later_arrivals_and_ends_when_the_batch_is_full(
+    model: TransformersTextModel,
+) -> None:
+    # A window far longer than the test: it can only end because the second request fills the batch of two.
+    batcher = StaticBatcher(model=model.model, eos_ids=[], batch_size=2, batch_interval=600.0)
+    try:
+        first = asyncio.ensure_future(ids_of(batcher, model, PROMPTS[0], 6))
+        await asyncio.sleep(0.01)  # a later loop turn: not woken together with the first
+        second = await ids_of(batcher, model, PROMPTS[1], 6)
+        assert await first == reference_ids(model, PROMPTS[0], 6)
+        assert second == reference_ids(model, PROMPTS[1], 6)
+        assert batcher.batches == 1
+    finally:
+        batcher.close()
+
+
 async def test_a_request_the_batch_cannot_take_fails_alone(
     batcher: StaticBatcher, model: TransformersTextModel
 ) -> None:
