@@ -197,6 +197,8 @@ class StaticBatcher:
                         if (left := deadline - time.monotonic()) <= 0:
                             break
                         self._cond.wait(left)
+                    if self._closed:
+                        continue  # the top of the loop fails the waiting requests
                 live = [r for r in self._waiting if not r.cancelled.is_set()]
                 rows, self._waiting = live[: self.batch_size], live[self.batch_size :]
                 self._running = rows
