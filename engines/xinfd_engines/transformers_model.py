@@ -25,14 +25,17 @@ its own generator, and its raw log-softmax is copied from the batch's logits. ``
 weights' ``generation_config.json`` temperature and top_p (``sampling_defaults``) apply to requests that
 leave them unset.
 
-Releases without continuous batching (transformers < 5, which a model venv may pin: GOT-OCR2's 4.37.2) are
-served by ``transformers_generate``: one ``generate()`` per request on a thread, streaming token ids, with the
-same deltas, stop strings, cancellation and exact usage. ``path`` says which one a replica uses
-("continuous_batching" or "generate"); tested with transformers 4.37.2 and 5.x.
+Two more paths stream token ids into the same deltas, stop strings, cancellation and exact usage:
+``transformers_static`` runs padded static batches with our own decode loop over the model's forward and KV
+cache (seeds and logprobs too), on any release from 4.37 (releases without continuous batching, which a model
+venv may pin: GOT-OCR2's 4.37.2); ``transformers_generate`` runs one ``generate()`` per request on a thread.
+The launch option ``batching`` (auto, continuous, static, threads) picks one, and ``choose_path`` says what
+``auto`` takes and why (continuous batching on CUDA, static batches elsewhere). ``path`` says which one a
+replica uses ("continuous_batching", "static" or "generate").
 
-Over 400 lines because it holds both generation paths' shared delta logic; the generate() fallback lives in
-transformers_generate and logprobs in transformers_logprobs, and the continuous-batching manager setup is the
-next piece to move out.
+Over 400 lines because it holds the generation paths' shared delta logic; the generate() fallback lives in
+transformers_generate, the static batches in transformers_static and logprobs in transformers_logprobs, and the
+continuous-batching manager setup is the next piece to move out.
 """
 
 from __future__ import annotations
@@ -55,11 +58,39 @@ from xinfd_engines import gguf_cache
 from xinfd_engines.transformers_generate import ThreadedGenerator
 from xinfd_engines.transformers_logprobs import TokenScorer, token_entry
 from xinfd_engines.transformers_rows import BatchRowHooks, RowPlan
+from xinfd_engines.transformers_static import StaticBatcher, row_plan
 from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning, to_delta
 
 log = logging.getLogger(__name__)
 
 GREEDY_TEMPERATURE = 1e-5
+BATCHING = ("auto", "continuous", "static", "threads")
+
+
+def choose_path(batching: str, *, continuous_batching: bool, cuda: bool) -> str:
+    """The decode loop for a replica: "continuous_batching" (transformers' own, 5.x), "static" (our padded
+    batches, ``transformers_static``) or "generate" (one ``generate()`` per request on a thread).
+
+    ``auto`` takes continuous batching on CUDA, where requests join a running batch at the next step and the
+    step's preparation is small beside the model, and static batches everywhere else: on CPU they beat
+    transformers' continuous batching at 1 and at 8 requests (``benchmarks/batching.py --engine-only``; its
+    step spends a quarter of the time preparing paged-cache tensors), and on releases without continuous
+    batching (4.37.2) they beat a ``generate()`` thread per request at 8 requests by about 2x. ``threads`` keeps
+    that older path for models whose forward our loop cannot drive (remote code that relies on
+    ``generate()``'s own input preparation).
+    """
+    if batching == "static":
+        return "static"
+    if batching == "threads":
+        return "generate"
+    if batching == "continuous":
+        if not continuous_batching:
+            raise ValueError(
+                "launch option batching=continuous needs transformers' continuous batching (transformers >= 5); "
+                "use batching=static, threads or auto with this release"
+            )
+        return "continuous_batching"
+    return "continuous_batching" if continuous_batching and cuda else "static"
 
 
 def _as_bool(name: str, value: Any) -> bool:
@@ -91,6 +122,8 @@ class TransformersOptions:
     reasoning: bool | None = None  # None: parse <think> when the chat template mentions it
     kv_cache_tokens: int = 16384
     dtype: str = "auto"
+    # Which decode loop serves the replica (``choose_path``): "auto", "continuous", "static" or "threads".
+    batching: str = "auto"
 
     @classmethod
     def from_launch(
@@ -118,6 +151,13 @@ class TransformersOptions:
             if dtype not in ("auto", "float32", "bfloat16", "float16"):
                 raise ValueError(f"launch option 'dtype' must be auto, float32, bfloat16 or float16, got {dtype!r}")
             values["dtype"] = dtype
+        if options.get("batching") is not None:
+            batching = str(options["batching"])
+            if batching not in BATCHING:
+                raise ValueError(
+                    f"launch option 'batching' must be auto, continuous, static or threads, got {batching!r}"
+                )
+            values["batching"] = batching
         return cls(**values)
 
 
@@ -142,11 +182,20 @@ class TransformersTextModel:
         self.manager: Any = None
         self.rows: BatchRowHooks | None = None  # the batch step's per-request hooks (seed, logprobs)
         self.threaded: ThreadedGenerator | None = None
-        if has_continuous_batching(model):
-            self.path = "continuous_batching"
+        self.static: StaticBatcher | None = None
+        self.path = choose_path(
+            options.batching, continuous_batching=has_continuous_batching(model), cuda=_on_cuda(model)
+        )
+        if self.path == "continuous_batching":
             self.manager = self._start_manager()
+        elif self.path == "static":
+            self.static = StaticBatcher(
+                model=model,
+                eos_ids=self.eos_ids,
+                batch_size=options.batch_size,
+                batch_interval=options.batch_interval,
+            )
         else:
-            self.path = "generate"
             self.threaded = ThreadedGenerator(model=model, eos_ids=self.eos_ids, concurrency=options.batch_size)
         log.info("serving with transformers' %s path", self.path)
         # Counters for tests and logs: tokens produced, and requests cancelled before their end.
@@ -275,13 +324,17 @@ class TransformersTextModel:
                 "top_k and repetition_penalty are ignored: transformers' batching has no per-request processor for them"
             )
         rid = f"{request.request_id}-{next(self._ids)}"
-        plan = (
-            None if self.rows is None else self.rows.plan(rid, logprobs=request.logprobs is not None, seed=request.seed)
-        )
-        if self.threaded is not None:
-            source = self.threaded.tokens(ids, request)
+        wants_logprobs = request.logprobs is not None
+        if self.static is not None:
+            plan = row_plan(logprobs=wants_logprobs, seed=request.seed)
+            source = self.static.tokens(ids, request, plan)
         else:
-            source = self._batched_tokens(rid, ids, request)
+            plan = None if self.rows is None else self.rows.plan(rid, logprobs=wants_logprobs, seed=request.seed)
+            source = (
+                self.threaded.tokens(ids, request)
+                if self.threaded is not None
+                else self._batched_tokens(rid, ids, request)
+            )
         # logprobs (GenerateRequest.logprobs): the batch's own raw rows, or a scorer serialised with the batch.
         scorer = None
         if request.logprobs is not None and (plan is None or not plan.logprobs):
@@ -315,7 +368,7 @@ class TransformersTextModel:
                 self.rows.forget(rid)
             if not finished:
                 self.cancelled += 1
-                where = "in the batch" if self.threaded is None else "in its generate() thread"
+                where = "in its generate() thread" if self.threaded is not None else "in the batch"
                 log.info("%s cancelled %s after %d token(s)", request.request_id, where, produced)
 
     def _captured_logprobs(self, plan: RowPlan, fresh: list[int], top: int) -> list[TokenLogprob]:
@@ -394,6 +447,8 @@ class TransformersTextModel:
     def close(self) -> None:
         if self.manager is not None:
             self.manager.stop(block=True, timeout=5)
+        if self.static is not None:
+            self.static.close()
 
 
 def has_continuous_batching(model: Any) -> bool:
@@ -443,6 +498,11 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
             if isinstance(item, int) and item >= 0 and item not in ids:
                 ids.append(item)
     return ids
+
+
+def _on_cuda(model: Any) -> bool:
+    device = getattr(model, "device", None)
+    return getattr(device, "type", "cpu") == "cuda"
 
 
 def _ended_by_eos(tokens: list[int], eos_ids: list[int]) -> bool:

@@ -35,7 +35,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(tiny_dir: Path) -> Iterator[TransformersTextModel]:
-    loaded = TransformersTextModel.load(str(tiny_dir), TransformersOptions(batch_size=8, enable_thinking=True))
+    # transformers' continuous batching (the CPU default is static batches: test_transformers_static).
+    options = TransformersOptions(batch_size=8, enable_thinking=True, batching="continuous")
+    loaded = TransformersTextModel.load(str(tiny_dir), options)
     yield loaded
     loaded.close()
 

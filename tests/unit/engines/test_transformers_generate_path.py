@@ -30,7 +30,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TransformersText
     folder = build_tiny_llama(tmp_path_factory.mktemp("tiny-gen") / "m", think_template=True)
     patch = pytest.MonkeyPatch()
     patch.setattr(transformers_model, "has_continuous_batching", lambda model: False)
-    loaded = TransformersTextModel.load(str(folder), TransformersOptions(batch_size=4, enable_thinking=True))
+    options = TransformersOptions(batch_size=4, enable_thinking=True, batching="threads")  # auto: static batches
+    loaded = TransformersTextModel.load(str(folder), options)
     patch.undo()
     yield loaded
     loaded.close()

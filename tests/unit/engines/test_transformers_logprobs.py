@@ -22,10 +22,10 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TransformersTextModel]:
+@pytest.fixture(scope="module", params=["continuous", "static"])  # both batching paths copy raw rows
+def model(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[TransformersTextModel]:
     folder = build_tiny_llama(tmp_path_factory.mktemp("tiny-lp") / "m", seed=3)
-    loaded = TransformersTextModel.load(str(folder), TransformersOptions(batch_size=4))
+    loaded = TransformersTextModel.load(str(folder), TransformersOptions(batch_size=4, batching=request.param))
     yield loaded
     loaded.close()
 

@@ -33,7 +33,8 @@ ENTRY_IDS: contextvars.ContextVar[list[int]] = contextvars.ContextVar("entry_ids
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TransformersTextModel]:
     folder = build_tiny_llama(tmp_path_factory.mktemp("tiny-rows") / "m", seed=5)
-    loaded = TransformersTextModel.load(str(folder), TransformersOptions(batch_size=8, batch_interval=0.05))
+    options = TransformersOptions(batch_size=8, batch_interval=0.05, batching="continuous")  # hooks of that path
+    loaded = TransformersTextModel.load(str(folder), options)
     yield loaded
     loaded.close()
 

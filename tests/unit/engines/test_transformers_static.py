@@ -1,0 +1,244 @@
+"""The transformers engine's padded static-batch path (``transformers_static``) on a tiny random Llama: greedy
+tokens equal ``generate()``'s alone and left-padded beside prompts of other lengths, exact ``max_tokens``, EOS,
+closed iterators, seeds, stop strings; and which path ``batching=auto`` takes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from xinfd_engines.transformers_model import TransformersOptions, TransformersTextModel, choose_path
+from xinfd_engines.transformers_static import StaticBatcher, row_plan
+
+from tests.unit.engines.test_transformers_engine import collect
+from tests.unit.engines.tiny_models import build_tiny_llama
+from xinfd.errors import InvalidRequestError
+from xinfd.types import GenerateRequest
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning"),
+    pytest.mark.asyncio(loop_scope="module"),
+]
+
+PROMPTS = ("hello", "the quick brown fox jumps over", "a small model for tests answers with", "hi")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-static") / "m", think_template=True)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dir: Path) -> Iterator[TransformersTextModel]:
+    options = TransformersOptions(batch_size=4, enable_thinking=True, batching="static")
+    loaded = TransformersTextModel.load(str(tiny_dir), options)
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture
+def batcher(model: TransformersTextModel, request: pytest.FixtureRequest) -> Iterator[StaticBatcher]:
+    """A batcher of its own on the model's weights, with the end-of-sequence ids a test chooses (none by
+    default, so every row runs to its ``max_tokens``)."""
+    marker = request.node.get_closest_marker("eos")
+    made = StaticBatcher(
+        model=model.model, eos_ids=list(marker.args) if marker else [], batch_size=4, batch_interval=0.0
+    )
+    yield made
+    made.close()
+
+
+def reference_ids(model: TransformersTextModel, prompt: str, n: int, eos: list[int] | None = None) -> list[int]:
+    """transformers' own greedy generate() for one unpadded prompt: the token ids a row must reproduce."""
+    import torch
+
+    ids = torch.tensor([model._encode(prompt)])
+    out = model.model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=n,
+        min_new_tokens=0 if eos else n,
+        do_sample=False,
+        eos_token_id=eos or None,
+        pad_token_id=0,
+    )
+    return [int(t) for t in out[0][ids.shape[1] :]]
+
+
+def request(prompt: str, max_tokens: int = 16, **kw: Any) -> GenerateRequest:
+    return GenerateRequest(
+        request_id="s",
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=kw.pop("temperature", 0.0),
+        kind=kw.pop("kind", "completion"),
+        **kw,
+    )
+
+
+async def ids_of(
+    batcher: StaticBatcher, model: TransformersTextModel, prompt: str, max_tokens: int = 16, **kw: Any
+) -> list[int]:
+    """The token ids the batcher streams for ``prompt``, checking they arrive cumulative and end finished."""
+    seed = kw.pop("seed", None)
+    last: list[int] = []
+    finished = False
+    plan = row_plan(logprobs=False, seed=seed)
+    source = batcher.tokens(model._encode(prompt), request(prompt, max_tokens, **kw), plan)
+    async for tokens, done in source:
+        assert tokens[: len(last)] == last and not finished
+        last, finished = tokens, done
+    assert finished
+    return last
+
+
+def test_the_launch_option_selects_the_static_path(model: TransformersTextModel) -> None:
+    assert model.path == "static" and model.static is not None
+    assert model.manager is None and model.threaded is None
+
+
+async def test_one_row_equals_generate(batcher: StaticBatcher, model: TransformersTextModel) -> None:
+    assert await ids_of(batcher, model, PROMPTS[1], 20) == reference_ids(model, PROMPTS[1], 20)
+
+
+async def test_a_left_padded_batch_of_different_lengths_equals_generate_per_prompt(
+    batcher: StaticBatcher, model: TransformersTextModel
+) -> None:
+    before = batcher.batches
+    together = await asyncio.gather(*(ids_of(batcher, model, p, 20) for p in PROMPTS))
+    assert batcher.batches == before + 1  # submitted in one loop turn: one padded batch
+    assert len({len(model._encode(p)) for p in PROMPTS}) > 1
+    assert together == [reference_ids(model, p, 20) for p in PROMPTS]
+
+
+async def test_max_tokens_is_exact_per_row(batcher: StaticBatcher, model: TransformersTextModel) -> None:
+    lengths = await asyncio.gather(*(ids_of(batcher, model, p, n) for p, n in zip(PROMPTS, (1, 3, 7, 12), strict=True)))
+    assert [len(ids) for ids in lengths] == [1, 3, 7, 12]
+    assert batcher.rows_dropped == 3  # the short rows left the batch's cache as they finished
+
+
+async def test_eos_stops_its_row_and_the_others_continue(model: TransformersTextModel) -> None:
+    long = reference_ids(model, PROMPTS[1], 20)
+    eos = long[5]  # the sixth token this row generates becomes its end-of-sequence token
+    other = PROMPTS[2]
+    expected_other = reference_ids(model, other, 20, eos=[eos])
+    batcher = StaticBatcher(model=model.model, eos_ids=[eos], batch_size=4, batch_interval=0.0)
+    try:
+        stopped, continued = await asyncio.gather(
+            ids_of(batcher, model, PROMPTS[1], 20), ids_of(batcher, model, other, 20)
+        )
+    finally:
+        batcher.close()
+    assert stopped == long[: long.index(eos) + 1]  # ends with (and includes) the EOS token
+    assert continued == expected_other and len(continued) > len(stopped)
+
+
+async def test_a_closed_iterator_leaves_the_batch_while_the_others_continue(
+    batcher: StaticBatcher, model: TransformersTextModel
+) -> None:
+    async def close_after_first(prompt: str) -> list[int]:
+        gen: AsyncGenerator[tuple[list[int], bool], None] = batcher.tokens(
+            model._encode(prompt), request(prompt, 400), None
+        )
+        async for tokens, _ in gen:
+            await gen.aclose()
+            return tokens
+        raise AssertionError("no token")
+
+    closed, full = await asyncio.gather(close_after_first(PROMPTS[0]), ids_of(batcher, model, PROMPTS[1], 300))
+    assert len(closed) < 400
+    assert full == reference_ids(model, PROMPTS[1], 300)
+    assert batcher.rows_dropped == 1  # the closed row was dropped from the cache, long before its 400 tokens
+
+
+async def test_the_same_seed_gives_the_same_tokens_alone_or_in_a_batch(model: TransformersTextModel) -> None:
+    def sampled(seed: int | None, prompt: str = "the quick") -> Coroutine[Any, Any, tuple[str, str, str | None]]:
+        return collect(model, prompt, kind="completion", max_tokens=16, temperature=1.0, top_p=0.9, seed=seed)
+
+    alone = await sampled(1234)
+    crowded = await asyncio.gather(sampled(1234), sampled(None, "hello"), sampled(None, "a small"), sampled(1234))
+    assert crowded[0] == crowded[3] == alone
+    assert await sampled(99) != alone
+
+
+async def test_engine_deltas_stop_strings_usage_and_cancel(model: TransformersTextModel) -> None:
+    full, _, _ = await collect(model, "hello world", kind="completion", max_tokens=24)
+    stop = full[5:8]
+    text, _, reason = await collect(model, "hello world", kind="completion", stop=(stop,))
+    assert reason == "stop" and stop not in text and full.startswith(text)
+    deltas = [d async for d in model.generate(request("hello", 9, kind="completion"))]
+    if deltas[-1].finish_reason == "length":
+        assert deltas[-1].tokens == 9
+    else:  # ended by the end-of-sequence token, which is not counted
+        assert deltas[-1].finish_reason == "stop" and (deltas[-1].tokens or 0) < 9
+    before = model.cancelled
+    gen = model.generate(request("hello", 400, temperature=1.0, kind="completion"))
+    async for _ in gen:
+        break
+    await gen.aclose()  # type: ignore[attr-defined]
+    assert model.cancelled == before + 1
+    assert (await collect(model, "hello", kind="completion"))[2] is not None  # the next batch still serves
+
+
+async def test_thinking_is_split_as_on_the_other_paths(model: TransformersTextModel) -> None:
+    from xinfd.types import ChatMessage
+
+    prompt = model.render_chat([ChatMessage(role="user", content="hello")], {})
+    _, reasoning, reason = await collect(model, prompt, kind="chat", max_tokens=12)
+    assert reasoning and reason is not None  # the prompt opened <think>: generation starts as reasoning
+
+
+async def test_the_gathering_window_joins_later_arrivals_and_ends_when_the_batch_is_full(
+    model: TransformersTextModel,
+) -> None:
+    # A window far longer than the test: it can only end because the second request fills the batch of two.
+    batcher = StaticBatcher(model=model.model, eos_ids=[], batch_size=2, batch_interval=600.0)
+    try:
+        first = asyncio.ensure_future(ids_of(batcher, model, PROMPTS[0], 6))
+        await asyncio.sleep(0.01)  # a later loop turn: not woken together with the first
+        second = await ids_of(batcher, model, PROMPTS[1], 6)
+        assert await first == reference_ids(model, PROMPTS[0], 6)
+        assert second == reference_ids(model, PROMPTS[1], 6)
+        assert batcher.batches == 1
+    finally:
+        batcher.close()
+
+
+async def test_a_request_the_batch_cannot_take_fails_alone(
+    batcher: StaticBatcher, model: TransformersTextModel
+) -> None:
+    with pytest.raises(InvalidRequestError, match="prompt is empty"):
+        async for _ in batcher.tokens([], request("", 4), None):
+            pass
+    bad, good = await asyncio.gather(
+        ids_of(batcher, model, PROMPTS[0], 8, temperature=1.0, top_p=-0.5),  # the top-p warper refuses it
+        ids_of(batcher, model, PROMPTS[1], 8),
+        return_exceptions=True,
+    )
+    assert isinstance(bad, ValueError) and "top_p" in str(bad)
+    assert good == reference_ids(model, PROMPTS[1], 8)
+
+
+def test_auto_takes_continuous_batching_on_cuda_and_static_batches_elsewhere() -> None:
+    assert choose_path("auto", continuous_batching=True, cuda=False) == "static"
+    assert choose_path("auto", continuous_batching=True, cuda=True) == "continuous_batching"
+    assert choose_path("auto", continuous_batching=False, cuda=False) == "static"  # transformers < 5
+    assert choose_path("auto", continuous_batching=False, cuda=True) == "static"
+    assert choose_path("static", continuous_batching=True, cuda=True) == "static"
+    assert choose_path("threads", continuous_batching=True, cuda=False) == "generate"
+    assert choose_path("continuous", continuous_batching=True, cuda=False) == "continuous_batching"
+    with pytest.raises(ValueError, match="batching=continuous needs"):
+        choose_path("continuous", continuous_batching=False, cuda=False)
+
+
+def test_the_batching_option_is_validated() -> None:
+    assert TransformersOptions.from_launch({}).batching == "auto"
+    assert TransformersOptions.from_launch({"batching": "static"}).batching == "static"
+    with pytest.raises(ValueError, match="'batching' must be auto, continuous, static or threads"):
+        TransformersOptions.from_launch({"batching": "dynamic"})
