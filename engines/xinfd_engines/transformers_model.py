@@ -21,13 +21,13 @@ top_p (each row's own values: ``test_transformers_rows`` checks a greedy row bes
 ``temperature=0`` get a temperature of 1e-5, which makes sampling pick the arg-max token. A per-request
 ``seed`` and ``logprobs`` are served by hooks in the batch step (``transformers_rows``): the row draws with
 its own generator, and its raw log-softmax is copied from the batch's logits. ``top_k`` and
-``repetition_penalty`` are ignored (logged once): the batch has no per-request processor for them. The
+``repetition_penalty`` are ignored on this path (logged once): the batch has no per-request processor for them. The
 weights' ``generation_config.json`` temperature and top_p (``sampling_defaults``) apply to requests that
 leave them unset.
 
 Two more paths stream token ids into the same deltas, stop strings, cancellation and exact usage:
 ``transformers_static`` runs padded static batches with our own decode loop over the model's forward and KV
-cache (seeds and logprobs too), on any release from 4.37 (releases without continuous batching, which a model
+cache (seeds, logprobs, top_k and repetition_penalty too), on any release from 4.37 (releases without continuous batching, which a model
 venv may pin: GOT-OCR2's 4.37.2); ``transformers_generate`` runs one ``generate()`` per request on a thread.
 The launch option ``batching`` (auto, continuous, static, threads) picks one, and ``choose_path`` says what
 ``auto`` takes and why (continuous batching on CUDA, static batches elsewhere). ``path`` says which one a
@@ -266,7 +266,7 @@ class TransformersTextModel:
         config = ContinuousBatchingConfig(
             page_size=page,
             num_blocks=max(4, math.ceil(self.options.kv_cache_tokens / page)),
-            max_batch_tokens=2048,
+            max_batch_tokens=continuous_batch_tokens(cuda=_on_cuda(self.model)),
             max_requests_per_batch=self.options.batch_size,
             per_request_processors=True,
             allow_block_sharing=False,
@@ -318,7 +318,11 @@ class TransformersTextModel:
             parse_reasoning=self.parse_reasoning and chat,
             starts_in_reasoning=prompt_opens_reasoning(request.prompt),
         )
-        if (request.top_k is not None or request.repetition_penalty is not None) and not self._unsupported_warned:
+        if (
+            self.static is None
+            and (request.top_k is not None or request.repetition_penalty is not None)
+            and not self._unsupported_warned
+        ):
             self._unsupported_warned = True
             log.warning(
                 "top_k and repetition_penalty are ignored: transformers' batching has no per-request processor for them"
@@ -498,6 +502,15 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
             if isinstance(item, int) and item >= 0 and item not in ids:
                 ids.append(item)
     return ids
+
+
+def continuous_batch_tokens(*, cuda: bool) -> int:
+    """The token budget of one continuous-batching step. transformers sizes its attention masks by it times
+    the whole cache (``M x (N + M)``, float32): at 2048 beside the default 16384-token cache that is ~150 MiB
+    of a CPU replica, more than a small model's weights, for prefill chunks a CPU cannot compute any faster
+    than four smaller ones (longer prompts are prefilled over several steps; measured: a tiny model's replica
+    +163 MiB at 2048, +35 MiB at 256). On CUDA the large step keeps the GPU busy."""
+    return 2048 if cuda else 256
 
 
 def _on_cuda(model: Any) -> bool:

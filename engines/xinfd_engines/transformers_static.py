@@ -11,9 +11,9 @@ How a batch runs (one worker thread, one batch at a time):
 * the requests waiting when a batch starts (up to the replica's ``batch_size``) are **left-padded** into one
   tensor, with an attention mask and position ids counted from the mask (as ``generate()`` does for a padded
   batch), and prefilled by one forward that keeps only the last position's logits;
-* then one forward per step, each row feeding its own last token; each row picks its token itself: arg-max at
-  ``temperature == 0``, else temperature, then top-p for rows with ``top_p < 1`` (transformers' own warpers, the
-  arithmetic of the ``generate()`` path), then a draw from the row's own ``torch.Generator`` when the request
+* then one forward per step, each row feeding its own last token; each row picks its token itself: its
+  repetition penalty first when it has one, then arg-max at ``temperature == 0``, else temperature, top-k and
+  top-p (transformers' own processors, the arithmetic of the ``generate()`` path), then a draw from the row's own ``torch.Generator`` when the request
   has a ``seed`` (the same seed gives the same tokens whatever else is in the batch), else torch's global one;
 * a row stops on an end-of-sequence token, at ``max_tokens``, or when its iterator is closed (client gone,
   ``/abort``, a stop string matched in ``DeltaBuilder``); a stopped row's cache rows are dropped
@@ -68,6 +68,10 @@ class _Row:
     after_idle: bool = False  # submitted while no other request was waiting or being decoded
     produced: int = 0
     warpers: list[Any] = field(default_factory=list)
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    # The row's tokens so far (prompt, then generated), kept only when a repetition penalty reads them.
+    seen: list[int] | None = None
 
 
 def row_plan(*, logprobs: bool, seed: int | None) -> RowPlan | None:
@@ -129,7 +133,11 @@ class StaticBatcher:
             top_p=float(request.top_p),
             plan=plan,
             post=post,
+            top_k=request.top_k,
+            repetition_penalty=request.repetition_penalty,
         )
+        if row.repetition_penalty is not None and row.repetition_penalty != 1.0:
+            row.seen = list(row.ids)
         if not row.ids:
             raise InvalidRequestError("the prompt is empty: there is nothing to continue", param="prompt")
         row.warpers = _warpers(row)  # here, so that a value the warpers refuse fails this request only
@@ -238,6 +246,8 @@ class StaticBatcher:
                     if row.cancelled.is_set():
                         continue  # closed meanwhile: nobody reads it any more
                     row.produced += 1
+                    if row.seen is not None:
+                        row.seen.append(token)
                     done = token in self.eos_ids or row.produced >= row.max_tokens
                     row.post(([token], done))
                     if not done:
@@ -277,9 +287,15 @@ class StaticBatcher:
                 continue
             if row.plan is not None and row.plan.logprobs:
                 row.plan.rows.append(torch.log_softmax(logits[i].float(), dim=-1).cpu())
-            if row.temperature > 0:
+            if row.seen is not None:  # the penalty changes greedy picks too
+                scores = row.warpers[0](torch.tensor([row.seen], device=logits.device), logits[i : i + 1].float())
+                if row.temperature <= 0:
+                    picked[i] = int(scores.argmax(-1))
+                    continue
+            else:
                 scores = logits[i : i + 1].float()
-                for warper in row.warpers:
+            if row.temperature > 0:
+                for warper in row.warpers[1 if row.seen is not None else 0 :]:
                     scores = warper(None, scores)
                 probs = torch.softmax(scores, dim=-1)
                 generator = row.plan.generator if row.plan is not None else None
@@ -290,15 +306,27 @@ class StaticBatcher:
 
 
 def _warpers(row: _Row) -> list[Any]:
-    """transformers' temperature and top-p warpers (every release since 4.28 has both) for a sampling row."""
-    if row.temperature <= 0:
-        return []
-    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+    """The row's logits processors in ``generate()``'s order, transformers' own classes (every release since
+    4.28 has them): the repetition penalty first (over ``row.seen``; greedy rows too), then, for a sampling row,
+    temperature, top-k and top-p. OpenAI's API has no top-k; Xinference's clients and vLLM's send it."""
+    from transformers import (
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
-    warpers: list[Any] = [TemperatureLogitsWarper(row.temperature)]
+    processors: list[Any] = []
+    if row.seen is not None:
+        processors.append(RepetitionPenaltyLogitsProcessor(float(row.repetition_penalty or 1.0)))
+    if row.temperature <= 0:
+        return processors
+    processors.append(TemperatureLogitsWarper(row.temperature))
+    if row.top_k is not None and row.top_k > 0:
+        processors.append(TopKLogitsWarper(int(row.top_k)))
     if row.top_p < 1:
-        warpers.append(TopPLogitsWarper(row.top_p))
-    return warpers
+        processors.append(TopPLogitsWarper(row.top_p))
+    return processors
 
 
 def _select_rows(cache: Any, index: Any) -> Any:

@@ -54,7 +54,8 @@ def batcher(model: TransformersTextModel, request: pytest.FixtureRequest) -> Ite
     made.close()
 
 
-def reference_ids(model: TransformersTextModel, prompt: str, n: int, eos: list[int] | None = None) -> list[int]:
+def reference_ids(model: TransformersTextModel, prompt: str, n: int, eos: list[int] | None = None,
+                  **generate: Any) -> list[int]:
     """transformers' own greedy generate() for one unpadded prompt: the token ids a row must reproduce."""
     import torch
 
@@ -67,6 +68,7 @@ def reference_ids(model: TransformersTextModel, prompt: str, n: int, eos: list[i
         do_sample=False,
         eos_token_id=eos or None,
         pad_token_id=0,
+        **generate,
     )
     return [int(t) for t in out[0][ids.shape[1] :]]
 
@@ -242,3 +244,25 @@ def test_the_batching_option_is_validated() -> None:
     assert TransformersOptions.from_launch({"batching": "static"}).batching == "static"
     with pytest.raises(ValueError, match="'batching' must be auto, continuous, static or threads"):
         TransformersOptions.from_launch({"batching": "dynamic"})
+
+
+async def test_repetition_penalty_and_top_k_per_row(batcher: StaticBatcher, model: TransformersTextModel) -> None:
+    """A row's repetition penalty changes its greedy tokens exactly as generate()'s does, beside a row without
+    one in the same batch; top_k=1 sampling is the arg-max whatever the temperature."""
+    plain, penalised = await asyncio.gather(
+        ids_of(batcher, model, PROMPTS[1], 24),
+        ids_of(batcher, model, PROMPTS[1], 24, repetition_penalty=5.0),
+    )
+    assert plain == reference_ids(model, PROMPTS[1], 24)
+    assert penalised == reference_ids(model, PROMPTS[1], 24, repetition_penalty=5.0)
+    assert penalised != plain  # the tiny model repeats itself: the penalty must show
+    hot_top1 = await ids_of(batcher, model, PROMPTS[2], 12, temperature=5.0, top_k=1)
+    assert hot_top1 == reference_ids(model, PROMPTS[2], 12)
+
+
+def test_continuous_batching_steps_are_small_on_cpu() -> None:
+    """The CB step budget sizes transformers' attention masks (memory): small on CPU, large on CUDA."""
+    from xinfd_engines.transformers_model import continuous_batch_tokens
+
+    assert continuous_batch_tokens(cuda=False) == 256
+    assert continuous_batch_tokens(cuda=True) == 2048
