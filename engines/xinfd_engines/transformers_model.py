@@ -27,8 +27,9 @@ leave them unset.
 
 Two more paths stream token ids into the same deltas, stop strings, cancellation and exact usage:
 ``transformers_static`` runs padded static batches with our own decode loop over the model's forward and KV
-cache (seeds, logprobs, top_k and repetition_penalty too), on any release from 4.37 (releases without continuous batching, which a model
-venv may pin: GOT-OCR2's 4.37.2); ``transformers_generate`` runs one ``generate()`` per request on a thread.
+cache (seeds, logprobs, top_k and repetition_penalty too), on any release from 4.37 (releases without
+continuous batching, which a model venv may pin: GOT-OCR2's 4.37.2); ``transformers_generate`` runs one
+``generate()`` per request on a thread.
 The launch option ``batching`` (auto, continuous, static, threads) picks one, and ``choose_path`` says what
 ``auto`` takes and why (continuous batching on CUDA, static batches elsewhere). ``path`` says which one a
 replica uses ("continuous_batching", "static" or "generate").

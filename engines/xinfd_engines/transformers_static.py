@@ -13,8 +13,9 @@ How a batch runs (one worker thread, one batch at a time):
   batch), and prefilled by one forward that keeps only the last position's logits;
 * then one forward per step, each row feeding its own last token; each row picks its token itself: its
   repetition penalty first when it has one, then arg-max at ``temperature == 0``, else temperature, top-k and
-  top-p (transformers' own processors, the arithmetic of the ``generate()`` path), then a draw from the row's own ``torch.Generator`` when the request
-  has a ``seed`` (the same seed gives the same tokens whatever else is in the batch), else torch's global one;
+  top-p (transformers' own processors, the arithmetic of the ``generate()`` path), then a draw from the row's
+  own ``torch.Generator`` when the request has a ``seed`` (the same seed gives the same tokens whatever else is
+  in the batch), else torch's global one;
 * a row stops on an end-of-sequence token, at ``max_tokens``, or when its iterator is closed (client gone,
   ``/abort``, a stop string matched in ``DeltaBuilder``); a stopped row's cache rows are dropped
   (``_select_rows``) so it costs nothing more, and the batch ends when no row is left;
