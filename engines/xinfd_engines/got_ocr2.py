@@ -233,9 +233,10 @@ class GotOcr2Model:
                     builder.push(text, final=done), done=done, natural_stop=eos, tokens=produced - (1 if eos else 0)
                 )
                 if delta is not None:
+                    ended = delta.finish_reason is not None
+                    finished = ended and done  # before the yield: a consumer with its answer closes the iterator there
                     yield delta
-                    if delta.finish_reason is not None:
-                        finished = done
+                    if ended:
                         return
         finally:
             await source.aclose()  # stops the generate() thread at its next step

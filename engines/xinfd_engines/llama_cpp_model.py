@@ -152,9 +152,10 @@ class LlamaCppModel:
                 if delta is not None:
                     if scored:
                         delta, scored = replace(delta, logprobs=tuple(scored)), []
+                    ended = delta.finish_reason is not None
+                    finished = ended and done  # before the yield: a consumer with its answer closes the iterator there
                     yield delta
-                    if delta.finish_reason is not None:
-                        finished = done
+                    if ended:
                         return
         finally:
             cancel.set()

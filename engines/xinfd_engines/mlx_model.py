@@ -169,9 +169,10 @@ class MlxTextModel:
                 piece = builder.push(self.tokenizer.decode(tokens), final=done)
                 delta = to_delta(piece, done=done, natural_stop=reason == "stop", tokens=len(tokens))
                 if delta is not None:
+                    ended = delta.finish_reason is not None
+                    finished = ended and done  # before the yield: a consumer with its answer closes the iterator there
                     yield delta
-                    if delta.finish_reason is not None:
-                        finished = done
+                    if ended:
                         return
         finally:
             if not finished:

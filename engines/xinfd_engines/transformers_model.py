@@ -61,6 +61,7 @@ from xinfd_engines.transformers_logprobs import TokenScorer, token_entry
 from xinfd_engines.transformers_rows import BatchRowHooks, RowPlan
 from xinfd_engines.transformers_static import StaticBatcher, row_plan
 from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning, to_delta
+from xinfd_engines.transformers_tokens import PromptEncoder
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,7 @@ class TransformersTextModel:
         # The weights' recommended sampling (generation_config.json), for requests that leave a field unset.
         self.sampling_defaults = generation_defaults(getattr(model, "generation_config", None))
         self._unsupported_warned = False
+        self._prompts = PromptEncoder(tokenizer)  # counted by the host, then encoded to generate: once
         self._score_lock = threading.Lock()  # TokenScorer forwards on the generate() path, one at a time
         self.manager: Any = None
         self.rows: BatchRowHooks | None = None  # the batch step's per-request hooks (seed, logprobs)
@@ -363,9 +365,12 @@ class TransformersTextModel:
                 if delta is not None:
                     if scored:
                         delta, scored = dataclasses.replace(delta, logprobs=tuple(scored)), []
+                    # Marked before the yield: a consumer that has its answer closes the iterator right
+                    # there, and every finished request used to be counted and logged as cancelled.
+                    ended = delta.finish_reason is not None
+                    finished = ended and done
                     yield delta
-                    if delta.finish_reason is not None:
-                        finished = done
+                    if ended:
                         return
         finally:
             await source.aclose()  # cancels the request in the batch, or stops its generate() thread
@@ -432,10 +437,8 @@ class TransformersTextModel:
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
-        # Chat templates write the BOS token themselves; add it only to prompts that lack it.
-        bos = getattr(self.tokenizer, "bos_token", None)
-        special = not (bos and text.startswith(bos))
-        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+        # Chat templates write the BOS token themselves; the encoder adds it only to prompts that lack it.
+        return self._prompts.encode(text)
 
     def _decode(self, tokens: list[int]) -> str:
         return str(self.tokenizer.decode(tokens, skip_special_tokens=True))

@@ -266,3 +266,15 @@ def test_continuous_batching_steps_are_small_on_cpu() -> None:
 
     assert continuous_batch_tokens(cuda=False) == 256
     assert continuous_batch_tokens(cuda=True) == 2048
+
+
+async def test_a_request_closed_after_its_last_delta_is_not_counted_as_cancelled(model: TransformersTextModel) -> None:
+    """The worker host closes the iterator as soon as it holds the delta with a finish_reason; such a request
+    ended normally (it used to be counted, and logged, as cancelled: every request was)."""
+    before = model.cancelled
+    gen = model.generate(request(PROMPTS[1], 5))
+    async for delta in gen:
+        if delta.finish_reason is not None:
+            break
+    await gen.aclose()  # type: ignore[attr-defined]
+    assert delta.finish_reason == "length" and model.cancelled == before
