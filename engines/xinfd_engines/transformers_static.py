@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 # A request that arrives this soon after a batch ended is taken for a follow-up of that batch's clients.
 _FOLLOW_UP_S = 0.05
+# How many batch intervals a window waits for the follow-ups it expects (``StaticBatcher._window``).
+_FOLLOW_UP_WINDOWS = 4
 
 # What the worker posts to a request's queue: (new token ids, finished), or the exception that ended the batch.
 Post = Callable[[Any], None]
@@ -107,7 +109,9 @@ class StaticBatcher:
         self._cond = threading.Condition()
         self._closed = False
         self._running: list[_Row] = []  # the batch being decoded, so that close() can end it
-        self._last_rows = 0  # rows of the last batch, and when it ended (``_expected``)
+        # The most requests in the model at once (running or waiting) while the last batch ran, and when it
+        # ended (``_window``); ``_peak`` is the running batch's.
+        self._peak = self._last_peak = 0
         self._last_end = float("-inf")
         params = inspect.signature(model.forward).parameters
         # transformers renamed forward's ``past_key_values`` to ``cache`` (5.2x; the old name warns).
@@ -160,6 +164,9 @@ class StaticBatcher:
             row.after_idle = not self._waiting and all(r.cancelled.is_set() for r in self._running)
             row.arrived = time.monotonic()
             self._waiting.append(row)
+            if self._running:
+                running = sum(not r.cancelled.is_set() for r in self._running)
+                self._peak = max(self._peak, running + len(self._waiting))
         # Woken at the end of this loop turn, so requests submitted together are prefilled together.
         loop.call_soon(self._wake)
         generated: list[int] = []
@@ -184,14 +191,21 @@ class StaticBatcher:
         finally:
             row.cancelled.set()  # a no-op for a finished row; otherwise it leaves the batch at the next step
 
-    def _expected(self, arrived: float) -> int:
-        """How many waiting requests end a gathering window early. Right after a batch (within
-        ``_FOLLOW_UP_S``), as many as it had: clients that wait for their answer before asking again (a
-        closed loop, the common load) send their next requests together once that batch answered, and
-        waiting out the rest of the window then only leaves the model idle. Otherwise a full batch."""
-        if self._last_rows and arrived - self._last_end <= _FOLLOW_UP_S:
-            return min(self.batch_size, self._last_rows)
-        return self.batch_size
+    def _window(self, first: _Row, follow_up: bool) -> tuple[int, float, float]:
+        """How many waiting requests close a gathering window, when it opened, and its longest length.
+
+        Right after a batch (``follow_up``: the first waiting request queued behind it, or arrived within
+        ``_FOLLOW_UP_S`` of its end), the window expects as many requests as the model held at once while that
+        batch ran, and counts from its end. Clients that wait for their answer before asking again (a closed
+        loop, the common load) come back together once their batch answered, but relayed through the daemon
+        they come a few ms apart: closing the window before a straggler splits them into two batches for good
+        (each a whole decode, one after the other), so it waits up to ``_FOLLOW_UP_WINDOWS`` intervals for
+        them, and not at all once they are all there (a lone client never waits). Otherwise the window is one
+        interval from the arrival of the request that found the model idle, closed early by a full batch."""
+        if follow_up and self._last_peak:
+            start = max(first.arrived, self._last_end)
+            return min(self.batch_size, self._last_peak), start, self.batch_interval * _FOLLOW_UP_WINDOWS
+        return self.batch_size, first.arrived, self.batch_interval
 
     def _wake(self) -> None:
         with self._cond:
@@ -217,12 +231,12 @@ class StaticBatcher:
                         row.post(RuntimeError("the model was closed"))
                     return
                 first = self._waiting[0]
-                if first.after_idle and self.batch_interval > 0:
-                    # The gathering window, from the arrival of a request that found the model idle; it ends
-                    # early once the batch is full, or once as many requests wait as the batch that just
-                    # ended had (see ``_expected``).
-                    deadline = first.arrived + self.batch_interval
-                    enough = self._expected(first.arrived)
+                follow_up = first.arrived - self._last_end <= _FOLLOW_UP_S or not first.after_idle
+                if self.batch_interval > 0 and (first.after_idle or follow_up):
+                    # The gathering window (see ``_window``): from the arrival of a request that found the
+                    # model idle, or from the end of the batch the waiting requests queued behind.
+                    enough, start, window = self._window(first, follow_up)
+                    deadline = start + window
                     while len(self._waiting) < enough and not self._closed:
                         if (left := deadline - time.monotonic()) <= 0:
                             break
@@ -232,10 +246,11 @@ class StaticBatcher:
                 live = [r for r in self._waiting if not r.cancelled.is_set()]
                 rows, self._waiting = live[: self.batch_size], live[self.batch_size :]
                 self._running = rows
+                self._peak = len(rows) + len(self._waiting)
             if not rows:
                 continue
             try:
-                self._last_rows = len(rows)
+                log.debug("static batch of %d row(s)", len(rows))
                 self._decode(rows)
             except Exception as exc:  # reported to every request of the batch, not lost in the thread
                 log.exception("a static batch of %d request(s) failed", len(rows))
@@ -245,6 +260,7 @@ class StaticBatcher:
                 with self._cond:
                     self._running = []
                     self._last_end = time.monotonic()
+                    self._last_peak = self._peak
 
     def _decode(self, rows: list[_Row]) -> None:
         import torch

@@ -278,3 +278,45 @@ async def test_a_request_closed_after_its_last_delta_is_not_counted_as_cancelled
             break
     await gen.aclose()  # type: ignore[attr-defined]
     assert delta.finish_reason == "length" and model.cancelled == before
+
+
+def test_the_window_after_a_batch_expects_the_clients_it_held(model: TransformersTextModel) -> None:
+    """The decision alone: right after a batch, the window waits (up to four intervals, from the batch's end)
+    for as many requests as the model held while it ran; a lone client's follow-up is never kept waiting; an
+    idle model's first request gets one interval, closed by a full batch."""
+    from xinfd_engines.transformers_static import _FOLLOW_UP_WINDOWS
+
+    batcher = StaticBatcher(model=model.model, eos_ids=[], batch_size=8, batch_interval=0.003)
+    try:
+        first = type("Row", (), {"arrived": 10.0, "after_idle": True})()
+        assert batcher._window(first, follow_up=False) == (8, 10.0, 0.003)  # nothing known yet
+        batcher._last_peak, batcher._last_end = 5, 9.99
+        enough, start, window = batcher._window(first, follow_up=True)
+        assert (enough, start) == (5, 10.0) and window == 0.003 * _FOLLOW_UP_WINDOWS
+        queued = type("Row", (), {"arrived": 9.5, "after_idle": False})()  # queued behind the last batch
+        assert batcher._window(queued, follow_up=True)[:2] == (5, 9.99)  # counted from the batch's end
+        batcher._last_peak = 1
+        assert batcher._window(first, follow_up=True)[0] == 1  # one waiting request closes it at once
+        batcher._last_peak = 40
+        assert batcher._window(first, follow_up=True)[0] == 8  # never more than a batch
+    finally:
+        batcher.close()
+
+
+async def test_a_straggling_client_joins_its_peers_next_batch(model: TransformersTextModel) -> None:
+    """Two clients in a closed loop, one of them answering 1 s late: the follow-up window (4 x 0.5 s from the
+    batch's end) waits for it, so they stay in one batch instead of splitting into two for good."""
+    batcher = StaticBatcher(model=model.model, eos_ids=[], batch_size=4, batch_interval=0.5)
+    try:
+        await asyncio.gather(ids_of(batcher, model, PROMPTS[0], 3), ids_of(batcher, model, PROMPTS[1], 3))
+        assert batcher.batches == 1
+
+        async def late() -> list[int]:
+            await asyncio.sleep(1.0)
+            return await ids_of(batcher, model, PROMPTS[1], 3)
+
+        _, late_ids = await asyncio.gather(ids_of(batcher, model, PROMPTS[0], 3), late())
+        assert batcher.batches == 2, "the straggler was left for a batch of its own"
+        assert late_ids == reference_ids(model, PROMPTS[1], 3)
+    finally:
+        batcher.close()
