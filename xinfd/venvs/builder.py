@@ -70,23 +70,26 @@ _BASE_DISTS = (
 # files ran) with ``xinfd.venvs.installed`` (dist-info directory names, first of a name wins, as for imports):
 # the same reading that predicted them, at a fraction of importing ``importlib.metadata`` and ``packaging``,
 # which cost more than the rest of the probe together. ``packaging`` is imported only for a version whose
-# spelling differs (a base scanned by another interpreter's importlib.metadata).
+# spelling differs (a base scanned by another interpreter's importlib.metadata); with nothing skipped (``{}``)
+# there is nothing to list, and the probe prints nothing before its imports.
 _PROBE = (
-    "import importlib, json, sys\n"
-    "from xinfd.venvs.installed import visible\n"
-    "seen = visible(sys.path)\n"
+    "import importlib, sys\n"
     "wrong = {}\n"
-    "for name, version in json.loads(sys.argv[1]).items():\n"
-    "    found = seen.get(name)\n"
-    "    if found != version:\n"
-    "        from packaging.version import InvalidVersion, Version\n"
-    "        try:\n"
-    "            same = found is not None and Version(found) == Version(version)\n"
-    "        except InvalidVersion:\n"
-    "            same = False\n"
-    "        if not same:\n"
-    "            wrong[name] = found\n"
-    "print(json.dumps(wrong))\n"
+    "if sys.argv[1] != '{}':\n"
+    "    import json\n"
+    "    from xinfd.venvs.installed import visible\n"
+    "    seen = visible(sys.path)\n"
+    "    for name, version in json.loads(sys.argv[1]).items():\n"
+    "        found = seen.get(name)\n"
+    "        if found != version:\n"
+    "            from packaging.version import InvalidVersion, Version\n"
+    "            try:\n"
+    "                same = found is not None and Version(found) == Version(version)\n"
+    "            except InvalidVersion:\n"
+    "                same = False\n"
+    "            if not same:\n"
+    "                wrong[name] = found\n"
+    "    print(json.dumps(wrong))\n"
     "if wrong:\n"
     "    sys.exit(0)\n"
     "for m in sys.argv[2:]:\n"
@@ -388,7 +391,9 @@ async def _build(
                                   what=f"probe: engine {spec.engine!r} with Python {spec.python_version}"))
     record = timed("record", asyncio.to_thread(lambda: (installed.freeze(sp), manifest(target))))
     (freeze, files), uv_version, probed, *_ = await asyncio.gather(record, uv.version(), *checks)
-    missing = json.loads(probed.strip().splitlines()[-1]) if probed.strip() else {}
+    # The probe's first line (printed before its imports, whose own output may follow), when it checked any.
+    lines = probed.splitlines()
+    missing = json.loads(lines[0]) if expected and lines else {}
     if missing:
         raise VenvError("the new venv does not see what the build skipped as already installed: " + ", ".join(
             f"{n} {expected[n]} (found {v or 'none'})" for n, v in sorted(missing.items())))
