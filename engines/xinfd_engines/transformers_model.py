@@ -58,8 +58,8 @@ from xinfd.types import ChatMessage, GeneratedDelta, GenerateRequest, ReplicaSet
 from xinfd_engines import gguf_cache
 from xinfd_engines.transformers_generate import ThreadedGenerator
 from xinfd_engines.transformers_logprobs import TokenScorer, token_entry
-from xinfd_engines.transformers_rows import BatchRowHooks, RowPlan
-from xinfd_engines.transformers_static import StaticBatcher, row_plan
+from xinfd_engines.transformers_rows import BatchRowHooks, RowPlan, row_plan
+from xinfd_engines.transformers_static import StaticBatcher
 from xinfd_engines.transformers_stream import DeltaBuilder, prompt_opens_reasoning, to_delta
 from xinfd_engines.transformers_tokens import PromptEncoder
 

@@ -41,6 +41,19 @@ class RowPlan:
     rows: collections.deque[Any] = field(default_factory=collections.deque)
 
 
+def row_plan(*, logprobs: bool, seed: int | None) -> RowPlan | None:
+    """What a request needs beyond plain sampling (raw logprobs, its own generator); None when nothing."""
+    if not logprobs and seed is None:
+        return None
+    generator = None
+    if seed is not None:
+        import torch
+
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(seed)
+    return RowPlan(logprobs=logprobs, generator=generator)
+
+
 class BatchRowHooks:
     """The per-request plans of one manager, keyed by the manager's request id."""
 
@@ -51,15 +64,9 @@ class BatchRowHooks:
 
     def plan(self, rid: str, *, logprobs: bool, seed: int | None) -> RowPlan | None:
         """Register what ``rid`` needs (before ``add_request``); None when it needs nothing."""
-        if not logprobs and seed is None:
+        plan = row_plan(logprobs=logprobs, seed=seed)
+        if plan is None:
             return None
-        generator = None
-        if seed is not None:
-            import torch
-
-            generator = torch.Generator(device="cpu")
-            generator.manual_seed(seed)
-        plan = RowPlan(logprobs=logprobs, generator=generator)
         with self._lock:
             self._plans[rid] = plan
         return plan

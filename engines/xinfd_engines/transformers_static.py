@@ -83,19 +83,6 @@ class _Row:
     seen: list[int] | None = None
 
 
-def row_plan(*, logprobs: bool, seed: int | None) -> RowPlan | None:
-    """What a request needs beyond plain sampling (raw logprobs, its own generator); None when nothing."""
-    if not logprobs and seed is None:
-        return None
-    generator = None
-    if seed is not None:
-        import torch
-
-        generator = torch.Generator(device="cpu")
-        generator.manual_seed(seed)
-    return RowPlan(logprobs=logprobs, generator=generator)
-
-
 class StaticBatcher:
     """Runs padded static batches of a causal LM on one worker thread (see the module docstring)."""
 

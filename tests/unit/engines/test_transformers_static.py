@@ -14,7 +14,8 @@ import pytest
 pytest.importorskip("transformers")
 
 from xinfd_engines.transformers_model import TransformersOptions, TransformersTextModel, choose_path
-from xinfd_engines.transformers_static import StaticBatcher, row_plan
+from xinfd_engines.transformers_rows import row_plan
+from xinfd_engines.transformers_static import StaticBatcher
 
 from tests.unit.engines.test_transformers_engine import collect
 from tests.unit.engines.tiny_models import build_tiny_llama
