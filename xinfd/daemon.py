@@ -35,7 +35,7 @@ from xinfd.lifecycle import Lifecycle
 from xinfd.logs import configure_logging
 from xinfd.orphans import kill_orphans
 from xinfd.plugins import make_plugin_manager
-from xinfd.processes import SubprocessSpawner
+from xinfd.preloading import PreloadingSpawner, start_preloads
 from xinfd.reaper import Reaper
 from xinfd.registry import ModelRegistry
 from xinfd.sdnotify import notify, without_notify_env
@@ -191,16 +191,19 @@ async def serve(
         wheel_cache=settings.wheel_cache,
     )
     venvs.startup_cleanup()
+    base_env = without_notify_env(os.environ)  # replicas must not talk to systemd as the daemon (issue 6)
+    spawner = PreloadingSpawner(log_dir=home / "logs", enabled=settings.fork_server,
+                                start_timeout=settings.launch_timeout)
     manager = ModelManager(
         **supervision_options(settings, platform),
         plugins=plugins,
         platform=platform,
         home=home,
-        spawner=SubprocessSpawner(),
+        spawner=spawner,
         stop_grace=settings.stop_grace_period,
         launch_timeout=settings.launch_timeout,
         environments=venvs,
-        base_env=without_notify_env(os.environ),  # replicas must not talk to systemd as the daemon (issue 6)
+        base_env=base_env,
         replica_settings=lambda: replica_settings(state.settings),
         run_dir=runtime.path,
     )
@@ -240,6 +243,7 @@ async def serve(
         ),
     )
     lifecycle.install_signal_handlers(asyncio.get_running_loop())
+    preloads: list[asyncio.Task[bool]] = []
     try:
         await _start_sites(settings, state, api_runner, control_runner)
         log.info(
@@ -250,6 +254,8 @@ async def serve(
             ", ".join(sorted(plugins.engines)) or "none",
         )
         notify(f"READY=1\nSTATUS=serving on {state.front_end_url}\nMAINPID={os.getpid()}")
+        if settings.fork_server:  # fork servers for the first launches, started in the background
+            preloads = start_preloads(spawner, plugins.engines, settings.preload_engines, base_env)
         manager.restore(LaunchPolicy.from_settings(state.settings))  # the desired state of the previous run
         for item in settings.launch:
             if parse_launch_item(item)[0] not in manager.models:  # restored already
@@ -263,6 +269,9 @@ async def serve(
         state.draining = True
         await lifecycle.close()
         await manager.close()
+        for task in preloads:
+            task.cancel()
+        await spawner.close()  # after the replicas: a fork server's children die with it
         reaper.close()
         await api_runner.cleanup()
         await control_runner.cleanup()

@@ -176,7 +176,14 @@ class _EngineDefaults:
 
 class WorkerEngine(_EngineDefaults):
     """Base for engines served by xinfd's worker host: set ``name`` and ``abilities``, implement
-    ``availability`` and ``load``, and override ``check_launch`` to validate option values in the daemon."""
+    ``availability`` and ``load``, and override ``check_launch`` to validate option values in the daemon.
+
+    ``preload_modules``: the modules ``load`` imports that take long (torch, transformers). CPU replicas of the
+    engine then fork from a process that imported them once (``xinfd.forkserver``), so a launch, a scale-up or
+    a restart skips them. List only modules that start no threads and touch no GPU when imported.
+    """
+
+    preload_modules: tuple[str, ...] = ()
 
     def check_launch(self, model: ModelSpec, replica: ReplicaContext) -> None:
         """Validate the launch option values in the daemon, so a bad one is a 400, not a replica that fails.
@@ -188,7 +195,7 @@ class WorkerEngine(_EngineDefaults):
 
     def launch(self, model: ModelSpec, replica: ReplicaContext) -> LaunchSpec:
         self.check_launch(model, replica)
-        return worker_launch_spec(replica, model)
+        return worker_launch_spec(replica, model, preload=self.preload_modules)
 
 
 class ServerEngine(_EngineDefaults):

@@ -55,8 +55,11 @@ class Spawner(Protocol):
     """Starts processes; injected so supervision logic is testable without real children."""
 
     async def spawn(
-        self, argv: tuple[str, ...], *, env: Mapping[str, str], cwd: str | None, log_path: Path
-    ) -> ProcessHandle: ...
+        self, argv: tuple[str, ...], *, env: Mapping[str, str], cwd: str | None, log_path: Path,
+        preload: tuple[str, ...] = (),
+    ) -> ProcessHandle:
+        """Start ``argv``; ``preload`` names modules a fork server may hold for it (``xinfd.preloading``)."""
+        ...
 
 
 class SubprocessHandle:
@@ -111,8 +114,10 @@ class SubprocessSpawner:
     """Spawns real children in their own session with stdout+stderr appended to a per-replica log."""
 
     async def spawn(
-        self, argv: tuple[str, ...], *, env: Mapping[str, str], cwd: str | None, log_path: Path
+        self, argv: tuple[str, ...], *, env: Mapping[str, str], cwd: str | None, log_path: Path,
+        preload: tuple[str, ...] = (),
     ) -> ProcessHandle:
+        """Exec ``argv`` (``preload`` is for spawners that fork; here every child imports its own)."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as sink:
             proc = await spawn_child(  # setsid + PDEATHSIG, and asyncio's to reap (xinfd.childproc)

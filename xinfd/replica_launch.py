@@ -23,14 +23,20 @@ CONTEXT_ENV = "XINFD_WORKER_CONTEXT"
 
 
 def worker_launch_spec(
-    replica: ReplicaContext, model: ModelSpec, *, readiness_timeout_s: float = 600.0
+    replica: ReplicaContext, model: ModelSpec, *, readiness_timeout_s: float = 600.0,
+    preload: tuple[str, ...] = (),
 ) -> LaunchSpec:
-    """The launch spec that runs ``python -m xinfd.worker`` with the model venv's interpreter."""
+    """The launch spec that runs ``python -m xinfd.worker`` with the model venv's interpreter.
+
+    ``preload`` (the engine's heavy imports) is kept for replicas on the CPU only: a fork server never touches
+    CUDA, and a process forked after CUDA started could not use it.
+    """
     return LaunchSpec(
         argv=(replica.python, "-m", "xinfd.worker"),
         env={CONTEXT_ENV: encode_context(replica, model)},
         readiness=ReadinessProbe(path="/health", timeout_s=readiness_timeout_s),
         api_prefix="/v1",
+        preload=() if replica.gpu_indices else tuple(preload),
     )
 
 

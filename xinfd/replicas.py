@@ -241,7 +241,9 @@ class Replica:
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         started = self._clock()
-        self.handle = await self._spawner.spawn(spec.argv, env=env, cwd=spec.cwd, log_path=self.log_path)
+        self.handle = await self._spawner.spawn(
+            spec.argv, env=env, cwd=spec.cwd, log_path=self.log_path, preload=spec.preload
+        )
         if self.pid_file is not None:  # before waiting: a daemon killed during the load must find this group
             write_pid_file(self.pid_file, self.handle.pid)
         log.info("replica %s spawned pid %s: %s", self.label, self.handle.pid, " ".join(spec.argv))

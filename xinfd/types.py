@@ -178,6 +178,10 @@ class LaunchSpec:
     # request sets the same key (``enable_thinking`` from a launch's ``--enable-thinking``, for servers such
     # as vLLM that take it per request, not as a server flag).
     chat_template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # Modules the process imports before it serves (``python -m`` argv only): replicas with the same ones, the
+    # same interpreter and environment fork from one process that imported them already (``xinfd.preloading``).
+    # Empty: exec'd. The worker host sets the engine's ``preload_modules`` for replicas on the CPU only.
+    preload: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -71,6 +71,8 @@ class DiffusersEngine(LocalEngine):
     loads_weights_folder = True
     launch_options = frozenset({"model_path", "sizes", "num_inference_steps"})
     modules = ("torch", "diffusers", "transformers")
+    # Imported once by the fork server its CPU replicas fork from (xinfd.forkserver).
+    preload_modules = ("torch", "diffusers", "transformers", "xinfd_engines.diffusers_model")
 
     def dependencies(self) -> list[str]:
         return list(REQUIREMENTS)

@@ -76,6 +76,8 @@ class SentenceTransformersEngine(LocalEngine):
     loads_weights_folder = True
     launch_options = frozenset({"model_path", "normalize"})
     modules = ("torch", "sentence_transformers")
+    # Imported once by the fork server its CPU replicas fork from (xinfd.forkserver).
+    preload_modules = ("torch", "sentence_transformers", "xinfd_engines.embeddings")
 
     def dependencies(self) -> list[str]:
         return list(REQUIREMENTS)

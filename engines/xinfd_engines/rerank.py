@@ -71,6 +71,8 @@ class CrossEncoderRerankEngine(LocalEngine):
     loads_weights_folder = True
     launch_options = frozenset({"model_path"})
     modules = ("torch", "sentence_transformers")
+    # Imported once by the fork server its CPU replicas fork from (xinfd.forkserver).
+    preload_modules = ("torch", "sentence_transformers", "xinfd_engines.rerank")
 
     def dependencies(self) -> list[str]:
         return list(REQUIREMENTS)

@@ -28,10 +28,11 @@ class RecordingSpawner(ScriptedSpawner):
         self.envs: list[Mapping[str, str]] = []
 
     async def spawn(
-        self, argv: tuple[str, ...], *, env: Mapping[str, str], cwd: str | None, log_path: Path
+        self, argv: tuple[str, ...], *, env: Mapping[str, str], cwd: str | None, log_path: Path,
+        preload: tuple[str, ...] = (),
     ) -> FakeHandle:
         self.envs.append(dict(env))
-        return await super().spawn(argv, env=env, cwd=cwd, log_path=log_path)
+        return await super().spawn(argv, env=env, cwd=cwd, log_path=log_path, preload=preload)
 
 
 def make_manager(

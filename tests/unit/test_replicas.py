@@ -58,10 +58,13 @@ class ScriptedSpawner:
     def __init__(self, script: list[tuple[bool, int | None]]) -> None:
         self.script = list(script)
         self.handles: list[FakeHandle] = []
+        self.preloads: list[tuple[str, ...]] = []
 
     async def spawn(
-        self, argv: tuple[str, ...], *, env: Mapping[str, str], cwd: str | None, log_path: Path
+        self, argv: tuple[str, ...], *, env: Mapping[str, str], cwd: str | None, log_path: Path,
+        preload: tuple[str, ...] = (),
     ) -> FakeHandle:
+        self.preloads.append(preload)
         ready, exit_code = self.script.pop(0) if self.script else (True, None)
         handle = FakeHandle(1000 + len(self.handles), ready=ready, exit_code=exit_code)
         self.handles.append(handle)

@@ -279,6 +279,20 @@ def launch_list(items: list[str]) -> tuple[str, ...]:
     return tuple(result)
 
 
+def engine_names(items: list[str]) -> tuple[str, ...]:
+    """Engine names (``transformers``, ``sentence_transformers``...), each once; which exist is the plugins' to
+    say, so an unknown one is the daemon's warning at start, not a config error."""
+    result: list[str] = []
+    for item in items:
+        name = item.strip()
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+            raise Invalid(f"{item!r} is not an engine name (letters, digits, '_', '.', '-')")
+        if name in result:
+            raise Invalid(f"engine {name!r} is listed twice")
+        result.append(name)
+    return tuple(result)
+
+
 GPU_KEYS: Final = ("index", "name", "memory_mb")
 GPU_TEXT_FORM: Final = "INDEX:NAME:MEMORY_MB[,INDEX:NAME:MEMORY_MB...]"
 

@@ -393,6 +393,19 @@ class Settings:
         doc="Threads of each replica that runs on the CPU (torch, OpenMP, MKL, llama.cpp), >= 0. 0 splits the "
         "daemon's cores between its CPU replicas, pinning each to its own cores when there are enough; a "
         "launch's --cpu-threads or --env OMP_NUM_THREADS overrides it for that model.")
+    fork_server: bool = setting(
+        True, env="XINFD_FORK_SERVER", kind="bool", check=checks.same, consumers=("daemon",),
+        section="GPUs and virtual environments",
+        doc="Fork the CPU replicas of engines with heavy imports (transformers, sentence_transformers, diffusers) "
+        "from a process that imported them once per interpreter and environment, so a second launch, a "
+        "scale-up or a restart skips those imports (about 2.5 s for transformers). Off: every replica is a "
+        "fresh interpreter. Replicas on GPUs are always fresh interpreters.")
+    preload_engines: tuple[str, ...] = setting(
+        (), env="XINFD_PRELOAD_ENGINES", kind="list", check=checks.engine_names, consumers=("daemon",),
+        section="GPUs and virtual environments", example='["transformers"]',
+        doc="Engines whose fork server starts with the daemon (for the daemon's own interpreter: launches "
+        "without a model venv), so even the first launch skips the imports; each costs the memory of its "
+        "imports while the daemon runs (about 250 MiB for transformers). Needs fork_server.")
     enable_virtual_env: bool = setting(
         True, env="XINFERENCE_ENABLE_VIRTUAL_ENV", kind="bool", check=checks.same, consumers=("daemon",),
         section="GPUs and virtual environments", doc="Give each model its own virtual environment, built with "
