@@ -207,7 +207,8 @@ async def serve(
         replica_settings=lambda: replica_settings(state.settings),
         run_dir=runtime.path,
     )
-    state = DaemonState(settings=settings, manager=manager, metrics=Metrics(), venvs=venvs)
+    state = DaemonState(settings=settings, manager=manager, metrics=Metrics(), venvs=venvs,
+                        fork_servers=spawner.servers)
     state.metrics.watch_manager(
         manager, pool_protocol=lambda: state.settings.inference_pool_metrics
     )  # replica states, restarts, queue, GPU slots at scrape time (issue 6); InferencePool gauges if asked

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -43,11 +44,19 @@ class ServerKey:
     python: str
     modules: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
+    # The interpreter file itself (inode, mtime; not followed: a venv's python is a symlink). A model venv
+    # rebuilt at the same path is a new file, so a server holding the old venv's imports is not reused.
+    interpreter: tuple[int, int] = (0, 0)
 
     @classmethod
     def of(cls, python: str, modules: tuple[str, ...], env: Mapping[str, str]) -> ServerKey:
         shared = tuple(sorted((k, v) for k, v in env.items() if k not in PER_REPLICA_ENV))
-        return cls(python=python, modules=tuple(modules), env=shared)
+        try:
+            info = os.lstat(python)
+            interpreter = (info.st_ino, info.st_mtime_ns)
+        except OSError:
+            interpreter = (0, 0)
+        return cls(python=python, modules=tuple(modules), env=shared, interpreter=interpreter)
 
     def server_env(self) -> dict[str, str]:
         """The server's own environment: the shared part, and no GPU (it must never initialise CUDA)."""

@@ -97,6 +97,10 @@ def test_a_preloaded_server_forks_both_replicas_and_they_answer_like_one_model(
     daemon.xinfctl("launch", "-n", "tiny", "-e", "transformers", "-r", "2", timeout=300)
     pids = replica_pids(daemon)
     assert len(pids) == 2 and {parent(pid) for pid in pids} == {server}
+    [shown] = daemon.xinfctl_json("status")["fork_servers"]
+    assert shown["pid"] == server and shown["pinned"] and shown["replicas"] == 2
+    assert "transformers" in shown["modules"] and shown["import_seconds"] > 0
+    assert f"fork server:    pid {server}, 2 replica(s), kept" in daemon.xinfctl("status").stdout
     # Greedy answers: through the daemon, and from each replica's own socket, the same text.
     through_daemon = answer(daemon)
     sockets = [r["socket"] for m in daemon.xinfctl_json("list") for r in m["replicas"]]

@@ -135,6 +135,18 @@ def test_the_key_leaves_out_only_what_differs_between_replicas_of_one_launch() -
     assert key.server_env() == {"A": "1", "CUDA_VISIBLE_DEVICES": ""}  # a server never sees a GPU
 
 
+def test_a_venv_rebuilt_at_the_same_path_is_a_new_key(tmp_path: Path) -> None:
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.symlink_to(sys.executable)
+    before = ServerKey.of(str(python), ("m",), {})
+    assert ServerKey.of(str(python), ("m",), {}) == before
+    staged = tmp_path / "python.new"  # an atomic rebuild: a new link renamed over the old one
+    staged.symlink_to(sys.executable)
+    staged.rename(python)
+    assert ServerKey.of(str(python), ("m",), {}) != before
+
+
 async def test_a_stop_signals_the_forked_group_and_reports_the_signal(
     spawner: PreloadingSpawner, modules: Path, tmp_path: Path
 ) -> None:

@@ -103,6 +103,7 @@ async def status(request: web.Request) -> web.Response:
             "replicas": sum(len(m.replicas) for m in manager.models.values()),
             "engines": sorted(manager.plugins.engines),
             "plugin_failures": [{"name": f.name, "error": f.error} for f in manager.plugins.failures],
+            "fork_servers": state.fork_servers(),
             "gpus": [
                 {"index": g.index, "name": g.name, "memory_mb": g.memory_mb} for g in manager.platform.gpus
             ],

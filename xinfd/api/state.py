@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,8 @@ class DaemonState:
     # Inference requests admitted by the front end and not finished (xinfd.api.openai): bounded by the sum of
     # the models' capacity before any body is read.
     proxying: int = 0
+    # The fork servers replicas fork from (xinfd.preloading.PreloadingSpawner.servers), for `xinfctl status`.
+    fork_servers: Callable[[], list[dict[str, object]]] = field(default=lambda: [])
 
 
 STATE = web.AppKey("xinfd_state", DaemonState)

@@ -26,6 +26,10 @@ def cmd_status(client: ControlClient, args: argparse.Namespace) -> int:
     print(f"engines:        {', '.join(data['engines']) or 'none'}")
     for failure in data["plugin_failures"]:
         print(f"plugin failed:  {failure['name']}: {failure['error']}")
+    for server in data.get("fork_servers", []):  # absent from daemons before fork servers
+        kept = "kept" if server["pinned"] else "closes when idle"
+        print(f"fork server:    pid {server['pid']}, {server['replicas']} replica(s), {kept}, "
+              f"imported {', '.join(server['modules'])} in {server['import_seconds']:.2f}s")
     return 0
 
 
