@@ -24,13 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 @contextmanager
 def running_daemon(
-    home: Path, *, stop_timeout: float = 90, one_thread: bool = True
+    home: Path, *, stop_timeout: float = 90, one_thread: bool = True, settings: dict[str, str] | None = None
 ) -> Iterator[dict[str, str]]:
     """Start ``xinfd`` with ``home`` as XINFERENCE_HOME; yields the environment ``xinfctl`` needs.
 
-    ``one_thread=False`` leaves the replicas' thread counts to the daemon (its CPU budget), as in production.
+    ``one_thread=False`` leaves the replicas' thread counts to the daemon (its CPU budget), as in production;
+    ``settings`` are more variables for the daemon (``XINFD_PRELOAD_ENGINES``...).
     """
-    env = {**os.environ, "XINFERENCE_HOME": str(home), "XINFERENCE_ENABLE_VIRTUAL_ENV": "0"}
+    env = {**os.environ, "XINFERENCE_HOME": str(home), "XINFERENCE_ENABLE_VIRTUAL_ENV": "0", **(settings or {})}
     if one_thread:
         env.setdefault("OMP_NUM_THREADS", "1")
         env.setdefault("XINFD_CPU_THREADS_PER_REPLICA", env["OMP_NUM_THREADS"])
