@@ -25,6 +25,8 @@ from xinfd.childproc import spawn_child
 log = logging.getLogger(__name__)
 
 STDERR_TAIL_LINES = 20
+# A fork takes milliseconds; a server that has not answered by then is stuck (the replica is exec'd instead).
+SPAWN_REPLY_TIMEOUT_S = 30.0
 
 
 class ForkServerError(Exception):
@@ -115,6 +117,7 @@ class ForkServer:
         self._replies: dict[int, asyncio.Future[tuple[dict[str, Any], list[int]]]] = {}
         self._children: dict[int, ForkedHandle] = {}
         self._next_id = 0
+        self._abandoned: set[int] = set()
         self._lost = False
         self._exit_watch: asyncio.Future[Any] | None = None
         self.import_seconds: float | None = None
@@ -197,7 +200,14 @@ class ForkServer:
             raise ForkServerError(f"cannot send the spawn request: {exc}") from exc
         finally:
             os.close(stdin_fd)
-        answer, fds = await reply
+        try:
+            answer, fds = await asyncio.wait_for(asyncio.shield(reply), timeout=SPAWN_REPLY_TIMEOUT_S)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            # The server may still fork it: a child nobody waits for must not run, so it is killed on arrival.
+            self._abandoned.add(request_id)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise ForkServerError(f"no answer within {SPAWN_REPLY_TIMEOUT_S:.0f}s") from exc
         if "pid" not in answer:
             for fd in fds:
                 os.close(fd)
@@ -261,7 +271,15 @@ class ForkServer:
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(message)
             return
-        reply = self._replies.pop(int(message.get("id") or 0), None)
+        request_id = int(message.get("id") or 0)
+        reply = self._replies.pop(request_id, None)
+        if request_id in self._abandoned:
+            self._abandoned.discard(request_id)
+            if "pid" in message:
+                log.warning("fork server %s forked pid %s after its launch was abandoned; killing it",
+                            self.pid, message["pid"])
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(int(message["pid"]), signal.SIGKILL)
         if reply is None or reply.done():
             for fd in fds:
                 os.close(fd)

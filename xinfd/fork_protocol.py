@@ -20,8 +20,9 @@ import os
 import socket
 from typing import Any
 
-# Large enough for a replica's whole environment, its worker context included (a model spec is a few KiB).
-MAX_MESSAGE = 1 << 20
+# Large enough for a replica's whole environment, its worker context included (a model spec is a few KiB), and
+# above the default socket send buffer (208 KiB), which bounds one datagram anyway (larger: EMSGSIZE, exec'd).
+MAX_MESSAGE = 256 << 10
 MAX_FDS = 4
 
 

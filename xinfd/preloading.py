@@ -201,6 +201,8 @@ class PreloadingSpawner:
         entry = _Entry(server=server, pinned=pinned)
         self._entries[key] = entry
         self._refused.pop(key, None)
+        if not pinned:  # until its first fork cancels it: a launch cancelled meanwhile must not leave it for good
+            entry.linger_task = asyncio.get_running_loop().create_task(self._close_after_linger(key, entry))
         return entry
 
     async def _forget_when_done(self, key: ServerKey, entry: _Entry, handle: ProcessHandle) -> None:

@@ -247,3 +247,26 @@ def test_thread_count_reads_omp_num_threads_as_a_fresh_torch_would() -> None:
     assert _thread_count("3") == 3
     assert _thread_count("4,2") == 4  # nested OpenMP levels: the outer one
     assert _thread_count(None) == _thread_count("") == _thread_count("zero") == len(os.sched_getaffinity(0))
+
+
+async def test_a_spawn_cancelled_before_the_answer_leaves_no_child_running(
+    spawner: PreloadingSpawner, modules: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="xinfd.fork_client")
+    assert await spawner.prewarm(sys.executable, ("heavy_module",), base_env(modules))
+    [server] = spawner.servers()
+    task = asyncio.create_task(spawn_reporter(spawner, tmp_path, "abandoned", base_env(modules, SLEEP="60")))
+    await asyncio.sleep(0)  # the request is sent; its answer has not been read yet
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    children = Path(f"/proc/{server['pid']}/task/{server['pid']}/children")
+    for _ in range(100):  # the child is killed when the answer arrives, and the server reaps it
+        await asyncio.sleep(0.05)
+        if not children.read_text().split():
+            break
+    assert children.read_text().split() == []
+    assert "after its launch was abandoned; killing it" in caplog.text
+    # The server is still usable.
+    handle = await spawn_reporter(spawner, tmp_path, "next", base_env(modules))
+    assert await handle.wait() == 0
