@@ -255,12 +255,22 @@ async def test_a_spawn_cancelled_before_the_answer_leaves_no_child_running(
     caplog.set_level(logging.WARNING, logger="xinfd.fork_client")
     assert await spawner.prewarm(sys.executable, ("heavy_module",), base_env(modules))
     [server] = spawner.servers()
+    [entry] = spawner._entries.values()
+    assert entry.server._sock is not None
+    fd = entry.server._sock.fileno()
+    loop = asyncio.get_running_loop()
+    loop.remove_reader(fd)  # hold the answer back: the launch is cancelled after the fork, before the reply
+    children = Path(f"/proc/{server['pid']}/task/{server['pid']}/children")
     task = asyncio.create_task(spawn_reporter(spawner, tmp_path, "abandoned", base_env(modules, SLEEP="60")))
-    await asyncio.sleep(0)  # the request is sent; its answer has not been read yet
+    for _ in range(200):
+        await asyncio.sleep(0.02)
+        if children.read_text().split():
+            break
+    assert children.read_text().split(), "the server did not fork"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    children = Path(f"/proc/{server['pid']}/task/{server['pid']}/children")
+    loop.add_reader(fd, entry.server._on_readable)
     for _ in range(100):  # the child is killed when the answer arrives, and the server reaps it
         await asyncio.sleep(0.05)
         if not children.read_text().split():
