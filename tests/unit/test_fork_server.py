@@ -253,7 +253,8 @@ async def test_a_spawn_cancelled_before_the_answer_leaves_no_child_running(
     spawner: PreloadingSpawner, modules: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="xinfd.fork_client")
-    assert await spawner.prewarm(sys.executable, ("heavy_module",), base_env(modules))
+    slow = base_env(modules, SLEEP="60")
+    assert await spawner.prewarm(sys.executable, ("heavy_module",), slow)
     [server] = spawner.servers()
     [entry] = spawner._entries.values()
     assert entry.server._sock is not None
@@ -261,7 +262,7 @@ async def test_a_spawn_cancelled_before_the_answer_leaves_no_child_running(
     loop = asyncio.get_running_loop()
     loop.remove_reader(fd)  # hold the answer back: the launch is cancelled after the fork, before the reply
     children = Path(f"/proc/{server['pid']}/task/{server['pid']}/children")
-    task = asyncio.create_task(spawn_reporter(spawner, tmp_path, "abandoned", base_env(modules, SLEEP="60")))
+    task = asyncio.create_task(spawn_reporter(spawner, tmp_path, "abandoned", slow))
     for _ in range(200):
         await asyncio.sleep(0.02)
         if children.read_text().split():
@@ -278,5 +279,6 @@ async def test_a_spawn_cancelled_before_the_answer_leaves_no_child_running(
     assert children.read_text().split() == []
     assert "after its launch was abandoned; killing it" in caplog.text
     # The server is still usable.
-    handle = await spawn_reporter(spawner, tmp_path, "next", base_env(modules))
-    assert await handle.wait() == 0
+    handle = await spawn_reporter(spawner, tmp_path, "next", slow)
+    assert children.read_text().split() == [str(handle.pid)]
+    assert await stop_group(handle, stop_signal=signal.SIGTERM, grace=5) == -signal.SIGTERM
