@@ -238,6 +238,9 @@ class GenerateRequest:
     # engine that cannot honour one says so in its docs and logs it; it does not pretend.
     top_k: int | None = None
     repetition_penalty: float | None = None
+    # False: the client reads only the whole answer (a non-streamed request), so an engine may hand its tokens
+    # over in fewer, larger pieces (one at the end) instead of one delta per step. Deltas are still welcome.
+    streamed: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

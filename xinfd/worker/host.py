@@ -452,6 +452,7 @@ async def _complete(
         logprobs=parsed.logprobs,
         top_k=sampling.top_k,
         repetition_penalty=sampling.repetition_penalty,
+        streamed=parsed.stream,
     )
     fmt = CompletionFormat.new(kind, request_id, cfg.model_uid, parsed.include_usage)
     stream = CompletionStream(request, fmt) if parsed.stream else None

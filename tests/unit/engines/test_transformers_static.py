@@ -321,3 +321,60 @@ async def test_a_straggling_client_joins_its_peers_next_batch(model: Transformer
         assert late_ids == reference_ids(model, PROMPTS[1], 3)
     finally:
         batcher.close()
+
+
+async def test_a_row_read_only_whole_is_posted_once_beside_a_streamed_row(
+    batcher: StaticBatcher, model: TransformersTextModel
+) -> None:
+    """A non-streamed request without stop strings gets its tokens in one post when it ends (each post wakes
+    the replica's loop, which takes the GIL from the batch); a streamed row of the same batch gets each step's."""
+
+    async def posts(prompt: str, streamed: bool) -> list[tuple[list[int], bool]]:
+        source = batcher.tokens(model._encode(prompt), request(prompt, 12, streamed=streamed), None)
+        return [(list(tokens), done) async for tokens, done in source]
+
+    before = batcher.batches
+    whole, stepped = await asyncio.gather(posts(PROMPTS[1], False), posts(PROMPTS[2], True))
+    assert batcher.batches == before + 1  # one batch held both
+    assert whole == [(reference_ids(model, PROMPTS[1], 12), True)]
+    assert len(stepped) > 1 and stepped[-1] == (reference_ids(model, PROMPTS[2], 12), True)
+
+
+async def test_a_row_read_whole_still_ends_at_eos_and_leaves_when_cancelled(model: TransformersTextModel) -> None:
+    long = reference_ids(model, PROMPTS[1], 20)
+    eos = long[5]
+    batcher = StaticBatcher(model=model.model, eos_ids=[eos], batch_size=4, batch_interval=0.0)
+    try:
+        assert await ids_of(batcher, model, PROMPTS[1], 20, streamed=False) == long[: long.index(eos) + 1]
+        # A long one still hands over what it holds now and then (an /abort returns the text so far), many
+        # tokens at a time.
+        source = batcher.tokens(model._encode(PROMPTS[0]), request(PROMPTS[0], 100_000, streamed=False), None)
+        tokens, done = await anext(source)
+        assert not done and len(tokens) > 1
+        await source.aclose()
+        # A client that goes away before the end: the task is cancelled while the row holds its tokens.
+        waiting = asyncio.ensure_future(ids_of(batcher, model, PROMPTS[0], 100_000, streamed=False))
+        while not batcher._running:
+            await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        for _ in range(1000):  # the batch ends at its next step, not after 100 000 tokens
+            if not batcher._running:
+                break
+            await asyncio.sleep(0.01)
+        assert not batcher._running
+        assert len(await ids_of(batcher, model, PROMPTS[2], 3, streamed=False)) == 3  # the next batch serves
+    finally:
+        batcher.close()
+
+
+async def test_a_whole_answer_with_a_stop_string_still_stops_early(model: TransformersTextModel) -> None:
+    full, _, _ = await collect(model, "hello world", kind="completion", max_tokens=24)
+    stop = full[5:8]
+    deltas = [d async for d in model.generate(request("hello world", 24, stop=(stop,), streamed=False))]
+    text = "".join(d.text for d in deltas)
+    assert deltas[-1].finish_reason == "stop" and stop not in text and full.startswith(text)
+    assert (deltas[-1].tokens or 0) < 24  # the row stopped at the match, not at max_tokens
+    whole = [d async for d in model.generate(request("hello world", 24, streamed=False))]
+    assert len(whole) == 1 and whole[0].text == full  # no stop string: one delta, the same text
