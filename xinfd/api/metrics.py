@@ -1,6 +1,6 @@
-"""Prometheus metrics of the daemon (issue 6), exposed through prometheus-client's own aiohttp handler.
+"""Prometheus metrics of the daemon (issue 6), exposed at ``/metrics`` by ``xinfd.api.exposition``.
 
-A per-daemon ``CollectorRegistry`` (not the global one) keeps tests and several daemons in one process apart.
+A per-daemon ``Registry`` keeps tests and several daemons in one process apart.
 Labels are bounded: model uid, endpoint, status code, replica index, a fixed set of reasons — never request
 data. Two kinds of metric live here:
 
@@ -21,10 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-
+from xinfd.api.exposition import Collector, Counter, Gauge, GaugeFamily, Histogram, Registry
 from xinfd.api.pool_metrics import PoolProtocolCollector
 
 log = logging.getLogger(__name__)
@@ -37,7 +34,7 @@ ABORT_REASONS = ("client_disconnect", "slow_reader", "upstream_error")
 
 @dataclass(slots=True)
 class Metrics:
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    registry: Registry = field(default_factory=Registry)
     requests: Counter = field(init=False)
     latency: Histogram = field(init=False)
     in_flight: Gauge = field(init=False)
@@ -242,24 +239,24 @@ class ManagerCollector(Collector):
         self._manager = manager
         self._gpu_memory = gpu_memory or nvml_process_memory
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        states = GaugeMetricFamily(
+    def collect(self) -> Iterator[GaugeFamily]:
+        states = GaugeFamily(
             "xinfd_replica_state", "1 for the state each replica is in", labels=["model", "replica", "state"]
         )
-        restarts = GaugeMetricFamily(
+        restarts = GaugeFamily(
             "xinfd_replica_restarts",
             "Restarts of each replica in its current crash window (reset once stable)",
             labels=["model", "replica"],
         )
-        queued = GaugeMetricFamily(
+        queued = GaugeFamily(
             "xinfd_requests_queued", "Requests waiting for a free replica slot", labels=["model"]
         )
-        outstanding = GaugeMetricFamily(
+        outstanding = GaugeFamily(
             "xinfd_replica_requests_outstanding",
             "Requests being served per replica",
             labels=["model", "replica"],
         )
-        memory = GaugeMetricFamily(
+        memory = GaugeFamily(
             "xinfd_replica_gpu_memory_bytes",
             "GPU memory used by each replica (NVML)",
             labels=["model", "replica", "gpu"],
@@ -287,9 +284,9 @@ class ManagerCollector(Collector):
             log.debug("GPU memory query failed: %s", exc)
             return {}
 
-    def _slots(self) -> Iterator[GaugeMetricFamily]:
-        total = GaugeMetricFamily("xinfd_gpu_slots", "GPUs the daemon may place replicas on")
-        used = GaugeMetricFamily("xinfd_gpu_slots_used", "GPUs holding at least one replica")
+    def _slots(self) -> Iterator[GaugeFamily]:
+        total = GaugeFamily("xinfd_gpu_slots", "GPUs the daemon may place replicas on")
+        used = GaugeFamily("xinfd_gpu_slots_used", "GPUs holding at least one replica")
         slots = getattr(self._manager, "slots", None)
         gpus = getattr(slots, "gpus", ()) if slots is not None else self._manager.platform.gpus
         holders = getattr(slots, "holders", None)

@@ -19,9 +19,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client.aiohttp import make_aiohttp_handler
 
-from xinfd.api import images, xinference
+from xinfd.api import exposition, images, xinference
 from xinfd.api.bodies import read_body
 from xinfd.api.browser import BrowserPolicyHolder, add_cors_headers, browser_middleware, json_body_middleware
 from xinfd.api.control import CONTROL_PREFIX, make_remote_control_app
@@ -109,7 +108,7 @@ def make_api_app(state: DaemonState) -> web.Application:
         add_ui_routes(app)
     images.add_routes(app, proxy)  # /v1/images/generations through proxy(), and the url answers' files
     if not state.settings.disable_metrics:
-        app.router.add_get("/metrics", make_aiohttp_handler(state.metrics.registry))
+        app.router.add_get("/metrics", exposition.make_handler(state.metrics.registry))
     return app
 
 

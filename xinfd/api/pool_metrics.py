@@ -41,9 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-
+from xinfd.api.exposition import Collector, GaugeFamily
 from xinfd.replicas import ReplicaState
 
 QUEUED = "vllm:num_requests_waiting"
@@ -63,10 +61,10 @@ class PoolProtocolCollector(Collector):
         self._clock = clock
         self._enabled = enabled
 
-    def describe(self) -> list[GaugeMetricFamily]:
+    def describe(self) -> list[GaugeFamily]:
         return []  # names depend on the setting at scrape time; registering must not collect
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeFamily]:
         if not self._enabled():
             return
         models = list(self._manager.models.values())
@@ -76,7 +74,7 @@ class PoolProtocolCollector(Collector):
         waiting = sorted(m.uid for m in models if not _serving(m) and m.state != "TERMINATING")
         yield _gauge(QUEUED, "Requests waiting for a replica slot, all models of this daemon", queued)
         yield _gauge(RUNNING, "Requests being served by replicas, all models of this daemon", running)
-        adapters = GaugeMetricFamily(
+        adapters = GaugeFamily(
             ADAPTERS,
             "Models served (running) and launching (waiting), in the LoRA-adapter form of the inference "
             "extension's protocol; the value is the time of this report",
@@ -90,7 +88,7 @@ def _serving(model: Any) -> bool:
     return not model.terminating and any(r.state is ReplicaState.READY for r in model.replicas)
 
 
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, documentation)
+def _gauge(name: str, documentation: str, value: float) -> GaugeFamily:
+    family = GaugeFamily(name, documentation)
     family.add_metric([], float(value))
     return family

@@ -6,8 +6,7 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
-from prometheus_client import generate_latest
-
+from xinfd.api.exposition import render
 from xinfd.api.metrics import Metrics, StreamStats
 from xinfd.replicas import ReplicaState
 from xinfd.types import GpuInfo
@@ -116,7 +115,7 @@ def test_collector_reads_replicas_queue_slots_and_gpu_memory() -> None:
     assert value(metrics, "xinfd_gpu_slots") == 2 and value(metrics, "xinfd_gpu_slots_used") == 1
     # A model that is gone is simply not reported any more (no stale series).
     manager.models.clear()
-    assert b'model="m"' not in generate_latest(metrics.registry)
+    assert b'model="m"' not in render(metrics.registry)
 
 
 def test_a_failing_gpu_query_does_not_break_the_scrape() -> None:
