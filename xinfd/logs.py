@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import logging.handlers
 import os
 import shutil
 import sys
@@ -51,8 +50,10 @@ def configure_logging(
         old.close()
     root.handlers[:] = [handler]
     if log_file is not None:
+        from logging.handlers import RotatingFileHandler  # only with a log file: the idle daemon's memory
+
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        to_file = logging.handlers.RotatingFileHandler(
+        to_file = RotatingFileHandler(
             log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
         )
         to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -18,7 +18,6 @@ import json
 import logging
 from collections.abc import Mapping, MutableMapping
 from dataclasses import fields
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +33,11 @@ log = logging.getLogger(__name__)
 def _builtin_dir() -> Path:
     """The builtin families, package data of ``xinfd`` so that a wheel carries them (a path beside the package,
     such as the source tree's ``etc/``, exists only in a checkout). The registry globs and re-reads the files,
-    so it needs a real directory: pip and uv install wheels unpacked, never as a zip."""
-    found = resources.files("xinfd") / "data" / "models"
-    if not isinstance(found, Path):
-        raise RuntimeError(f"xinfd is imported from an archive ({found}); install it unpacked")
+    so it needs a real directory: pip and uv install wheels unpacked, never as a zip. Found beside this module
+    rather than through ``importlib.resources``, which would cost the idle daemon its import (and zipfile's)."""
+    found = Path(__file__).resolve().parent / "data" / "models"
+    if not found.is_dir():
+        raise RuntimeError(f"xinfd's builtin model families are missing ({found}): install xinfd unpacked")
     return found
 
 

@@ -6,7 +6,7 @@ browser with the admin key the operator types in (kept in the tab's sessionStora
 Bearer``). So the files here are public (``xinfd.api.security`` lets ``/ui`` through without a key, after the
 allowed-IP check) and carry no data; a page without the key can fetch them and nothing else.
 
-The files ship as package data (``xinfd/data/ui``, read through ``importlib.resources``) and are served from a
+The files ship as package data (``xinfd/data/ui``, read from beside the package) and are served from a
 fixed list, so no request path ever becomes a file name. Each answer carries a Content-Security-Policy that
 allows only these files as script and style (no inline script, no eval) and connections to this origin only.
 ``XINFD_UI=0`` (setting ``ui``) leaves the routes out: ``/ui`` is then a 404 like any unknown path.
@@ -14,7 +14,7 @@ allows only these files as script and style (no inline script, no eval) and conn
 
 from __future__ import annotations
 
-from importlib import resources
+from pathlib import Path
 from typing import Final
 
 from aiohttp import web
@@ -42,7 +42,7 @@ _FILES_KEY: Final = web.AppKey("ui_files", dict)
 
 def ui_file(name: str) -> bytes:
     """One file of the console, as installed (``xinfd/data/ui``)."""
-    return (resources.files("xinfd") / "data" / "ui" / name).read_bytes()
+    return (Path(__file__).resolve().parents[1] / "data" / "ui" / name).read_bytes()
 
 
 def add_ui_routes(app: web.Application) -> None:
