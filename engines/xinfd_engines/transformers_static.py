@@ -22,10 +22,12 @@ How a batch runs (one worker thread, one batch at a time):
 * ``logprobs``: the raw log-softmax of each asking row's logits is copied into its ``RowPlan`` before the token
   is posted, the form ``transformers_model`` already reads on the continuous-batching path;
 * a row whose client reads only the whole answer (``GenerateRequest.streamed`` false, no stop string) holds
-  its tokens until it ends and is posted once (or every ``_HELD_FLUSH_S`` on a long one): each post wakes the
-  replica's event loop, which then detokenises the row, and with 8 rows those per-step wake-ups took the GIL
-  from the forward passes they interrupted (py-spy: a fifth of the batch thread's time in the loop's wake-up
-  write).
+  its tokens until it ends and is posted once (or every ``_HELD_FLUSH_S`` on a long one), and a stream without
+  stop strings gets its first token at once, then a chunk at most every ``_STREAM_FLUSH_S``: each post wakes
+  the replica's event loop, which then detokenises the row and writes its frame, and with 8 rows those
+  per-step wake-ups took the GIL from the forward passes they interrupted (py-spy: a fifth of the batch
+  thread's time in the loop's wake-up write). A row with stop strings is posted every step, so that its usage
+  ends at the step that matched.
 
 The trade-off of a static batch, on purpose: a request that arrives while a batch is decoding waits until that
 batch ends (at most its longest ``max_tokens``) before it is prefilled with the others that queued meanwhile.
@@ -62,6 +64,10 @@ _FOLLOW_UP_WINDOWS = 4
 # A row read only whole still hands over what it holds this often, so that an ``/abort`` answers with the text
 # generated up to about then (the host returns what it was given) rather than with nothing.
 _HELD_FLUSH_S = 0.25
+# A streamed row hands over its first token at once, then at most this often: where a step is faster (a small
+# model on CPU), one chunk carries the tokens of several steps, as vLLM's ``stream_interval`` does, instead of
+# one event-loop wake-up per token; where a step is slower, every token still goes out as it comes.
+_STREAM_FLUSH_S = 0.01
 
 # What the worker posts to a request's queue: (new token ids, finished), or the exception that ended the batch.
 Post = Callable[[Any], None]
@@ -89,9 +95,11 @@ class _Row:
     repetition_penalty: float | None = None
     # The row's tokens so far (prompt, then generated), kept only when a repetition penalty reads them.
     seen: list[int] | None = None
-    # Tokens held back until the row ends, for a request whose client reads only the whole answer (``held``
-    # is None for the others: they get each step's token as it comes); see ``_decode``.
-    held: list[int] | None = None
+    # Tokens not yet posted, and how long they may wait (``_decode``): ``_HELD_FLUSH_S`` for a request read only
+    # whole, ``_STREAM_FLUSH_S`` for a stream, 0 (every step) for a request with stop strings, whose usage must
+    # end at the step that matched.
+    held: list[int] = field(default_factory=list)
+    flush_every: float = 0.0
     held_since: float = 0.0  # time.monotonic() of the row's last post (or of its batch's start)
 
 
@@ -152,9 +160,10 @@ class StaticBatcher:
         )
         if row.repetition_penalty is not None and row.repetition_penalty != 1.0:
             row.seen = list(row.ids)
-        if not request.streamed and not request.stop:
-            # Nothing reads its steps (no stream, no stop string to look for): one post when it ends.
-            row.held = []
+        if not request.stop:
+            # Nothing reads its steps (no stream, no stop string to look for): one post when it ends; a stream
+            # gets its tokens in chunks no more often than _STREAM_FLUSH_S.
+            row.flush_every = _STREAM_FLUSH_S if request.streamed else _HELD_FLUSH_S
         if not row.ids:
             raise InvalidRequestError("the prompt is empty: there is nothing to continue", param="prompt")
         row.warpers = _warpers(row)  # here, so that a value the warpers refuse fails this request only
@@ -281,7 +290,8 @@ class StaticBatcher:
         cache = _new_cache(self.model)
         started = time.monotonic()
         for row in rows:
-            row.held_since = started
+            # A stream's first token goes out at once; a whole answer's tokens are held from the start.
+            row.held_since = started if row.flush_every == _HELD_FLUSH_S else float("-inf")
         with torch.inference_mode():
             logits, cache = self._forward(input_ids, mask, positions, cache)
             posts: list[tuple[_Row, Any]] = []
@@ -296,9 +306,7 @@ class StaticBatcher:
                     if row.seen is not None:
                         row.seen.append(token)
                     done = token in self.eos_ids or row.produced >= row.max_tokens
-                    if row.held is None:
-                        posts.append((row, ([token], done)))
-                    elif done or now - row.held_since >= _HELD_FLUSH_S:
+                    if done or now - row.held_since >= row.flush_every:
                         posts.append((row, ([*row.held, token], done)))
                         row.held, row.held_since = [], now
                     else:

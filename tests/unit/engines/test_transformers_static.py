@@ -378,3 +378,33 @@ async def test_a_whole_answer_with_a_stop_string_still_stops_early(model: Transf
     assert (deltas[-1].tokens or 0) < 24  # the row stopped at the match, not at max_tokens
     whole = [d async for d in model.generate(request("hello world", 24, streamed=False))]
     assert len(whole) == 1 and whole[0].text == full  # no stop string: one delta, the same text
+
+
+async def test_a_stream_gets_its_first_token_at_once_then_chunks_and_a_stop_string_row_every_step(
+    batcher: StaticBatcher, model: TransformersTextModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the batch posts for each row (recorded at ``_deliver``: the consumer may join posts that queued up
+    while it was busy, so its view depends on timing)."""
+    import xinfd_engines.transformers_static as static
+
+    posted: dict[int, list[int]] = {}
+    deliver = static._deliver
+
+    def recording(posts: list[tuple[Any, Any]]) -> None:
+        for row, (tokens, _) in posts:
+            posted.setdefault(row.max_tokens, []).append(len(tokens))
+        deliver(posts)
+
+    monkeypatch.setattr(static, "_deliver", recording)
+
+    async def run(prompt: str, max_tokens: int, **kw: Any) -> None:
+        async for _ in batcher.tokens(model._encode(prompt), request(prompt, max_tokens, **kw), None):
+            pass
+
+    monkeypatch.setattr(static, "_STREAM_FLUSH_S", 3600.0)  # every step is faster than the interval
+    await asyncio.gather(run(PROMPTS[1], 12), run(PROMPTS[2], 13, stop=("never-there",)))
+    assert posted[12] == [1, 11]  # the first token alone (time to first token), then the rest with the end
+    assert posted[13] == [1] * 13  # a stop string is looked for at every step, so usage ends where it matched
+    monkeypatch.setattr(static, "_STREAM_FLUSH_S", 0.0)  # every step slower than the interval: token by token
+    await run(PROMPTS[1], 14)
+    assert posted[14] == [1] * 14
