@@ -4,7 +4,8 @@ figure beside a baseline measured in the same run.
 Rows (baseline -> xinfd, target):
 
 * sequential requests, p50 ms, 1 thread: in-process greedy ``generate()`` -> xinfd, 1 replica (<= 1.1x);
-* 8 clients, tokens/s, 1 thread: one in-process batch-8 ``generate()`` -> xinfd, 1 replica (>= 0.8x);
+* 8 clients, tokens/s, 1 thread: one in-process batch-8 ``generate()`` -> xinfd, 1 replica (>= 0.8x); the same
+  with streamed requests beside it, without a target;
 * 8 clients, tokens/s, default threads: xinfd 1 replica -> xinfd 2 replicas on the same cores (>= 1.0x: two
   replicas must never fall below one);
 * launch of 1 and 2 replicas, s: the in-process load (import + from_pretrained in a fresh interpreter) -> xinfd
@@ -135,9 +136,12 @@ def in_process(location: str, tokens: int, repeats: int) -> dict[str, float]:
 
 # -- through the daemon ------------------------------------------------------------------------------------------
 
-async def load(url: str, tokens: int, clients: int, seconds: float) -> tuple[float, float]:
-    """(completion tokens/s, p50 request ms) of ``clients`` back-to-back non-streamed completions."""
-    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0}
+async def load(url: str, tokens: int, clients: int, seconds: float, *, stream: bool = False) -> tuple[float, float]:
+    """(completion tokens/s, p50 request ms) of ``clients`` back-to-back completions, whole or streamed (then
+    counted from the stream's closing ``usage`` chunk)."""
+    body: dict[str, object] = {"model": MODEL, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0}
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
     latencies: list[float] = []
     generated = 0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -149,9 +153,13 @@ async def load(url: str, tokens: int, clients: int, seconds: float) -> tuple[flo
                 started = time.perf_counter()
                 async with session.post(url, json=body) as resp:
                     resp.raise_for_status()
-                    answer = await resp.json()
+                    if stream:
+                        async for line in resp.content:
+                            if line.startswith(b"data: {") and b'"usage":{' in line:
+                                generated += (json.loads(line[6:]).get("usage") or {}).get("completion_tokens", 0)
+                    else:
+                        generated += (await resp.json())["usage"]["completion_tokens"]
                 latencies.append(time.perf_counter() - started)
-                generated += answer["usage"]["completion_tokens"]
 
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
@@ -211,6 +219,9 @@ def serving_rows(location: str, tmp: Path, args: argparse.Namespace, base: dict[
         rate8, _ = asyncio.run(load(url, args.tokens, 8, args.seconds))
         rows.append(Row("sequential p50 ms, 1 thread", base["p50_ms"], p50, "<= 1.1"))
         rows.append(Row("8 clients tokens/s, 1 thread", base["batch8_tokens_s"], rate8, ">= 0.8"))
+        streamed8, _ = asyncio.run(load(url, args.tokens, 8, args.seconds, stream=True))
+        rows.append(Row("8 streaming clients tokens/s, 1 thread", base["batch8_tokens_s"], streamed8, "-",
+                        informational=True))
         rows.append(Row("memory MiB, 1 replica + its fork server (PSS)", base["rss_mib"], replica_memory_mib(env),
                         "<= 1.15"))
     preload = {"XINFD_PRELOAD_ENGINES": "transformers"}

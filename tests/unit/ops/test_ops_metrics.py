@@ -126,3 +126,18 @@ def test_a_failing_gpu_query_does_not_break_the_scrape() -> None:
     metrics = Metrics()
     metrics.watch_manager(manager, gpu_memory=broken)
     assert value(metrics, "xinfd_gpu_slots") == 0
+
+
+def test_the_readmes_metric_names_are_the_ones_exposed() -> None:
+    """Every metric the README's Metrics section names is one the daemon declares (counters as ``_total``)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    readme = root.joinpath("README.md").read_text()
+    section = readme[readme.index("## Metrics") : readme.index("## Container")]
+    named = set(re.findall(r"`((?:xinfd_|vllm:)[a-z_:]+)", section))
+    source = "".join((root / "xinfd" / "api" / f).read_text() for f in ("metrics.py", "pool_metrics.py"))
+    declared = set(re.findall(r'"((?:xinfd_|vllm:)[a-z_:]+)"', source))
+    counters = {name + "_total" for name in declared}
+    assert len(named) > 15 and named <= declared | counters, named - declared - counters
