@@ -8,6 +8,10 @@ supervise it).
 
 from __future__ import annotations
 
+# isort: off
+import xinfd.without_tls  # noqa: F401  # first: asyncio and aiohttp load without TLS (see the module)
+
+# isort: on
 import argparse
 import asyncio
 import contextlib

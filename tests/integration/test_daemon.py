@@ -243,6 +243,9 @@ def test_engines_and_status(daemon: Daemon) -> None:
     assert table.splitlines()[0].split() == ["ENGINE", "AVAILABLE", "REASON"]
     status = daemon.xinfctl_json("status")
     assert status["endpoint"] == daemon.endpoint and "echo" in status["engines"]
+    # The daemon runs without TLS in its process (xinfd.without_tls): no OpenSSL TLS library is mapped.
+    maps = Path(f"/proc/{daemon.pid}/maps").read_text()
+    assert "libssl" not in maps and "/_ssl." not in maps
 
 
 def test_cli_errors(daemon: Daemon, tmp_path: Path) -> None:

@@ -12,7 +12,10 @@ every launch. So each location is probed first, all at once, each with a short t
 An unreachable extra index or ``find-links`` location is dropped with a warning naming its host (the launch
 events and the daemon log show it), and the build goes on with the others. The primary index (``index_url``,
 or PyPI when none is set) is the one uv falls back to for everything: unreachable, the build fails at once,
-naming the host. Probing costs one round trip per index, concurrently: only cold builds pay it.
+naming the host. Probing costs one round trip per index, concurrently: only cold builds pay it. Each probe is a plain
+``urllib`` request in a thread of its own (proxies from the environment, as uv reads them; redirects followed):
+the daemon's event loop has no TLS (``xinfd.without_tls``), and ``urllib`` imports ``ssl`` when an ``https://``
+index first needs it.
 
 The check runs *alongside* the build, not before it: the first uv call that needs an index starts at once
 with every location and is redone only when the check drops one (``first_index_use``). A build whose indexes
@@ -29,11 +32,10 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
-
-import aiohttp
 
 from xinfd.events import Publish, VenvProgress
 from xinfd.venvs.spec import IndexOptions, VenvError
@@ -52,24 +54,56 @@ def where(url: str) -> str:
     return parts.path if parts.scheme == "file" else url
 
 
-async def unreachable(url: str, *, timeout: float, session: aiohttp.ClientSession | None) -> str | None:
+async def unreachable(url: str, *, timeout: float) -> str | None:
     """Why ``url`` cannot serve packages (``None``: it answered, or exists)."""
     parts = urlsplit(url)
     if parts.scheme in ("http", "https"):
-        assert session is not None
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[str | None] = loop.create_future()
+
+        def settle(reason: str | None) -> None:
+            if not answer.done():  # not given up on (wait_for cancels it at its timeout)
+                answer.set_result(reason)
+
+        def probe() -> None:
+            reason = _http_unreachable(url, timeout)
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits for the answer
+                loop.call_soon_threadsafe(settle, reason)
+
+        # A daemon thread, not the loop's executor: a probe stuck in a silent host must not hold up the
+        # daemon's exit; its socket timeout ends it soon after.
+        threading.Thread(target=probe, name="xinfd-index-probe", daemon=True).start()
         try:
-            async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=True) as resp:
-                await resp.content.read(1)  # an answer, whatever its status: the host is serving
-            return None
+            return await asyncio.wait_for(answer, timeout)
         except TimeoutError:
             return f"no answer within {timeout:g} s"
-        except aiohttp.ClientError as exc:
-            return str(exc) or type(exc).__name__
-        except OSError as exc:
-            return exc.strerror or str(exc)
     if parts.scheme == "file" or not parts.scheme:
         return None if os.path.exists(parts.path if parts.scheme == "file" else url) else "does not exist"
     return None  # another scheme (git+, ...): uv's business
+
+
+def _http_unreachable(url: str, timeout: float) -> str | None:
+    """One request to ``url``: None when the host answered, whatever its status; else why not."""
+    import http.client  # imported here: only a venv build's probe pays for urllib (and ssl, for https)
+    import urllib.error
+    import urllib.request
+
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "xinfd (index probe)"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # the index's URL
+            response.read(1)  # an answer: the host is serving
+        return None
+    except urllib.error.HTTPError:
+        return None  # an answer too, whatever its status (401, 404...): the host is serving
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, TimeoutError):
+            return f"no answer within {timeout:g} s"
+        return (getattr(reason, "strerror", None) or str(reason)) if isinstance(reason, OSError) else str(reason)
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        return str(exc) or type(exc).__name__
 
 
 async def usable_indexes(index: IndexOptions, publish: Publish, *, timeout: float = 10.0) -> IndexOptions:
@@ -78,13 +112,7 @@ async def usable_indexes(index: IndexOptions, publish: Publish, *, timeout: floa
     primary = index.index_url or DEFAULT_INDEX
     extras = [*index.extra_index_urls, *index.find_links]
     urls = [primary, *extras]
-    needs_http = any(urlsplit(u).scheme in ("http", "https") for u in urls)
-    session = aiohttp.ClientSession(trust_env=True) if needs_http else None  # trust_env: honour HTTPS_PROXY
-    try:
-        reasons = await asyncio.gather(*(unreachable(u, timeout=timeout, session=session) for u in urls))
-    finally:
-        if session is not None:
-            await session.close()
+    reasons = await asyncio.gather(*(unreachable(u, timeout=timeout) for u in urls))
     if reasons[0] is not None:
         raise VenvError(f"package index {where(primary)} is unreachable ({reasons[0]}); check the model's "
                         f"virtualenv index_url or pip's config (pip config list)")
