@@ -272,6 +272,36 @@ async def test_download_lands_in_the_cache_and_a_later_launch_reuses_it(hub: Fak
     assert again.names() == ["download_cached"]
 
 
+# The daemon's process has no TLS in asyncio and aiohttp (xinfd.without_tls); the hub clients run in threads and
+# must still work there. The child imports xinfd.daemon first, as the daemon's entry points do.
+_DOWNLOAD_IN_THE_DAEMONS_PROCESS = """
+import xinfd.daemon
+import asyncio, sys
+from pathlib import Path
+from xinfd.downloads import Downloader, DownloadSettings
+from tests.unit.test_downloads import FOLDER_ENGINE, SPEC
+assert xinfd.without_tls.LOADED_WITHOUT_TLS
+async def publish(event): pass
+downloader = Downloader(settings=DownloadSettings(source="huggingface", cache_root=Path(sys.argv[1]), max_attempts=1))
+print(asyncio.run(downloader.weights_for(FOLDER_ENGINE, SPEC, {}, publish)))
+"""
+
+
+async def test_a_download_works_from_the_daemons_process_without_tls(hub: FakeHub, tmp_path: Path) -> None:
+    import os
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _DOWNLOAD_IN_THE_DAEMONS_PROCESS, str(tmp_path / "models"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=root,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))})
+    out, err = await asyncio.wait_for(child.communicate(), 120)
+    assert child.returncode == 0, err.decode()
+    path = Path(out.decode().strip().splitlines()[-1])
+    assert all((path / name).read_bytes() == data for name, data in FILES.items())
+
+
 async def test_progress_is_published_while_bytes_arrive(hub: FakeHub, tmp_path: Path) -> None:
     hub.repos[REPO]["weights/model.safetensors"] = b"\x01" * 2_000_000
     hub.slow_body = 0.5
