@@ -287,7 +287,8 @@ def render(registry: Registry) -> bytes:
         lines.append(f"# TYPE {family.name} {family.type}")
         for sample in family.samples:
             if sample.labels:
-                labels = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sample.labels.items())
+                # Sorted by name, as prometheus-client wrote them (one series, one spelling, for greps too).
+                labels = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sorted(sample.labels.items()))
                 lines.append(f"{sample.name}{{{labels}}} {format_value(sample.value)}")
             else:
                 lines.append(f"{sample.name} {format_value(sample.value)}")

@@ -54,6 +54,11 @@ def test_counters_gauges_and_labels_read_back_as_prometheus_stores_them() -> Non
         ("xinfd_in_flight", {"model": "a"}, 2.0), ("xinfd_in_flight", {"model": "b"}, 7.0)])
     assert registry.get_sample_value("xinfd_requests_total", {"model": "a", "status": "200"}) == 3.0
     assert registry.get_sample_value("xinfd_requests_total", {"model": "zz", "status": "200"}) is None
+    # Labels are written sorted by name, whatever their declared order (prometheus-client's spelling).
+    assert 'xinfd_requests_total{model="a",status="200"} 3.0' in render(registry).decode()
+    histogram = Histogram("xinfd_h", "H", ["model"], registry=registry, buckets=(1,))
+    histogram.labels("m").observe(0.5)
+    assert 'xinfd_h_bucket{le="1.0",model="m"} 1.0' in render(registry).decode()
 
 
 def test_a_histogram_has_cumulative_buckets_ending_at_inf_its_count_and_sum() -> None:
