@@ -422,7 +422,7 @@ async def _build(
         "phase_seconds": phases,
     }
     t0 = time.monotonic()
-    write_json_atomic(target / MANIFEST, files)
+    write_json_atomic(target / MANIFEST, files, indented=False)  # thousands of entries: the C encoder
     write_json_atomic(target / METADATA, meta)
     phases["record"] = round(phases.get("record", 0.0) + time.monotonic() - t0, 3)
     return meta

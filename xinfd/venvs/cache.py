@@ -110,13 +110,16 @@ class FileLock:
             self._fd = None
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any, *, indented: bool = True) -> None:
     """``data`` as JSON through ``write_atomic``: readers see the old or the new content, never a torn one.
 
     The file is readable as ``open()`` would create it (``DEFAULT``, narrowed by the umask): venv metadata
-    and build records are not secrets.
+    and build records are not secrets. ``indented=False`` for large records nobody reads by eye (a venv's file
+    manifest): json's C encoder writes only unindented JSON (its Python one, with the keys sorted, took 40 ms
+    of a 0.5 s build), and nobody needs the entries in order.
     """
-    write_atomic(path, json.dumps(data, indent=1, sort_keys=True), mode=DEFAULT)
+    text = json.dumps(data, indent=1, sort_keys=True) if indented else json.dumps(data, separators=(",", ":"))
+    write_atomic(path, text, mode=DEFAULT)
 
 
 def read_metadata(venv: Path) -> dict[str, Any] | None:
