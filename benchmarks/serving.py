@@ -17,7 +17,8 @@ Rows (baseline -> xinfd, target):
 * idle daemon RSS and start -> ``/health`` 200: a bare ``asyncio`` + ``aiohttp.web`` interpreter -> ``xinfd``
   (<= 40 MiB, <= 0.3 s), median of ``--starts`` (``benchmarks/startup.py``'s measurement);
 * venv build: raw ``uv venv`` + ``uv pip install`` -> xinfd's build of the same spec with skip-installed off
-  (<= 1.2x), warm uv cache (``benchmarks/venv.py`` has the phase breakdown).
+  (<= 1.2x), warm uv cache, median of 5 interleaved rounds (one uv install varies by 0.1 s from run to run;
+  ``benchmarks/venv.py`` has the phase breakdown).
 
 Requests are greedy (``temperature`` 0) completions of one fixed prompt, so every request produces the same
 tokens on both sides; tokens/s are counted from what each side reports (``usage`` for xinfd). Before measuring
@@ -124,6 +125,18 @@ rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(
 print(json.dumps({"load_s": load_s, "p50_ms": 1000 * statistics.median(t for t, _ in one),
                   "tokens": one[0][1], "batch8_tokens_s": max(8 * n / t for t, n in eight), "rss_mib": rss}))
 """
+
+
+def tiny_model(path: Path) -> str:
+    """``batching.build_tiny_qwen2`` in a child interpreter: this process must not hold torch, or every process
+    the daemon code it runs starts (the venv row's builds fork with a ``preexec_fn``) copies torch's mappings,
+    a cost the daemon itself (40 MiB) does not have."""
+    code = ("import sys; from pathlib import Path; from batching import build_tiny_qwen2; "
+            "print(build_tiny_qwen2(Path(sys.argv[1])))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=Path(__file__).parent, check=True,
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)])})
+    return out.stdout.strip().splitlines()[-1]
 
 
 def in_process(location: str, tokens: int, repeats: int) -> dict[str, float]:
@@ -298,14 +311,12 @@ def main() -> None:
     header = wait_for_quiet(args.quiet_load, args.quiet_wait)
     with tempfile.TemporaryDirectory(prefix="xinfd-serving-bench-") as name:
         tmp = Path(name)
-        from batching import build_tiny_qwen2  # benchmarks/batching.py
-
-        location = build_tiny_qwen2(tmp / "model")
+        location = tiny_model(tmp / "model")
         base = in_process(location, args.tokens, args.repeats)
         rows = serving_rows(location, tmp, args, base)
         rows += idle_rows(args.starts)
         if not args.no_venv:
-            rows.append(venv_row(tmp, args.venv_package or ["transformers==4.37.2"], rounds=3))
+            rows.append(venv_row(tmp, args.venv_package or ["transformers==4.37.2"], rounds=5))
     print(f"\n{header}; tiny random Qwen2 (2x64), greedy, max_tokens {args.tokens} "
           f"({int(base['tokens'])} generated), {args.seconds:g}s per load run\n")
     print(f"{'measure':<62}{'baseline':>10}{'xinfd':>10}{'ratio':>8}{'target':>10}{'met':>5}")
