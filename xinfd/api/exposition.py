@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import NamedTuple, Protocol
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -84,24 +84,35 @@ class Registry:
         return None
 
 
-class _Metric:
+class _Child(Protocol):
+    """One label set's state: what a scrape exposes for it."""
+
+    def samples(self, name: str, labels: dict[str, str]) -> list[Sample]: ...
+
+
+_ChildT = TypeVar("_ChildT", bound=_Child)
+
+
+class _Metric(Generic[_ChildT]):
     """What counters, gauges and histograms share: a name, help text, label names and one child per label set."""
 
     kind = ""
+    suffix = ""  # of the family's name: a counter ``x`` is exposed as ``x_total``
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *, registry: Registry) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self._children: dict[tuple[str, ...], _Child] = {}
+        self._children: dict[tuple[str, ...], _ChildT] = {}
         if not self.labelnames:
             self._children[()] = self._new_child()
         registry.register(self)
 
-    def _new_child(self) -> _Child:
+    def _new_child(self) -> _ChildT:
         raise NotImplementedError
 
-    def _child(self, values: tuple[str, ...]) -> _Child:
+    def labels(self, *values: str) -> _ChildT:
+        """The child of one label set (created at its first use), in ``labelnames`` order."""
         child = self._children.get(values)
         if child is None:
             if len(values) != len(self.labelnames):
@@ -109,24 +120,17 @@ class _Metric:
             child = self._children[values] = self._new_child()
         return child
 
-    def _unlabelled(self) -> _Child:
+    def _unlabelled(self) -> _ChildT:
         if self.labelnames:
             raise ValueError(f"{self.name} has labels {self.labelnames}: use .labels(...)")
         return self._children[()]
 
     def collect(self) -> Iterator[Family]:
-        family = Family(self._family_name(), self.documentation, self.kind)
+        family = Family(self.name + self.suffix, self.documentation, self.kind)
         for values, child in list(self._children.items()):
             labels = dict(zip(self.labelnames, values, strict=True))
             family.samples.extend(child.samples(self.name, labels))
         yield family
-
-    def _family_name(self) -> str:
-        return self.name
-
-
-class _Child(Protocol):
-    def samples(self, name: str, labels: dict[str, str]) -> list[Sample]: ...
 
 
 class _Value:
@@ -164,40 +168,26 @@ class _GaugeValue(_Value):
         self.value = float(value)
 
 
-class Counter(_Metric):
+class Counter(_Metric[_CounterValue]):
     """A count that only goes up, exposed as ``NAME_total``."""
 
     kind = "counter"
+    suffix = "_total"
 
     def _new_child(self) -> _CounterValue:
-        return _CounterValue("_total")
-
-    def _family_name(self) -> str:
-        return self.name + "_total"
-
-    def labels(self, *values: str) -> _CounterValue:
-        child = self._child(values)
-        assert isinstance(child, _CounterValue)
-        return child
+        return _CounterValue(self.suffix)
 
     def inc(self, amount: float = 1.0) -> None:
-        child = self._unlabelled()
-        assert isinstance(child, _CounterValue)
-        child.inc(amount)
+        self._unlabelled().inc(amount)
 
 
-class Gauge(_Metric):
+class Gauge(_Metric[_GaugeValue]):
     """A value that goes up and down."""
 
     kind = "gauge"
 
     def _new_child(self) -> _GaugeValue:
         return _GaugeValue("")
-
-    def labels(self, *values: str) -> _GaugeValue:
-        child = self._child(values)
-        assert isinstance(child, _GaugeValue)
-        return child
 
 
 class _Buckets:
@@ -228,7 +218,7 @@ class _Buckets:
         return out
 
 
-class Histogram(_Metric):
+class Histogram(_Metric[_Buckets]):
     """Observations counted into cumulative buckets (the last one ``+Inf``), with their count and sum."""
 
     kind = "histogram"
@@ -251,15 +241,8 @@ class Histogram(_Metric):
     def _new_child(self) -> _Buckets:
         return _Buckets(self._bounds)
 
-    def labels(self, *values: str) -> _Buckets:
-        child = self._child(values)
-        assert isinstance(child, _Buckets)
-        return child
-
     def observe(self, value: float) -> None:
-        child = self._unlabelled()
-        assert isinstance(child, _Buckets)
-        child.observe(value)
+        self._unlabelled().observe(value)
 
 
 def format_value(value: float) -> str:

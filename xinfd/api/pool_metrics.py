@@ -61,9 +61,6 @@ class PoolProtocolCollector(Collector):
         self._clock = clock
         self._enabled = enabled
 
-    def describe(self) -> list[GaugeFamily]:
-        return []  # names depend on the setting at scrape time; registering must not collect
-
     def collect(self) -> Iterator[GaugeFamily]:
         if not self._enabled():
             return
