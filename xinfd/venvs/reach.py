@@ -76,10 +76,15 @@ async def unreachable(url: str, *, timeout: float) -> str | None:
         try:
             return await asyncio.wait_for(answer, timeout)
         except TimeoutError:
-            return f"no answer within {timeout:g} s"
+            return _no_answer(timeout)
     if parts.scheme == "file" or not parts.scheme:
         return None if os.path.exists(parts.path if parts.scheme == "file" else url) else "does not exist"
     return None  # another scheme (git+, ...): uv's business
+
+
+def _no_answer(timeout: float) -> str:
+    """The reason for a host that accepted nothing, or answered nothing, in time."""
+    return f"no answer within {timeout:g} s"
 
 
 def _http_unreachable(url: str, timeout: float) -> str | None:
@@ -98,10 +103,10 @@ def _http_unreachable(url: str, timeout: float) -> str | None:
     except urllib.error.URLError as exc:
         reason = exc.reason
         if isinstance(reason, TimeoutError):
-            return f"no answer within {timeout:g} s"
+            return _no_answer(timeout)
         return (getattr(reason, "strerror", None) or str(reason)) if isinstance(reason, OSError) else str(reason)
     except TimeoutError:
-        return f"no answer within {timeout:g} s"
+        return _no_answer(timeout)
     except (OSError, ValueError, http.client.HTTPException) as exc:
         return str(exc) or type(exc).__name__
 
